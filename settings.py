@@ -315,8 +315,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         models[name] = ModelConfig(name, m["device"], m["dtype"], _source(source, base_dir))
 
     p = sec["pool"]
-    socket = None if p["host"] else (base_dir / sec["storage"]["data_dir"] / p["socket"]
-                                     if not p["socket"].startswith("/") else Path(p["socket"]))
+    socket = None if p["host"] else (base_dir / sec["storage"]["data_dir"] / p["socket"]).resolve()
     if p["host"] and not p["port"]:
         raise ConfigError('pool.port: must be set (1-65535) when pool.host is set; leave host "" to use a unix socket')
     pool = PoolConfig(p["start"], socket, p["host"], p["port"], _source(p["sd_base"], base_dir), p["startup_timeout_s"])

@@ -20,3 +20,13 @@ def tiny_dir() -> Path:
     from scripts.build_tiny_models import ensure
 
     return ensure()
+
+
+def write_tiny_config(folder: Path, extra: str = "") -> Path:
+    """A copy of tests/config.tiny.toml in ``folder`` (its own socket and data dir) plus ``extra`` TOML."""
+    text = (ROOT / "tests" / "config.tiny.toml").read_text()
+    text = text.replace('"../build/tiny-models', f'"{ROOT}/build/tiny-models')
+    text = text.replace('data_dir = "../data/tiny"', 'data_dir = "data"')
+    path = folder / "config.toml"
+    path.write_text(text + "\n" + extra)
+    return path

@@ -1,0 +1,98 @@
+"""The core's side of the pool protocol (see ``gpu_pool/protocol.py``).
+
+Never raises for a job: a pool that is down or dies mid-job yields a final
+``failed`` event with code ``unavailable`` and a message for the chat user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from gpu_pool.protocol import Event, JobRequest, ModelInfo, event_from_frame, read_frame, request_to_frame
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = "The image engine is not reachable right now; please try again in a minute."
+
+
+class PoolUnavailable(Exception):
+    """The pool could not be reached (admin calls)."""
+
+
+class PoolClient:
+    def __init__(self, url: str):
+        """``url`` is ``unix:/path/to/pool.sock`` or ``http://host:port``."""
+        self.url = url
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if self.url.startswith("unix:"):
+                connector = aiohttp.UnixConnector(path=self.url[len("unix:"):])
+                self._base = "http://pool"
+            else:
+                connector = aiohttp.TCPConnector()
+                self._base = self.url.rstrip("/")
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def run(self, request: JobRequest) -> AsyncIterator[Event]:
+        """Submit a job and yield its events; the last one is ``done`` or ``failed``."""
+        job_id = ""
+        try:
+            async with self._http().post(f"{self._base}/jobs", data=request_to_frame(request)) as resp:
+                if resp.status != 200:
+                    body = await resp.json(content_type=None)
+                    yield Event("failed", "", message=body.get("message", "The job was refused."), code="bad_request")
+                    return
+                job_id = resp.headers.get("X-Job-Id", "")
+                while (frame := await read_frame(resp.content)) is not None:
+                    ev = event_from_frame(*frame)
+                    yield ev
+                    if ev.kind in ("done", "failed"):
+                        return
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            log.warning("pool connection lost during job %s: %r", job_id or "(not started)", e)
+        yield Event("failed", job_id, message=UNAVAILABLE, code="unavailable")
+
+    async def result(self, request: JobRequest) -> Event:
+        """Run a job to its end, ignoring intermediate events."""
+        last = None
+        async for last in self.run(request):
+            pass
+        return last
+
+    async def cancel(self, job_id: str) -> bool:
+        return bool((await self._call("DELETE", f"/jobs/{job_id}")).get("ok"))
+
+    async def health(self) -> bool:
+        try:
+            return bool((await self._call("GET", "/health")).get("ok"))
+        except PoolUnavailable:
+            return False
+
+    async def models(self) -> list[ModelInfo]:
+        return [ModelInfo(**m) for m in (await self._call("GET", "/models"))["models"]]
+
+    async def reload(self, model: str | None = None) -> dict[str, Any]:
+        return await self._call("POST", "/models/reload", {"model": model})
+
+    async def load(self, model: str, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+        return await self._call("POST", "/models/load", {"model": model, "device": device, "dtype": dtype})
+
+    async def unload(self, model: str) -> dict[str, Any]:
+        return await self._call("POST", "/models/unload", {"model": model})
+
+    async def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
+        try:
+            async with self._http().request(method, f"{self._base}{path}", json=body) as resp:
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, ConnectionError, OSError) as e:
+            raise PoolUnavailable(UNAVAILABLE) from e

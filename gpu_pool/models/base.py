@@ -1,0 +1,166 @@
+"""What every pool model is: parameters it accepts, how it loads, how it runs.
+
+A loader is a function ``load(spec: LoadSpec, bases: SharedBases) -> PoolModel``
+listed in ``gpu_pool/models/__init__.py``. ``run`` is synchronous and is always
+called on the device's worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+
+class BadRequest(ValueError):
+    """A job's input is wrong; the message says how to fix it (shown to the user)."""
+
+
+class JobCancelled(Exception):
+    """Raised from the progress callback when the job was cancelled."""
+
+
+# progress(step, total): report a step; raises JobCancelled when the job was cancelled.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One job parameter: its type, default and allowed range."""
+
+    type: type
+    default: Any = None
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    multiple_of: int | None = None
+    limit: str | None = None  # name of a [limits] key that caps max (max_steps, max_output_size)
+    help: str = ""
+
+
+@dataclass
+class Output:
+    images: list[Image.Image] = field(default_factory=list)
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    name: str  # seed model name, e.g. "CannyText2Image"
+    source: str  # hub id or absolute local folder ("" when the model has no weights)
+    device: str  # resolved: "cpu", "cuda:0" ...
+    dtype: torch.dtype
+    sd_base: str  # hub id or folder of the shared Stable Diffusion 1.5 base
+
+
+class PoolModel:
+    """Base class of loaded models. Subclasses set ``params`` and ``n_images``
+    and implement ``run``; ``modules`` feeds the byte accounting."""
+
+    name: str = ""
+    params: dict[str, Param] = {}
+    n_images: int = 0  # images the job must send (e.g. 1 image, or image + mask)
+    image_names: tuple[str, ...] = ()  # what each input image is, for error messages
+
+    def __init__(self, spec: LoadSpec):
+        self.spec = spec
+        self.device = spec.device
+        self.dtype = spec.dtype
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The torch modules this model holds (shared ones included), by component name."""
+        return {}
+
+    def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
+        raise NotImplementedError
+
+
+class SharedBases:
+    """One Stable Diffusion 1.5 base per (device, dtype), loaded on first use.
+
+    Thread-safe: loaders run on worker threads. ``get`` returns the base
+    pipeline (a ``StableDiffusionPipeline``); every SD-family model on that
+    device builds its pipeline from it with ``from_pipe(base, dtype=base.unet.dtype)``
+    or from its components, so the weights exist once.
+    """
+
+    def __init__(self, loader: Callable[[str, str, torch.dtype], Any]):
+        self._loader = loader
+        self._bases: dict[tuple[str, str, torch.dtype], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, source: str, device: str, dtype: torch.dtype) -> Any:
+        key = (source, device, dtype)
+        with self._lock:
+            if key not in self._bases:
+                self._bases[key] = self._loader(source, device, dtype)
+            return self._bases[key]
+
+    def drop_unused(self, in_use: set[int]) -> None:
+        """Forget bases none of whose modules a loaded model holds (``in_use``: ids of modules)."""
+        with self._lock:
+            for key, base in list(self._bases.items()):
+                mods = [m for m in base.components.values() if isinstance(m, torch.nn.Module)]
+                if not any(id(m) in in_use for m in mods):
+                    del self._bases[key]
+
+
+def check_params(model: PoolModel, params: dict[str, Any], limits: dict[str, int]) -> dict[str, Any]:
+    """Validate job ``params`` against ``model.params``; returns them with defaults filled.
+
+    Raises BadRequest with a message that names the parameter and its allowed range.
+    """
+    unknown = sorted(set(params) - set(model.params))
+    if unknown:
+        raise BadRequest(f"{model.name} does not take '{unknown[0]}'; it takes: {', '.join(model.params) or 'nothing'}")
+    out: dict[str, Any] = {}
+    for key, p in model.params.items():
+        if key not in params or params[key] is None:
+            if p.required:
+                raise BadRequest(f"{model.name} needs '{key}'" + (f" ({p.help})" if p.help else ""))
+            out[key] = p.default
+            continue
+        value = params[key]
+        if p.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, p.type) or (isinstance(value, bool) and p.type is not bool):
+            raise BadRequest(f"'{key}' must be {p.type.__name__}, got {value!r}")
+        hi = p.max
+        if p.limit and p.limit in limits:
+            hi = limits[p.limit] if hi is None else min(hi, limits[p.limit])
+        if (p.min is not None and value < p.min) or (hi is not None and value > hi):
+            raise BadRequest(f"'{key}' must be between {_num(p.min)} and {_num(hi)}, got {value}")
+        if p.multiple_of and value % p.multiple_of:
+            raise BadRequest(f"'{key}' must be a multiple of {p.multiple_of}, got {value}")
+        if p.choices and value not in p.choices:
+            raise BadRequest(f"'{key}' must be one of {', '.join(map(str, p.choices))}, got {value!r}")
+        if p.type is str and not value.strip() and p.required:
+            raise BadRequest(f"'{key}' must not be empty")
+        out[key] = value
+    return out
+
+
+def _num(x: float | None) -> str:
+    return "any" if x is None else (str(int(x)) if float(x).is_integer() else str(x))
+
+
+# Parameters most diffusion models share, with the seed's defaults where it had them.
+def steps(default: int) -> Param:
+    return Param(int, default, min=1, limit="max_steps", help="diffusion steps")
+
+
+def size(default: int | None = None) -> Param:
+    return Param(int, default, min=64, limit="max_output_size", multiple_of=8, help="pixels")
+
+
+def guidance(default: float) -> Param:
+    return Param(float, default, min=0.0, max=30.0, help="how strongly to follow the prompt")
+
+
+PROMPT = Param(str, required=True, help="what to draw")
+NEGATIVE = Param(str, "", help="what to avoid")
+SEED = Param(int, None, min=0, max=2**32 - 1, help="random seed for a reproducible result")

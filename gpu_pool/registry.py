@@ -1,0 +1,192 @@
+"""Which models are loaded where: load, unload, reload, and what each holds.
+
+Loading runs on a small thread pool so the event loop keeps serving; a job
+for a model that is loading waits on the model's ``ready`` future. A reload
+builds the new model first and swaps it in: jobs already running finish on
+the old one, jobs that arrive meanwhile wait for the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+import settings
+from gpu_pool import accounting
+from gpu_pool.models import MODEL_TABLE, load_sd_base, loader
+from gpu_pool.models.base import LoadSpec, PoolModel, SharedBases
+from gpu_pool.protocol import ModelInfo
+
+log = logging.getLogger(__name__)
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class NotLoaded(Exception):
+    """The model is not available; the message is meant for the chat user."""
+
+
+@dataclass
+class Entry:
+    name: str
+    device: str
+    dtype: str
+    source: str
+    state: str = "loading"
+    model: PoolModel | None = None
+    error: str | None = None
+    last_used: float | None = None
+    ready: asyncio.Future = field(default=None)  # resolves to the PoolModel, or raises NotLoaded
+    generation: int = 0
+
+
+class Registry:
+    def __init__(self, config: settings.Config, load_threads: int = 2):
+        self.config = config
+        self.entries: dict[str, Entry] = {}
+        self.bases = SharedBases(load_sd_base)
+        self._executor = ThreadPoolExecutor(load_threads, thread_name_prefix="load")
+
+    # --- queries ------------------------------------------------------------
+
+    def device_of(self, name: str) -> str:
+        return self._entry(name).device
+
+    def _entry(self, name: str) -> Entry:
+        if name not in MODEL_TABLE:
+            raise NotLoaded(f"There is no model called {name}.")
+        entry = self.entries.get(name)
+        if entry is None or entry.state == "unloaded":
+            raise NotLoaded(f"{name} is not loaded on this bot; an admin can load it with /load {name}.")
+        return entry
+
+    async def get(self, name: str) -> PoolModel:
+        """The loaded model, waiting while it loads; raises NotLoaded."""
+        entry = self._entry(name)
+        model = await asyncio.shield(entry.ready)
+        entry.last_used = time.time()
+        return model
+
+    def infos(self) -> list[ModelInfo]:
+        loaded = {n: list(e.model.modules().values()) for n, e in self.entries.items() if e.model is not None}
+        sizes = accounting.model_bytes(loaded)
+        maps = {n: set(accounting.storage_map(m)) for n, m in loaded.items()}
+        out = []
+        for name, e in self.entries.items():
+            own, shared = sizes.get(name, (0, 0))
+            peers = sorted(n for n in maps if n != name and name in maps and maps[n] & maps[name])
+            out.append(ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used))
+        return out
+
+    # --- changes ------------------------------------------------------------
+
+    def start_all(self) -> list[asyncio.Task]:
+        """Begin loading every model the config names; returns the loading tasks."""
+        return [asyncio.create_task(self.load(name)) for name in self.config.models]
+
+    async def load(self, name: str, device: str | None = None, dtype: str | None = None) -> Entry:
+        """Load (or reload) ``name``; ``device``/``dtype`` override the config until the next reload."""
+        if name not in MODEL_TABLE:
+            raise NotLoaded(f"There is no model called {name}. Known models: {', '.join(MODEL_TABLE)}.")
+        cfg = self.config.models.get(name) or settings.ModelConfig(name, "auto", "auto", settings.MODEL_DEFAULTS[name])
+        cfg = settings.ModelConfig(name, device or cfg.device, dtype or cfg.dtype, cfg.source)
+        dev, dt = settings.resolve_device(cfg.device), cfg.resolved_dtype()
+        old = self.entries.get(name)
+        loop = asyncio.get_running_loop()
+        entry = Entry(name, dev, dt, cfg.source, ready=loop.create_future(),
+                      last_used=old.last_used if old else None, generation=old.generation + 1 if old else 0)
+        self.entries[name] = entry
+        if old is not None and not old.ready.done():
+            _chain(entry.ready, old.ready)  # jobs waiting on an unfinished load follow the new one
+        spec = LoadSpec(name, cfg.source, dev, DTYPES[dt], self.config.pool.sd_base)
+        started = time.perf_counter()
+        log.info("loading %s on %s (%s) from %s", name, dev, dt, cfg.source or "(no weights)")
+        try:
+            _check_device(dev)
+            model = await loop.run_in_executor(self._executor, loader(name), spec, self.bases)
+        except Exception as e:
+            log.error("loading %s failed:\n%s", name, traceback.format_exc())
+            if self.entries.get(name) is entry:
+                entry.state, entry.error = "failed", str(e) if isinstance(e, NotLoaded) else f"{type(e).__name__}: {e}"
+            _fail(entry.ready, NotLoaded(f"{name} could not be loaded: {entry.error}"))
+            return entry
+        if self.entries.get(name) is not entry:  # unloaded or replaced while loading
+            return entry
+        entry.model, entry.state = model, "ready"
+        if not entry.ready.done():
+            entry.ready.set_result(model)
+        self._release()  # a reload's old copy, and a base nobody uses any more
+        log.info("%s ready on %s in %.1f s", name, dev, time.perf_counter() - started)
+        return entry
+
+    async def unload(self, name: str) -> None:
+        entry = self._entry(name)
+        del self.entries[name]
+        _fail(entry.ready, NotLoaded(f"{name} was unloaded by an admin."))
+        entry.model = None  # a job running on it keeps its own reference until it ends
+        self._release()
+        log.info("unloaded %s", name)
+
+    async def reload(self, name: str | None = None) -> list[str]:
+        """Re-read the config file, then reload ``name`` or every model; returns the names reloaded."""
+        self.config = settings.load(self.config.path, env_check=False)
+        if name is None:
+            self.bases = SharedBases(load_sd_base)  # pick up a changed sd_base
+            for gone in [n for n in self.entries if n not in self.config.models]:
+                await self.unload(gone)
+            names = list(self.config.models)
+        else:
+            names = [name]
+        await asyncio.gather(*(self.load(n) for n in names))
+        self._release()
+        return names
+
+    def _release(self) -> None:
+        in_use = {id(m) for e in self.entries.values() if e.model is not None for m in e.model.modules().values()}
+        self.bases.drop_unused(in_use)
+        _free_memory()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _chain(new: asyncio.Future, old: asyncio.Future) -> None:
+    def copy(f: asyncio.Future) -> None:
+        if old.done():
+            return
+        if f.exception() is not None:
+            old.set_exception(f.exception())
+        else:
+            old.set_result(f.result())
+
+    new.add_done_callback(copy)
+
+
+def _fail(fut: asyncio.Future, exc: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: nobody may be waiting, and that is fine
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise NotLoaded(f"{device} does not exist on the pool's machine ({count} GPU(s) found).")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise NotLoaded("mps is not available on the pool's machine.")
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+

@@ -1,0 +1,235 @@
+"""Jobs: one queue and one worker thread per device.
+
+A job is checked when it arrives (model known and configured, images
+decodable and under the pixel limit), queued on its model's device, and run
+on that device's thread, so a job on ``cuda:0`` never waits for one on
+``cuda:1`` and nothing heavy runs on the event loop. Every step of its life
+is an :class:`Event` pushed to the job's own asyncio queue, which the server
+streams to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from threading import Event as ThreadFlag
+
+import torch
+
+from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
+from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage
+from gpu_pool.registry import NotLoaded, Registry
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    request: JobRequest
+    id: str = field(default_factory=lambda: f"j{next(_ids)}")
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancel_flag: ThreadFlag = field(default_factory=ThreadFlag)
+    device: str = ""
+    finished: bool = False
+
+    def emit(self, ev: Event) -> None:
+        if self.finished:
+            return
+        self.finished = ev.kind in ("done", "failed")
+        self.events.put_nowait(ev)
+
+    def fail(self, message: str, code: str, detail: str | None = None) -> None:
+        self.emit(Event("failed", self.id, message=message, code=code, detail=detail))
+
+
+class DeviceQueue:
+    """Jobs waiting for one device, and the worker that runs them in order."""
+
+    def __init__(self, device: str, scheduler: Scheduler):
+        self.device = device
+        self.scheduler = scheduler
+        self.pending: deque[Job] = deque()
+        self.running: Job | None = None
+        self._wake = asyncio.Event()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"run-{device}")
+        self._task = asyncio.create_task(self._work(), name=f"worker-{device}")
+
+    def put(self, job: Job) -> None:
+        self.pending.append(job)
+        job.emit(Event("queued", job.id, position=self._ahead(len(self.pending) - 1)))
+        self._wake.set()
+
+    def remove(self, job: Job) -> bool:
+        try:
+            self.pending.remove(job)
+        except ValueError:
+            return False
+        self._announce_positions()
+        return True
+
+    def _ahead(self, index: int) -> int:
+        return index + (self.running is not None)
+
+    def _announce_positions(self) -> None:
+        for i, job in enumerate(self.pending):
+            job.emit(Event("queued", job.id, position=self._ahead(i)))
+
+    async def _work(self) -> None:
+        while True:
+            while not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+            job = self.pending.popleft()
+            self.running = job
+            self._announce_positions()
+            try:
+                await self.scheduler.run(job, self._thread)
+            except Exception:  # never let one job stop the device
+                log.exception("job %s crashed the worker", job.id)
+                job.fail("Something went wrong in the image engine.", "internal", traceback.format_exc())
+            finally:
+                self.running = None
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+class Scheduler:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.queues: dict[str, DeviceQueue] = {}
+        self.jobs: dict[str, Job] = {}
+
+    @property
+    def limits(self) -> dict[str, int]:
+        lim = self.registry.config.limits
+        return {"max_steps": lim.max_steps, "max_output_size": lim.max_output_size,
+                "max_image_pixels": lim.max_image_pixels}
+
+    def submit(self, request: JobRequest) -> Job:
+        """Check and queue a job; a bad one gets its failed event at once."""
+        job = Job(request)
+        self.jobs[job.id] = job
+        try:
+            _check_images(request.images, self.limits["max_image_pixels"])
+            job.device = self.registry.device_of(request.model)
+        except BadRequest as e:
+            job.fail(str(e), "bad_request")
+            return job
+        except NotLoaded as e:
+            job.fail(str(e), "not_loaded" if request.model in _known() else "unknown_model")
+            return job
+        if job.device not in self.queues:
+            self.queues[job.device] = DeviceQueue(job.device, self)
+        self.queues[job.device].put(job)
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None or job.finished:
+            return False
+        job.cancel_flag.set()
+        queue = self.queues.get(job.device)
+        if queue and queue.remove(job):
+            job.fail("The job was cancelled.", "cancelled")
+        return True
+
+    def forget(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+
+    async def run(self, job: Job, thread: ThreadPoolExecutor) -> None:
+        """Run one job on its device's thread and emit its final event."""
+        if job.cancel_flag.is_set():
+            return job.fail("The job was cancelled.", "cancelled")
+        req = job.request
+        try:
+            model = await self.registry.get(req.model)
+            params = check_params(model, req.params, self.limits)
+            _check_count(model, req.images)
+        except BadRequest as e:
+            return job.fail(str(e), "bad_request")
+        except NotLoaded as e:
+            return job.fail(str(e), "not_loaded")
+        loop = asyncio.get_running_loop()
+
+        def progress(step: int, total: int) -> None:
+            if job.cancel_flag.is_set():
+                raise JobCancelled()
+            loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total))
+
+        try:
+            out, seconds = await loop.run_in_executor(thread, _run_sync, model, params, req.images, progress)
+        except BadRequest as e:
+            return job.fail(str(e), "bad_request")
+        except JobCancelled:
+            return job.fail("The job was cancelled.", "cancelled")
+        except torch.OutOfMemoryError:
+            log.warning("out of memory on %s running %s", job.device, req.model)
+            _release_after_oom()
+            return job.fail(f"The GPU ran out of memory running {req.model}. Try a smaller image or fewer steps, "
+                            "or try again when the bot is less busy.", "oom")
+        except Exception:
+            detail = traceback.format_exc()
+            log.error("job %s (%s) failed:\n%s", job.id, req.model, detail)
+            return job.fail(f"{req.model} failed while running this job; the bot's admins can find the details "
+                            "in the pool log.", "internal", detail)
+        images = [RawImage.from_pil(im) for im in out.images]
+        job.emit(Event("done", job.id, text=out.text, images=images, seconds=round(seconds, 6)))
+
+    def close(self) -> None:
+        for q in self.queues.values():
+            q.close()
+
+
+def _run_sync(model: PoolModel, params: dict, images: list[RawImage], progress) -> tuple[Output, float]:
+    """Run on the device thread; returns the output and the seconds spent inside the model."""
+    pil = [im.to_pil() for im in images]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.run(params, pil, progress)
+    return out, time.perf_counter() - started
+
+
+def _check_images(images: list[RawImage], max_pixels: int) -> None:
+    for i, im in enumerate(images, 1):
+        if im.mode not in CHANNELS:
+            raise BadRequest(f"Image {i} is not a decodable image: mode {im.mode!r} is not one of "
+                             f"{', '.join(CHANNELS)}.")
+        if im.width <= 0 or im.height <= 0:
+            raise BadRequest(f"Image {i} is not a decodable image: its size is {im.width}x{im.height}.")
+        if im.width * im.height > max_pixels:
+            raise BadRequest(f"Image {i} is {im.width}x{im.height} = {im.width * im.height:,} pixels; "
+                             f"the limit is {max_pixels:,}. Send a smaller image.")
+        expected = im.width * im.height * CHANNELS[im.mode]
+        if len(im.data) != expected:
+            raise BadRequest(f"Image {i} is not a decodable image: {im.width}x{im.height} {im.mode} needs "
+                             f"{expected:,} bytes, got {len(im.data):,}.")
+
+
+def _check_count(model: PoolModel, images: list[RawImage]) -> None:
+    if len(images) != model.n_images:
+        names = " and ".join(model.image_names) or f"{model.n_images} image(s)"
+        need = "no image" if model.n_images == 0 else names
+        raise BadRequest(f"{model.name} takes {need}; got {len(images)} image(s).")
+
+
+def _release_after_oom() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _known() -> set[str]:
+    from gpu_pool.models import MODEL_TABLE
+
+    return set(MODEL_TABLE)

@@ -1,0 +1,164 @@
+"""The pool's HTTP face (see ``gpu_pool/protocol.py`` for the messages).
+
+Serves on a unix socket by default, TCP when the config names a host.
+Models start loading in the background at startup, so ``/health`` answers
+at once and early jobs wait for their model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+import settings
+from gpu_pool.protocol import FrameError, decode_frame, event_to_frame, request_from_frame
+from gpu_pool.registry import NotLoaded, Registry
+from gpu_pool.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+REGISTRY = web.AppKey("registry", Registry)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+MAX_REQUEST = 256 * 1024 * 1024
+
+
+def make_app(config: settings.Config) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST)
+    app.router.add_get("/health", health)
+    app.router.add_post("/jobs", submit)
+    app.router.add_delete("/jobs/{job_id}", cancel)
+    app.router.add_get("/models", models)
+    app.router.add_post("/models/reload", reload)
+    app.router.add_post("/models/load", load)
+    app.router.add_post("/models/unload", unload)
+
+    async def lifespan(app: web.Application):
+        registry = Registry(config)
+        app[REGISTRY] = registry
+        app[SCHEDULER] = Scheduler(registry)
+        loading = registry.start_all()
+        yield
+        for t in loading:
+            t.cancel()
+        app[SCHEDULER].close()
+        registry.close()
+
+    app.cleanup_ctx.append(lifespan)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "pid": os.getpid()})
+
+
+async def submit(request: web.Request) -> web.StreamResponse:
+    """Queue a job and stream its events until it is done or failed."""
+    scheduler = request.app[SCHEDULER]
+    try:
+        req = request_from_frame(*decode_frame(await request.read()))
+    except FrameError as e:
+        return web.json_response({"ok": False, "message": f"Bad job request: {e}"}, status=400)
+    job = scheduler.submit(req)
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Job-Id": job.id})
+    await resp.prepare(request)
+    try:
+        while True:
+            ev = await job.events.get()
+            await resp.write(event_to_frame(ev))
+            if ev.kind in ("done", "failed"):
+                break
+    except (ConnectionResetError, asyncio.CancelledError):
+        # the client went away: nobody wants this job any more
+        scheduler.cancel(job.id)
+        log.info("client left; cancelled job %s", job.id)
+        raise
+    finally:
+        scheduler.forget(job)
+    await resp.write_eof()
+    return resp
+
+
+async def cancel(request: web.Request) -> web.Response:
+    ok = request.app[SCHEDULER].cancel(request.match_info["job_id"])
+    return web.json_response({"ok": ok, "message": "cancelling" if ok else "no such running job"})
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"models": [m.to_json() for m in request.app[REGISTRY].infos()]})
+
+
+async def _body(request: web.Request) -> dict:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError:
+        raise web.HTTPBadRequest(text="body must be JSON") from None
+    return body if isinstance(body, dict) else {}
+
+
+def _admin_reply(request: web.Request, message: str, ok: bool = True) -> web.Response:
+    infos = [m.to_json() for m in request.app[REGISTRY].infos()]
+    return web.json_response({"ok": ok, "message": message, "models": infos}, status=200 if ok else 400)
+
+
+async def reload(request: web.Request) -> web.Response:
+    name = (await _body(request)).get("model")
+    try:
+        names = await request.app[REGISTRY].reload(name)
+    except (NotLoaded, settings.ConfigError) as e:
+        return _admin_reply(request, str(e), ok=False)
+    failed = [n for n in names if request.app[REGISTRY].entries.get(n) and request.app[REGISTRY].entries[n].state == "failed"]
+    msg = f"Reloaded {', '.join(names) or 'nothing'}." + (f" Failed: {', '.join(failed)}." if failed else "")
+    return _admin_reply(request, msg, ok=not failed)
+
+
+async def load(request: web.Request) -> web.Response:
+    body = await _body(request)
+    name, device, dtype = body.get("model"), body.get("device"), body.get("dtype")
+    if not isinstance(name, str):
+        return _admin_reply(request, "Say which model to load.", ok=False)
+    if device is not None and settings.device_problem(device):
+        return _admin_reply(request, f"{device!r} is not a device; use auto, cpu, cuda or cuda:N.", ok=False)
+    if dtype is not None and dtype not in settings.DTYPES:
+        return _admin_reply(request, f"{dtype!r} is not a dtype; use {', '.join(settings.DTYPES)}.", ok=False)
+    try:
+        entry = await request.app[REGISTRY].load(name, device, dtype)
+    except NotLoaded as e:
+        return _admin_reply(request, str(e), ok=False)
+    if entry.state == "failed":
+        return _admin_reply(request, f"{name} could not be loaded: {entry.error}", ok=False)
+    return _admin_reply(request, f"{name} is loaded on {entry.device} ({entry.dtype}).")
+
+
+async def unload(request: web.Request) -> web.Response:
+    name = (await _body(request)).get("model")
+    try:
+        await request.app[REGISTRY].unload(str(name))
+    except NotLoaded as e:
+        return _admin_reply(request, str(e), ok=False)
+    return _admin_reply(request, f"{name} is unloaded.")
+
+
+async def serve(config: settings.Config) -> None:
+    """Run the pool until cancelled."""
+    app = make_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    pool = config.pool
+    if pool.host:
+        site: web.BaseSite = web.TCPSite(runner, pool.host, pool.port)
+    else:
+        path = Path(pool.socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()  # a stale socket from a pool that died
+        site = web.UnixSite(runner, str(path))
+    await site.start()
+    log.info("pool listening on %s", pool.url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

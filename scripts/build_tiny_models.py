@@ -1,0 +1,55 @@
+"""Build tiny random-weight versions of every seed model, offline.
+
+    python scripts/build_tiny_models.py [OUT_DIR]     (default: build/tiny-models)
+
+Each folder is saved the way the hub serves the real checkpoint, so the pool
+loads it with the same ``from_pretrained`` code. Rebuilds only when a builder
+changed (a stamp file holds the hash of the builder sources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "build" / "tiny-models"
+log = logging.getLogger("build_tiny_models")
+
+
+def _sources_hash() -> str:
+    h = hashlib.sha256()
+    for p in sorted((ROOT / "scripts" / "tiny_models").glob("*.py")) + [Path(__file__)]:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure(out: Path = DEFAULT_OUT) -> Path:
+    """Build into ``out`` unless an up-to-date build is already there."""
+    stamp = out / ".stamp"
+    digest = _sources_hash()
+    if stamp.exists() and stamp.read_text() == digest:
+        return out
+    sys.path.insert(0, str(ROOT))
+    from scripts.tiny_models import sd, vision
+
+    started = time.perf_counter()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sd.build(tmp)
+    vision.build(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    stamp.write_text(digest)
+    log.info("built tiny models in %s (%.1f s)", out, time.perf_counter() - started)
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ensure(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
