@@ -1,0 +1,37 @@
+"""Errors whose message is written for the chat user.
+
+Anything else that goes wrong is logged with its traceback and the user gets
+a short, honest generic reply (see ``GENERIC``).
+"""
+
+from __future__ import annotations
+
+GENERIC = "Sorry, something went wrong on my side. The bot's admins can find the details in its log."
+
+
+class UserFacingError(Exception):
+    """The message is shown in the chat as it is."""
+
+
+class BadImage(UserFacingError):
+    """An upload that is not a usable image (not an image, damaged, too large)."""
+
+
+class UnknownImage(UserFacingError):
+    """An image id that does not exist in this conversation."""
+
+
+class BadArguments(UserFacingError):
+    """A tool was called with arguments it cannot use."""
+
+
+class PoolFailed(UserFacingError):
+    """The image engine refused or failed a job; the message comes from the pool."""
+
+    def __init__(self, message: str, code: str = "internal"):
+        super().__init__(message)
+        self.code = code
+
+
+class NotAllowed(UserFacingError):
+    """An admin command from someone who is not an admin."""

@@ -1,0 +1,152 @@
+"""The image store: validate uploads, keep image files by content, name them per session.
+
+Uploads are checked before anything else touches them: size in bytes, pixel
+count read from the header before decoding (decompression bombs), a full
+decode (truncated files), then EXIF orientation, RGB, and a resize to fit the
+working size with sides a multiple of 8. Files live under ``images/`` named
+by their SHA-256, written to a temporary name and renamed, so nothing
+half-written is ever visible. The LLM only ever sees ids like ``img3``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.errors import BadImage, UnknownImage
+from core.store import ImageRow, Store
+
+log = logging.getLogger(__name__)
+_ID = re.compile(r"^img[1-9][0-9]{0,6}$")
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def fit_size(width: int, height: int, working: int) -> tuple[int, int]:
+    """Scale so the long side is at most ``working``; round both sides down to a multiple of 8 (min 8)."""
+    scale = min(1.0, working / max(width, height))
+    w, h = max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
+    return w, h
+
+
+def _what_is_it(data: bytes) -> str:
+    head = data[:512]
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "it looks like a web page"
+    if head.startswith(b"%PDF"):
+        return "it looks like a PDF document"
+    try:
+        head.decode("utf-8")
+        return "it looks like a text file"
+    except UnicodeDecodeError:
+        return "its content is not a format I can read (PNG, JPEG, WebP, GIF, BMP)"
+
+
+class ImageStore:
+    def __init__(self, root: Path, store: Store, *, max_pixels: int, max_bytes: int, working_size: int):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = store
+        self.max_pixels, self.max_bytes, self.working_size = max_pixels, max_bytes, working_size
+
+    # --- in -----------------------------------------------------------------
+
+    def decode_upload(self, filename: str, data: bytes) -> Image.Image:
+        """Validate and normalise an upload; raises BadImage saying what is wrong."""
+        name = filename or "the file"
+        if len(data) > self.max_bytes:
+            raise BadImage(f"{name} is {_mb(len(data))}; the limit is {_mb(self.max_bytes)}. Send a smaller file.")
+        if not data:
+            raise BadImage(f"{name} is empty.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                w, h = img.size  # from the header: nothing is decoded yet
+                if w * h > self.max_pixels:
+                    raise BadImage(self._too_many(name, f"{w:,} x {h:,} = {w * h:,}"))
+                img.load()
+        except BadImage:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            # Pillow's own guard fires inside open() for the very largest headers
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            raise BadImage(self._too_many(name, f"{int(found[1]):,}" if found else "too many")) from None
+        except UnidentifiedImageError:
+            raise BadImage(f"{name} is not an image: {_what_is_it(data)}.") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BadImage(f"{name} is damaged or truncated, so I cannot read it ({e}).") from None
+        img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB":
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))  # transparent parts become white, not black
+        size = fit_size(img.width, img.height, self.working_size)
+        if size != img.size:
+            img = img.resize(size, Image.Resampling.LANCZOS)
+        return img
+
+    def _too_many(self, name: str, pixels: str) -> str:
+        return (f"{name} is too large: {pixels} pixels; the limit is {self.max_pixels:,} pixels. "
+                "Send a smaller image.")
+
+    def ingest(self, session: str, filename: str, data: bytes) -> ImageRow:
+        """Validate an upload and add it to the session as a new image."""
+        img = self.decode_upload(filename, data)
+        return self.add(session, img, parent=None, operation="upload", params={"filename": filename})
+
+    def add(self, session: str, img: Image.Image, *, parent: str | None, operation: str,
+            params: dict[str, Any]) -> ImageRow:
+        """Store an image (an upload or a tool's output) and give it the session's next id."""
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", compress_level=1)
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        rel = f"{digest[:2]}/{digest}.png"
+        path = self.root / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        row = ImageRow(session, self.store.new_image_id(session), rel, digest, parent, operation, params,
+                       img.width, img.height, img.mode, None)
+        self.store.add_image(row)
+        log.info("session %s: %s %s (%dx%d %s)", session, row.image_id, operation, img.width, img.height, img.mode)
+        return row
+
+    # --- out ----------------------------------------------------------------
+
+    def row(self, session: str, image_id: Any) -> ImageRow:
+        """The session's image ``image_id``; raises UnknownImage naming the ids that exist."""
+        row = self.store.image(session, image_id) if isinstance(image_id, str) and _ID.match(image_id) else None
+        if row is None:
+            ids = [r.image_id for r in self.store.images(session)]
+            have = f"images: {', '.join(ids)}" if ids else "there are no images yet; upload one first"
+            raise UnknownImage(f"{str(image_id)[:40]!r} does not exist in this conversation; {have}.")
+        return row
+
+    def open(self, session: str, image_id: Any) -> Image.Image:
+        row = self.row(session, image_id)
+        with Image.open(self.root / row.path) as img:
+            img.load()
+            return img
+
+    def path(self, row: ImageRow) -> Path:
+        return self.root / row.path

@@ -1,0 +1,139 @@
+"""The session store: one SQLite file under the data directory (sqlite-utils).
+
+Sessions, their messages (user, assistant, tool calls and results), their
+images and jobs. Everything the LLM sees is rebuilt from here, so a restart
+loses nothing. Schema changes are ordered, named migrations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlite_utils
+
+
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["sessions"].create({"key": str, "platform": str, "created": float, "updated": float,
+                           "image_counter": int}, pk="key")
+    db["messages"].create({"id": int, "session": str, "role": str, "content": str, "tool_calls": str,
+                           "tool_call_id": str, "name": str, "user": str, "created": float}, pk="id")
+    db["messages"].create_index(["session", "id"])
+    db["images"].create({"session": str, "image_id": str, "path": str, "sha256": str, "parent": str,
+                         "operation": str, "params": str, "width": int, "height": int, "mode": str,
+                         "caption": str, "created": float}, pk=("session", "image_id"))
+    db["jobs"].create({"id": int, "session": str, "user": str, "model": str, "state": str, "message": str,
+                       "created": float, "finished": float}, pk="id")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial]
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"name": str, "applied": float}, pk="name")
+    done = {r["name"] for r in db["_migrations"].rows}
+    for m in MIGRATIONS:
+        if m.__name__ not in done:
+            with db.conn:
+                m(db)
+                db["_migrations"].insert({"name": m.__name__, "applied": time.time()})
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    session: str
+    image_id: str
+    path: str  # relative to the image folder
+    sha256: str
+    parent: str | None
+    operation: str
+    params: dict[str, Any]
+    width: int
+    height: int
+    mode: str
+    caption: str | None
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> ImageRow:
+        return cls(r["session"], r["image_id"], r["path"], r["sha256"], r["parent"], r["operation"],
+                   json.loads(r["params"] or "{}"), r["width"], r["height"], r["mode"], r["caption"])
+
+
+class Store:
+    def __init__(self, path: Path | str):
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        migrate(self.db)
+
+    # --- sessions -----------------------------------------------------------
+
+    def session(self, key: str, platform: str = "") -> None:
+        now = time.time()
+        if not self.db["sessions"].count_where("key = ?", [key]):
+            self.db["sessions"].insert({"key": key, "platform": platform, "created": now, "updated": now,
+                                        "image_counter": 0}, ignore=True)
+
+    def sessions(self) -> list[str]:
+        return [r["key"] for r in self.db["sessions"].rows]
+
+    def reset(self, key: str) -> None:
+        """Forget one session's messages and images (files stay: they may be shared by content)."""
+        with self.db.conn:
+            for table in ("messages", "images", "jobs"):
+                self.db[table].delete_where("session = ?", [key])
+            self.db["sessions"].delete_where("key = ?", [key])
+
+    # --- messages -----------------------------------------------------------
+
+    def add_message(self, session: str, role: str, content: str | None = None, *, tool_calls: list | None = None,
+                    tool_call_id: str | None = None, name: str | None = None, user: str | None = None) -> int:
+        self.session(session)
+        row = {"session": session, "role": role, "content": content,
+               "tool_calls": json.dumps(tool_calls) if tool_calls else None,
+               "tool_call_id": tool_call_id, "name": name, "user": user, "created": time.time()}
+        return self.db["messages"].insert(row).last_pk
+
+    def messages(self, session: str) -> list[dict[str, Any]]:
+        rows = self.db["messages"].rows_where("session = ?", [session], order_by="id")
+        return [dict(r, tool_calls=json.loads(r["tool_calls"]) if r["tool_calls"] else None) for r in rows]
+
+    # --- images -------------------------------------------------------------
+
+    def new_image_id(self, session: str) -> str:
+        self.session(session)
+        with self.db.conn:
+            self.db.execute("UPDATE sessions SET image_counter = image_counter + 1, updated = ? WHERE key = ?",
+                            [time.time(), session])
+            n = self.db.execute("SELECT image_counter FROM sessions WHERE key = ?", [session]).fetchone()[0]
+        return f"img{n}"
+
+    def add_image(self, row: ImageRow) -> None:
+        data = {k: getattr(row, k) for k in ImageRow.__dataclass_fields__}
+        data["params"] = json.dumps(row.params)
+        self.db["images"].insert(dict(data, created=time.time()))
+
+    def set_caption(self, session: str, image_id: str, caption: str) -> None:
+        self.db["images"].update((session, image_id), {"caption": caption})
+
+    def image(self, session: str, image_id: str) -> ImageRow | None:
+        rows = list(self.db["images"].rows_where("session = ? AND image_id = ?", [session, image_id]))
+        return ImageRow.from_row(rows[0]) if rows else None
+
+    def images(self, session: str) -> list[ImageRow]:
+        rows = self.db["images"].rows_where("session = ?", [session], order_by="created, rowid")
+        return [ImageRow.from_row(r) for r in rows]
+
+    # --- jobs ---------------------------------------------------------------
+
+    def start_job(self, session: str, user: str, model: str) -> int:
+        return self.db["jobs"].insert({"session": session, "user": user, "model": model, "state": "running",
+                                       "created": time.time()}).last_pk
+
+    def finish_job(self, job: int, state: str, message: str | None = None) -> None:
+        self.db["jobs"].update(job, {"state": state, "message": message, "finished": time.time()})
