@@ -1,6 +1,6 @@
 """Which models are loaded where: load, unload, reload, and what each holds.
 
-Loading runs on a small thread pool so the event loop keeps serving; a job
+Loading runs on its own thread so the event loop keeps serving; a job
 for a model that is loading waits on the model's ``ready`` future. A reload
 builds the new model first and swaps it in: jobs already running finish on
 the old one, jobs that arrive meanwhile wait for the new one.
@@ -46,11 +46,13 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, config: settings.Config, load_threads: int = 2):
+    def __init__(self, config: settings.Config):
         self.config = config
         self.entries: dict[str, Entry] = {}
         self.bases = SharedBases(load_sd_base)
-        self._executor = ThreadPoolExecutor(load_threads, thread_name_prefix="load")
+        # One loading thread: from_pretrained builds modules under a process-wide meta-device
+        # context, so two loads at once hand each other empty (meta) weights.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="load")
 
     # --- queries ------------------------------------------------------------
 
@@ -147,6 +149,10 @@ class Registry:
         return names
 
     def _release(self) -> None:
+        """Forget bases no loaded model uses, and give memory back; never while a load runs,
+        because a loader may be building on a base no finished model holds yet."""
+        if any(e.state == "loading" for e in self.entries.values()):
+            return
         in_use = {id(m) for e in self.entries.values() if e.model is not None for m in e.model.modules().values()}
         self.bases.drop_unused(in_use)
         _free_memory()

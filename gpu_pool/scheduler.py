@@ -38,6 +38,13 @@ class Job:
     cancel_flag: ThreadFlag = field(default_factory=ThreadFlag)
     device: str = ""
     finished: bool = False
+    position: int | None = None  # last position announced
+
+    def announce(self, position: int) -> None:
+        """A queued event, only when the position changed."""
+        if position != self.position:
+            self.position = position
+            self.emit(Event("queued", self.id, position=position))
 
     def emit(self, ev: Event) -> None:
         if self.finished:
@@ -63,7 +70,7 @@ class DeviceQueue:
 
     def put(self, job: Job) -> None:
         self.pending.append(job)
-        job.emit(Event("queued", job.id, position=self._ahead(len(self.pending) - 1)))
+        job.announce(self._ahead(len(self.pending) - 1))
         self._wake.set()
 
     def remove(self, job: Job) -> bool:
@@ -79,7 +86,7 @@ class DeviceQueue:
 
     def _announce_positions(self) -> None:
         for i, job in enumerate(self.pending):
-            job.emit(Event("queued", job.id, position=self._ahead(i)))
+            job.announce(self._ahead(i))
 
     async def _work(self) -> None:
         while True:

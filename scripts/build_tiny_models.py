@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,14 +40,19 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     from scripts.tiny_models import sd, vision
 
     started = time.perf_counter()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))  # per process: builds may race
     sd.build(tmp)
     vision.build(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    stamp.write_text(digest)
+    (tmp / ".stamp").write_text(digest)
+    old = out.with_name(f"{out.name}.old.{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: its build is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     log.info("built tiny models in %s (%.1f s)", out, time.perf_counter() - started)
     return out
 

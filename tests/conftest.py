@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import settings  # noqa: E402
+from core.pool_client import PoolClient  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +36,67 @@ def write_tiny_config(folder: Path, extra: str = "") -> Path:
     path = folder / "config.toml"
     path.write_text(text + "\n" + extra)
     return path
+
+
+# --- a real pool process -------------------------------------------------------
+
+
+class Pool:
+    def __init__(self, config: Path, proc: subprocess.Popen, log: Path):
+        self.config, self.proc, self.log = config, proc, log
+        self.url = settings.load(config, env_check=False).pool.url
+
+    def client(self) -> PoolClient:
+        return PoolClient(self.url)
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    client = PoolClient(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pool exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if await client.health():
+                states = {m.name: m.state for m in await client.models()}
+                if states and "loading" not in states.values():
+                    failed = {n: s for n, s in states.items() if s != "ready"}
+                    assert not failed, f"models failed to load: {failed}\n{log.read_text()[-5000:]}"
+                    return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"pool not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+    finally:
+        await client.close()
+
+
+def start_pool(folder: Path, extra: str = "") -> Pool:
+    config = write_tiny_config(folder, extra)
+    log = folder / "pool.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    pool = Pool(config, proc, log)
+    try:
+        asyncio.run(_wait_ready(pool.url, proc, log))
+    except BaseException:
+        proc.kill()
+        raise
+    return pool
+
+
+def stop_pool(pool: Pool) -> None:
+    pool.proc.terminate()
+    try:
+        pool.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pool.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def pool(tiny_dir, tmp_path_factory):
+    """One pool process with every tiny model, shared by the tests that need it."""
+    p = start_pool(tmp_path_factory.mktemp("pool"))
+    yield p
+    stop_pool(p)
+
+

@@ -68,6 +68,7 @@ class PoolModel:
 
     def __init__(self, spec: LoadSpec):
         self.spec = spec
+        self.name = spec.name
         self.device = spec.device
         self.dtype = spec.dtype
 
@@ -80,7 +81,7 @@ class PoolModel:
 
 
 class SharedBases:
-    """One Stable Diffusion 1.5 base per (device, dtype), loaded on first use.
+    """One Stable Diffusion 1.5 base per (source, device, dtype), loaded on first use.
 
     Thread-safe: loaders run on worker threads. ``get`` returns the base
     pipeline (a ``StableDiffusionPipeline``); every SD-family model on that
