@@ -1,0 +1,42 @@
+"""Every tool the agent and the slash commands can call, in one visible list.
+
+``available(loaded)`` is what the LLM is offered: the tools whose pool models
+are all loaded right now.
+"""
+
+from __future__ import annotations
+
+from core.templates.background import RemoveBackground
+from core.templates.outpaint import ExtendImage
+from core.templates.remove import RemoveObject
+from core.templates.replace import ReplaceObject
+from core.tools import conditions, controlnet
+from core.tools.base import Tool
+from core.tools.caption import CaptionImage
+from core.tools.edit import EditImage
+from core.tools.generate import GenerateImage
+from core.tools.inpaint import InpaintImage
+from core.tools.mask import FindObject
+from core.tools.question import AnswerQuestion
+
+TOOLS: list[Tool] = [
+    CaptionImage(),
+    AnswerQuestion(),
+    GenerateImage(),
+    EditImage(),
+    *conditions.TOOLS,
+    *controlnet.TOOLS,
+    FindObject(),
+    InpaintImage(),
+    # multi-step flows (core/templates), each one tool to the LLM
+    ExtendImage(),
+    RemoveObject(),
+    ReplaceObject(),
+    RemoveBackground(),
+]
+BY_NAME: dict[str, Tool] = {t.name: t for t in TOOLS}
+
+
+def available(loaded: set[str]) -> list[Tool]:
+    """Tools whose models are all loaded."""
+    return [t for t in TOOLS if set(t.models) <= loaded]

@@ -1,0 +1,37 @@
+"""Condition maps of an image (edges, lines, pose, depth ...): one tool per annotator.
+
+They differ only in model and wording, so they are one table and one class.
+"""
+
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, save
+
+# tool name -> (pool model, what it makes, when to use it)
+CONDITIONS = {
+    "detect_edges": ("Image2Canny", "edge map", "Find the edges in an image (Canny edge map)."),
+    "detect_lines": ("Image2Line", "line map", "Find the straight lines in an image (M-LSD), e.g. of buildings or rooms."),
+    "detect_soft_edges": ("Image2Hed", "soft-edge map", "Find the soft boundaries of an image (HED boundary map)."),
+    "make_sketch": ("Image2Scribble", "sketch", "Turn an image into a rough scribble sketch."),
+    "detect_pose": ("Image2Pose", "pose map", "Find the pose of the people in an image (OpenPose skeleton)."),
+    "segment_image": ("Image2Seg", "segmentation map", "Split an image into coloured regions by what they are."),
+    "estimate_depth": ("Image2Depth", "depth map", "Estimate how far away each part of an image is (depth map)."),
+    "estimate_normals": ("Image2Normal", "normal map", "Estimate the surface directions in an image (normal map)."),
+}
+
+
+class DetectCondition(Tool):
+    parameters = {"image": image_param("the image to analyse")}
+    required = ("image",)
+
+    def __init__(self, name: str):
+        self.name = name
+        self.model, self.made_what, self.description = CONDITIONS[name]
+        self.models = (self.model,)
+
+    async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
+        img = ctx.images.open(ctx.session, args["image"])
+        out = await run_job(ctx, self.model, {}, [img], label=f"Making a {self.made_what}")
+        row = save(ctx, out.images[0], parent=args["image"], operation=self.name, params={})
+        return ToolResult(f"Made {row.image_id}, the {self.made_what} of {args['image']}.", [row.image_id])
+
+
+TOOLS = [DetectCondition(name) for name in CONDITIONS]

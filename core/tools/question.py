@@ -1,0 +1,22 @@
+"""answer_question: visual question answering about one image (BLIP VQA)."""
+
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, text_param
+
+
+class AnswerQuestion(Tool):
+    name = "answer_question"
+    description = "Answer a question about what is in an image, such as what breed a dog is or what colour a car is."
+    parameters = {"image": image_param("the image the question is about"),
+                  "question": text_param("the question, in English")}
+    required = ("image", "question")
+    models = ("VisualQuestionAnswering",)
+    read_only = True
+
+    async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
+        img = ctx.images.open(ctx.session, args["image"])
+        out = await run_job(ctx, "VisualQuestionAnswering", {"question": args["question"]}, [img],
+                            label="Looking at the image")
+        answer = (out.text or "").strip()
+        if not answer:
+            return ToolResult(f"The question-answering model had no answer for {args['image']}.")
+        return ToolResult(f"Answer about {args['image']}: {answer}")

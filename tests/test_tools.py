@@ -1,0 +1,200 @@
+"""Every tool and template end to end against the pool with the tiny models."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image, ImageDraw
+
+import settings
+from core.images import ImageStore
+from core.store import Store
+from core.tools import BY_NAME, TOOLS, available
+from core.tools.base import ToolContext, call
+
+
+def photo_bytes(w: int = 96, h: int = 64) -> bytes:
+    img = Image.new("RGB", (w, h), (40, 100, 170))
+    d = ImageDraw.Draw(img)
+    d.rectangle([20, 16, 50, 60], fill=(230, 190, 30))
+    d.ellipse([56, 4, 90, 36], fill=(200, 30, 30))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+async def ctx(pool, tmp_path):
+    cfg = settings.load(pool.config, env_check=False)
+    store = Store(tmp_path / "bot.db")
+    images = ImageStore(tmp_path / "images", store, max_pixels=cfg.limits.max_image_pixels,
+                        max_bytes=cfg.limits.max_upload_bytes, working_size=cfg.limits.working_size)
+    client = pool.client()
+    statuses: list[str] = []
+
+    async def status(text: str) -> None:
+        statuses.append(text)
+
+    c = ToolContext("test:chan", "u1", images, client, cfg.limits, status)
+    c.statuses = statuses
+    # working_size is 64 in the tiny config: uploads become 64x40 (96x64 scaled, multiples of 8)
+    assert images.ingest(c.session, "photo.png", photo_bytes()).image_id == "img1"
+    yield c
+    await client.close()
+
+
+def only_row(ctx, image_id):
+    row = ctx.images.store.image(ctx.session, image_id)
+    assert row is not None and ctx.images.path(row).exists()
+    return row
+
+
+@pytest.mark.parametrize("name", ["caption_image", "answer_question"])
+async def test_tools_that_answer_in_words(ctx, name):
+    args = {"image": "img1"} | ({"question": "what colour is the box?"} if name == "answer_question" else {})
+    result = await call(BY_NAME[name], ctx, args)
+    assert result.ok, result.text
+    assert result.images == [] and result.text.startswith(("img1 shows: ", "Answer about img1: ", "The "))
+
+
+IMAGE_TOOLS = {
+    "generate_image": ({"prompt": "a cat on a sofa", "width": 64, "height": 96}, None, (64, 96)),
+    "edit_image": ({"image": "img1", "instruction": "make it winter"}, "img1", (64, 40)),
+    **{name: ({"image": "img1"}, "img1", (64, 40)) for name in (
+        "detect_edges", "detect_lines", "detect_soft_edges", "make_sketch", "detect_pose", "segment_image",
+        "estimate_depth", "estimate_normals")},
+    **{name: ({"image": "img1", "prompt": "a house"}, "img1", (64, 40)) for name in (
+        "generate_from_edges", "generate_from_lines", "generate_from_soft_edges", "generate_from_sketch",
+        "generate_from_pose", "generate_from_segmentation", "generate_from_depth", "generate_from_normals")},
+    "extend_image": ({"image": "img1", "width": 160, "height": 96}, "img1", (160, 96)),
+}
+
+
+@pytest.mark.parametrize("name", list(IMAGE_TOOLS))
+async def test_tools_that_make_an_image(ctx, name):
+    args, parent, size = IMAGE_TOOLS[name]
+    result = await call(BY_NAME[name], ctx, args)
+    assert result.ok, result.text
+    assert result.images == ["img2"] and ctx.made == ["img2"]
+    row = only_row(ctx, "img2")
+    assert (row.width, row.height) == size
+    assert row.parent == parent and row.operation == name
+    assert Image.open(ctx.images.path(row)).size == size
+    if BY_NAME[name].models[0].endswith("Text2Image") or name in ("generate_image", "edit_image"):
+        assert any("step" in s for s in ctx.statuses)  # progress reached the chat
+
+
+async def test_find_object_then_inpaint(ctx):
+    found = await call(BY_NAME["find_object"], ctx, {"image": "img1", "object": "the yellow box"})
+    if not found.ok:  # a random tiny model may find nothing; the message says so
+        assert found.text == "Could not find the yellow box in img1."
+        return
+    mask = only_row(ctx, "img2")
+    assert (mask.mode, mask.parent, mask.operation) == ("L", "img1", "find_object")
+    painted = await call(BY_NAME["inpaint_image"], ctx, {"image": "img1", "mask": "img2", "prompt": "a red car"})
+    assert painted.ok, painted.text
+    row = only_row(ctx, "img3")
+    assert (row.width, row.height, row.parent, row.operation) == (64, 40, "img1", "inpaint_image")
+    assert row.params["mask"] == "img2"
+
+
+async def test_inpaint_with_a_drawn_mask(ctx):
+    m = Image.new("L", (64, 40), 0)
+    ImageDraw.Draw(m).rectangle([8, 8, 30, 30], fill=255)
+    mask = ctx.images.add(ctx.session, m, parent=None, operation="upload", params={})
+    result = await call(BY_NAME["inpaint_image"], ctx, {"image": "img1", "mask": mask.image_id, "prompt": "a dog"})
+    assert result.ok, result.text
+    assert only_row(ctx, result.images[0]).operation == "inpaint_image"
+
+
+@pytest.mark.parametrize("name", ["remove_object", "replace_object", "remove_background"])
+async def test_object_templates(ctx, name):
+    args = {"image": "img1"}
+    if name != "remove_background":
+        args["object"] = "the yellow box"
+    if name == "replace_object":
+        args["replacement"] = "a blue ball"
+    result = await call(BY_NAME[name], ctx, args)
+    if not result.ok:  # the tiny CLIPSeg may see nothing: a clear message, no image
+        assert result.text.startswith("Error: I could not find ") and ctx.made == []
+        return
+    row = only_row(ctx, result.images[-1])
+    assert (row.width, row.height, row.parent, row.operation) == (64, 40, "img1", name)
+    assert row.mode == ("RGBA" if name == "remove_background" else "RGB")
+
+
+# --- hostile arguments: each an error result with a message the LLM can act on
+
+
+async def test_missing_required_argument(ctx):
+    result = await call(BY_NAME["edit_image"], ctx, {"image": "img1"})
+    assert not result.ok
+    assert result.text == "Error: edit_image needs 'instruction': what to change, as an instruction in English"
+
+
+async def test_image_id_from_another_session(ctx):
+    ctx.images.ingest("test:other", "a.png", photo_bytes())
+    ctx.images.ingest("test:other", "b.png", photo_bytes(80, 80))
+    result = await call(BY_NAME["caption_image"], ctx, {"image": "img2"})
+    assert result.text == "Error: 'img2' does not exist in this conversation; images: img1."
+
+
+async def test_image_id_that_looks_like_a_path(ctx):
+    result = await call(BY_NAME["edit_image"], ctx, {"image": "../../etc/passwd", "instruction": "x"})
+    assert result.text == "Error: '../../etc/passwd' does not exist in this conversation; images: img1."
+    assert ctx.made == []
+
+
+async def test_out_of_range_extension_size(ctx):
+    result = await call(BY_NAME["extend_image"], ctx, {"image": "img1", "width": 2000, "height": 96})
+    assert result.text == "Error: 'width' must be between 64 (the image's width now) and 256, got 2000."
+    result = await call(BY_NAME["extend_image"], ctx, {"image": "img1", "width": 64, "height": 32})
+    assert result.text == "Error: 'height' must be between 40 (the image's height now) and 256, got 32."
+    result = await call(BY_NAME["extend_image"], ctx, {"image": "img1", "width": 64, "height": 40})
+    assert result.text == "Error: The image is already 64x40; ask for a larger size."
+    result = await call(BY_NAME["extend_image"], ctx, {"image": "img1", "width": 9000, "height": 96})
+    assert result.text == "Error: 'width' must be between 8 and 4096, got 9000."
+
+
+async def test_unknown_argument_and_wrong_type(ctx):
+    result = await call(BY_NAME["caption_image"], ctx, {"image": "img1", "path": "/etc/passwd"})
+    assert result.text == "Error: caption_image has no argument 'path'; it takes image."
+    result = await call(BY_NAME["generate_image"], ctx, {"prompt": "x", "width": "wide"})
+    assert result.text == "Error: 'width' must be a whole number, got 'wide'."
+
+
+async def test_a_model_that_is_not_loaded(ctx, pool):
+    await ctx.pool.unload("Image2Depth")
+    try:
+        result = await call(BY_NAME["estimate_depth"], ctx, {"image": "img1"})
+        assert result.text == ("Error: Image2Depth is not loaded on this bot; an admin can load it with "
+                               "/load Image2Depth.")
+        offered = {t.name for t in available({m.name for m in await ctx.pool.models() if m.state == "ready"})}
+        assert "estimate_depth" not in offered and "detect_edges" in offered
+    finally:
+        await ctx.pool.load("Image2Depth", device="cpu")
+
+
+# --- the registry stays honest ---------------------------------------------
+
+
+def test_every_tool_has_a_description_a_valid_schema_and_known_models():
+    names = [t.name for t in TOOLS]
+    assert len(names) == len(set(names))
+    for tool in TOOLS:
+        assert tool.description.endswith(".") and len(tool.description) < 200, tool.name
+        schema = tool.schema(["img1", "img2"])["function"]
+        params = schema["parameters"]
+        assert set(params["required"]) <= set(params["properties"]), tool.name
+        for key, spec in params["properties"].items():
+            assert spec["type"] in ("string", "integer") and spec["description"], (tool.name, key)
+            assert "x-image" not in spec
+        assert tool.models and set(tool.models) <= set(settings.MODEL_NAMES), tool.name
+    covered = {m for t in TOOLS for m in t.models}
+    assert covered == set(settings.MODEL_NAMES)  # every seed model is reachable by some tool
+
+
+def test_image_parameters_are_enums_of_the_session_ids():
+    spec = BY_NAME["edit_image"].schema(["img1", "img4"])["function"]["parameters"]["properties"]["image"]
+    assert spec["enum"] == ["img1", "img4"]
