@@ -67,6 +67,7 @@ class LLMConfig:
     turn_timeout_s: float
     max_tool_rounds: int
     history_tokens: int
+    stream: bool
 
     @property
     def api_key(self) -> str | None:
@@ -214,6 +215,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "turn_timeout_s": ((int, float), 600, _positive),
         "max_tool_rounds": (int, 6, _positive),
         "history_tokens": (int, 6000, _positive),
+        "stream": (bool, False, None),
     },
     "pool": {
         "start": (bool, True, None),

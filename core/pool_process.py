@@ -1,0 +1,77 @@
+"""Start the pool as a child process, and start it again if it dies.
+
+Only for a pool the bot started itself (``pool.start = true``); a pool
+someone else runs is only connected to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+from core.pool_client import PoolClient
+
+log = logging.getLogger(__name__)
+
+
+class PoolProcess:
+    def __init__(self, config_path: Path, url: str, startup_timeout: float = 600, cwd: Path | None = None):
+        self.config_path, self.url, self.startup_timeout = Path(config_path), url, startup_timeout
+        self.cwd = cwd or Path(__file__).resolve().parent.parent
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._watch: asyncio.Task | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the pool and wait until it answers (models may still be loading)."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd)
+        log.info("started the pool (pid %s)", self.proc.pid)
+        await self.wait_healthy()
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watchdog(), name="pool-watchdog")
+
+    async def wait_healthy(self) -> None:
+        client = PoolClient(self.url)
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            while not await client.health():
+                if self.proc and self.proc.returncode is not None:
+                    raise RuntimeError(f"the pool exited with code {self.proc.returncode} while starting; "
+                                       "see its log above")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the pool did not answer within {self.startup_timeout:g} s")
+                await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+
+    async def _watchdog(self) -> None:
+        while not self._stopping:
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            log.error("the pool exited (code %s); starting it again (restart %d)", code, self.restarts)
+            await asyncio.sleep(min(30, 2 ** min(self.restarts, 5) / 4))
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd)
+                await self.wait_healthy()
+                log.info("the pool is back (pid %s)", self.proc.pid)
+            except Exception:
+                log.exception("restarting the pool failed")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._watch:
+            self._watch.cancel()
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()

@@ -1,0 +1,262 @@
+"""The agent over the real openai client, a scripted loopback LLM, and the tiny-model pool."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+
+import pytest
+from PIL import Image, ImageDraw
+
+import settings
+from core.engine import Core
+from core.images import ImageStore
+from core.llm import LLM
+from core.store import Store
+from core.turn import Attachment, Turn
+from tests.fakes.openai_server import FakeLLM
+
+
+class RecordingReply:
+    """What a chat user would see: status lines, and messages with their images."""
+
+    def __init__(self):
+        self.statuses: list[str | None] = []
+        self.sent: list[tuple[str, list]] = []
+        self.typing_count = 0
+
+    async def typing(self):
+        self.typing_count += 1
+
+    async def status(self, text):
+        self.statuses.append(text)
+
+    async def send(self, text, images=()):
+        self.sent.append((text, list(images)))
+
+    @property
+    def text(self) -> str:
+        return self.sent[-1][0]
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [im.image_id for im in self.sent[-1][1]]
+
+
+def photo(sky=(120, 160, 200)) -> Attachment:
+    img = Image.new("RGB", (96, 64), sky)
+    ImageDraw.Draw(img).polygon([(20, 40), (48, 12), (76, 40)], fill=(150, 40, 30))  # a roof
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return Attachment("house.jpg", "image/jpeg", buf.getvalue())
+
+
+def turn(text: str, session: str = "discord:channel:1", *files: Attachment, user: str = "u1") -> Turn:
+    return Turn("discord", session, user, f"name-{user}", text, tuple(files))
+
+
+@pytest.fixture
+async def llm_server():
+    async with FakeLLM() as server:
+        yield server
+
+
+def make_core(pool, tmp_path, llm_server, **llm_overrides) -> Core:
+    cfg = settings.load(pool.config, env_check=False)
+    llm_cfg = dataclasses.replace(cfg.llm, base_url=llm_server.base_url, **llm_overrides)
+    cfg = dataclasses.replace(cfg, llm=llm_cfg, storage=settings.StorageConfig(tmp_path / "data"))
+    store = Store(tmp_path / "data" / "bot.db")
+    lim = cfg.limits
+    images = ImageStore(tmp_path / "data" / "images", store, max_pixels=lim.max_image_pixels,
+                        max_bytes=lim.max_upload_bytes, working_size=lim.working_size)
+    from core.pool_client import PoolClient
+
+    return Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0), status_interval=0)
+
+
+@pytest.fixture
+async def core(pool, tmp_path, llm_server):
+    c = make_core(pool, tmp_path, llm_server)
+    yield c
+    await c.pool.close()
+    await c.llm.close()
+
+
+def image_enum(request: dict, tool: str) -> list[str]:
+    for t in request["tools"]:
+        if t["function"]["name"] == tool:
+            return t["function"]["parameters"]["properties"]["image"]["enum"]
+    raise AssertionError(f"{tool} not offered")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_seed_classic_chain(pool, tmp_path, llm_server, stream):
+    """upload -> caption -> 'make it winter' (pix2pix) -> 'what's on the roof now?' (VQA on the new image)"""
+    core = make_core(pool, tmp_path, llm_server, stream=stream)
+    reply = RecordingReply()
+    out = await core.handle(turn("", "discord:channel:1", photo()), reply)
+    assert reply.text.startswith("Got img1") and reply.text.endswith("What should I do with it?")
+    assert reply.typing_count == 1
+    caption = core.store.image("discord:channel:1", "img1").caption
+    assert caption is not None  # captioned on upload (the tiny model's words are gibberish)
+
+    llm_server.on(user="make it winter", after_tool=False).call(
+        "edit_image", {"image": "img1", "instruction": "make it look like winter"})
+    llm_server.on(after_tool="edit_image").reply("Here it is, snowy: img2")
+    reply = RecordingReply()
+    out = await core.handle(turn("make it winter"), reply)
+    assert out.images == ["img2"] and reply.image_ids == ["img2"]
+    assert reply.text == "Here it is, snowy: img2"
+    posted = reply.sent[-1][1][0]
+    assert Image.open(posted.path).size == (64, 40) and posted.filename == "img2.png"
+    row = core.store.image("discord:channel:1", "img2")
+    assert (row.parent, row.operation) == ("img1", "edit_image")
+    first = llm_server.requests[0]
+    assert image_enum(first, "edit_image") == ["img1"]
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant", "user"]
+    assert first["messages"][1]["content"].startswith("[uploaded img1 (house.jpg): 64x40, shows: ")
+    assert "- img1: 64x40, uploaded, shows: " in first["messages"][0]["content"]  # the image list
+    assert any(s and "step" in s for s in reply.statuses) and reply.statuses[-1] is None
+
+    llm_server.on(user="on the roof", after_tool=False).call(
+        "answer_question", {"image": "img2", "question": "what is on the roof?"})
+    llm_server.on(after_tool="answer_question", result_contains="Answer about img2").reply("There is snow on it.")
+    reply = RecordingReply()
+    await core.handle(turn("what's on the roof now?"), reply)
+    assert reply.text == "There is snow on it." and reply.image_ids == []
+    assert image_enum(llm_server.requests[-2], "answer_question") == ["img1", "img2"]
+    roles = [m["role"] for m in core.store.messages("discord:channel:1")]
+    assert roles == ["user", "assistant", "user", "assistant", "tool", "assistant",
+                     "user", "assistant", "tool", "assistant"]
+    await core.pool.close()
+    await core.llm.close()
+
+
+async def test_two_sessions_do_not_leak(core, llm_server):
+    await core.handle(turn("", "slack:C1", photo()), RecordingReply())
+    await core.handle(turn("", "slack:C2", photo(sky=(10, 20, 30))), RecordingReply())
+    llm_server.on(user="draw a dog").call("generate_image", {"prompt": "a dog"})
+    llm_server.on(after_tool="generate_image").reply("Done: img2")
+    llm_server.on(user="what do we have").reply("Only img1.")
+    a, b = RecordingReply(), RecordingReply()
+    await core.handle(turn("draw a dog", "slack:C1"), a)
+    await core.handle(turn("what do we have?", "slack:C2"), b)
+    assert a.image_ids == ["img2"]
+    assert b.image_ids == ["img1"]  # named in the answer: C2's own img1, not C1's
+    c2_img1 = core.store.image("slack:C2", "img1")
+    assert b.sent[-1][1][0].path == core.images.path(c2_img1) != core.images.path(core.store.image("slack:C1", "img1"))
+    c2_request = llm_server.requests[-1]
+    assert "draw a dog" not in str(c2_request["messages"])
+    assert image_enum(c2_request, "edit_image") == ["img1"]
+    assert [r.image_id for r in core.store.images("slack:C2")] == ["img1"]
+
+
+async def test_restart_in_the_middle_and_continue(pool, tmp_path, llm_server):
+    first = make_core(pool, tmp_path, llm_server)
+    await first.handle(turn("", "discord:dm:7", photo()), RecordingReply())
+    llm_server.on(user="make it winter").call("edit_image", {"image": "img1", "instruction": "winter"})
+    llm_server.on(after_tool="edit_image").reply("img2 is wintry.")
+    await first.handle(turn("make it winter", "discord:dm:7"), RecordingReply())
+    await first.pool.close()
+    await first.llm.close()
+
+    again = make_core(pool, tmp_path, llm_server)  # same data directory: a restarted bot
+    llm_server.on(user="make it a painting").call("edit_image", {"image": "img2", "instruction": "a painting"})
+    llm_server.on(after_tool="edit_image").reply("Here is the painting: img3.")
+    reply = RecordingReply()
+    await again.handle(turn("now make it a painting", "discord:dm:7"), reply)
+    assert reply.image_ids == ["img3"]
+    sent = llm_server.requests[-2]["messages"]
+    assert any("make it winter" in (m.get("content") or "") for m in sent)  # history came back from disk
+    assert image_enum(llm_server.requests[-2], "edit_image") == ["img1", "img2"]
+    assert again.store.image("discord:dm:7", "img3").parent == "img2"
+    await again.pool.close()
+    await again.llm.close()
+
+
+async def test_invented_image_id_and_malformed_arguments(core, llm_server):
+    await core.handle(turn("", "s", photo()), RecordingReply())
+    llm_server.on(user="edit it").call("edit_image", {"image": "img9", "instruction": "x"})
+    llm_server.on(after_tool="edit_image", result_contains="'img9' does not exist").call("edit_image", '{"image": ')
+    llm_server.on(after_tool="edit_image", result_contains="not valid JSON").reply("Sorry, I could not edit it.")
+    reply = RecordingReply()
+    await core.handle(turn("edit it", "s"), reply)
+    assert reply.text == "Sorry, I could not edit it."
+    tools = [m["content"] for m in core.store.messages("s") if m["role"] == "tool"]
+    assert tools[0] == "Error: 'img9' does not exist in this conversation; images: img1."
+    assert tools[1].startswith("Error: the arguments for edit_image were not valid JSON")
+
+
+async def test_endless_loop_is_cut(core, llm_server, caplog):
+    llm_server.on(times=None, tools_include="generate_image").call("generate_image", {"prompt": "a cat"})
+    reply = RecordingReply()
+    await core.handle(turn("draw a cat forever", "loop"), reply)
+    assert reply.text == "I stopped after 6 steps without finishing. Here is what I made so far: img1."
+    assert reply.image_ids == ["img1"]
+    tools = [m["content"] for m in core.store.messages("loop") if m["role"] == "tool"]
+    assert tools[1].startswith("Error: generate_image was already called with these arguments")
+    assert core.store.messages("loop")[-1]["content"] == reply.text
+
+
+@pytest.mark.parametrize("script, message", [
+    (lambda s: s.on().error(500, "boom"),
+     "The language model server had an error (HTTP 500). Please try again in a moment."),
+    (lambda s: s.on().error(401, "bad key"),
+     "The language model server refused the bot's API key. An admin needs to check $OPENAI_API_KEY."),
+    (lambda s: s.on().delay(3).reply("too late"),
+     "The language model did not answer in time (0.5 s). Please try again."),
+])
+async def test_llm_failures_are_short_honest_messages(pool, tmp_path, script, message, caplog):
+    async with FakeLLM() as server:
+        core = make_core(pool, tmp_path, server, timeout_s=0.5)
+        await core.handle(turn("", "s", photo()), RecordingReply())
+        script(server)
+        reply = RecordingReply()
+        with caplog.at_level(logging.WARNING):
+            await core.handle(turn("hello there", "s"), reply)
+        await core.pool.close()
+        await core.llm.close()
+    assert reply.text == message
+    assert "Traceback" not in reply.text
+    assert any("LLM request to" in r.message for r in caplog.records)  # a log line for the admin
+    kept = [m["content"] for m in core.store.messages("s")]
+    assert kept[-2] == "hello there" and kept[-1] == message  # nothing lost, the failure recorded
+
+
+async def test_server_without_tool_calling_falls_back_to_json_actions(core, llm_server):
+    llm_server.on(when=lambda r: "tools" in r).error(400, "tools are not supported by this model")
+    llm_server.on(user="a cat").reply("Sure! I will draw a cat for you.")  # not JSON: corrected
+    llm_server.on(user="not valid").reply('{"tool": "generate_image", "arguments": {"prompt": "a cat"}}')
+    llm_server.on(user="Result: Drew img1").reply('{"reply": "Here is your cat: img1"}')
+    reply = RecordingReply()
+    await core.handle(turn("draw a cat", "json"), reply)
+    assert reply.text == "Here is your cat: img1" and reply.image_ids == ["img1"]
+    assert core.llm.json_mode
+    assert "tools" not in llm_server.requests[1]
+
+
+async def test_bad_upload_is_reported_and_nothing_is_lost(core, llm_server):
+    await core.handle(turn("", "s", photo()), RecordingReply())
+    reply = RecordingReply()
+    await core.handle(turn("", "s", Attachment("cat.png", "image/png", b"meow, not a picture")), reply)
+    assert reply.text == "cat.png is not an image: it looks like a text file."
+    assert [r.image_id for r in core.store.images("s")] == ["img1"]
+
+
+async def test_direct_command_without_llm(core):
+    reply = RecordingReply()
+    out = await core.direct(turn("/imagine", "cmd"), reply, "generate_image", {"prompt": "a red house"})
+    assert out.images == ["img1"] and reply.image_ids == ["img1"]
+    assert reply.text.startswith('Drew img1 (64x64) from "a red house"')
+
+
+async def test_admin_commands_need_an_admin(core):
+    from core.errors import NotAllowed
+
+    with pytest.raises(NotAllowed) as e:
+        await core.admin(turn("/models"), "models")
+    assert str(e.value) == "Sorry, /models is for the bot's admins only."
+    admin = dataclasses.replace(turn("/models"), is_admin=True)
+    listing = await core.admin(admin, "models")
+    assert "Text2Image: ready on cpu (float32)" in listing
