@@ -79,13 +79,14 @@ def in_process(img: Image.Image, n: int) -> list[float]:
     import torch
 
     from gpu_pool.models import loader, load_sd_base
-    from gpu_pool.models.base import LoadSpec, SharedBases
+    from gpu_pool.models.base import LoadSpec, SharedBases, check_params
 
     model = loader("Image2Canny")(LoadSpec("Image2Canny", "", "cpu", torch.float32, ""), SharedBases(load_sd_base))
+    params = check_params(model, {}, {})  # the defaults, as the pool fills them
     times = []
     for i in range(n + 10):
         started = time.perf_counter()
-        model.run({"low_threshold": 100, "high_threshold": 200}, [img], lambda s, t: None)
+        model.run(params, [img], lambda s, t: None)
         if i >= 10:
             times.append((time.perf_counter() - started) * 1000)
     return times
