@@ -65,11 +65,11 @@ class Core:
     # --- helpers ------------------------------------------------------------
 
     async def loaded_models(self) -> set[str]:
-        """Models ready in the pool (cached for two seconds)."""
+        """Models ready in the pool, or loading (a job waits for them); cached for two seconds."""
         at, names = self._loaded
         if time.monotonic() - at > 2:
             try:
-                names = {m.name for m in await self.pool.models() if m.state == "ready"}
+                names = {m.name for m in await self.pool.models() if m.state in ("ready", "loading")}
             except PoolUnavailable:
                 names = set()
             self._loaded = (time.monotonic(), names)

@@ -70,7 +70,7 @@ class Event:
     kind: EventKind
     job_id: str
     position: int | None = None  # queued: jobs ahead of this one on its device
-    step: int | None = None  # progress
+    step: int | None = None  # progress (step 0 of total 0: waiting for the model to load)
     total: int | None = None
     text: str | None = None  # done
     images: list[RawImage] = field(default_factory=list)  # done

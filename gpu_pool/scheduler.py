@@ -157,6 +157,9 @@ class Scheduler:
         if job.cancel_flag.is_set():
             return job.fail("The job was cancelled.", "cancelled")
         req = job.request
+        entry = self.registry.entries.get(req.model)
+        if entry is not None and entry.state == "loading":
+            job.emit(Event("progress", job.id, step=0, total=0))  # step 0 of 0: waiting for the model to load
         try:
             model = await self.registry.get(req.model)
             params = check_params(model, req.params, self.limits)

@@ -104,13 +104,14 @@ async def test_a_job_for_a_loading_model_waits_for_it():
     sched = Scheduler(reg)
     job = sched.submit(JobRequest("Image2Canny", {"seconds": 0.0}))
     await asyncio.sleep(0.2)
-    assert job.events.qsize() == 1  # queued, still waiting
+    assert job.events.qsize() == 2  # queued, then "waiting for the model to load"
     entry = reg.entries["Image2Canny"]
     entry.model, entry.state = Stand("Image2Canny"), "ready"
     entry.ready.set_result(entry.model)
     evs = await finish(job)
     sched.close()
-    assert [e.kind for e in evs] == ["queued", "progress", "done"]
+    assert [(e.kind, e.step, e.total) for e in evs] == [
+        ("queued", None, None), ("progress", 0, 0), ("progress", 1, 1), ("done", None, None)]
 
 
 async def test_cancel_a_queued_job():

@@ -143,6 +143,8 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
     async for ev in ctx.pool.run(request):
         if ev.kind == "queued":
             await ctx.status(f"{label}: waiting, {ev.position} job(s) ahead" if ev.position else f"{label}: starting")
+        elif ev.kind == "progress" and ev.total == 0:
+            await ctx.status(f"{label}: waiting for {model} to load")
         elif ev.kind == "progress" and ev.total and ev.total > 1:
             await ctx.status(f"{label}: step {ev.step}/{ev.total}")
         elif ev.kind == "done":

@@ -1,0 +1,146 @@
+"""The bot as a user runs it: `python -m bot` in a terminal, and a pool that dies under it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import settings
+from core.engine import Core
+from core.images import ImageStore
+from core.llm import LLM
+from core.pool_client import UNAVAILABLE, PoolClient
+from core.pool_process import PoolProcess
+from core.store import Store
+from tests.conftest import ROOT
+from tests.fakes.openai_server import FakeLLM
+from tests.test_agent import RecordingReply, photo, turn
+
+pytestmark = pytest.mark.slow
+
+
+def small_config(folder: Path, tiny: Path, llm_url: str = "http://127.0.0.1:9/v1") -> Path:
+    """A bot config with two tiny models: fast to start, enough for a conversation."""
+    path = folder / "config.toml"
+    path.write_text(f"""
+[llm]
+base_url = "{llm_url}"
+model = "fake-model"
+timeout_s = 20
+
+[pool]
+socket = "pool.sock"
+sd_base = "{tiny}/sd15"
+
+[storage]
+data_dir = "data"
+
+[limits]
+working_size = 64
+max_steps = 50
+
+[models.ImageCaptioning]
+device = "cpu"
+source = "{tiny}/blip-caption"
+
+[models.Text2Image]
+device = "cpu"
+source = "{tiny}/sd15"
+""")
+    return path
+
+
+async def test_terminal_chat_through_a_pipe(tiny_dir, tmp_path):
+    async with FakeLLM() as llm:
+        llm.on(user="draw a cat", tools_include="generate_image").call("generate_image", {"prompt": "a cat"})
+        llm.on(after_tool="generate_image").reply("Here is your cat: img2")
+        config = small_config(tmp_path, tiny_dir, llm.base_url)
+        (tmp_path / "photo.jpg").write_bytes(photo().data)
+        script = f"/attach {tmp_path / 'photo.jpg'}\ndraw a cat\n/attach {config}\n/quit\n"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "--config", str(config), "--terminal", cwd=ROOT, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(script.encode()), 180)
+    out, err = out.decode(), err.decode()
+    assert proc.returncode == 0, err[-3000:]
+    assert "bot: Got img1 (" in out
+    written = tmp_path / "data" / "terminal" / "img2.png"
+    assert f"bot: Here is your cat: img2\n  image img2 written to {written}" in out
+    assert Image.open(written).size == (64, 64)
+    assert "bot: config.toml is not an image: it looks like a text file." in out  # the bad input
+    assert "Traceback" not in out
+
+
+async def test_pool_killed_mid_job_is_restarted_and_nothing_is_lost(tiny_dir, tmp_path):
+    config_path = small_config(tmp_path, tiny_dir)
+    cfg = settings.load(config_path, env_check=False)
+    supervisor = PoolProcess(config_path, cfg.pool.url, startup_timeout=120)
+    await supervisor.start()
+    store = Store(tmp_path / "data" / "bot.db")
+    images = ImageStore(tmp_path / "data" / "images", store, max_pixels=10**7, max_bytes=10**7, working_size=64)
+    core = Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0), status_interval=0)
+    try:
+        await _wait_ready(core.pool)
+        await core.handle(turn("", "discord:channel:9", photo()), RecordingReply())
+
+        class KillOnFirstStep(RecordingReply):
+            async def status(self, text):
+                await super().status(text)
+                if text and "step" in text and supervisor.proc.returncode is None:
+                    supervisor.proc.kill()
+
+        reply = KillOnFirstStep()
+        out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a cat"})
+        assert reply.text == UNAVAILABLE and out.error and out.images == []
+        assert supervisor.restarts == 0 or supervisor.restarts == 1
+
+        for _ in range(600):  # the supervisor brings the pool back by itself
+            if supervisor.restarts == 1 and await core.pool.health():
+                break
+            await asyncio.sleep(0.1)
+        assert supervisor.restarts == 1
+        await _wait_ready(core.pool)
+        reply = RecordingReply()
+        out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a dog"})
+        assert out.images == ["img2"] and reply.image_ids == ["img2"]
+        kept = [m["content"] for m in store.messages("discord:channel:9")]
+        assert kept[1].startswith("Got img1") and kept[3] == UNAVAILABLE  # nothing lost
+        assert [r.image_id for r in store.images("discord:channel:9")] == ["img1", "img2"]
+    finally:
+        await supervisor.stop()
+        await core.pool.close()
+        await core.llm.close()
+
+
+async def _wait_ready(client: PoolClient) -> None:
+    for _ in range(600):
+        if await client.health():
+            states = {m.state for m in await client.models()}
+            if states == {"ready"}:
+                return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("pool models not ready")
+
+
+def test_check_config_on_the_tiny_config_lists_every_model():
+    out = subprocess.run([sys.executable, "-m", "bot", "--config", "tests/config.tiny.toml", "--check-config"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in settings.MODEL_NAMES:
+        assert f"  {name} " in out.stdout
+
+
+def test_core_builds_without_platforms(tmp_path):
+    from bot.app import build_core
+
+    cfg = settings.load(small_config(tmp_path, tmp_path), env_check=False)
+    core = build_core(dataclasses.replace(cfg))
+    assert (tmp_path / "data" / "bot.db").exists() and core.llm is not None
