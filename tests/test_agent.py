@@ -260,3 +260,30 @@ async def test_admin_commands_need_an_admin(core):
     admin = dataclasses.replace(turn("/models"), is_admin=True)
     listing = await core.admin(admin, "models")
     assert "Text2Image: ready on cpu (float32)" in listing
+
+
+async def test_turn_deadline(pool, tmp_path):
+    async with FakeLLM() as server:
+        core = make_core(pool, tmp_path, server, turn_timeout_s=0.5)
+        server.on().delay(2).reply("too late")
+        reply = RecordingReply()
+        await core.handle(turn("hello", "s"), reply)
+        await core.pool.close()
+        await core.llm.close()
+    assert reply.text == "I ran out of time for this message (0.5 s)."
+    assert core.store.messages("s")[-1]["content"] == reply.text
+
+
+async def test_read_only_calls_in_one_answer_all_run_and_keep_their_order(core, llm_server):
+    await core.handle(turn("", "ro", photo()), RecordingReply())
+    llm_server.on(user="tell me").call("answer_question", {"image": "img1", "question": "what colour is it?"}) \
+        .call("caption_image", {"image": "img1"}).call("detect_edges", {"image": "img1"})
+    llm_server.on(after_tool=True).reply("Done: img2")
+    reply = RecordingReply()
+    await core.handle(turn("tell me about it", "ro"), reply)
+    tools = [(m["name"], m["content"]) for m in core.store.messages("ro") if m["role"] == "tool"]
+    assert [t[0] for t in tools] == ["answer_question", "caption_image", "detect_edges"]
+    assert tools[0][1].startswith(("Answer about img1", "The question-answering model had no answer"))
+    assert tools[1][1].startswith(("img1 shows: ", "The captioning model found nothing"))
+    assert tools[2][1] == "Made img2, the edge map of img1."
+    assert reply.image_ids == ["img2"]

@@ -144,3 +144,41 @@ def test_core_builds_without_platforms(tmp_path):
     cfg = settings.load(small_config(tmp_path, tmp_path), env_check=False)
     core = build_core(dataclasses.replace(cfg))
     assert (tmp_path / "data" / "bot.db").exists() and core.llm is not None
+
+
+async def test_pool_over_tcp_and_reload_rereads_the_config(tmp_path):
+    """A pool on another machine is reached over TCP; /reload picks up an edited config.toml."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "config.toml"
+    head = f'[pool]\nhost = "127.0.0.1"\nport = {port}\n[storage]\ndata_dir = "data"\n'
+    path.write_text(head + '[models.Image2Canny]\ndevice = "cpu"\n[models.Image2Depth]\ndevice = "cpu"\n'
+                    f'source = "{ROOT}/build/tiny-models/dpt"\n')
+    cfg = settings.load(path, env_check=False)
+    assert cfg.pool.url == f"http://127.0.0.1:{port}"
+    supervisor = PoolProcess(path, cfg.pool.url, startup_timeout=120)
+    await supervisor.start()
+    client = PoolClient(cfg.pool.url)
+    try:
+        await _wait_ready(client)
+        assert {m.name for m in await client.models()} == {"Image2Canny", "Image2Depth"}
+        path.write_text(head + '[models.Image2Canny]\ndevice = "cpu"\n')  # an admin removes a model
+        reply = await client.reload()
+        assert reply["ok"] and reply["message"] == "Reloaded Image2Canny."
+        assert {m.name for m in await client.models()} == {"Image2Canny"}
+        from gpu_pool.protocol import JobRequest, RawImage
+
+        img = RawImage.from_pil(Image.new("RGB", (64, 64), (9, 9, 9)))
+        assert (await client.result(JobRequest("Image2Canny", {}, [img]))).kind == "done"
+        gone = await client.result(JobRequest("Image2Depth", {}, [img]))
+        assert gone.message == "Image2Depth is not loaded on this bot; an admin can load it with /load Image2Depth."
+        path.write_text(head + "[models.Image2Canny]\ndevice = 'cuda:x'\n")  # a broken edit
+        reply = await client.reload()
+        assert not reply["ok"] and reply["message"].startswith("models.Image2Canny.device: 'cuda:x' is not valid")
+        assert (await client.result(JobRequest("Image2Canny", {}, [img]))).kind == "done"  # still serving
+    finally:
+        await client.close()
+        await supervisor.stop()
