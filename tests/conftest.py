@@ -73,8 +73,9 @@ def start_pool(folder: Path, extra: str = "") -> Pool:
     config = write_tiny_config(folder, extra)
     log = folder / "pool.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    with log.open("w") as out:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
     pool = Pool(config, proc, log)
     try:
         asyncio.run(_wait_ready(pool.url, proc, log))

@@ -1,0 +1,343 @@
+"""The Slack adapter: slack-bolt events and slash commands become Turns; Reply becomes Web API calls.
+
+Socket Mode by default (no public URL), HTTP events on ``slack.http_port`` as an
+option. Bolt acknowledges every event at once (slash commands call ``ack`` first,
+or answer a usage error inside it); the work then runs in a task, so Slack never
+waits and never retries for lack of an ack. A retried delivery is dropped by its
+``event_id``.
+
+Sessions: a channel ``slack:C1``, a thread ``slack:C1:<thread_ts>``, a DM ``slack:dm:U1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import OrderedDict
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from core.engine import HELP, Core
+from core.errors import GENERIC, UserFacingError
+from core.turn import Attachment, OutImage, Turn
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 8.0  # connect_async() alone retries a refused connection forever
+WORKING = "Working on it…"
+ANSWERED = {None, "file_share", "thread_broadcast"}  # message subtypes that are someone talking to us
+# command -> (tool, argument names, usage); the last argument takes the rest of the text
+DIRECT = {"/imagine": ("generate_image", ("prompt",), "PROMPT"),
+          "/caption": ("caption_image", ("image",), "IMAGE_ID"),
+          "/edit": ("edit_image", ("image", "instruction"), "IMAGE_ID INSTRUCTION")}
+ADMIN = {"/models": (0, 0, ""), "/reload": (0, 1, " [MODEL]"), "/load": (1, 2, " MODEL [DEVICE]"),
+         "/unload": (1, 1, " MODEL")}  # command -> (fewest words, most words, usage)
+
+
+class SlackRejected(RuntimeError):
+    """Slack refused a token or the connection; the message says which and where to look."""
+
+
+def _mrkdwn(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(text: str) -> str:
+    """Slack escapes these three in what users type; the core wants the words."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+
+
+class SlackReply:
+    """One status message in the thread (posted, updated, deleted), then the answer."""
+
+    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str | None):
+        self.client, self.channel, self.thread_ts = client, channel, thread_ts
+        self._status_ts: str | None = None
+        self._lock = asyncio.Lock()  # parallel tool calls may report at once: keep one status message
+
+    async def typing(self) -> None:
+        if self._status_ts is None:
+            await self.status(WORKING)
+
+    async def status(self, text: str | None) -> None:
+        async with self._lock:
+            if text is None and self._status_ts:
+                await self.client.chat_delete(channel=self.channel, ts=self._status_ts)
+                self._status_ts = None
+            elif text is not None and self._status_ts:
+                await self.client.chat_update(channel=self.channel, ts=self._status_ts, text=_mrkdwn(text))
+            elif text is not None:
+                resp = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
+                                                          text=_mrkdwn(text))
+                self._status_ts = resp["ts"]
+
+    async def post(self, text: str) -> None:
+        await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=_mrkdwn(text))
+
+    async def send(self, text: str, images: list[OutImage] = ()) -> None:
+        if images:
+            files = [{"file": str(im.path), "filename": im.filename, "title": im.image_id} for im in images]
+            await self.client.files_upload_v2(channel=self.channel, thread_ts=self.thread_ts,
+                                              initial_comment=_mrkdwn(text), file_uploads=files)
+        else:
+            await self.post(text)
+        await self.status(None)
+
+
+class SlackBot:
+    """The bolt app, its connection (Socket Mode or HTTP) and the tasks doing the work."""
+
+    def __init__(self, core: Core, config, *, base_url: str | None = None, host: str = "0.0.0.0"):
+        self.core, self.cfg, self.limits, self.host = core, config.slack, config.limits, host
+        self.bot_token = self.cfg.env(self.cfg.bot_token_env) or ""
+        http = self.cfg.mode == "http"
+        self.app = AsyncApp(name="visual-chatgpt", token=self.bot_token, request_verification_enabled=http,
+                            signing_secret=self.cfg.env(self.cfg.signing_secret_env) if http else "")
+        if base_url:  # a Slack-compatible server elsewhere (tests: the loopback fake)
+            self.app.client.base_url = base_url
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task] = set()
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.app.middleware(self._once)
+        self.app.event("app_mention")(self._on_mention)
+        self.app.event("message")(self._on_message)
+        for name in (*DIRECT, *ADMIN, "/reset", "/help"):
+            self.app.command(name)(self._on_command)
+        self.app.error(self._on_error)
+
+    # --- connection -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the tokens, then connect; raises SlackRejected in bounded time."""
+        self._http = aiohttp.ClientSession()
+        await self._call(self.app.client.auth_test(), f"the bot token in ${self.cfg.bot_token_env}")
+        if self.cfg.mode == "http":
+            self._runner = web.AppRunner(self.app.web_app(path="/slack/events", port=self.cfg.http_port))
+            await self._runner.setup()
+            try:
+                await web.TCPSite(self._runner, self.host, self.cfg.http_port).start()
+            except OSError as e:
+                raise SlackRejected(f"cannot listen for Slack events on port {self.cfg.http_port}: {e}") from None
+            log.info("Slack events over HTTP on port %d at /slack/events", self.cfg.http_port)
+            return
+        token, where = self.cfg.env(self.cfg.app_token_env) or "", f"the app token in ${self.cfg.app_token_env}"
+        self._socket = AsyncSocketModeHandler(self.app, token)
+        opened = await self._call(self.app.client.apps_connections_open(app_token=token), where)
+        self._socket.client.wss_uri = opened["url"]  # checked above, so connect() cannot loop on a bad token
+        try:
+            await asyncio.wait_for(self._socket.connect_async(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            raise SlackRejected(f"could not open the Socket Mode connection in {CONNECT_TIMEOUT_S:.0f} s "
+                                f"(check {where} and the network)") from None
+        log.info("connected to Slack over Socket Mode")
+
+    async def _call(self, request, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(request, CONNECT_TIMEOUT_S)
+        except SlackApiError as e:
+            raise SlackRejected(f"Slack rejected {what} ({e.response.get('error')})") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise SlackRejected(f"could not reach Slack to check {what}: {e or type(e).__name__}") from None
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._socket:
+            await self._socket.close_async()
+        if self._runner:
+            await self._runner.cleanup()
+        if self._http:
+            await self._http.close()
+
+    async def idle(self) -> None:
+        """Wait until the work in flight is answered (tests; a graceful stop)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception():  # the last resort: telling the user failed too
+            log.error("Slack work failed", exc_info=task.exception())
+
+    # --- bolt listeners: translate, ack, hand over ----------------------------
+
+    async def _once(self, body: dict, request, next):
+        """Drop a retried delivery (same event_id) before any listener sees it; bolt still acks it."""
+        event_id = body.get("event_id")
+        if event_id in self._seen:
+            retry = request.headers.get("x-slack-retry-num", ["?"])[0]
+            log.info("dropped retry %s of event %s", retry, event_id)
+            return BoltResponse(status=200, body="")
+        if event_id:
+            self._seen[event_id] = None
+            while len(self._seen) > 5000:
+                self._seen.popitem(last=False)
+        return await next()
+
+    async def _on_mention(self, event: dict, context) -> None:
+        if event.get("bot_id") or event["channel"].startswith("D"):  # a DM arrives as a message event too
+            return
+        bot = context.get("bot_user_id") or ""
+        text = _plain(re.sub(rf"<@{re.escape(bot)}(\|[^>]*)?>", "", event.get("text", "")))
+        thread = event.get("thread_ts")
+        session = f"slack:{event['channel']}" + (f":{thread}" if thread else "")
+        self._spawn(self._converse(event, session, thread or event["ts"], text))
+
+    async def _on_message(self, event: dict) -> None:
+        if event.get("channel_type") != "im" or event.get("bot_id") or event.get("subtype") not in ANSWERED:
+            return
+        session = f"slack:dm:{event['user']}"
+        self._spawn(self._converse(event, session, event.get("thread_ts"), _plain(event.get("text", ""))))
+
+    async def _on_command(self, ack, command: dict, respond) -> None:
+        name, text = command["command"], _plain(command.get("text") or "")
+        if name == "/help":
+            return await ack(HELP)
+        if name in DIRECT:
+            tool, keys, usage = DIRECT[name]
+            words = text.split(None, len(keys) - 1)
+            if len(words) < len(keys):
+                return await ack(f"Usage: {name} {usage}")
+            await ack()
+            return self._spawn(self._direct(command, tool, dict(zip(keys, words))))
+        if name == "/reset":
+            await ack()
+            work = self.core.reset(self._command_session(command))
+            return self._spawn(self._respond(respond, work, "in_channel"))
+        fewest, most, usage = ADMIN[name]
+        if not fewest <= len(text.split()) <= most:
+            return await ack(f"Usage: {name}{usage}")
+        await ack()
+        self._spawn(self._respond(respond, self._admin(command, name[1:], text.split()), "ephemeral"))
+
+    async def _on_error(self, error: Exception, body: dict, respond) -> None:
+        log.error("Slack listener failed on %s", body.get("type") or body.get("command"), exc_info=error)
+        if body.get("response_url"):
+            await respond(GENERIC, response_type="ephemeral")
+
+    # --- the work, after the ack -------------------------------------------------
+
+    async def _converse(self, event: dict, session: str, thread_ts: str | None, text: str) -> None:
+        reply = SlackReply(self.app.client, event["channel"], thread_ts)
+        try:
+            await reply.typing()  # first sign of life, before the downloads
+            fetched = await asyncio.gather(*(self._fetch(f) for f in event.get("files", [])))
+            problems = [f for f in fetched if isinstance(f, str)]
+            files = tuple(f for f in fetched if isinstance(f, Attachment))
+            if problems:
+                await reply.post(" ".join(problems))
+                if not text and not files:
+                    return await reply.status(None)
+            user = event.get("user", "")
+            turn = Turn("slack", session, user, user, text, files, is_admin=await self._is_admin(user))
+            await self.core.handle(turn, reply)
+        except Exception:
+            await self._failed(reply, session)
+
+    async def _fetch(self, file: dict) -> Attachment | str:
+        """Download an uploaded file with the bot token at once; a text explaining why not otherwise."""
+        name, limit = file.get("name") or file.get("id", "the file"), self.limits.max_upload_bytes
+        too_big = f"I could not use {name}: it is larger than the {limit / 2**20:.1f} MB limit."
+        if file.get("size", 0) > limit:
+            return too_big
+        url = file.get("url_private_download") or file.get("url_private")
+        if not url:
+            return f"I could not download {name}: Slack sent no link to it."
+        headers, data = {"Authorization": f"Bearer {self.bot_token}"}, bytearray()
+        try:
+            async with self._http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                if resp.status != 200:
+                    return f"I could not download {name}: Slack answered HTTP {resp.status}."
+                if resp.content_type == "text/html":
+                    return (f"I could not download {name}: Slack sent a web page instead of the file "
+                            "(is the files:read scope missing?)")
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    data += chunk
+                    if len(data) > limit:
+                        return too_big
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("downloading %s failed: %r", url, e)
+            return f"I could not download {name}: the connection to Slack failed."
+        return Attachment(name, file.get("mimetype") or resp.content_type, bytes(data))
+
+    async def _direct(self, command: dict, tool: str, args: dict) -> None:
+        reply = SlackReply(self.app.client, command["channel_id"], None)
+        try:
+            await self.core.direct(await self._command_turn(command), reply, tool, args)
+        except Exception:
+            await self._failed(reply, command["channel_id"])
+
+    async def _admin(self, command: dict, action: str, words: list[str]) -> str:
+        return await self.core.admin(await self._command_turn(command), action, *words)
+
+    async def _respond(self, respond, work, response_type: str) -> None:
+        """Answer a command through its response_url; a refusal (NotAllowed) reads like any answer."""
+        try:
+            text = await work
+        except UserFacingError as e:
+            text = str(e)
+        except Exception:
+            log.exception("Slack command failed")
+            text = GENERIC
+        await respond(text, response_type=response_type)
+
+    async def _failed(self, reply: SlackReply, where: str) -> None:
+        log.exception("Slack reply in %s failed", where)
+        try:
+            await reply.send(GENERIC)
+        except Exception:
+            log.warning("could not tell the user in %s either", where)
+
+    # --- who and where -----------------------------------------------------------
+
+    def _command_session(self, command: dict) -> str:
+        if command.get("channel_name") == "directmessage":
+            return f"slack:dm:{command['user_id']}"
+        return f"slack:{command['channel_id']}"
+
+    async def _command_turn(self, command: dict) -> Turn:
+        user = command["user_id"]
+        text = f"{command['command']} {command.get('text') or ''}".strip()
+        return Turn("slack", self._command_session(command), user, command.get("user_name") or user, text,
+                    is_admin=await self._is_admin(user))
+
+    async def _is_admin(self, user: str) -> bool:
+        if user in self.cfg.admin_ids:
+            return True
+        if not self.cfg.workspace_admins or not user:
+            return False
+        try:
+            info = (await self.app.client.users_info(user=user))["user"]
+        except SlackApiError as e:  # not fatal: the user is simply not an admin
+            log.warning("users.info for %s failed (%s); treating them as a non-admin", user, e.response.get("error"))
+            return False
+        return bool(info.get("is_admin") or info.get("is_owner"))
+
+
+async def run(core: Core, config, *, base_url: str | None = None) -> None:
+    """Serve Slack until cancelled; a refused token is logged as an error and ends the run."""
+    bot = SlackBot(core, config, base_url=base_url)
+    try:
+        try:
+            await bot.start()
+        except SlackRejected as e:
+            log.error("%s", e)
+            return
+        await asyncio.Event().wait()
+    finally:
+        await bot.close()

@@ -1,0 +1,477 @@
+"""A loopback fake of Slack's Web API and Socket Mode, for the real slack-bolt / slack_sdk clients.
+
+    async with FakeSlack() as slack:                  # http://127.0.0.1:PORT, ws://127.0.0.1:PORT/link/
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.base_url)
+        ...                                           # start the bot, then
+        f = slack.add_file("house.jpg", jpeg_bytes, "image/jpeg")
+        await slack.push_event(mention("C1", "U1", "<@UBOT> look", files=[f]))
+        call = await slack.wait_for("files.completeUploadExternal")
+
+Every Web API call is recorded in ``slack.calls`` (JSON and form bodies both parsed);
+``response_url`` posts appear as method "response_url". Envelopes pushed over the
+websocket and the client's acks are kept by envelope id. Leaving the ``async with``
+block fails the test if the client hit a method or route the fake does not serve,
+or an envelope was not acknowledged within 3 seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NotRequired, TypedDict
+
+from aiohttp import WSMsgType, web
+
+ACK_LIMIT_S = 3.0
+LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
+
+
+# --- wire shapes (what Slack sends; only the fields the bot reads, plus the ones bolt needs) ---
+
+
+class File(TypedDict):
+    id: str
+    name: str
+    title: str
+    mimetype: str
+    filetype: str
+    size: int
+    mode: str
+    url_private: str
+    url_private_download: str
+
+
+class Event(TypedDict):
+    type: str  # "app_mention", "message"
+    user: str
+    text: str
+    ts: str
+    channel: str
+    event_ts: str
+    team: str
+    thread_ts: NotRequired[str]
+    channel_type: NotRequired[str]  # message events: "channel", "im", ...
+    subtype: NotRequired[str]  # "file_share", "message_changed", "channel_join", "bot_message"
+    bot_id: NotRequired[str]
+    files: NotRequired[list[File]]
+
+
+class EventCallback(TypedDict):
+    token: str
+    team_id: str
+    api_app_id: str
+    event: Event
+    type: Literal["event_callback"]
+    event_id: str
+    event_time: int
+    authorizations: list[dict[str, Any]]
+    is_ext_shared_channel: bool
+
+
+class SlashCommand(TypedDict):
+    token: str
+    team_id: str
+    team_domain: str
+    channel_id: str
+    channel_name: str
+    user_id: str
+    user_name: str
+    command: str
+    text: str
+    api_app_id: str
+    is_enterprise_install: str
+    response_url: str
+    trigger_id: str
+
+
+TEAM, APP_ID, BOT_USER, BOT_ID = "T0FAKE", "A0FAKE", "U0BOT", "B0BOT"
+_ts = itertools.count(100)
+
+
+def new_ts() -> str:
+    return f"1700000000.{next(_ts):06d}"
+
+
+def message_event(kind: str, channel: str, user: str, text: str, *, thread_ts: str | None = None,
+                  files: Iterable[File] = (), **extra: Any) -> Event:
+    ts = new_ts()
+    event: Event = {"type": kind, "user": user, "text": text, "ts": ts, "channel": channel, "event_ts": ts,
+                    "team": TEAM, **extra}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    if files:
+        event["files"] = list(files)
+    return event
+
+
+def mention(channel: str, user: str, text: str, *, thread_ts: str | None = None,
+            files: Iterable[File] = ()) -> Event:
+    """An ``app_mention``; ``text`` should contain ``<@U0BOT>`` as Slack writes it."""
+    return message_event("app_mention", channel, user, text, thread_ts=thread_ts, files=files)
+
+
+def dm(channel: str, user: str, text: str, *, files: Iterable[File] = (), **extra: Any) -> Event:
+    """A ``message`` in the bot's direct-message channel (``file_share`` subtype with files)."""
+    if files:
+        extra.setdefault("subtype", "file_share")
+    return message_event("message", channel, user, text, files=files, channel_type="im", **extra)
+
+
+def event_callback(event: Event, event_id: str) -> EventCallback:
+    return {"token": "verification-token", "team_id": TEAM, "api_app_id": APP_ID, "event": event,
+            "type": "event_callback", "event_id": event_id, "event_time": int(time.time()),
+            "authorizations": [{"enterprise_id": None, "team_id": TEAM, "user_id": BOT_USER, "is_bot": True,
+                                "is_enterprise_install": False}],
+            "is_ext_shared_channel": False}
+
+
+def signed_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """Headers Slack sends with an HTTP-mode request: ``v0=HMAC_SHA256(secret, "v0:ts:body")``."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
+            "Content-Type": "application/json"}
+
+
+# --- records --------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    method: str  # "chat.postMessage", ..., or "response_url"
+    body: dict[str, Any]
+    token: str | None = None
+    at: float = field(default_factory=time.monotonic)
+    response: dict[str, Any] = field(default_factory=dict)  # what the fake answered
+
+    def __getitem__(self, key: str) -> Any:
+        return self.body[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.body.get(key, default)
+
+
+@dataclass
+class Envelope:
+    envelope_id: str
+    type: str
+    payload: dict[str, Any]
+    sent_at: float
+    acked_at: float | None = None
+    ack_payload: dict[str, Any] | None = None
+
+    @property
+    def ack_delay(self) -> float | None:
+        return None if self.acked_at is None else self.acked_at - self.sent_at
+
+
+@dataclass
+class StoredFile:
+    data: bytes
+    serve: Literal["file", "login_page"]
+
+
+# --- the server -----------------------------------------------------------------------
+
+
+class FakeSlack:
+    """Slack's Web API, file hosting and Socket Mode on 127.0.0.1 (an async context manager)."""
+
+    def __init__(self, *, bot_token: str = "xoxb-fake-bot", app_token: str = "xapp-fake-app"):
+        self.bot_token, self.app_token = bot_token, app_token
+        self.calls: list[Call] = []
+        self.downloads: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.uploads: dict[str, bytes] = {}  # file id -> bytes the client uploaded
+        self.envelopes: dict[str, Envelope] = {}
+        self.users: dict[str, dict[str, Any]] = {}
+        self.unimplemented: list[str] = []
+        self.base_url = self.origin = ""
+        self._files: dict[str, StoredFile] = {}
+        self._ids = itertools.count(1)
+        self._sockets: list[web.WebSocketResponse] = []
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": lambda b: {"ok": True, "channel": b["channel"], "ts": b["ts"], "text": b.get("text")},
+            "chat.delete": lambda b: {"ok": True, "channel": b["channel"], "ts": b["ts"]},
+            "chat.postEphemeral": lambda b: {"ok": True, "message_ts": new_ts()},
+            "users.info": self._users_info,
+            "files.getUploadURLExternal": self._upload_url,
+            "files.completeUploadExternal": self._complete_upload,
+        }
+
+    # -- set up by tests
+
+    def add_user(self, user_id: str, *, is_admin: bool = False, is_owner: bool = False) -> None:
+        self.users[user_id] = {"id": user_id, "team_id": TEAM, "name": user_id.lower(), "deleted": False,
+                               "is_admin": is_admin, "is_owner": is_owner, "is_bot": False,
+                               "profile": {"display_name": user_id.lower()}}
+
+    def add_file(self, name: str, data: bytes, mimetype: str, *,
+                 serve: Literal["file", "login_page"] = "file") -> File:
+        """Host a file at url_private; ``login_page`` answers with Slack's HTML sign-in page instead."""
+        file_id = f"F{next(self._ids):06d}"
+        self._files[file_id] = StoredFile(data, serve)
+        url = f"{self.origin}/files-pri/{TEAM}-{file_id}/{name}"
+        return {"id": file_id, "name": name, "title": name, "mimetype": mimetype, "filetype": name.rsplit(".")[-1],
+                "size": len(data), "mode": "hosted", "url_private": url, "url_private_download": f"{url}?download=1"}
+
+    async def push(self, kind: str, payload: dict[str, Any], *, envelope_id: str | None = None,
+                   retry_attempt: int = 0, retry_reason: str = "") -> str:
+        """Send an envelope over the newest Socket Mode connection; returns its id."""
+        ws = await self.connected()
+        envelope_id = envelope_id or f"env-{next(self._ids)}"
+        body = {"envelope_id": envelope_id, "type": kind, "payload": payload,
+                "accepts_response_payload": kind != "events_api", "retry_attempt": retry_attempt,
+                "retry_reason": retry_reason}
+        self.envelopes[envelope_id] = Envelope(envelope_id, kind, payload, time.monotonic())
+        await ws.send_str(json.dumps(body))
+        return envelope_id
+
+    async def push_event(self, event: Event, *, event_id: str | None = None, envelope_id: str | None = None,
+                         retry_attempt: int = 0) -> str:
+        body = event_callback(event, event_id or f"Ev{next(self._ids):08d}")
+        reason = "timeout" if retry_attempt else ""
+        return await self.push("events_api", dict(body), envelope_id=envelope_id, retry_attempt=retry_attempt,
+                               retry_reason=reason)
+
+    async def push_command(self, command: str, text: str, *, user: str = "U1", channel: str = "C1",
+                           channel_name: str = "general") -> str:
+        n = next(self._ids)
+        payload: SlashCommand = {
+            "token": "verification-token", "team_id": TEAM, "team_domain": "fake", "channel_id": channel,
+            "channel_name": channel_name, "user_id": user, "user_name": user.lower(), "command": command,
+            "text": text, "api_app_id": APP_ID, "is_enterprise_install": "false",
+            "response_url": f"{self.origin}/commands/{TEAM}/{n}/hook", "trigger_id": f"trigger.{n}"}
+        return await self.push("slash_commands", dict(payload))
+
+    # -- looking at what happened
+
+    def called(self, method: str, where: Callable[[Call], bool] | None = None) -> list[Call]:
+        return [c for c in self.calls if c.method == method and (where is None or where(c))]
+
+    async def wait_for(self, method: str, where: Callable[[Call], bool] | None = None,
+                       timeout: float = 10.0, count: int = 1) -> Call:
+        """The first call to ``method`` matching ``where`` (waits for ``count`` of them)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: len(self.called(method, where)) >= count),
+                                       timeout)
+            except TimeoutError:
+                seen = sorted({c.method for c in self.calls})
+                raise AssertionError(f"no {count} x {method} in {timeout} s; methods called: {seen}") from None
+        return self.called(method, where)[0]
+
+    async def wait_acked(self, envelope_id: str, timeout: float = ACK_LIMIT_S) -> Envelope:
+        env = self.envelopes[envelope_id]
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: env.acked_at is not None), timeout)
+            except TimeoutError:
+                raise AssertionError(f"envelope {envelope_id} ({env.type}) not acked in {timeout} s") from None
+        return env
+
+    async def connected(self, timeout: float = 10.0) -> web.WebSocketResponse:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: any(not w.closed for w in self._sockets)), timeout)
+        return [w for w in self._sockets if not w.closed][-1]
+
+    async def check(self) -> None:
+        """What teardown asserts: nothing unimplemented was hit, every envelope acked in time."""
+        assert not self.unimplemented, f"the client called what the fake does not serve: {self.unimplemented}"
+        for env in list(self.envelopes.values()):
+            if env.acked_at is None:
+                left = ACK_LIMIT_S - (time.monotonic() - env.sent_at)
+                if left > 0:
+                    await self.wait_acked(env.envelope_id, left)
+            assert env.ack_delay is not None, f"envelope {env.envelope_id} ({env.type}) was never acked"
+            assert env.ack_delay < ACK_LIMIT_S, f"envelope {env.envelope_id} acked after {env.ack_delay:.2f} s"
+
+    # -- lifecycle
+
+    async def start(self) -> FakeSlack:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/link/", self._socket)
+        app.router.add_get("/files-pri/{team_file}/{name}", self._download)
+        app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_post("/commands/{team}/{n}/hook", self._response_url)
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.origin = f"http://{host}:{port}"
+        self.base_url = f"{self.origin}/api/"
+        return self
+
+    async def stop(self) -> None:
+        for ws in self._sockets:
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeSlack:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                await self.check()
+        finally:
+            await self.stop()
+
+    async def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- Web API
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.content_type == "application/json":
+            body = await request.json()
+        else:
+            body = dict(await request.post())
+        body = {**request.query, **body}
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else body.pop("token", None)
+        call = Call(method, body, token)
+        handler = self._methods.get(method)
+        if method == "apps.connections.open":
+            handler = self._connections_open
+            wanted = self.app_token
+        else:
+            wanted = self.bot_token
+        if handler is None:
+            self.unimplemented.append(method)
+            call.response = {"ok": False, "error": "unknown_method"}
+        elif token != wanted:
+            call.response = {"ok": False, "error": "invalid_auth"}
+        else:
+            call.response = handler(body)
+        await self._record(call)
+        return web.json_response(call.response)
+
+    def _auth_test(self, body: dict) -> dict:
+        return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "bot", "team_id": TEAM,
+                "user_id": BOT_USER, "bot_id": BOT_ID, "is_enterprise_install": False}
+
+    def _connections_open(self, body: dict) -> dict:
+        return {"ok": True, "url": f"ws{self.origin.removeprefix('http')}/link/?ticket=t{next(self._ids)}"}
+
+    def _post_message(self, body: dict) -> dict:
+        ts = new_ts()
+        message = {"type": "message", "text": body.get("text", ""), "user": BOT_USER, "bot_id": BOT_ID, "ts": ts}
+        if body.get("thread_ts"):
+            message["thread_ts"] = body["thread_ts"]
+        return {"ok": True, "channel": body["channel"], "ts": ts, "message": message}
+
+    def _users_info(self, body: dict) -> dict:
+        user = self.users.get(body.get("user", ""))
+        return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
+
+    def _upload_url(self, body: dict) -> dict:
+        file_id = f"F{next(self._ids):06d}"
+        return {"ok": True, "upload_url": f"{self.origin}/upload/{file_id}", "file_id": file_id}
+
+    def _complete_upload(self, body: dict) -> dict:
+        files = json.loads(body["files"]) if isinstance(body.get("files"), str) else body.get("files", [])
+        missing = [f["id"] for f in files if f["id"] not in self.uploads]
+        if missing:
+            return {"ok": False, "error": "file_not_found", "files": missing}
+        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title"), "name": f.get("title")}
+                                      for f in files]}
+
+    # -- files, response_url, websocket
+
+    async def _download(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization")
+        self.downloads.append((request.path, auth))
+        stored = self._files.get(request.match_info["team_file"].split("-", 1)[-1])
+        if stored is None:
+            return web.Response(status=404, text="file_not_found")
+        if stored.serve == "login_page" or auth != f"Bearer {self.bot_token}":
+            return web.Response(body=LOGIN_PAGE, content_type="text/html")  # what Slack really does
+        return web.Response(body=stored.data, content_type="application/octet-stream")
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        self.uploads[request.match_info["file_id"]] = data
+        return web.Response(text=f"OK - {len(data)}")
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        await self._record(Call("response_url", await request.json()))
+        return web.Response(text="ok")
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_str(json.dumps({"type": "hello", "num_connections": len(self._sockets),
+                                      "debug_info": {"host": "fake"}, "connection_info": {"app_id": APP_ID}}))
+        async with self._changed:
+            self._changed.notify_all()
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            env = self.envelopes.get(data.get("envelope_id", ""))
+            if env is None:
+                self.unimplemented.append(f"websocket message {msg.data[:200]}")
+                continue
+            env.acked_at, env.ack_payload = time.monotonic(), data.get("payload")
+            async with self._changed:
+                self._changed.notify_all()
+        return ws
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        self.unimplemented.append(f"{request.method} {request.path}")
+        return web.Response(status=404, text="not served by FakeSlack")
+
+
+# --- the bot's logged errors fail the test ----------------------------------------------
+
+
+class LoggedErrors(logging.Handler):
+    """Collects ERROR records (bolt's @app.error, listener failures) and bolt's "Unhandled request"
+    warnings from the given loggers, for a fixture to assert on at teardown."""
+
+    def __init__(self, *names: str):
+        super().__init__(logging.WARNING)
+        self.names, self.records = names, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR or "Unhandled request" in record.getMessage():
+            self.records.append(record)
+
+    def __enter__(self) -> LoggedErrors:
+        for name in self.names:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for name in self.names:
+            logging.getLogger(name).removeHandler(self)
+
+    def take(self, needle: str) -> list[logging.LogRecord]:
+        """Remove and return the records whose message contains ``needle`` (errors a test expects)."""
+        taken = [r for r in self.records if needle in r.getMessage()]
+        self.records = [r for r in self.records if r not in taken]
+        return taken
+
+    def assert_none(self) -> None:
+        assert not self.records, "the bot logged errors:\n" + "\n".join(
+            f"{r.name}: {r.getMessage()}" + (f"\n{logging.Formatter().formatException(r.exc_info)}"
+                                              if r.exc_info else "") for r in self.records)
