@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import settings
@@ -39,14 +40,32 @@ async def run(config: settings.Config, force_terminal: bool = False) -> int:
     else:
         log.info("using the pool at %s", config.pool.url)
     try:
-        for name, cfg in (("Discord", config.discord), ("Slack", config.slack)):
-            if cfg.active:
-                log.warning("%s credentials are set, but the %s adapter is not part of this version yet; "
-                            "starting the terminal chat instead", name, name)
-        return await terminal.run(core)
+        platforms = []
+        if config.discord.active and not force_terminal:
+            from bot.adapters import discord_bot
+            platforms.append(("Discord", discord_bot.run))
+        if config.slack.active and not force_terminal:
+            from bot.adapters import slack_bot
+            platforms.append(("Slack", slack_bot.run))
+        if not platforms:
+            return await terminal.run(core)
+        return await serve_platforms(core, config, platforms)
     finally:
         if pool:
             await pool.stop()
         await core.pool.close()
         if core.llm:
             await core.llm.close()
+
+
+async def serve_platforms(core: Core, config: settings.Config, platforms) -> int:
+    """Run every platform side by side; the bot stops (with an error code) only when all have failed."""
+    tasks = {asyncio.create_task(run(core, config), name=name): name for name, run in platforms}
+    log.info("serving %s", " and ".join(tasks.values()))
+    while tasks:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            name = tasks.pop(task)
+            error = task.exception() if not task.cancelled() else None
+            log.error("%s stopped%s", name, f": {error}" if error else "")
+    return 1

@@ -83,8 +83,11 @@ class Core:
         return [OutImage(r.image_id, self.images.path(r), f"{r.image_id}.png") for r in rows if r]
 
     async def _finish(self, reply: Reply, status: Throttled, outcome: Outcome, session: str) -> Outcome:
-        await reply.send(outcome.text, self._out(outcome.images, session))
-        await status(None)  # after the answer, so the thread is never empty in between
+        try:
+            await reply.send(outcome.text, self._out(outcome.images, session))
+            await status(None)  # after the answer, so the thread is never empty in between
+        except Exception:  # the platform refused the answer; the session already holds it
+            log.exception("could not post the answer in %s", session)
         return outcome
 
     async def _guarded(self, turn: Turn, reply: Reply, work) -> Outcome:

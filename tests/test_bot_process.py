@@ -44,7 +44,7 @@ data_dir = "data"
 
 [limits]
 working_size = 64
-max_steps = 50
+max_steps = 10
 
 [models.ImageCaptioning]
 device = "cpu"

@@ -227,3 +227,11 @@ def test_defaults_are_the_seeds(load):
         "CannyText2Image": {"steps": 20, "guidance": 9.0},
     }
     assert (load("Inpainting").n_images, load("Inpainting").image_names) == (2, ("image", "mask"))
+
+
+def test_defaults_over_the_configured_caps_are_capped(load):
+    """A bot whose admin allows 30 steps runs the seed's 50-step default at 30, not an error."""
+    params = check_params(load("Text2Image"), {"prompt": "a cat"}, {"max_steps": 30, "max_output_size": 256})
+    assert (params["steps"], params["width"], params["height"]) == (30, 256, 256)
+    params = check_params(load("CannyText2Image"), {"prompt": "a cat"}, {"max_steps": 30})
+    assert params["steps"] == 20  # under the cap: the seed's default stands

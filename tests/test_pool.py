@@ -117,8 +117,8 @@ async def test_queue_positions_on_one_device(client):
 
 @pytest.mark.parametrize("model, params, images, message", [
     ("Text2Imagee", {"prompt": "x"}, [], "There is no model called Text2Imagee."),
-    ("Text2Image", {"prompt": "x", "steps": 0}, [], "'steps' must be between 1 and 50, got 0"),
-    ("Text2Image", {"prompt": "x", "steps": 500}, [], "'steps' must be between 1 and 50, got 500"),
+    ("Text2Image", {"prompt": "x", "steps": 0}, [], "'steps' must be between 1 and 10, got 0"),
+    ("Text2Image", {"prompt": "x", "steps": 500}, [], "'steps' must be between 1 and 10, got 500"),
     ("Text2Image", {"prompt": "x", "width": 100}, [], "'width' must be a multiple of 8, got 100"),
     ("Text2Image", {"prompt": "x", "height": 4096}, [], "'height' must be between 64 and 256, got 4096"),
     ("Text2Image", {"prompt": "x", "guidance": 99.0}, [], "'guidance' must be between 0 and 30, got 99.0"),
@@ -149,7 +149,7 @@ async def test_undecodable_and_oversized_images(client):
 
 
 async def test_cancel_a_running_job(client):
-    agen = client.run(JobRequest("Text2Image", {"prompt": "slow", "steps": 50, "width": 64, "height": 64}))
+    agen = client.run(JobRequest("Text2Image", {"prompt": "slow", "steps": 10, "width": 64, "height": 64}))
     seen = []
     async for ev in agen:
         seen.append(ev)
@@ -157,7 +157,7 @@ async def test_cancel_a_running_job(client):
             assert await client.cancel(ev.job_id)
     assert seen[-1].kind == "failed" and seen[-1].code == "cancelled"
     assert seen[-1].message == "The job was cancelled."
-    assert max(e.step for e in seen if e.kind == "progress") < 50
+    assert max(e.step for e in seen if e.kind == "progress") < 10
 
 
 async def test_unload_then_load_a_model(client):
@@ -201,7 +201,7 @@ async def test_reload_under_load(client):
 
 async def test_client_leaving_cancels_its_job_and_pool_lives(pool, client):
     """A bot that disconnects mid-job leaves the pool serving."""
-    agen = client.run(JobRequest("Text2Image", {"prompt": "x", "steps": 50, "width": 64, "height": 64}))
+    agen = client.run(JobRequest("Text2Image", {"prompt": "x", "steps": 10, "width": 64, "height": 64}))
     async for ev in agen:
         if ev.kind == "progress":
             break

@@ -123,7 +123,10 @@ def check_params(model: PoolModel, params: dict[str, Any], limits: dict[str, int
         if key not in params or params[key] is None:
             if p.required:
                 raise BadRequest(f"{model.name} needs '{key}'" + (f" ({p.help})" if p.help else ""))
-            out[key] = p.default
+            default = p.default
+            if p.limit in limits and isinstance(default, (int, float)) and default > limits[p.limit]:
+                default = limits[p.limit]  # the seed's default above what this bot allows: use the cap
+            out[key] = default
             continue
         value = params[key]
         if p.type is float and isinstance(value, int) and not isinstance(value, bool):

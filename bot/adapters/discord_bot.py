@@ -1,0 +1,544 @@
+"""The Discord adapter: mentions, DMs and slash commands become Turns; Reply becomes REST calls.
+
+discord.py with the intents guilds, guild_messages and dm_messages. No privileged
+intent is needed: Discord sends a message's content to a bot it mentions, and in DMs.
+discord.py runs each event in its own task, so the gateway never waits for the work.
+
+Sessions: a channel or thread ``discord:channel:<id>`` (a thread is its own channel),
+a DM ``discord:dm:<user id>``. Slash commands are deferred at once, then answered
+with followups; admin commands, and /help, only to the asker (ephemeral).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import mimetypes
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp
+import discord
+from discord import app_commands
+from PIL import Image
+
+from core.engine import HELP, Core
+from core.errors import GENERIC, UserFacingError
+from core.turn import Attachment, OutImage, Turn
+
+log = logging.getLogger(__name__)
+TEXT_LIMIT = 2000  # characters per Discord message
+FILES_PER_MESSAGE = 10
+DM_UPLOAD_LIMIT = 8 * 2**20  # bytes per file in a DM (a guild says its own: Guild.filesize_limit)
+STATUS_EVERY_S = 1.0  # at most one status edit per message per second (Discord's rate limits)
+TYPING_EVERY_S = 8.0  # a typing indicator lasts about 10 s
+ANSWERED = (discord.MessageType.default, discord.MessageType.reply)  # not joins, pins, thread notices
+
+
+class DiscordRejected(RuntimeError):
+    """Discord refused the token or the connection; the message says what to check."""
+
+
+# --- Discord's limits: text length, upload size ---------------------------------------------
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Cut ``text`` into pieces of at most ``limit`` characters, at a line break or space when possible."""
+    pieces = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit + 1)
+        if cut <= 0:
+            cut = text.rfind(" ", 0, limit + 1)
+        if cut <= 0:
+            cut = limit
+        pieces.append(text[:cut].rstrip())
+        text = text[cut:].lstrip("\n ")
+    return [p for p in (piece.rstrip() for piece in [*pieces, text]) if p]
+
+
+def fit_upload(data: bytes, filename: str, limit: int) -> tuple[bytes, str] | None:
+    """The image as it is when under ``limit`` bytes; else JPEG (WebP when it has transparency) at
+    lower quality, then downscaled; None when even a thumbnail does not fit."""
+    if len(data) <= limit:
+        return data, filename
+    img = Image.open(io.BytesIO(data))
+    alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+    fmt, ext = ("WEBP", ".webp") if alpha else ("JPEG", ".jpg")
+    img = img.convert("RGBA" if alpha else "RGB")
+    stem = filename.rsplit(".", 1)[0]
+    frame = img
+    while min(frame.size) >= 16:
+        for quality in (85, 70, 50, 30):
+            buf = io.BytesIO()
+            frame.save(buf, fmt, quality=quality)
+            if buf.tell() <= limit:
+                return buf.getvalue(), stem + ext
+        # bytes grow with the area: aim just under the limit, shrinking by at least a fifth
+        scale = min(0.8, 0.95 * (limit / buf.tell()) ** 0.5)
+        frame = img.resize((max(1, round(frame.width * scale)), max(1, round(frame.height * scale))),
+                           Image.Resampling.LANCZOS)
+    return None
+
+
+async def prepare_images(images: Sequence[OutImage], limit: int) -> tuple[list[tuple[bytes, str]], str]:
+    """Read the core's PNGs, re-encoded to fit ``limit``; plus a note for those that cannot fit."""
+    def work():
+        ready, too_big = [], []
+        for im in images:
+            fitted = fit_upload(im.path.read_bytes(), im.filename, limit)
+            if fitted is None:
+                too_big.append(im.image_id)
+            else:
+                ready.append(fitted)
+        return ready, too_big
+
+    ready, too_big = await asyncio.to_thread(work)
+    note = ""
+    if too_big:
+        note = (f"\n({', '.join(too_big)} could not be shrunk under this place's upload limit "
+                f"of {limit / 2**20:.1f} MB, so I could not post it.)")
+    return ready, note
+
+
+def plan_messages(text: str, files: list[tuple[bytes, str]]) -> list[tuple[str | None, list[tuple[bytes, str]]]]:
+    """(content, files) per message: the text in pieces, the files with the last piece, ten at most each."""
+    pieces: list[str | None] = split_text(text) or [None]
+    groups = [files[i:i + FILES_PER_MESSAGE] for i in range(0, len(files), FILES_PER_MESSAGE)] or [[]]
+    plan = [(p, []) for p in pieces[:-1]] + [(pieces[-1], groups[0])] + [(None, g) for g in groups[1:]]
+    return [(content, group) for content, group in plan if content or group]  # Discord refuses empty ones
+
+
+def _files(group: list[tuple[bytes, str]]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for data, name in group]
+
+
+# --- Reply: status line, typing, answer -------------------------------------------------------
+
+
+class StatusLine:
+    """One progress message: posted once, edited at most once per STATUS_EVERY_S (the latest text
+    is shown when the interval ends), removed at the end. Failures are logged, never raised."""
+
+    def __init__(self, post: Callable[[str], Awaitable[None]], edit: Callable[[str], Awaitable[None]],
+                 remove: Callable[[], Awaitable[None]]):
+        self._post, self._edit, self._remove = post, edit, remove
+        self._shown, self._last, self._pending = False, -STATUS_EVERY_S, None
+        self._later: asyncio.Task | None = None
+        self._lock = asyncio.Lock()  # parallel tool calls may report at once
+
+    async def show(self, text: str | None) -> None:
+        if text is None:
+            return await self.clear()
+        async with self._lock:
+            if not self._shown:
+                if time.monotonic() - self._last >= STATUS_EVERY_S:  # a failed post is not retried at once
+                    self._shown = await self._try(self._post, text)
+                    self._last = time.monotonic()
+                return
+            wait = self._last + STATUS_EVERY_S - time.monotonic()
+            if wait <= 0 and self._later is None:
+                await self._try(self._edit, text)
+                self._last = time.monotonic()
+                return
+            self._pending = text
+            if self._later is None:
+                self._later = asyncio.create_task(self._edit_later(wait))
+
+    async def _edit_later(self, wait: float) -> None:
+        await asyncio.sleep(max(0.0, wait))
+        async with self._lock:
+            self._later = None
+            if self._shown and self._pending is not None:
+                text, self._pending = self._pending, None
+                await self._try(self._edit, text)
+                self._last = time.monotonic()
+
+    async def clear(self) -> None:
+        async with self._lock:
+            if self._later is not None:
+                self._later.cancel()
+                self._later = None
+            self._pending = None
+            if self._shown:
+                self._shown = False
+                await self._try(self._remove)
+
+    @staticmethod
+    async def _try(call, *args) -> bool:
+        try:
+            await call(*args)
+            return True
+        except discord.NotFound:  # someone deleted the status message: nothing to update
+            return False
+        except discord.HTTPException as e:
+            log.warning("status message update failed: %s", e)
+            return False
+
+
+class ChannelReply:
+    """Answers a mention or a DM in its channel: typing, a status message, the reply."""
+
+    def __init__(self, message: discord.Message, upload_limit: int):
+        self.message, self.channel, self.upload_limit = message, message.channel, upload_limit
+        self._reference = message.to_reference(fail_if_not_exists=False)  # the question may be deleted meanwhile
+        self._typing: asyncio.Task | None = None
+        self._typing_started = self._done = False
+        self._status_message: discord.Message | None = None
+        self.status_line = StatusLine(self._post_status, self._edit_status, self._remove_status)
+
+    async def typing(self) -> None:
+        if self._typing_started:  # the adapter starts it before downloads; the core asks again
+            return
+        self._typing_started = True
+        try:
+            await self.channel.typing()
+        except discord.HTTPException as e:
+            log.warning("typing in %s failed: %s", self.channel.id, e)
+            return
+        if not self._done:
+            self._typing = asyncio.create_task(self._keep_typing())
+
+    async def _keep_typing(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(TYPING_EVERY_S)
+                await self.channel.typing()
+        except discord.HTTPException as e:
+            log.warning("typing in %s failed: %s", self.channel.id, e)
+
+    async def status(self, text: str | None) -> None:
+        await self.status_line.show(text)
+
+    async def _post_status(self, text: str) -> None:
+        self._status_message = await self.channel.send(text, reference=self._reference, mention_author=False)
+
+    async def _edit_status(self, text: str) -> None:
+        await self._status_message.edit(content=text)
+
+    async def _remove_status(self) -> None:
+        message, self._status_message = self._status_message, None
+        await message.delete()
+
+    async def post(self, text: str) -> None:
+        """A message outside the answer (a refused upload)."""
+        for piece in split_text(text):
+            await self.channel.send(piece, reference=self._reference)
+
+    async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
+        self.stop_typing()
+        files, note = await prepare_images(images, self.upload_limit)
+        for i, (content, group) in enumerate(plan_messages(text + note, files)):
+            reference = self._reference if i == 0 else None
+            await self.channel.send(content, files=_files(group), reference=reference)
+
+    def stop_typing(self) -> None:
+        self._done = True
+        if self._typing is not None:
+            self._typing.cancel()
+
+    async def close(self) -> None:
+        self.stop_typing()
+        await self.status_line.clear()
+
+
+class InteractionReply:
+    """Answers a deferred slash command: status edits the "thinking…" response, answers are followups."""
+
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False):
+        self.interaction, self.ephemeral = interaction, ephemeral
+        self.upload_limit = interaction.filesize_limit
+        self.status_line = StatusLine(self._edit_original, self._edit_original, interaction.delete_original_response)
+
+    async def typing(self) -> None:
+        """The deferred response already shows "thinking…"."""
+
+    async def status(self, text: str | None) -> None:
+        await self.status_line.show(text)
+
+    async def _edit_original(self, text: str) -> None:
+        await self.interaction.edit_original_response(content=text)
+
+    async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
+        files, note = await prepare_images(images, self.upload_limit)
+        for content, group in plan_messages(text + note, files):
+            kwargs = {"content": content} if content else {}
+            await self.interaction.followup.send(**kwargs, files=_files(group), ephemeral=self.ephemeral)
+
+    async def close(self) -> None:
+        await self.status_line.clear()
+
+
+# --- the bot -----------------------------------------------------------------------------------
+
+
+class _Client(discord.Client):
+    def __init__(self, bot: DiscordBot, **options):
+        super().__init__(**options)
+        self.bot = bot
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        try:
+            await self.tree.sync()
+        except discord.HTTPException as e:  # mentions and DMs still work without them
+            log.warning("could not register the slash commands with Discord: %s", e)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.bot.on_message(message)
+
+    async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
+        log.exception("Discord event handler %s failed", event_method)
+
+
+class DiscordBot:
+    """The discord.py client, its slash commands, and the translation to and from the core."""
+
+    def __init__(self, core: Core, config, *, guild_ready_timeout: float = 2.0):
+        self.core, self.cfg, self.limits = core, config.discord, config.limits
+        intents = discord.Intents.none()
+        intents.guilds = intents.guild_messages = intents.dm_messages = True
+        # the LLM's text never pings @everyone, roles or users; only the asker, on the answer
+        mentions = discord.AllowedMentions(everyone=False, roles=False, users=False, replied_user=True)
+        self.client = _Client(self, intents=intents, allowed_mentions=mentions, max_messages=None,
+                              guild_ready_timeout=guild_ready_timeout)
+        self.client.tree.on_error = self._on_command_error
+        self._add_commands(self.client.tree)
+        self._connection: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- connection ----------------------------------------------------------------------
+
+    async def start(self, *, ready_timeout: float = 60.0) -> None:
+        """Log in, register the slash commands, connect; raises DiscordRejected in bounded time."""
+        token, where = self.cfg.token, f"${self.cfg.token_env}"
+        if not token:
+            raise DiscordRejected(f"no Discord bot token: set the environment variable {where}")
+        try:
+            await self.client.login(token)
+        except discord.LoginFailure:
+            raise DiscordRejected(f"Discord rejected the bot token in {where}; copy it again from the "
+                                  "Developer Portal (Bot > Reset Token)") from None
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as e:
+            raise DiscordRejected(f"could not reach Discord to log in: {e or type(e).__name__}") from None
+        # reconnect=True: lost connections are resumed with discord.py's backoff
+        self._connection = asyncio.create_task(self.client.connect(reconnect=True))
+        ready = asyncio.create_task(self.client.wait_until_ready())
+        await asyncio.wait({self._connection, ready}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            if self._connection.done():
+                await self.serve()  # raises the reason
+            raise DiscordRejected(f"the Discord gateway did not get ready in {ready_timeout:.0f} s")
+        log.info("connected to Discord as %s (id %s)", self.client.user, self.client.user.id)
+
+    async def serve(self) -> None:
+        """Until the connection ends: returns when closed, raises DiscordRejected when Discord ends it."""
+        try:
+            await self._connection
+        except discord.PrivilegedIntentsRequired:
+            raise DiscordRejected("Discord refused the intents this bot asked for") from None
+        except discord.ConnectionClosed as e:
+            if e.code == 4004:
+                raise DiscordRejected(f"Discord rejected the bot token in ${self.cfg.token_env}") from None
+            raise DiscordRejected(f"Discord closed the connection (code {e.code}: {e.reason})") from None
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.client.close()
+        if self._connection is not None:
+            await asyncio.gather(self._connection, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until the work in flight is answered (tests, a graceful stop)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _track(self) -> None:
+        """The current task (discord.py made it for the event) does work for a user."""
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- messages ---------------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        if message.author.bot or message.type not in ANSWERED:
+            return  # ourselves, other bots, system messages
+        if message.guild is None:
+            session = f"discord:dm:{message.author.id}"
+        elif any(u.id == me.id for u in message.mentions):
+            session = f"discord:channel:{message.channel.id}"
+        else:
+            return
+        self._track()
+        text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
+        limit = message.guild.filesize_limit if message.guild else DM_UPLOAD_LIMIT
+        reply = ChannelReply(message, limit)
+        try:
+            await reply.typing()  # first sign of life, before the downloads
+            files, problems = await self._download(message.attachments)
+            if problems:
+                await reply.post(" ".join(problems))
+                if not text and not files:
+                    return
+            author = message.author
+            is_admin = self._is_admin(author.id, getattr(author, "guild_permissions", None))
+            turn = Turn("discord", session, str(author.id), author.display_name, text, files, is_admin)
+            await self.core.handle(turn, reply)
+        except discord.Forbidden as e:  # the channel's permissions, not a bug: one line for the admin
+            log.warning("no permission to answer in %s (%s): %s", message.channel, session, e)
+        except Exception:
+            await self._failed(reply, session)
+        finally:
+            await reply.close()
+
+    async def _download(self, attachments: Sequence[discord.Attachment]) -> tuple[tuple[Attachment, ...], list[str]]:
+        """Fetch uploads at once (the signed CDN links expire), refusing too large ones before fetching."""
+        limit = self.limits.max_upload_bytes
+
+        async def fetch(a: discord.Attachment) -> Attachment | str:
+            if a.size > limit:
+                return f"I could not use {a.filename}: it is larger than the {limit / 2**20:.1f} MB limit."
+            try:
+                data = await a.read()
+            except (discord.HTTPException, aiohttp.ClientError) as e:
+                log.warning("download of %s (attachment %s) failed: %s", a.filename, a.id, e)
+                return f"I could not download {a.filename} from Discord; please try again."
+            kind = a.content_type or mimetypes.guess_type(a.filename)[0] or "application/octet-stream"
+            return Attachment(a.filename, kind.split(";")[0], data)
+
+        fetched = await asyncio.gather(*(fetch(a) for a in attachments))
+        return (tuple(f for f in fetched if isinstance(f, Attachment)),
+                [f for f in fetched if isinstance(f, str)])
+
+    async def _failed(self, reply: ChannelReply | InteractionReply, where: str) -> None:
+        log.exception("Discord reply in %s failed", where)
+        try:
+            await reply.send(GENERIC)
+        except Exception:
+            log.warning("could not tell the user in %s either", where)
+
+    # --- slash commands ---------------------------------------------------------------------
+
+    def _add_commands(self, tree: app_commands.CommandTree) -> None:
+        @tree.command(name="imagine", description="Draw an image from a description.")
+        @app_commands.describe(prompt="What to draw, in English")
+        async def imagine(interaction: discord.Interaction, prompt: str) -> None:
+            await self._direct(interaction, "generate_image", {"prompt": prompt})
+
+        @tree.command(name="caption", description="Describe what an image shows.")
+        @app_commands.describe(image="The image to describe")
+        async def caption(interaction: discord.Interaction, image: discord.Attachment) -> None:
+            await self._direct(interaction, "caption_image", {}, image)
+
+        @tree.command(name="edit", description="Change an image by an instruction, like 'make it winter'.")
+        @app_commands.describe(image="The image to change", instruction="What to change, in English")
+        async def edit(interaction: discord.Interaction, image: discord.Attachment, instruction: str) -> None:
+            await self._direct(interaction, "edit_image", {"instruction": instruction}, image)
+
+        @tree.command(name="reset", description="Forget this channel's conversation and images.")
+        async def reset(interaction: discord.Interaction) -> None:
+            await self._reset(interaction)
+
+        @tree.command(name="help", description="What this bot can do.")
+        async def help_(interaction: discord.Interaction) -> None:
+            await self._help(interaction)
+
+        @tree.command(name="models", description="Admins: list the image models and where they run.")
+        async def models(interaction: discord.Interaction) -> None:
+            await self._admin(interaction, "models")
+
+        @tree.command(name="reload", description="Admins: reload one image model, or all of them.")
+        @app_commands.describe(model="The model to reload, like Text2Image (all when left out)")
+        async def reload(interaction: discord.Interaction, model: str | None = None) -> None:
+            await self._admin(interaction, "reload", model)
+
+        @tree.command(name="load", description="Admins: load an image model on a device.")
+        @app_commands.describe(model="The model to load, like Text2Image", device="cpu, cuda, cuda:1 ...")
+        async def load(interaction: discord.Interaction, model: str, device: str) -> None:
+            await self._admin(interaction, "load", model, device)
+
+        @tree.command(name="unload", description="Admins: unload an image model to free memory.")
+        @app_commands.describe(model="The model to unload, like Text2Image")
+        async def unload(interaction: discord.Interaction, model: str) -> None:
+            await self._admin(interaction, "unload", model)
+
+    def _session(self, interaction: discord.Interaction) -> str:
+        if interaction.guild_id is None:
+            return f"discord:dm:{interaction.user.id}"
+        return f"discord:channel:{interaction.channel_id}"
+
+    def _turn(self, interaction: discord.Interaction, files: tuple[Attachment, ...] = ()) -> Turn:
+        user = interaction.user
+        command = interaction.command.name if interaction.command else "?"
+        options = " ".join(f"{o['name']}={o.get('value')}" for o in (interaction.data or {}).get("options", []))
+        return Turn("discord", self._session(interaction), str(user.id), user.display_name,
+                    f"/{command} {options}".strip(), files, self._is_admin(user.id, interaction.permissions))
+
+    def _is_admin(self, user_id: int, permissions: discord.Permissions | None) -> bool:
+        """Manage Server in this guild (Discord folds Administrator in), or listed in discord.admin_ids."""
+        if str(user_id) in self.cfg.admin_ids:
+            return True
+        return bool(permissions and (permissions.manage_guild or permissions.administrator))
+
+    async def _direct(self, interaction: discord.Interaction, tool: str, args: dict,
+                      image: discord.Attachment | None = None) -> None:
+        await interaction.response.defer(thinking=True)
+        self._track()
+        reply = InteractionReply(interaction)
+        try:
+            files, problems = await self._download([image] if image else [])
+            if problems:
+                return await reply.send(" ".join(problems))
+            await self.core.direct(self._turn(interaction, files), reply, tool, args)
+        except Exception:
+            await self._failed(reply, self._session(interaction))
+        finally:
+            await reply.close()
+
+    async def _reset(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        await InteractionReply(interaction).send(await self.core.reset(self._session(interaction)))
+
+    async def _help(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        await InteractionReply(interaction, ephemeral=True).send(HELP)
+
+    async def _admin(self, interaction: discord.Interaction, action: str, model: str | None = None,
+                     device: str | None = None) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        self._track()
+        try:
+            text = await self.core.admin(self._turn(interaction), action, model, device)
+        except UserFacingError as e:  # NotAllowed: a refusal only the asker sees
+            text = str(e)
+        await InteractionReply(interaction, ephemeral=True).send(text)
+
+    async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        name = interaction.command.name if interaction.command else "?"
+        log.error("Discord command /%s failed", name, exc_info=error)
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(GENERIC, ephemeral=True)
+            else:
+                await interaction.response.send_message(GENERIC, ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not tell the user about the failed /%s either", name)
+
+
+async def run(core: Core, config) -> None:
+    """Serve Discord until cancelled. A refused token or connection is logged as one clear error
+    line and raised as DiscordRejected (no traceback loop): the caller exits with an error code."""
+    bot = DiscordBot(core, config)
+    try:
+        await bot.start()
+        await bot.serve()
+    except DiscordRejected as e:
+        log.error("%s", e)
+        raise
+    finally:
+        await bot.close()

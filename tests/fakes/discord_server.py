@@ -1,0 +1,547 @@
+"""A loopback fake of Discord's REST API and gateway; discord.py runs against it unmodified.
+
+    async with FakeDiscord() as discord_fake:          # REST, CDN and gateway on 127.0.0.1:PORT
+        discord_fake.patch(monkeypatch)                 # Route.BASE and DEFAULT_GATEWAY point here
+        ...start the bot with discord_fake.token...
+        msg = message(discord_fake, CHANNEL, f"<@{BOT_ID}> draw a cat", mentions=[discord_fake.bot_user])
+        await discord_fake.push("MESSAGE_CREATE", msg)
+        req = await discord_fake.wait_for_request("POST", rf"^/channels/{CHANNEL}/messages$")
+        assert req.json["content"] == "..." and req.files[0].data.startswith(b"\\x89PNG")
+
+Every request is recorded (``requests``): method, API path (without ``/api/v10``), JSON
+body or multipart parts (``payload_json`` parsed into ``json``, file parts with their
+bytes). Leaving the ``async with`` block fails the test if the bot hit a route this fake
+does not implement, or logged an error (discord.py logs handler exceptions instead of
+raising them); ``expect_error(text)`` allows one that a test provokes.
+
+Payloads are built from Discord's real JSON shapes (see discord.py's ``discord/types``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, NotRequired, TypedDict
+
+import discord
+import yarl
+from aiohttp import WSMsgType, web
+
+API = "/api/v10"
+BOT_ID, APP_ID, GUILD_ID = "1000", "1001", "2000"
+CHANNEL_ID = "3000"  # a text channel in GUILD_ID; add more with FakeDiscord.add_channel
+MANAGE_GUILD, ADMINISTRATOR, ALL_PERMISSIONS = 1 << 5, 1 << 3, (1 << 50) - 1
+EPHEMERAL = 1 << 6
+TIMESTAMP = "2025-01-01T00:00:00.000000+00:00"
+_ids = itertools.count(5_000_000)
+
+
+def snowflake() -> str:
+    return str(next(_ids))
+
+
+# --- payloads: Discord's JSON shapes ------------------------------------------------------
+
+
+class User(TypedDict):
+    id: str
+    username: str
+    discriminator: str
+    global_name: str | None
+    avatar: str | None
+    bot: NotRequired[bool]
+
+
+class Member(TypedDict):
+    user: NotRequired[User]
+    roles: list[str]
+    joined_at: str
+    deaf: bool
+    mute: bool
+    flags: int
+    permissions: NotRequired[str]  # interactions only: the member's computed permissions
+
+
+class Attachment(TypedDict):
+    id: str
+    filename: str
+    size: int
+    url: str
+    proxy_url: str
+    content_type: NotRequired[str]
+
+
+class Message(TypedDict):
+    id: str
+    type: int  # 0 default, 19 reply
+    channel_id: str
+    guild_id: NotRequired[str]  # absent in a DM
+    author: User
+    member: NotRequired[Member]
+    content: str
+    timestamp: str
+    edited_timestamp: str | None
+    tts: bool
+    mention_everyone: bool
+    mentions: list[User]
+    mention_roles: list[str]
+    attachments: list[Attachment]
+    embeds: list[dict]
+    pinned: bool
+    flags: int
+    message_reference: NotRequired[dict]
+
+
+class Interaction(TypedDict):
+    id: str
+    application_id: str
+    type: int  # 2 application command
+    token: str
+    version: int
+    data: dict
+    channel: dict
+    channel_id: str
+    guild_id: NotRequired[str]
+    member: NotRequired[Member]  # in a guild
+    user: NotRequired[User]  # in a DM
+    app_permissions: str
+    locale: str
+    entitlements: list
+    authorizing_integration_owners: dict
+    context: int  # 0 guild, 1 bot DM
+    attachment_size_limit: int
+
+
+def user(user_id: str, name: str = "", *, bot: bool = False) -> User:
+    name = name or f"user{user_id}"
+    u: User = {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name.title(),
+               "avatar": None}
+    if bot:
+        u["bot"] = True
+    return u
+
+
+def member(u: User, permissions: int | None = None) -> Member:
+    m: Member = {"user": u, "roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False, "flags": 0}
+    if permissions is not None:  # Discord expands ADMINISTRATOR to every permission
+        m["permissions"] = str(ALL_PERMISSIONS if permissions & ADMINISTRATOR else permissions)
+    return m
+
+
+def message(channel_id: str, content: str, author: User, *, guild_id: str | None = GUILD_ID,
+            mentions: list[User] = (), attachments: list[Attachment] = ()) -> Message:
+    """A MESSAGE_CREATE as a user's client would cause it; guild_id=None for a DM."""
+    msg: Message = {"id": snowflake(), "type": 0, "channel_id": str(channel_id), "author": author,
+                    "content": content, "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False,
+                    "mention_everyone": False, "mentions": list(mentions), "mention_roles": [],
+                    "attachments": list(attachments), "embeds": [], "pinned": False, "flags": 0}
+    if guild_id is not None:
+        msg["guild_id"] = guild_id
+        msg["member"] = {k: v for k, v in member(author).items() if k != "user"}  # type: ignore[assignment]
+    return msg
+
+
+def option(name: str, value: Any, kind: int = 3) -> dict:
+    """An application-command option: 3 string, 4 integer, 11 attachment (value = attachment id)."""
+    return {"name": name, "type": kind, "value": value}
+
+
+# --- the recorder ---------------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # the API path without /api/v10, e.g. /channels/3000/messages, or /attachments/... (CDN)
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any = None  # the JSON body, the multipart payload_json, or the form fields
+    parts: list[Part] = field(default_factory=list)
+    at: float = 0.0  # time.monotonic() on arrival
+    response: Any = None  # the JSON the fake answered with (a message object: its id)
+
+    @property
+    def files(self) -> list[Part]:
+        return [p for p in self.parts if p.filename is not None]
+
+    @property
+    def content(self) -> str | None:
+        return (self.json or {}).get("content") if isinstance(self.json, dict) else None
+
+    @property
+    def flags(self) -> int:
+        body = self.json or {}
+        return int(body.get("flags") or (body.get("data") or {}).get("flags") or 0)
+
+    def __repr__(self) -> str:
+        extra = f" files={[p.filename for p in self.files]}" if self.files else ""
+        return f"<{self.method} {self.path} {json.dumps(self.json)[:160] if self.json is not None else ''}{extra}>"
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps ERROR records of the watched loggers (discord.py's 'Ignoring exception in ...', the bot's)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+class FakeDiscord:
+    """Discord's REST API, CDN and gateway on one loopback port (an async context manager)."""
+
+    def __init__(self, *, token: str = "fake-bot-token", watch: tuple[str, ...] = ("discord", "bot.adapters")):
+        self.token = token
+        self.bot_user = user(BOT_ID, "imagebot", bot=True)
+        self.guilds: dict[str, dict] = {}
+        self.requests: list[Request] = []
+        self.unimplemented: list[str] = []
+        self.gateway_received: list[dict] = []  # every frame the client sent (op, d)
+        self.gateway_paths: list[str] = []  # /gateway, then /resume after a reconnect
+        self.identified = asyncio.Event()
+        self.base = ""
+        self._files: dict[str, tuple[bytes, str]] = {}  # CDN path -> (bytes, content type)
+        self._arrived = asyncio.Condition()
+        self._ws: web.WebSocketResponse | None = None
+        self._ws_lock = asyncio.Lock()
+        self._seq = 0
+        self._runner: web.AppRunner | None = None
+        self._errors, self._watch, self._expected = _ErrorLog(), watch, []
+        self.add_guild(GUILD_ID, "Test server", [CHANNEL_ID])
+
+    # -- setup
+
+    def add_guild(self, guild_id: str, name: str, channel_ids: list[str]) -> None:
+        channels = [{"id": c, "type": 0, "name": f"chan-{c}", "position": i, "guild_id": guild_id,
+                     "permission_overwrites": [], "nsfw": False, "parent_id": None}
+                    for i, c in enumerate(channel_ids)]
+        self.guilds[guild_id] = {
+            "id": guild_id, "name": name, "icon": None, "owner_id": "1", "member_count": 2, "large": False,
+            "premium_tier": 0, "features": [], "emojis": [], "stickers": [], "threads": [],
+            "roles": [{"id": guild_id, "name": "@everyone", "permissions": "0", "position": 0, "color": 0,
+                       "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
+            "channels": channels, "members": [member(self.bot_user)], "voice_states": [], "presences": [],
+        }
+
+    def add_channel(self, channel_id: str, guild_id: str = GUILD_ID) -> None:
+        channels = self.guilds[guild_id]["channels"]
+        channels.append({**channels[0], "id": channel_id, "name": f"chan-{channel_id}", "position": len(channels)})
+
+    def add_thread(self, thread_id: str, parent_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> None:
+        """A public thread under ``parent_id`` (threads are channels with their own id)."""
+        self.guilds[guild_id]["threads"].append({
+            "id": thread_id, "type": 11, "guild_id": guild_id, "parent_id": parent_id, "name": f"thread-{thread_id}",
+            "owner_id": "42", "member_count": 2, "message_count": 1, "rate_limit_per_user": 0, "flags": 0,
+            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": TIMESTAMP,
+                                "locked": False}})
+
+    def add_file(self, data: bytes, filename: str, content_type: str | None = None, *,
+                 channel_id: str = CHANNEL_ID, size: int | None = None) -> Attachment:
+        """Serve ``data`` on the fake CDN; returns the attachment payload (``size`` may lie, for limit tests)."""
+        att_id = snowflake()
+        path = f"/attachments/{channel_id}/{att_id}/{filename}"
+        self._files[path] = (data, content_type or "application/octet-stream")
+        att: Attachment = {"id": att_id, "filename": filename, "size": len(data) if size is None else size,
+                           "url": f"{self.base}{path}?ex=signed", "proxy_url": f"{self.base}{path}?ex=proxy"}
+        if content_type:
+            att["content_type"] = content_type
+        return att
+
+    def interaction(self, name: str, options: list[dict] = (), *, author: User | None = None,
+                    channel_id: str = CHANNEL_ID, guild_id: str | None = GUILD_ID, permissions: int = 0,
+                    attachments: list[Attachment] = (), size_limit: int = 10 * 2**20) -> Interaction:
+        """An INTERACTION_CREATE for the slash command ``name`` (guild_id=None: in a DM)."""
+        author = author or user("4000")
+        iid = snowflake()
+        data: dict[str, Any] = {"id": snowflake(), "name": name, "type": 1, "options": list(options)}
+        if attachments:
+            data["resolved"] = {"attachments": {a["id"]: a for a in attachments}}
+        channel = {"id": channel_id, "type": 0 if guild_id else 1, "name": f"chan-{channel_id}"}
+        payload: Interaction = {
+            "id": iid, "application_id": APP_ID, "type": 2, "token": f"itoken-{iid}", "version": 1, "data": data,
+            "channel": channel, "channel_id": channel_id, "app_permissions": str(ALL_PERMISSIONS), "locale": "en-US",
+            "entitlements": [], "authorizing_integration_owners": {"0": guild_id} if guild_id else {"1": author["id"]},
+            "context": 0 if guild_id else 1, "attachment_size_limit": size_limit}
+        if guild_id:
+            channel["guild_id"] = data["guild_id"] = payload["guild_id"] = guild_id
+            payload["member"] = member(author, permissions)
+        else:
+            payload["user"] = author
+        return payload
+
+    def patch(self, monkeypatch) -> None:
+        """Point discord.py at this fake for one test."""
+        monkeypatch.setattr(discord.http.Route, "BASE", f"{self.base}{API}")
+        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(f"{self.ws_base}/gateway"))
+
+    @property
+    def ws_base(self) -> str:
+        return self.base.replace("http://", "ws://")
+
+    # -- lifecycle
+
+    async def start(self) -> FakeDiscord:
+        app = web.Application(client_max_size=64 * 2**20)
+        r = app.router
+        r.add_get("/gateway", self._gateway)
+        r.add_get("/resume", self._gateway)
+        r.add_get("/attachments/{tail:.+}", self._cdn)
+        r.add_get(f"{API}/users/@me", self._me)
+        r.add_get(f"{API}/oauth2/applications/@me", self._application)
+        r.add_put(f"{API}/applications/{{app}}/commands", self._sync)
+        r.add_put(f"{API}/applications/{{app}}/guilds/{{guild}}/commands", self._sync)
+        r.add_post(f"{API}/channels/{{channel}}/typing", self._no_content)
+        r.add_post(f"{API}/channels/{{channel}}/messages", self._create_message)
+        r.add_patch(f"{API}/channels/{{channel}}/messages/{{message}}", self._edit_message)
+        r.add_delete(f"{API}/channels/{{channel}}/messages/{{message}}", self._no_content)
+        r.add_post(f"{API}/interactions/{{id}}/{{token}}/callback", self._callback)
+        r.add_post(f"{API}/webhooks/{{app}}/{{token}}", self._followup)
+        r.add_patch(f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._edit_original)
+        r.add_delete(f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._no_content)
+        r.add_route("*", "/{tail:.*}", self._unimplemented)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base = f"http://{host}:{port}"
+        for name in self._watch:
+            logging.getLogger(name).addHandler(self._errors)
+        return self
+
+    async def stop(self) -> None:
+        for name in self._watch:
+            logging.getLogger(name).removeHandler(self._errors)
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeDiscord:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: Any, *_: Any) -> None:
+        await self.stop()
+        if exc_type is None:
+            self.check()
+
+    def expect_error(self, text: str) -> None:
+        """Allow logged errors containing ``text`` (a test that provokes one)."""
+        self._expected.append(text)
+
+    @property
+    def logged_errors(self) -> list[logging.LogRecord]:
+        """ERROR records of the watched loggers, less those allowed by expect_error."""
+        return [r for r in self._errors.records if not any(t in r.getMessage() for t in self._expected)]
+
+    def check(self) -> None:
+        """Fail on unimplemented routes and on errors the bot logged."""
+        assert not self.unimplemented, f"the bot called routes the fake does not implement: {self.unimplemented}"
+        unexpected = self.logged_errors
+        assert not unexpected, "the bot logged errors:\n" + "\n".join(
+            f"{r.name}: {r.getMessage()}\n{logging.Formatter().formatException(r.exc_info) if r.exc_info else ''}"
+            for r in unexpected)
+
+    # -- the gateway
+
+    async def push(self, event: str, data: dict) -> float:
+        """Send a dispatch (op 0) to the connected client; returns time.monotonic() at sending."""
+        await asyncio.wait_for(self.identified.wait(), 10)
+        return await self._send({"op": 0, "t": event, "d": data})
+
+    async def drop_connection(self, code: int = 4000) -> None:
+        """Close the gateway socket as Discord does when it restarts (the client should resume)."""
+        self.identified.clear()
+        await self._ws.close(code=code, message=b"fake: reconnect")
+
+    async def _send(self, frame: dict) -> float:
+        async with self._ws_lock:
+            if frame["op"] == 0:
+                self._seq += 1
+                frame["s"] = self._seq
+            sent = time.monotonic()
+            await self._ws.send_str(json.dumps(frame))
+            return sent
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        self.gateway_paths.append(request.path)
+        await self._send({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            frame = json.loads(msg.data)
+            self.gateway_received.append(frame)
+            op = frame.get("op")
+            if op == 1:
+                await self._send({"op": 11, "d": None, "s": None, "t": None})
+            elif op == 2:
+                assert frame["d"]["token"] == self.token, "IDENTIFY with the wrong token"
+                await self._ready()
+            elif op == 6:
+                await self._send({"op": 0, "t": "RESUMED", "d": {}})
+                self.identified.set()
+        return ws
+
+    async def _ready(self) -> None:
+        await self._send({"op": 0, "t": "READY", "d": {
+            "v": 10, "user": self.bot_user, "session_id": "fake-session", "private_channels": [],
+            "guilds": [{"id": g, "unavailable": True} for g in self.guilds],
+            "resume_gateway_url": f"{self.ws_base}/resume", "application": {"id": APP_ID, "flags": 0}}})
+        for guild in self.guilds.values():
+            await self._send({"op": 0, "t": "GUILD_CREATE", "d": guild})
+        self.identified.set()
+
+    # -- waiting
+
+    async def wait_for_request(self, method: str, path: str, *, timeout: float = 10.0,
+                               where=None, n: int = 1) -> Request:
+        """The n-th recorded request with this method whose path matches the regex ``path``."""
+        return (await self.wait_for_requests(method, path, n, timeout=timeout, where=where))[n - 1]
+
+    async def wait_for_requests(self, method: str, path: str, n: int, *, timeout: float = 10.0,
+                                where=None) -> list[Request]:
+        """The first n matching requests, waiting (event-driven) until they have arrived."""
+
+        def found() -> list[Request]:
+            return self.matching(method, path, where)
+
+        async with self._arrived:
+            try:
+                await asyncio.wait_for(self._arrived.wait_for(lambda: len(found()) >= n), timeout)
+            except TimeoutError:
+                raise AssertionError(f"{len(found())} of {n} {method} {path} in {timeout} s; "
+                                     f"requests: {self.requests}") from None
+        return found()[:n]
+
+    def matching(self, method: str, path: str, where=None) -> list[Request]:
+        return [r for r in self.requests if r.method == method and re.search(path, r.path)
+                and (where is None or where(r))]
+
+    # -- recording
+
+    async def _record(self, request: web.Request) -> Request:
+        path = request.path.removeprefix(API)
+        rec = Request(request.method, path, dict(request.query), dict(request.headers), at=time.monotonic())
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                data = bytes(await part.read())
+                rec.parts.append(Part(part.name or "", part.filename, part.headers.get("Content-Type"), data))
+                if part.name == "payload_json":
+                    rec.json = json.loads(data)
+        elif request.content_type == "application/x-www-form-urlencoded":
+            rec.json = dict(await request.post())
+        elif request.can_read_body:
+            raw = await request.read()
+            rec.json = json.loads(raw) if raw and request.content_type == "application/json" else None
+        async with self._arrived:
+            self.requests.append(rec)
+            self._arrived.notify_all()
+        return rec
+
+    # -- REST routes
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bot {self.token}"
+
+    async def _me(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self._authorized(request):
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        return _json({**self.bot_user, "verified": True, "mfa_enabled": False, "flags": 0})
+
+    async def _application(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return _json({"id": APP_ID, "name": "imagebot", "icon": None, "description": "", "bot_public": True,
+                      "bot_require_code_grant": False, "verify_key": "00", "flags": 0, "team": None,
+                      "owner": user("1", "owner"), "summary": "", "rpc_origins": []})
+
+    async def _sync(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        return _json([{**c, "id": snowflake(), "application_id": APP_ID, "version": "1"} for c in rec.json])
+
+    async def _no_content(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(status=204)
+
+    def _message_out(self, rec: Request, channel_id: str, message_id: str | None = None) -> dict:
+        """The message object Discord answers with (the bot as author, attachments from the file parts)."""
+        body = rec.json or {}
+        atts = [{"id": snowflake(), "filename": p.filename, "size": len(p.data), "url": f"{self.base}/x",
+                 "proxy_url": f"{self.base}/x"} for p in rec.files]
+        out = {"id": message_id or snowflake(), "type": 19 if body.get("message_reference") else 0,
+               "channel_id": channel_id, "author": self.bot_user, "content": body.get("content") or "",
+               "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False, "mention_everyone": False,
+               "mentions": [], "mention_roles": [], "attachments": atts, "embeds": [], "pinned": False,
+               "flags": int(body.get("flags") or 0), "components": []}
+        if body.get("message_reference"):
+            out["message_reference"] = body["message_reference"]
+        return out
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        rec.response = self._message_out(rec, request.match_info["channel"])
+        return _json(rec.response)
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        return _json(self._message_out(rec, request.match_info["channel"], request.match_info["message"]))
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        kind, data = rec.json["type"], rec.json.get("data") or {}
+        message_id = snowflake()
+        message = {**self._message_out(rec, CHANNEL_ID, message_id), "content": data.get("content") or "",
+                   "flags": int(data.get("flags") or 0) | (128 if kind == 5 else 0)}  # 128: loading
+        return _json({"interaction": {"id": request.match_info["id"], "type": 2, "response_message_id": message_id,
+                                      "response_message_loading": kind == 5,
+                                      "response_message_ephemeral": bool(message["flags"] & EPHEMERAL)},
+                      "resource": {"type": kind, "message": message}})
+
+    async def _followup(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        rec.response = {**self._message_out(rec, CHANNEL_ID), "webhook_id": APP_ID}
+        return _json(rec.response)
+
+    async def _edit_original(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        return _json({**self._message_out(rec, CHANNEL_ID, snowflake()), "webhook_id": APP_ID})
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        found = self._files.get(request.path)
+        if found is None:
+            return web.Response(status=404, text="not found")
+        return web.Response(body=found[0], headers={"Content-Type": found[1]})
+
+    async def _unimplemented(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        self.unimplemented.append(f"{request.method} {request.path}")
+        return _json({"message": "404: Not Found (not implemented by the fake)", "code": 0}, 404)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    """discord.py only parses bodies whose Content-Type is exactly application/json (no charset)."""
+    return web.Response(body=json.dumps(body).encode(), status=status, headers={"Content-Type": "application/json"})
