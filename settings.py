@@ -159,6 +159,21 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ResidencyConfig:
+    """A weight budget per accelerator device (see gpu_pool/residency.py). budget 0: no budget."""
+
+    budget: int = 0  # bytes
+    reserve: int = 0  # bytes of the budget kept free for working memory (activations)
+    max_overtakes: int = 3
+    devices: tuple[str, ...] = ()  # the budgeted devices; () = every GPU (cuda:N, mps)
+
+    def applies_to(self, device: str) -> bool:
+        if not self.budget:
+            return False
+        return device in self.devices if self.devices else device.startswith(("cuda", "mps"))
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     llm: LLMConfig
@@ -168,6 +183,7 @@ class Config:
     slack: SlackConfig
     storage: StorageConfig
     limits: LimitsConfig
+    residency: ResidencyConfig = field(default_factory=ResidencyConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
@@ -202,6 +218,28 @@ def _env_name(v: str) -> str | None:
 
 def _ids(v: list) -> str | None:
     return None if all(isinstance(x, (str, int)) for x in v) else "must be a list of user ids"
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.I)
+
+
+def parse_size(v: str) -> int | None:
+    """Bytes in a size like "8GiB", "512MiB", "1.5GB" or "0" ("" is 0); None when it is not a size."""
+    if not v.strip():
+        return 0
+    m = _SIZE_RE.match(v)
+    return None if m is None else int(float(m[1]) * _UNITS[(m[2] or "").lower()])
+
+
+def _size(v: str) -> str | None:
+    return None if parse_size(v) is not None else 'must be a size like "8GiB", "512MiB" or "1.5GB"'
+
+
+def _budget_devices(v: list) -> str | None:
+    ok = all(isinstance(x, str) and x != "auto" and not device_problem(x) for x in v)
+    return None if ok else 'must be a list of devices like ["cuda:0", "cuda:1"] ("cpu" and "mps" too; not "auto")'
 
 
 _ENABLED = ((bool, str), "auto", lambda v: None if v in (True, False, "auto") else 'accepted values: true, false, "auto"')
@@ -250,6 +288,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "max_output_size": (int, 1024, lambda v: None if 64 <= v <= 4096 and v % 8 == 0 else "must be a multiple of 8 between 64 and 4096"),
         "max_steps": (int, 100, lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
         "per_user_jobs": (int, 2, _positive),
+    },
+    "residency": {
+        "budget": (str, "", _size),
+        "reserve": (str, "1GiB", _size),
+        "max_overtakes": (int, 3, lambda v: None if v >= 0 else "must be 0 or more"),
+        "devices": (list, [], _budget_devices),
     },
 }
 MODEL_KEYS: dict[str, tuple[Any, Any, Check]] = {
@@ -349,8 +393,19 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         slack=slack,
         storage=StorageConfig((base_dir / sec["storage"]["data_dir"]).resolve()),
         limits=LimitsConfig(**lim),
+        residency=_residency(sec["residency"]),
         raw=data,
     )
+
+
+def _residency(r: dict[str, Any]) -> ResidencyConfig:
+    budget = parse_size(r["budget"]) or 0
+    reserve = (parse_size(r["reserve"]) or 0) if budget else 0  # no budget: nothing to reserve from
+    if budget and reserve >= budget:
+        raise ConfigError(f"residency.reserve: {r['reserve']!r} is not valid; must be smaller than "
+                          f"residency.budget ({r['budget']!r}) so that some of the budget is left for weights")
+    devices = tuple(resolve_device(d) if d == "cuda" else d for d in r["devices"])
+    return ResidencyConfig(budget, reserve, r["max_overtakes"], devices)
 
 
 def load(path: str | os.PathLike[str], env_check: bool = True) -> Config:

@@ -209,12 +209,21 @@ class Core:
 
 
 def format_models(infos) -> str:
+    """One line per model: where it is, whether its weights are on the device now
+    (offloaded: waiting in CPU RAM under a residency budget), its size and last use."""
     if not infos:
         return "No models are configured."
     lines = []
     for m in infos:
+        where = (", resident" if m.resident else ", offloaded to CPU RAM") if m.state == "ready" else ""
         size = f"{m.bytes / 2**20:,.0f} MiB" if m.bytes else "no weights"
         shared = f", {m.shared_bytes / 2**20:,.0f} MiB shared" if m.shared_bytes else ""
+        if m.last_used is None:
+            used = ", not used yet" if m.state == "ready" else ""
+        else:
+            ago = max(0, time.time() - m.last_used)
+            used = ", last used " + (f"{ago:.0f} s" if ago < 90 else f"{ago / 60:.0f} min" if ago < 5400
+                                     else f"{ago / 3600:.1f} h") + " ago"
         err = f" - {m.error}" if m.error else ""
-        lines.append(f"{m.name}: {m.state} on {m.device} ({m.dtype}), {size}{shared}{err}")
+        lines.append(f"{m.name}: {m.state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
     return "\n".join(lines)

@@ -92,6 +92,7 @@ class ModelInfo:
     shares_with: list[str] = field(default_factory=list)
     error: str | None = None
     last_used: float | None = None  # unix time of the last job
+    resident: bool = False  # weights on the device now; False: offloaded to CPU RAM (or not loaded)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

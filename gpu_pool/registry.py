@@ -4,6 +4,10 @@ Loading runs on its own thread so the event loop keeps serving; a job
 for a model that is loading waits on the model's ``ready`` future. A reload
 builds the new model first and swaps it in: jobs already running finish on
 the old one, jobs that arrive meanwhile wait for the new one.
+
+On a device with a residency budget (``[residency]`` in config.toml) models
+load onto their home (CPU RAM) and a :class:`Residency` per device moves
+their weights onto the device per job (see ``gpu_pool/residency.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 
@@ -22,6 +27,7 @@ from gpu_pool import accounting
 from gpu_pool.models import MODEL_TABLE, load_sd_base, loader
 from gpu_pool.models.base import LoadSpec, PoolModel, SharedBases
 from gpu_pool.protocol import ModelInfo
+from gpu_pool.residency import Residency, size_text
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -53,8 +59,29 @@ class Registry:
         # One loading thread: from_pretrained builds modules under a process-wide meta-device
         # context, so two loads at once hand each other empty (meta) weights.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="load")
+        self.residency: dict[str, Residency] = {}  # device -> its manager, for budgeted devices only
 
     # --- queries ------------------------------------------------------------
+
+    def manager(self, device: str) -> Residency | None:
+        """The residency manager of ``device``; None when the device has no budget."""
+        cfg = self.config.residency
+        if device not in self.residency and cfg.applies_to(device):
+            self.residency[device] = Residency(device, cfg.budget, cfg.reserve, home="cpu")
+        return self.residency.get(device)
+
+    def is_resident(self, name: str) -> bool:
+        """Loaded, with every weight on its device (always, on a device without a budget)."""
+        entry = self.entries.get(name)
+        if entry is None or entry.model is None or entry.state != "ready":
+            return False
+        mgr = self.manager(entry.device)
+        return mgr is None or mgr.is_resident(entry.model.modules().values())
+
+    def modules_of(self, names: Iterable[str]) -> list[torch.nn.Module]:
+        """The modules of the loaded models among ``names``."""
+        return [m for n in dict.fromkeys(names) if (e := self.entries.get(n)) and e.model
+                for m in e.model.modules().values()]
 
     def device_of(self, name: str) -> str:
         return self._entry(name).device
@@ -82,7 +109,8 @@ class Registry:
         for name, e in self.entries.items():
             own, shared = sizes.get(name, (0, 0))
             peers = sorted(n for n in maps if n != name and name in maps and maps[n] & maps[name])
-            out.append(ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used))
+            out.append(ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
+                                 self.is_resident(name)))
         return out
 
     # --- changes ------------------------------------------------------------
@@ -105,12 +133,13 @@ class Registry:
         self.entries[name] = entry
         if old is not None and not old.ready.done():
             _chain(entry.ready, old.ready)  # jobs waiting on an unfinished load follow the new one
-        spec = LoadSpec(name, cfg.source, dev, DTYPES[dt], self.config.pool.sd_base)
+        mgr = self.manager(dev)
+        spec = LoadSpec(name, cfg.source, dev, DTYPES[dt], self.config.pool.sd_base, mgr.home if mgr else "")
         started = time.perf_counter()
         log.info("loading %s on %s (%s) from %s", name, dev, dt, cfg.source or "(no weights)")
         try:
             _check_device(dev)
-            model = await loop.run_in_executor(self._executor, loader(name), spec, self.bases)
+            model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr)
         except Exception as e:
             log.error("loading %s failed:\n%s", name, traceback.format_exc())
             if self.entries.get(name) is entry:
@@ -139,6 +168,9 @@ class Registry:
         self.config = settings.load(self.config.path, env_check=False)
         if name is None:
             self.bases = SharedBases(load_sd_base)  # pick up a changed sd_base
+            for mgr in self.residency.values():  # and a changed [residency]: the old models leave the device
+                mgr.forget(set())  # (but for those running a job, which go with their model)
+            self.residency = {}
             for gone in [n for n in self.entries if n not in self.config.models]:
                 await self.unload(gone)
             names = list(self.config.models)
@@ -155,10 +187,23 @@ class Registry:
             return
         in_use = {id(m) for e in self.entries.values() if e.model is not None for m in e.model.modules().values()}
         self.bases.drop_unused(in_use)
+        for mgr in self.residency.values():
+            mgr.forget(in_use)
         _free_memory()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None) -> PoolModel:
+    """On the loading thread: load, then hand the weights to the device's manager (pinning them)."""
+    model = loader(spec.name)(spec, bases)
+    if mgr is not None:
+        mgr.adopt(model.modules().values())
+        if (need := mgr.bytes_of(model.modules().values())) > mgr.limit:  # its jobs will fail and say why
+            log.warning("%s needs %s, more than the %s budget of %s", spec.name, size_text(need),
+                        size_text(mgr.limit), spec.device)
+    return model
 
 
 def _chain(new: asyncio.Future, old: asyncio.Future) -> None:

@@ -6,11 +6,16 @@ on that device's thread, so a job on ``cuda:0`` never waits for one on
 ``cuda:1`` and nothing heavy runs on the event loop. Every step of its life
 is an :class:`Event` pushed to the job's own asyncio queue, which the server
 streams to the client.
+
+On a device with a residency budget a job first makes its model resident
+(``gpu_pool/residency.py``), and the queue runs jobs whose model is already
+resident first, each queued job being passed at most ``max_overtakes`` times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -25,6 +30,7 @@ import torch
 from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
 from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage
 from gpu_pool.registry import NotLoaded, Registry
+from gpu_pool.residency import DoesNotFit, Residency, warm_first
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -39,6 +45,7 @@ class Job:
     device: str = ""
     finished: bool = False
     position: int | None = None  # last position announced
+    overtaken: int = 0  # times a later job ran first (warm-first scheduling)
 
     def announce(self, position: int) -> None:
         """A queued event, only when the position changed."""
@@ -93,16 +100,29 @@ class DeviceQueue:
             while not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
-            job = self.pending.popleft()
+            job = self._take()
             self.running = job
             self._announce_positions()
             try:
-                await self.scheduler.run(job, self._thread)
+                await self.scheduler.run(job, self._thread, soon=[j.request.model for j in self.pending])
             except Exception:  # never let one job stop the device
                 log.exception("job %s crashed the worker", job.id)
                 job.fail("Something went wrong in the image engine.", "internal", traceback.format_exc())
             finally:
                 self.running = None
+
+    def _take(self) -> Job:
+        """The next job: first come, first served; warm first on a device with a budget."""
+        registry = self.scheduler.registry
+        index = 0
+        if registry.manager(self.device) is not None:
+            index = warm_first(self.pending, lambda j: registry.is_resident(j.request.model),
+                               lambda j: j.overtaken, registry.config.residency.max_overtakes)
+        for ahead in itertools.islice(self.pending, index):
+            ahead.overtaken += 1
+        job = self.pending[index]
+        del self.pending[index]
+        return job
 
     def close(self) -> None:
         self._task.cancel()
@@ -152,8 +172,9 @@ class Scheduler:
     def forget(self, job: Job) -> None:
         self.jobs.pop(job.id, None)
 
-    async def run(self, job: Job, thread: ThreadPoolExecutor) -> None:
-        """Run one job on its device's thread and emit its final event."""
+    async def run(self, job: Job, thread: ThreadPoolExecutor, soon: list[str] = ()) -> None:
+        """Run one job on its device's thread and emit its final event; ``soon``: the models
+        of the jobs queued behind it, whose weights are evicted last to make room for this one."""
         if job.cancel_flag.is_set():
             return job.fail("The job was cancelled.", "cancelled")
         req = job.request
@@ -175,10 +196,15 @@ class Scheduler:
                 raise JobCancelled()
             loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total))
 
+        residency = self.registry.manager(job.device)
+        wanted = self.registry.modules_of(soon) if residency else []
         try:
-            out, seconds = await loop.run_in_executor(thread, _run_sync, model, params, req.images, progress)
+            out, seconds = await loop.run_in_executor(thread, _run_sync, model, params, req.images, progress,
+                                                      residency, wanted)
         except BadRequest as e:
             return job.fail(str(e), "bad_request")
+        except DoesNotFit as e:
+            return job.fail(str(e), "oom")
         except JobCancelled:
             return job.fail("The job was cancelled.", "cancelled")
         except torch.OutOfMemoryError:
@@ -199,13 +225,21 @@ class Scheduler:
             q.close()
 
 
-def _run_sync(model: PoolModel, params: dict, images: list[RawImage], progress) -> tuple[Output, float]:
-    """Run on the device thread; returns the output and the seconds spent inside the model."""
+def _run_sync(model: PoolModel, params: dict, images: list[RawImage], progress,
+              residency: Residency | None = None, soon: list = ()) -> tuple[Output, float]:
+    """Run on the device thread; returns the output and the seconds spent inside the model.
+
+    Under a budget the model's weights are brought onto the device first and stay locked there until it returns.
+    """
     pil = [im.to_pil() for im in images]
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = model.run(params, pil, progress)
-    return out, time.perf_counter() - started
+    on_device = contextlib.nullcontext()
+    if residency is not None:
+        on_device = residency.use(model.name, model.modules().values(), soon=soon)
+    with on_device:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.run(params, pil, progress)
+        return out, time.perf_counter() - started
 
 
 def _check_images(images: list[RawImage], max_pixels: int) -> None:

@@ -78,7 +78,7 @@ def load_canny(spec: LoadSpec, bases: SharedBases) -> PoolModel:
 def load_line(spec: LoadSpec, bases: SharedBases) -> PoolModel:
     from controlnet_aux import MLSDdetector
 
-    detector = MLSDdetector.from_pretrained(spec.source).to(spec.device)
+    detector = MLSDdetector.from_pretrained(spec.source).to(spec.load_device)
     return Annotator(spec, lambda im, p: detector(im, thr_v=0.1, thr_d=0.1, output_type="np", **_res(p)),
                      {"mlsd": detector.model}, RESOLUTION)
 
@@ -94,7 +94,7 @@ def load_scribble(spec: LoadSpec, bases: SharedBases) -> PoolModel:
 def _hed(spec: LoadSpec, scribble: bool) -> PoolModel:
     from controlnet_aux import HEDdetector
 
-    detector = HEDdetector.from_pretrained(spec.source).to(spec.device)
+    detector = HEDdetector.from_pretrained(spec.source).to(spec.load_device)
     return Annotator(spec, lambda im, p: detector(im, scribble=scribble, output_type="np", **_res(p)),
                      {"hed": detector.netNetwork}, RESOLUTION)
 
@@ -104,7 +104,7 @@ def load_pose(spec: LoadSpec, bases: SharedBases) -> PoolModel:
 
     # from_pretrained loads the hand and face nets too; the seed (and the
     # openpose ControlNet) used the body skeleton only, so they are off by default.
-    detector = OpenposeDetector.from_pretrained(spec.source).to(spec.device)
+    detector = OpenposeDetector.from_pretrained(spec.source).to(spec.load_device)
     params = {
         "hands": Param(bool, False, help="also draw hand keypoints"),
         "face": Param(bool, False, help="also draw face keypoints"),
@@ -125,7 +125,7 @@ def load_seg(spec: LoadSpec, bases: SharedBases) -> PoolModel:
     from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
     processor = AutoImageProcessor.from_pretrained(spec.source)
-    model = UperNetForSemanticSegmentation.from_pretrained(spec.source, dtype=spec.dtype).to(spec.device).eval()
+    model = UperNetForSemanticSegmentation.from_pretrained(spec.source, dtype=spec.dtype).to(spec.load_device).eval()
     palette = np.array(ade_palette(), dtype=np.uint8)
 
     def detect(image: Image.Image, params: dict[str, Any]) -> np.ndarray:
@@ -140,7 +140,9 @@ def load_seg(spec: LoadSpec, bases: SharedBases) -> PoolModel:
 def _depth_pipeline(spec: LoadSpec):
     from transformers import pipeline
 
-    return pipeline("depth-estimation", model=spec.source, device=spec.device, dtype=spec.dtype)
+    estimator = pipeline("depth-estimation", model=spec.source, device=spec.load_device, dtype=spec.dtype)
+    estimator.device = torch.device(spec.device)  # where it sends inputs: the weights are there during a job
+    return estimator
 
 
 def load_depth(spec: LoadSpec, bases: SharedBases) -> PoolModel:

@@ -55,6 +55,12 @@ class LoadSpec:
     device: str  # resolved: "cpu", "cuda:0" ...
     dtype: torch.dtype
     sd_base: str  # hub id or folder of the shared Stable Diffusion 1.5 base
+    home: str = ""  # where the weights wait between jobs under a residency budget ("cpu"); "": on the device
+
+    @property
+    def load_device(self) -> str:
+        """Where loaders put the weights: home under a budget (they move to ``device`` per job), else the device."""
+        return self.home or self.device
 
 
 class PoolModel:
@@ -81,7 +87,8 @@ class PoolModel:
 
 
 class SharedBases:
-    """One Stable Diffusion 1.5 base per (source, device, dtype), loaded on first use.
+    """One Stable Diffusion 1.5 base per (source, device, dtype), loaded on first use
+    (onto ``home`` when the device has a residency budget).
 
     Thread-safe: loaders run on worker threads. ``get`` returns the base
     pipeline (a ``StableDiffusionPipeline``); every SD-family model on that
@@ -94,11 +101,11 @@ class SharedBases:
         self._bases: dict[tuple[str, str, torch.dtype], Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, source: str, device: str, dtype: torch.dtype) -> Any:
-        key = (source, device, dtype)
+    def get(self, source: str, device: str, dtype: torch.dtype, home: str = "") -> Any:
+        key = (source, device, dtype)  # by the device it runs on: a cpu model never shares a cuda model's base
         with self._lock:
             if key not in self._bases:
-                self._bases[key] = self._loader(source, device, dtype)
+                self._bases[key] = self._loader(source, home or device, dtype)
             return self._bases[key]
 
     def drop_unused(self, in_use: set[int]) -> None:

@@ -20,7 +20,7 @@ class _Blip(PoolModel):
     def __init__(self, spec: LoadSpec, model_cls: type):
         super().__init__(spec)
         self.processor = BlipProcessor.from_pretrained(spec.source)
-        self.model = model_cls.from_pretrained(spec.source, dtype=spec.dtype).to(spec.device).eval()
+        self.model = model_cls.from_pretrained(spec.source, dtype=spec.dtype).to(spec.load_device).eval()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}

@@ -29,7 +29,8 @@ class Text2Mask(PoolModel):
     def __init__(self, spec: LoadSpec):
         super().__init__(spec)
         self.processor = CLIPSegProcessor.from_pretrained(spec.source)
-        self.model = CLIPSegForImageSegmentation.from_pretrained(spec.source, dtype=spec.dtype).to(spec.device).eval()
+        model = CLIPSegForImageSegmentation.from_pretrained(spec.source, dtype=spec.dtype)
+        self.model = model.to(spec.load_device).eval()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}

@@ -34,7 +34,7 @@ SEED_NEGATIVE = ("longbody, lowres, bad anatomy, bad hands, missing fingers, ext
 
 
 def load_base(source: str, device: str, dtype: torch.dtype) -> StableDiffusionPipeline:
-    """The shared SD1.5 base; only ever built through ``SharedBases``."""
+    """The shared SD1.5 base on ``device`` (its home under a budget); only ever built through ``SharedBases``."""
     pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False)
     return pipe.to(device)
@@ -141,7 +141,7 @@ class ControlNetText2Image(_Diffusion):
 
 def load_text2image(spec: LoadSpec, bases: SharedBases) -> Text2Image:
     # Its own source is a base too: the same one as everybody's unless an admin points it elsewhere.
-    base = bases.get(spec.source or spec.sd_base, spec.device, spec.dtype)
+    base = bases.get(spec.source or spec.sd_base, spec.device, spec.dtype, spec.home)
     scheduler = type(base.scheduler).from_config(base.scheduler.config)
     # dtype given: from_pipe would otherwise cast the shared modules to float32 in place.
     pipe = StableDiffusionPipeline.from_pipe(base, scheduler=scheduler, dtype=base.unet.dtype)
@@ -149,8 +149,8 @@ def load_text2image(spec: LoadSpec, bases: SharedBases) -> Text2Image:
 
 
 def load_controlnet(spec: LoadSpec, bases: SharedBases) -> ControlNetText2Image:
-    base = bases.get(spec.sd_base, spec.device, spec.dtype)
-    controlnet = ControlNetModel.from_pretrained(spec.source, dtype=spec.dtype).to(spec.device)
+    base = bases.get(spec.sd_base, spec.device, spec.dtype, spec.home)
+    controlnet = ControlNetModel.from_pretrained(spec.source, dtype=spec.dtype).to(spec.load_device)
     scheduler = UniPCMultistepScheduler.from_config(base.scheduler.config)  # as the seed did
     pipe = StableDiffusionControlNetPipeline.from_pipe(base, controlnet=controlnet, scheduler=scheduler,
                                                        dtype=base.unet.dtype)  # dtype: see load_text2image
@@ -158,13 +158,13 @@ def load_controlnet(spec: LoadSpec, bases: SharedBases) -> ControlNetText2Image:
 
 
 def load_pix2pix(spec: LoadSpec, bases: SharedBases) -> InstructPix2Pix:
-    base = bases.get(spec.sd_base, spec.device, spec.dtype)
+    base = bases.get(spec.sd_base, spec.device, spec.dtype, spec.home)
     pipe = StableDiffusionInstructPix2PixPipeline(**_with_own_unet(spec, base, EulerAncestralDiscreteScheduler))
     return InstructPix2Pix(spec, pipe)
 
 
 def load_inpainting(spec: LoadSpec, bases: SharedBases) -> Inpainting:
-    base = bases.get(spec.sd_base, spec.device, spec.dtype)
+    base = bases.get(spec.sd_base, spec.device, spec.dtype, spec.home)
     pipe = StableDiffusionInpaintPipeline(**_with_own_unet(spec, base, DDIMScheduler))
     return Inpainting(spec, pipe)
 
@@ -177,5 +177,5 @@ def _with_own_unet(spec: LoadSpec, base: StableDiffusionPipeline, scheduler_cls:
     """
     unet = UNet2DConditionModel.from_pretrained(spec.source, subfolder="unet", dtype=base.unet.dtype)
     scheduler = scheduler_cls.from_config(scheduler_cls.load_config(spec.source, subfolder="scheduler"))
-    return dict(unet=unet.to(spec.device), scheduler=scheduler, vae=base.vae, text_encoder=base.text_encoder,
+    return dict(unet=unet.to(spec.load_device), scheduler=scheduler, vae=base.vae, text_encoder=base.text_encoder,
                 tokenizer=base.tokenizer, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
