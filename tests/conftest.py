@@ -70,8 +70,13 @@ async def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: floa
 
 
 def start_pool(folder: Path, extra: str = "") -> Pool:
-    config = write_tiny_config(folder, extra)
-    log = folder / "pool.log"
+    """A pool process with every tiny model (tests/config.tiny.toml plus ``extra``), ready."""
+    return start_pool_with(write_tiny_config(folder, extra))
+
+
+def start_pool_with(config: Path) -> Pool:
+    """A pool process for ``config``, once every model it names is ready; its log beside the config."""
+    log = config.parent / "pool.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     with log.open("w") as out:  # the child keeps its own copy of the handle
         proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
@@ -101,3 +106,41 @@ def pool(tiny_dir, tmp_path_factory):
     stop_pool(p)
 
 
+
+
+# --- a core wired to the pool and a scripted LLM ------------------------------------
+
+
+@pytest.fixture
+async def llm_server():
+    from tests.fakes.openai_server import FakeLLM
+
+    async with FakeLLM() as server:
+        yield server
+
+
+def make_core(pool: Pool, tmp_path: Path, llm_server, **llm_overrides):
+    """The real Core on the test pool, its LLM the scripted server, its data in ``tmp_path``."""
+    import dataclasses
+
+    from core.engine import Core
+    from core.images import ImageStore
+    from core.llm import LLM
+    from core.store import Store
+
+    cfg = settings.load(pool.config, env_check=False)
+    llm_cfg = dataclasses.replace(cfg.llm, base_url=llm_server.base_url, **llm_overrides)
+    cfg = dataclasses.replace(cfg, llm=llm_cfg, storage=settings.StorageConfig(tmp_path / "data"))
+    store = Store(tmp_path / "data" / "bot.db")
+    lim = cfg.limits
+    images = ImageStore(tmp_path / "data" / "images", store, max_pixels=lim.max_image_pixels,
+                        max_bytes=lim.max_upload_bytes, working_size=lim.working_size)
+    return Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0), status_interval=0)
+
+
+@pytest.fixture
+async def core(pool, tmp_path, llm_server):
+    c = make_core(pool, tmp_path, llm_server)
+    yield c
+    await c.pool.close()
+    await c.llm.close()

@@ -9,12 +9,8 @@ import logging
 import pytest
 from PIL import Image, ImageDraw
 
-import settings
-from core.engine import Core
-from core.images import ImageStore
-from core.llm import LLM
-from core.store import Store
 from core.turn import Attachment, Turn
+from tests.conftest import make_core
 from tests.fakes.openai_server import FakeLLM
 
 
@@ -54,33 +50,6 @@ def photo(sky=(120, 160, 200)) -> Attachment:
 
 def turn(text: str, session: str = "discord:channel:1", *files: Attachment, user: str = "u1") -> Turn:
     return Turn("discord", session, user, f"name-{user}", text, tuple(files))
-
-
-@pytest.fixture
-async def llm_server():
-    async with FakeLLM() as server:
-        yield server
-
-
-def make_core(pool, tmp_path, llm_server, **llm_overrides) -> Core:
-    cfg = settings.load(pool.config, env_check=False)
-    llm_cfg = dataclasses.replace(cfg.llm, base_url=llm_server.base_url, **llm_overrides)
-    cfg = dataclasses.replace(cfg, llm=llm_cfg, storage=settings.StorageConfig(tmp_path / "data"))
-    store = Store(tmp_path / "data" / "bot.db")
-    lim = cfg.limits
-    images = ImageStore(tmp_path / "data" / "images", store, max_pixels=lim.max_image_pixels,
-                        max_bytes=lim.max_upload_bytes, working_size=lim.working_size)
-    from core.pool_client import PoolClient
-
-    return Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0), status_interval=0)
-
-
-@pytest.fixture
-async def core(pool, tmp_path, llm_server):
-    c = make_core(pool, tmp_path, llm_server)
-    yield c
-    await c.pool.close()
-    await c.llm.close()
 
 
 def image_enum(request: dict, tool: str) -> list[str]:

@@ -19,8 +19,7 @@ from bot.adapters.discord_bot import DiscordBot, DiscordRejected, StatusLine, sp
 from core.engine import HELP
 from tests.fakes.discord_server import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                         FakeDiscord, message, option, user)
-from tests.fakes.openai_server import FakeLLM
-from tests.test_agent import RecordingReply, image_enum, make_core, photo, turn
+from tests.test_agent import RecordingReply, image_enum, photo, turn
 
 ADMIN_ID = "777"  # in discord.admin_ids
 TOKEN_ENV = "DISCORD_TOKEN_FOR_TESTS"
@@ -37,20 +36,6 @@ async def fake(monkeypatch):
         server.add_thread(THREAD)
         server.patch(monkeypatch)
         yield server
-
-
-@pytest.fixture
-async def llm_server():
-    async with FakeLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def core(pool, tmp_path, llm_server):
-    c = make_core(pool, tmp_path, llm_server)
-    yield c
-    await c.pool.close()
-    await c.llm.close()
 
 
 def discord_config(core, token_env: str = TOKEN_ENV) -> settings.Config:

@@ -8,10 +8,7 @@ the "device" is ``meta`` (weights really move: home CPU -> meta and back) or
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ from gpu_pool.protocol import JobRequest, RawImage
 from gpu_pool.registry import Entry, Registry
 from gpu_pool.residency import DoesNotFit, Residency, warm_first
 from gpu_pool.scheduler import Scheduler
-from tests.conftest import ROOT, Pool, _wait_ready, stop_pool
+from tests.conftest import start_pool_with, stop_pool
 
 
 def linear(n: int = 100) -> torch.nn.Linear:
@@ -351,17 +348,7 @@ def budget_pool(tiny_dir, tmp_path_factory):
     sections = "".join(f'[models.{n}]\ndevice = "cpu"\nsource = "{tiny_dir}/{f}"\n' for n, f in models.items())
     config.write_text(f'[pool]\nsocket = "pool.sock"\nsd_base = "{tiny_dir}/sd15"\n[storage]\ndata_dir = "data"\n'
                       '[residency]\nbudget = "6MiB"\nreserve = "0"\ndevices = ["cpu"]\n' + sections)
-    log = folder / "pool.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    pool = Pool(config, proc, log)
-    try:
-        asyncio.run(_wait_ready(pool.url, proc, log))
-    except BaseException:
-        proc.kill()
-        raise
+    pool = start_pool_with(config)
     yield pool
     stop_pool(pool)
 

@@ -18,20 +18,13 @@ from PIL import Image
 from bot.adapters import slack_bot
 from bot.adapters.slack_bot import WORKING, SlackBot
 from core.engine import HELP
-from tests.fakes.openai_server import FakeLLM
 from tests.fakes.slack_server import (BOT_USER, Call, FakeSlack, LoggedErrors, dm, event_callback, mention,
                                       signed_headers)
-from tests.test_agent import make_core, photo
+from tests.test_agent import photo
 
 AT = f"<@{BOT_USER}>"
 ADMIN = "UADMIN"
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-
-
-@pytest.fixture
-async def llm_server():
-    async with FakeLLM() as server:
-        yield server
 
 
 @pytest.fixture
@@ -45,14 +38,6 @@ def errors():
     with LoggedErrors("slack_bolt", "slack_sdk", "bot.adapters.slack_bot") as logged:
         yield logged
     logged.assert_none()
-
-
-@pytest.fixture
-async def core(pool, tmp_path, llm_server):
-    c = make_core(pool, tmp_path, llm_server)
-    yield c
-    await c.pool.close()
-    await c.llm.close()
 
 
 @pytest.fixture
