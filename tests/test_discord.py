@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import settings
-from bot.adapters import discord_bot
-from bot.adapters.discord_bot import DiscordBot, DiscordRejected, StatusLine, split_text
+from bot.adapters import discord_bot, discord_reply
+from bot.adapters.discord_bot import DiscordBot, DiscordRejected
+from bot.adapters.discord_reply import StatusLine, split_text
 from core.engine import HELP
 from tests.fakes.discord_server import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                         FakeDiscord, message, option, user)
@@ -158,7 +159,7 @@ async def test_a_long_answer_is_split_into_messages_of_at_most_2000_characters(f
 
 
 async def test_progress_is_one_status_message_posted_edited_then_deleted(fake, bot, llm_server, monkeypatch):
-    monkeypatch.setattr(discord_bot, "STATUS_EVERY_S", 0.05)  # the tiny model draws 50 steps in well under 1 s
+    monkeypatch.setattr(discord_reply, "STATUS_EVERY_S", 0.05)  # the tiny model draws in well under 1 s
     llm_server.on(user="draw a cat").call("generate_image", {"prompt": "a cat"})
     llm_server.on(after_tool="generate_image").reply("Here is your cat: img1")
     await fake.push("MESSAGE_CREATE", mention(fake, "draw a cat"))

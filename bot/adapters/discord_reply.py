@@ -1,0 +1,258 @@
+"""Posting to Discord within its limits: text length, upload size, one throttled status line.
+
+The Reply side of the Discord adapter (see ``discord_bot.py``): ``ChannelReply``
+answers a mention or DM as a reply to it, ``InteractionReply`` answers a slash
+command with followups. Text over 2,000 characters is split; an image over the
+upload limit is re-encoded smaller, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import discord
+from PIL import Image
+
+from core.turn import OutImage
+
+log = logging.getLogger(__name__)
+
+TEXT_LIMIT = 2000  # characters per Discord message
+FILES_PER_MESSAGE = 10
+DM_UPLOAD_LIMIT = 8 * 2**20  # bytes per file in a DM (a guild says its own: Guild.filesize_limit)
+STATUS_EVERY_S = 1.0  # at most one status edit per message per second (Discord's rate limits)
+TYPING_EVERY_S = 8.0  # a typing indicator lasts about 10 s
+
+
+
+# --- Discord's limits: text length, upload size ---------------------------------------------
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Cut ``text`` into pieces of at most ``limit`` characters, at a line break or space when possible."""
+    pieces = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit + 1)
+        if cut <= 0:
+            cut = text.rfind(" ", 0, limit + 1)
+        if cut <= 0:
+            cut = limit
+        pieces.append(text[:cut].rstrip())
+        text = text[cut:].lstrip("\n ")
+    return [p for p in (piece.rstrip() for piece in [*pieces, text]) if p]
+
+
+def fit_upload(data: bytes, filename: str, limit: int) -> tuple[bytes, str] | None:
+    """The image as it is when under ``limit`` bytes; else JPEG (WebP when it has transparency) at
+    lower quality, then downscaled; None when even a thumbnail does not fit."""
+    if len(data) <= limit:
+        return data, filename
+    img = Image.open(io.BytesIO(data))
+    alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+    fmt, ext = ("WEBP", ".webp") if alpha else ("JPEG", ".jpg")
+    img = img.convert("RGBA" if alpha else "RGB")
+    stem = filename.rsplit(".", 1)[0]
+    frame = img
+    while min(frame.size) >= 16:
+        for quality in (85, 70, 50, 30):
+            buf = io.BytesIO()
+            frame.save(buf, fmt, quality=quality)
+            if buf.tell() <= limit:
+                return buf.getvalue(), stem + ext
+        # bytes grow with the area: aim just under the limit, shrinking by at least a fifth
+        scale = min(0.8, 0.95 * (limit / buf.tell()) ** 0.5)
+        frame = img.resize((max(1, round(frame.width * scale)), max(1, round(frame.height * scale))),
+                           Image.Resampling.LANCZOS)
+    return None
+
+
+async def prepare_images(images: Sequence[OutImage], limit: int) -> tuple[list[tuple[bytes, str]], str]:
+    """Read the core's PNGs, re-encoded to fit ``limit``; plus a note for those that cannot fit."""
+    def work():
+        ready, too_big = [], []
+        for im in images:
+            fitted = fit_upload(im.path.read_bytes(), im.filename, limit)
+            if fitted is None:
+                too_big.append(im.image_id)
+            else:
+                ready.append(fitted)
+        return ready, too_big
+
+    ready, too_big = await asyncio.to_thread(work)
+    note = ""
+    if too_big:
+        note = (f"\n({', '.join(too_big)} could not be shrunk under this place's upload limit "
+                f"of {limit / 2**20:.1f} MB, so I could not post it.)")
+    return ready, note
+
+
+def plan_messages(text: str, files: list[tuple[bytes, str]]) -> list[tuple[str | None, list[tuple[bytes, str]]]]:
+    """(content, files) per message: the text in pieces, the files with the last piece, ten at most each."""
+    pieces: list[str | None] = split_text(text) or [None]
+    groups = [files[i:i + FILES_PER_MESSAGE] for i in range(0, len(files), FILES_PER_MESSAGE)] or [[]]
+    plan = [(p, []) for p in pieces[:-1]] + [(pieces[-1], groups[0])] + [(None, g) for g in groups[1:]]
+    return [(content, group) for content, group in plan if content or group]  # Discord refuses empty ones
+
+
+def _files(group: list[tuple[bytes, str]]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for data, name in group]
+
+
+# --- Reply: status line, typing, answer -------------------------------------------------------
+
+
+class StatusLine:
+    """One progress message: posted once, edited at most once per STATUS_EVERY_S (the latest text
+    is shown when the interval ends), removed at the end. Failures are logged, never raised."""
+
+    def __init__(self, post: Callable[[str], Awaitable[None]], edit: Callable[[str], Awaitable[None]],
+                 remove: Callable[[], Awaitable[None]]):
+        self._post, self._edit, self._remove = post, edit, remove
+        self._shown, self._last, self._pending = False, -STATUS_EVERY_S, None
+        self._later: asyncio.Task | None = None
+        self._lock = asyncio.Lock()  # parallel tool calls may report at once
+
+    async def show(self, text: str | None) -> None:
+        if text is None:
+            return await self.clear()
+        async with self._lock:
+            if not self._shown:
+                if time.monotonic() - self._last >= STATUS_EVERY_S:  # a failed post is not retried at once
+                    self._shown = await self._try(self._post, text)
+                    self._last = time.monotonic()
+                return
+            wait = self._last + STATUS_EVERY_S - time.monotonic()
+            if wait <= 0 and self._later is None:
+                await self._try(self._edit, text)
+                self._last = time.monotonic()
+                return
+            self._pending = text
+            if self._later is None:
+                self._later = asyncio.create_task(self._edit_later(wait))
+
+    async def _edit_later(self, wait: float) -> None:
+        await asyncio.sleep(max(0.0, wait))
+        async with self._lock:
+            self._later = None
+            if self._shown and self._pending is not None:
+                text, self._pending = self._pending, None
+                await self._try(self._edit, text)
+                self._last = time.monotonic()
+
+    async def clear(self) -> None:
+        async with self._lock:
+            if self._later is not None:
+                self._later.cancel()
+                self._later = None
+            self._pending = None
+            if self._shown:
+                self._shown = False
+                await self._try(self._remove)
+
+    @staticmethod
+    async def _try(call, *args) -> bool:
+        try:
+            await call(*args)
+            return True
+        except discord.NotFound:  # someone deleted the status message: nothing to update
+            return False
+        except discord.HTTPException as e:
+            log.warning("status message update failed: %s", e)
+            return False
+
+
+class ChannelReply:
+    """Answers a mention or a DM in its channel: typing, a status message, the reply."""
+
+    def __init__(self, message: discord.Message, upload_limit: int):
+        self.message, self.channel, self.upload_limit = message, message.channel, upload_limit
+        self._reference = message.to_reference(fail_if_not_exists=False)  # the question may be deleted meanwhile
+        self._typing: asyncio.Task | None = None
+        self._typing_started = self._done = False
+        self._status_message: discord.Message | None = None
+        self.status_line = StatusLine(self._post_status, self._edit_status, self._remove_status)
+
+    async def typing(self) -> None:
+        if self._typing_started:  # the adapter starts it before downloads; the core asks again
+            return
+        self._typing_started = True
+        try:
+            await self.channel.typing()
+        except discord.HTTPException as e:
+            log.warning("typing in %s failed: %s", self.channel.id, e)
+            return
+        if not self._done:
+            self._typing = asyncio.create_task(self._keep_typing())
+
+    async def _keep_typing(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(TYPING_EVERY_S)
+                await self.channel.typing()
+        except discord.HTTPException as e:
+            log.warning("typing in %s failed: %s", self.channel.id, e)
+
+    async def status(self, text: str | None) -> None:
+        await self.status_line.show(text)
+
+    async def _post_status(self, text: str) -> None:
+        self._status_message = await self.channel.send(text, reference=self._reference, mention_author=False)
+
+    async def _edit_status(self, text: str) -> None:
+        await self._status_message.edit(content=text)
+
+    async def _remove_status(self) -> None:
+        message, self._status_message = self._status_message, None
+        await message.delete()
+
+    async def post(self, text: str) -> None:
+        """A message outside the answer (a refused upload)."""
+        for piece in split_text(text):
+            await self.channel.send(piece, reference=self._reference)
+
+    async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
+        self.stop_typing()
+        files, note = await prepare_images(images, self.upload_limit)
+        for i, (content, group) in enumerate(plan_messages(text + note, files)):
+            reference = self._reference if i == 0 else None
+            await self.channel.send(content, files=_files(group), reference=reference)
+
+    def stop_typing(self) -> None:
+        self._done = True
+        if self._typing is not None:
+            self._typing.cancel()
+
+    async def close(self) -> None:
+        self.stop_typing()
+        await self.status_line.clear()
+
+
+class InteractionReply:
+    """Answers a deferred slash command: status edits the "thinking…" response, answers are followups."""
+
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False):
+        self.interaction, self.ephemeral = interaction, ephemeral
+        self.upload_limit = interaction.filesize_limit
+        self.status_line = StatusLine(self._edit_original, self._edit_original, interaction.delete_original_response)
+
+    async def typing(self) -> None:
+        """The deferred response already shows "thinking…"."""
+
+    async def status(self, text: str | None) -> None:
+        await self.status_line.show(text)
+
+    async def _edit_original(self, text: str) -> None:
+        await self.interaction.edit_original_response(content=text)
+
+    async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
+        files, note = await prepare_images(images, self.upload_limit)
+        for content, group in plan_messages(text + note, files):
+            kwargs = {"content": content} if content else {}
+            await self.interaction.followup.send(**kwargs, files=_files(group), ephemeral=self.ephemeral)
+
+    async def close(self) -> None:
+        await self.status_line.clear()
