@@ -1,0 +1,66 @@
+"""The design card's import rules, checked on the source (DESIGN.md, "Who may import whom")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PLATFORMS = ("discord", "slack_bolt", "slack_sdk")
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (late imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-node.level])
+            found.add(f"{package}.{node.module}" if node.module else package)
+    return found
+
+
+def files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("path", files("core") + files("gpu_pool"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_and_pool_never_import_a_chat_platform(path):
+    assert not {top(m) for m in imports_of(path)} & set(PLATFORMS)
+
+
+@pytest.mark.parametrize("path", files("gpu_pool"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_pool_imports_nothing_of_the_bot_or_the_core(path):
+    assert not {top(m) for m in imports_of(path)} & {"bot", "core"}
+
+
+def test_the_protocol_imports_nothing_of_the_project():
+    project = {"bot", "core", "gpu_pool", "settings", "scripts", "tests"}
+    assert not {top(m) for m in imports_of(ROOT / "gpu_pool" / "protocol.py")} & project
+
+
+@pytest.mark.parametrize("path", files("core"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_core_reaches_the_pool_only_through_its_protocol(path):
+    pool_imports = {m for m in imports_of(path) if top(m) == "gpu_pool"}
+    assert pool_imports <= {"gpu_pool.protocol"}
+    assert "bot" not in {top(m) for m in imports_of(path)}
+
+
+@pytest.mark.parametrize("path", files("bot/adapters"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_adapters_only_use_the_core_s_entry_points(path):
+    ours = {m for m in imports_of(path) if top(m) in ("core", "gpu_pool", "settings")}
+    assert ours <= {"core.turn", "core.engine", "core.errors"}, ours
+
+
+def test_settings_imports_nothing_of_the_project():
+    assert not {top(m) for m in imports_of(ROOT / "settings.py")} & {"bot", "core", "gpu_pool"}
