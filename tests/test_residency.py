@@ -25,6 +25,7 @@ from gpu_pool.registry import Entry, Registry
 from gpu_pool.residency import DoesNotFit, Residency, warm_first
 from gpu_pool.scheduler import Scheduler
 from tests.conftest import start_pool_with, stop_pool
+from tests.test_scheduler import finish
 
 
 def linear(n: int = 100) -> torch.nn.Linear:
@@ -245,13 +246,6 @@ def budget_registry(models: dict[str, list], budget: str, max_overtakes: int = 3
         fut.set_result(Holder(name, mods))
         reg.entries[name] = Entry(name, "cpu", "float32", "", state="ready", model=fut.result(), ready=fut)
     return reg
-
-
-async def finish(job) -> list:
-    evs = []
-    while not evs or evs[-1].kind not in ("done", "failed"):
-        evs.append(await asyncio.wait_for(job.events.get(), 10))
-    return evs
 
 
 @pytest.mark.parametrize("bound, order", [
