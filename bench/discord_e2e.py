@@ -47,7 +47,8 @@ from core.llm import LLM  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from core.store import Store  # noqa: E402
 from tests.conftest import start_pool, stop_pool  # noqa: E402
-from tests.fakes.discord_server import BOT_ID, FakeDiscord, message, user  # noqa: E402
+from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
+from tests.fakes.discord_server import FakeDiscord  # noqa: E402
 from tests.fakes.openai_server import FakeLLM, last_user_text  # noqa: E402
 
 TOKEN_ENV = "DISCORD_TOKEN_FOR_BENCH"

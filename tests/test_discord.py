@@ -18,8 +18,9 @@ from bot.adapters import discord_bot, discord_reply
 from bot.adapters.discord_bot import DiscordBot, DiscordRejected
 from bot.adapters.discord_reply import StatusLine, split_text
 from core.engine import HELP
-from tests.fakes.discord_server import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
-                                        FakeDiscord, message, option, user)
+from tests.fakes.discord_payloads import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
+                                          message, option, user)
+from tests.fakes.discord_server import FakeDiscord
 from tests.test_agent import RecordingReply, image_enum, photo, turn
 
 ADMIN_ID = "777"  # in discord.admin_ids

@@ -1,0 +1,125 @@
+"""Discord's JSON shapes for the fake (see discord.py's ``discord/types``): ids, users, members,
+messages, interactions, and small builders of each."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, NotRequired, TypedDict
+
+API = "/api/v10"
+BOT_ID, APP_ID, GUILD_ID = "1000", "1001", "2000"
+CHANNEL_ID = "3000"  # a text channel in GUILD_ID; add more with FakeDiscord.add_channel
+MANAGE_GUILD, ADMINISTRATOR, ALL_PERMISSIONS = 1 << 5, 1 << 3, (1 << 50) - 1
+EPHEMERAL = 1 << 6
+TIMESTAMP = "2025-01-01T00:00:00.000000+00:00"
+_ids = itertools.count(5_000_000)
+
+
+def snowflake() -> str:
+    return str(next(_ids))
+
+
+# --- payloads: Discord's JSON shapes ------------------------------------------------------
+
+
+class User(TypedDict):
+    id: str
+    username: str
+    discriminator: str
+    global_name: str | None
+    avatar: str | None
+    bot: NotRequired[bool]
+
+
+class Member(TypedDict):
+    user: NotRequired[User]
+    roles: list[str]
+    joined_at: str
+    deaf: bool
+    mute: bool
+    flags: int
+    permissions: NotRequired[str]  # interactions only: the member's computed permissions
+
+
+class Attachment(TypedDict):
+    id: str
+    filename: str
+    size: int
+    url: str
+    proxy_url: str
+    content_type: NotRequired[str]
+
+
+class Message(TypedDict):
+    id: str
+    type: int  # 0 default, 19 reply
+    channel_id: str
+    guild_id: NotRequired[str]  # absent in a DM
+    author: User
+    member: NotRequired[Member]
+    content: str
+    timestamp: str
+    edited_timestamp: str | None
+    tts: bool
+    mention_everyone: bool
+    mentions: list[User]
+    mention_roles: list[str]
+    attachments: list[Attachment]
+    embeds: list[dict]
+    pinned: bool
+    flags: int
+    message_reference: NotRequired[dict]
+
+
+class Interaction(TypedDict):
+    id: str
+    application_id: str
+    type: int  # 2 application command
+    token: str
+    version: int
+    data: dict
+    channel: dict
+    channel_id: str
+    guild_id: NotRequired[str]
+    member: NotRequired[Member]  # in a guild
+    user: NotRequired[User]  # in a DM
+    app_permissions: str
+    locale: str
+    entitlements: list
+    authorizing_integration_owners: dict
+    context: int  # 0 guild, 1 bot DM
+    attachment_size_limit: int
+
+
+def user(user_id: str, name: str = "", *, bot: bool = False) -> User:
+    name = name or f"user{user_id}"
+    u: User = {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name.title(),
+               "avatar": None}
+    if bot:
+        u["bot"] = True
+    return u
+
+
+def member(u: User, permissions: int | None = None) -> Member:
+    m: Member = {"user": u, "roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False, "flags": 0}
+    if permissions is not None:  # Discord expands ADMINISTRATOR to every permission
+        m["permissions"] = str(ALL_PERMISSIONS if permissions & ADMINISTRATOR else permissions)
+    return m
+
+
+def message(channel_id: str, content: str, author: User, *, guild_id: str | None = GUILD_ID,
+            mentions: list[User] = (), attachments: list[Attachment] = ()) -> Message:
+    """A MESSAGE_CREATE as a user's client would cause it; guild_id=None for a DM."""
+    msg: Message = {"id": snowflake(), "type": 0, "channel_id": str(channel_id), "author": author,
+                    "content": content, "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False,
+                    "mention_everyone": False, "mentions": list(mentions), "mention_roles": [],
+                    "attachments": list(attachments), "embeds": [], "pinned": False, "flags": 0}
+    if guild_id is not None:
+        msg["guild_id"] = guild_id
+        msg["member"] = {k: v for k, v in member(author).items() if k != "user"}  # type: ignore[assignment]
+    return msg
+
+
+def option(name: str, value: Any, kind: int = 3) -> dict:
+    """An application-command option: 3 string, 4 integer, 11 attachment (value = attachment id)."""
+    return {"name": name, "type": kind, "value": value}
