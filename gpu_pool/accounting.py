@@ -40,14 +40,21 @@ def unique_bytes(modules: Iterable[torch.nn.Module]) -> int:
     return sum(storage_map(modules).values())
 
 
+def sharing(models: dict[str, list[torch.nn.Module]]) -> dict[str, tuple[int, int, list[str]]]:
+    """For each model name: (its bytes, the part of them also held by another model, those models)."""
+    maps = {name: storage_map(mods) for name, mods in models.items()}
+    owners: dict[object, list[str]] = {}
+    for name, m in maps.items():
+        for key in m:
+            owners.setdefault(key, []).append(name)
+    out = {}
+    for name, m in maps.items():
+        shared = [k for k in m if len(owners[k]) > 1]
+        peers = sorted({n for k in shared for n in owners[k]} - {name})
+        out[name] = (sum(m.values()), sum(m[k] for k in shared), peers)
+    return out
+
+
 def model_bytes(models: dict[str, list[torch.nn.Module]]) -> dict[str, tuple[int, int]]:
     """For each model name: (its bytes, the part of them also held by another model)."""
-    maps = {name: storage_map(mods) for name, mods in models.items()}
-    owners: dict[object, int] = {}
-    for m in maps.values():
-        for key in m:
-            owners[key] = owners.get(key, 0) + 1
-    return {
-        name: (sum(m.values()), sum(b for k, b in m.items() if owners[k] > 1))
-        for name, m in maps.items()
-    }
+    return {name: (own, shared) for name, (own, shared, _) in sharing(models).items()}

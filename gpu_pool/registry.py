@@ -13,6 +13,7 @@ their weights onto the device per job (see ``gpu_pool/residency.py``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import traceback
@@ -48,7 +49,6 @@ class Entry:
     error: str | None = None
     last_used: float | None = None
     ready: asyncio.Future = field(default=None)  # resolves to the PoolModel, or raises NotLoaded
-    generation: int = 0
 
 
 class Registry:
@@ -90,7 +90,7 @@ class Registry:
         if name not in MODEL_TABLE:
             raise NotLoaded(f"There is no model called {name}.")
         entry = self.entries.get(name)
-        if entry is None or entry.state == "unloaded":
+        if entry is None:  # never loaded, or unloaded (unload forgets the entry)
             raise NotLoaded(f"{name} is not loaded on this bot; an admin can load it with /load {name}.")
         return entry
 
@@ -103,12 +103,10 @@ class Registry:
 
     def infos(self) -> list[ModelInfo]:
         loaded = {n: list(e.model.modules().values()) for n, e in self.entries.items() if e.model is not None}
-        sizes = accounting.model_bytes(loaded)
-        maps = {n: set(accounting.storage_map(m)) for n, m in loaded.items()}
+        sharing = accounting.sharing(loaded)
         out = []
         for name, e in self.entries.items():
-            own, shared = sizes.get(name, (0, 0))
-            peers = sorted(n for n in maps if n != name and name in maps and maps[n] & maps[name])
+            own, shared, peers = sharing.get(name, (0, 0, []))
             out.append(ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
                                  self.is_resident(name)))
         return out
@@ -128,8 +126,7 @@ class Registry:
         dev, dt = settings.resolve_device(cfg.device), cfg.resolved_dtype()
         old = self.entries.get(name)
         loop = asyncio.get_running_loop()
-        entry = Entry(name, dev, dt, cfg.source, ready=loop.create_future(),
-                      last_used=old.last_used if old else None, generation=old.generation + 1 if old else 0)
+        entry = Entry(name, dev, dt, cfg.source, ready=loop.create_future(), last_used=old.last_used if old else None)
         self.entries[name] = entry
         if old is not None and not old.ready.done():
             _chain(entry.ready, old.ready)  # jobs waiting on an unfinished load follow the new one
@@ -189,7 +186,7 @@ class Registry:
         self.bases.drop_unused(in_use)
         for mgr in self.residency.values():
             mgr.forget(in_use)
-        _free_memory()
+        free_memory()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -234,9 +231,8 @@ def _check_device(device: str) -> None:
         raise NotLoaded("mps is not available on the pool's machine.")
 
 
-def _free_memory() -> None:
-    import gc
-
+def free_memory() -> None:
+    """Give back what dropped models held (and, on CUDA, the allocator's cache)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

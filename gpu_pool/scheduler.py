@@ -27,9 +27,10 @@ from threading import Event as ThreadFlag
 
 import torch
 
+from gpu_pool.models import MODEL_TABLE
 from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
 from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage
-from gpu_pool.registry import NotLoaded, Registry
+from gpu_pool.registry import NotLoaded, Registry, free_memory
 from gpu_pool.residency import DoesNotFit, Residency, warm_first
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class Scheduler:
             job.fail(str(e), "bad_request")
             return job
         except NotLoaded as e:
-            job.fail(str(e), "not_loaded" if request.model in _known() else "unknown_model")
+            job.fail(str(e), "not_loaded" if request.model in MODEL_TABLE else "unknown_model")
             return job
         if job.device not in self.queues:
             self.queues[job.device] = DeviceQueue(job.device, self)
@@ -209,7 +210,7 @@ class Scheduler:
             return job.fail("The job was cancelled.", "cancelled")
         except torch.OutOfMemoryError:
             log.warning("out of memory on %s running %s", job.device, req.model)
-            _release_after_oom()
+            free_memory()
             return job.fail(f"The GPU ran out of memory running {req.model}. Try a smaller image or fewer steps, "
                             "or try again when the bot is less busy.", "oom")
         except Exception:
@@ -265,15 +266,3 @@ def _check_count(model: PoolModel, images: list[RawImage]) -> None:
         raise BadRequest(f"{model.name} takes {need}; got {len(images)} image(s).")
 
 
-def _release_after_oom() -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _known() -> set[str]:
-    from gpu_pool.models import MODEL_TABLE
-
-    return set(MODEL_TABLE)

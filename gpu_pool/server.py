@@ -106,11 +106,12 @@ def _admin_reply(request: web.Request, message: str, ok: bool = True) -> web.Res
 
 async def reload(request: web.Request) -> web.Response:
     name = (await _body(request)).get("model")
+    registry = request.app[REGISTRY]
     try:
-        names = await request.app[REGISTRY].reload(name)
+        names = await registry.reload(name)
     except (NotLoaded, settings.ConfigError) as e:
         return _admin_reply(request, str(e), ok=False)
-    failed = [n for n in names if request.app[REGISTRY].entries.get(n) and request.app[REGISTRY].entries[n].state == "failed"]
+    failed = [n for n in names if (e := registry.entries.get(n)) and e.state == "failed"]
     msg = f"Reloaded {', '.join(names) or 'nothing'}." + (f" Failed: {', '.join(failed)}." if failed else "")
     return _admin_reply(request, msg, ok=not failed)
 
