@@ -15,11 +15,11 @@ from core import tokens
 from core.store import NOTE, ImageRow, Store
 
 SYSTEM = """You are a helpful assistant in a team chat who sees, draws and edits images with tools.
-Images have ids like img1; use only the ids listed below. When the user asks for something a tool does, call it,
-then say in one short sentence what you did, naming the new ids (they are attached for you). Otherwise just answer."""
+Images have ids like img1; use only those listed below. To do what a tool does, call it, then say in one
+short sentence what you did, naming the new ids (they are attached for you). Otherwise just answer."""
 
-DETAILED = 6  # the newest images listed with what they are; older ones by id only
-FIELD_CHARS = 60  # of a prompt, caption or file name in the image list
+DETAILED = 4  # the newest images listed with what they are; older ones by id only
+FIELD_CHARS = 40  # of a prompt or caption in the image list
 MAX_MESSAGE_CHARS = 3000  # of one message sent (a 240,000-character prompt must not sink a conversation)
 
 

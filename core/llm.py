@@ -131,8 +131,7 @@ class LLM:
                     raise  # for the caller: a message, or the JSON format
                 if has_images(messages) and self.cfg.vision == "auto":
                     messages, images_cut = without_images(messages), True
-                elif "response_format" in kw and any(w in text for w in ("response_format", "json", "schema",
-                                                                          "grammar", "format")):
+                elif "response_format" in kw and any(w in text for w in ("response_format", "json_schema", "grammar")):
                     self.response_format = "json_object" if self.response_format == "json_schema" else None
                     log.warning("%s refused response_format (%s); trying %s", self.cfg.model, e,
                                 self.response_format or "no response_format")

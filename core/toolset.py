@@ -2,7 +2,7 @@
 
 Small models lose their way among 26 tool schemas (3,200 tokens before the first
 word of the conversation). Each request offers:
-1. the core tools, for everyday requests (draw, edit, ask, cut out, extend, remove);
+1. the core tools, for everyday requests (draw, edit, ask about, cut out);
 2. the groups the user's own words point at (``route``: "edges" brings
    detect_edges and generate_from_edges);
 3. the groups the LLM unlocked with the ``more_tools`` meta-tool this turn, or
@@ -24,14 +24,15 @@ from core.tools.base import IMAGE
 from core.tools.controlnet import CONTROLS
 
 MORE_TOOLS = "more_tools"
-CORE = ("generate_image", "edit_image", "answer_question", "remove_background", "extend_image")
+CORE = ("generate_image", "edit_image", "answer_question", "remove_background")
 ENUM_IDS = 4  # image ids listed in enums up to this many; more cost more tokens than they protect
-ID_PATTERN = "^img[1-9][0-9]*$"
+ID_PATTERN = r"^img\d+$"
 
 # group -> its tools: a condition map and drawing from one, in pairs; masks; anything else new
 GROUPS: dict[str, tuple[str, ...]] = {
     name.removeprefix("generate_from_"): (maker, name) for name, (_, _, maker) in CONTROLS.items()}
 GROUPS["objects"] = ("remove_object", "replace_object", "find_object", "inpaint_image")
+GROUPS["extend"] = ("extend_image",)
 GROUPS["caption"] = ("caption_image",)
 _GROUPED = {t for names in GROUPS.values() for t in names} | set(CORE)
 GROUPS["other"] = tuple(t.name for t in TOOLS if t.name not in _GROUPED)  # tools added later land here
@@ -48,6 +49,7 @@ ROUTES = {
     "depth": r"\bdepth|how far",
     "normals": r"\bnormals?\b|surface direction",
     "objects": r"\b(remove|replace|erase|delete|get rid|swap|instead|mask|inpaint|repaint)",
+    "extend": r"extend|outpaint|expand|wider|taller|larger|bigger|\b\d{2,4} ?x ?\d{2,4}\b",
     "caption": r"caption|describe",
 }
 
@@ -70,15 +72,15 @@ def hidden_groups(available: list[Tool], offered: list[Tool]) -> list[str]:
     return [g for g, tools in GROUPS.items() if names.intersection(tools)]
 
 
-_SAYS = {"objects": "objects: remove, replace, mask or repaint an object", "caption": "caption: describe an image",
-         "other": "other: more tools"}
+_SAYS = {"objects": "objects (remove, replace, mask, repaint)", "extend": "extend (outpaint to a larger size)",
+         "caption": "caption", "other": "other"}
 
 
 def more_tools_schema(groups: list[str]) -> dict[str, Any]:
     maps = [g for g in groups if g not in _SAYS]
-    what = ["a map kind: make that map of an image, or draw following one"] if maps else []
+    what = ["a map (make one of an image, or draw following one)"] if maps else []
     what += [_SAYS[g] for g in groups if g in _SAYS]
-    return _function(MORE_TOOLS, f"Get more tools by group. {'; '.join(what)}.",
+    return _function(MORE_TOOLS, f"Unlock a group of tools: {', '.join(what)}.",
                      {"group": {"type": "string", "enum": groups}}, ["group"])
 
 
