@@ -246,3 +246,31 @@ async def test_strict_schemas_and_routing_to_more_tools(pool, tmp_path):
     generate = next(t["function"] for t in server.requests[0]["tools"] if t["function"]["name"] == "generate_image")
     assert generate["strict"] and generate["parameters"]["required"] == ["prompt", "width", "height"]
     assert generate["parameters"]["properties"]["width"]["type"] == ["integer", "null"]
+
+
+async def test_the_built_in_model_is_reached_through_the_client_it_is_given():
+    """base_url "" (the pool's model): the bot hands LLM an http client and the address to use."""
+    import httpx2
+
+    import settings
+    from core.llm import LLM, LLMFailed
+    from tests.conftest import ROOT
+
+    cfg = dataclasses.replace(settings.load(ROOT / "tests" / "config.tiny.toml", env_check=False).llm, base_url="")
+    async with FakeLLM() as server:
+        server.on(user="hi", tools_include="generate_image").call("generate_image", {"prompt": "hi"})
+        async with httpx2.AsyncClient() as http:
+            llm = LLM(cfg, http_client=http, base_url=server.base_url)
+            tool = {"type": "function", "function": {"name": "generate_image", "description": "Draw.",
+                                                     "parameters": {"type": "object", "properties": {}}}}
+            answer = await llm.ask([{"role": "user", "content": "hi"}], [tool])
+            assert [c.name for c in answer.tool_calls] == ["generate_image"] and llm.builtin
+    gone = LLM(cfg, base_url="http://127.0.0.1:9/v1", max_retries=0)
+    try:
+        await gone.ask([{"role": "user", "content": "hi"}], [])
+    except LLMFailed as e:
+        assert str(e) == "The built-in language model is not answering. An admin can find why in the bot's log."
+    else:
+        raise AssertionError("no LLMFailed")
+    finally:
+        await gone.close()
