@@ -259,7 +259,8 @@ class LLM:
         if isinstance(e, openai.RateLimitError):
             return "The language model server is rate-limiting the bot. Please try again in a minute."
         if isinstance(e, openai.NotFoundError):
-            return f"The language model server does not know the model {cfg.model!r}. An admin needs to check llm.model."
+            return (f"The language model server does not know the model {cfg.model!r}. An admin needs to check "
+                    "llm.model.")
         if isinstance(e, openai.APIStatusError):
             if e.status_code in (400, 413) and any(w in _error_text(e) for w in _CONTEXT_WORDS):
                 return ("This conversation no longer fits the language model's context. Type /reset to start "

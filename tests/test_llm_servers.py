@@ -3,7 +3,6 @@ server with real servers' quirks switched on, and the tiny-model pool running th
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
