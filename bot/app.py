@@ -33,9 +33,9 @@ async def run(config: settings.Config, force_terminal: bool = False) -> int:
     pool = None
     in_terminal = force_terminal or not (config.discord.active or config.slack.active)
     data = config.storage.data_dir
-    if in_terminal:
-        print(f"Starting the image engine (logs: {data / 'bot.log'}, {data / 'pool.log'})", flush=True)
     if config.pool.start:
+        if in_terminal:
+            print(f"Starting the image engine (logs: {data / 'bot.log'}, {data / 'pool.log'})", flush=True)
         # in the terminal chat the pool's output goes to a file: its log lines must not scroll through the chat
         pool = PoolProcess(config.path, config.pool.url, config.pool.startup_timeout_s,
                            log_file=data / "pool.log" if in_terminal else None)

@@ -129,7 +129,7 @@ class LLM:
                 images_cut = False  # a cut before this error did not help: images were not the cause
                 if e.status_code in (401, 403, 404, 408, 429) or (tools and e.status_code == 400 and "tool" in text):
                     raise  # for the caller: a message, or the JSON format
-                if has_images(messages) and self.cfg.vision == "auto":
+                if has_images(messages) and self.cfg.vision == "auto" and any(w in text for w in _IMAGE_WORDS):
                     messages, images_cut = without_images(messages), True
                 elif "response_format" in kw and any(w in text for w in ("response_format", "json_schema", "grammar")):
                     self.response_format = "json_object" if self.response_format == "json_schema" else None
@@ -272,6 +272,7 @@ class LLM:
         return "The language model failed to answer. Please try again."
 
 
+_IMAGE_WORDS = ("image", "vision", "multimodal", "mmproj")  # a server refusing image parts says one of them
 _CONTEXT_WORDS = ("context", "too long", "too many tokens", "maximum", "exceed", "n_ctx")
 
 
