@@ -68,6 +68,11 @@ class LLMConfig:
     max_tool_rounds: int
     history_tokens: int
     stream: bool
+    max_tokens: int = 1024
+    tools: str = "auto"  # "auto", "native" or "json"
+    constrain: str = "auto"  # "auto", "strict" or "off"
+    vision: bool | str = "auto"  # True, False or "auto"
+    vision_images: int = 4
 
     @property
     def api_key(self) -> str | None:
@@ -156,6 +161,7 @@ class LimitsConfig:
     max_output_size: int
     max_steps: int
     per_user_jobs: int
+    images_per_turn: int = 8
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "max_tool_rounds": (int, 6, _positive),
         "history_tokens": (int, 6000, _positive),
         "stream": (bool, False, None),
+        "max_tokens": (int, 1024, lambda v: None if 16 <= v <= 32768 else "must be between 16 and 32768"),
+        "tools": (str, "auto", _one_of("auto", "native", "json")),
+        "constrain": (str, "auto", _one_of("auto", "strict", "off")),
+        "vision": _ENABLED,
+        "vision_images": (int, 4, lambda v: None if 0 <= v <= 16 else "must be between 0 and 16"),
     },
     "pool": {
         "start": (bool, True, None),
@@ -288,6 +299,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "max_output_size": (int, 1024, lambda v: None if 64 <= v <= 4096 and v % 8 == 0 else "must be a multiple of 8 between 64 and 4096"),
         "max_steps": (int, 100, lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
         "per_user_jobs": (int, 2, _positive),
+        "images_per_turn": (int, 8, lambda v: None if 1 <= v <= 100 else "must be between 1 and 100"),
     },
     "residency": {
         "budget": (str, "", _size),

@@ -11,10 +11,28 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 import settings
 
 log = logging.getLogger("bot")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to_file(config: settings.Config, terminal: bool) -> Path:
+    """Every log line goes to DATA_DIR/bot.log; in the terminal chat only there, so the
+    conversation stays readable (with Discord or Slack, to stderr as well)."""
+    path = config.storage.data_dir / "bot.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    if terminal:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+    root.addHandler(handler)
+    logging.captureWarnings(True)  # library warnings too
+    return path
 
 
 def describe(config: settings.Config) -> str:
@@ -53,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--terminal", action="store_true", help="chat in this terminal even if platforms are set up")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
     try:
         config = settings.load(args.config)
     except settings.ConfigError as e:
@@ -63,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(describe(config))
         return 0
+    terminal = args.terminal or not (config.discord.active or config.slack.active)
+    log_to_file(config, terminal)
     from bot.app import run  # late: the check above must stay fast and light
 
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import settings
 from bot.adapters import terminal
@@ -30,12 +31,20 @@ def build_core(config: settings.Config) -> Core:
 async def run(config: settings.Config, force_terminal: bool = False) -> int:
     core = build_core(config)
     pool = None
+    in_terminal = force_terminal or not (config.discord.active or config.slack.active)
+    data = config.storage.data_dir
     if config.pool.start:
-        pool = PoolProcess(config.path, config.pool.url, config.pool.startup_timeout_s)
+        if in_terminal:
+            print(f"Starting the image engine (logs: {data / 'bot.log'}, {data / 'pool.log'})", flush=True)
+        # in the terminal chat the pool's output goes to a file: its log lines must not scroll through the chat
+        pool = PoolProcess(config.path, config.pool.url, config.pool.startup_timeout_s,
+                           log_file=data / "pool.log" if in_terminal else None)
         try:
             await pool.start()
         except RuntimeError as e:
             log.error("cannot start the image engine: %s", e)
+            if in_terminal:
+                print(f"The image engine did not start: {e}. See {data / 'pool.log'}.", file=sys.stderr)
             return 1
     else:
         log.info("using the pool at %s", config.pool.url)

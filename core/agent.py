@@ -13,13 +13,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import history
+from core import history, tokens, toolset, vision
 from core.llm import LLM, LLMFailed, ToolCall
+from core.store import NOTE
 from core.tools import BY_NAME, Tool, available
 from core.tools.base import ToolContext, ToolResult, call
 
 log = logging.getLogger(__name__)
 _IMAGE_REF = re.compile(r"\bimg[1-9][0-9]*\b")
+ARG_CHARS = 1000  # of one text argument of a stored tool call
+RESULT_CHARS = 1500  # of a stored tool result
 
 
 @dataclass
@@ -33,27 +36,41 @@ class RunAgain:
     results: list[ToolResult] = field(default_factory=list)
 
 
+@dataclass
+class _TurnState:
+    seen: set[str] = field(default_factory=set)  # calls made this turn (the repeat guard)
+    groups: set[str] = field(default_factory=set)  # tool groups unlocked with more_tools
+    capped: bool = False  # an image was refused: the per-turn cap was reached
+
+
 async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: int,
                    token_budget: int, turn_timeout: float) -> Final:
     """Answer the user's latest message, already in the store.
 
     1. Rebuild the conversation from the store: system prompt with the image
-       list, then the history that fits the token budget.
-    2. Offer the tools whose models are loaded, image ids as enums.
+       list, then the history that fits the token budget left after the tools
+       and image parts of this request.
+    2. Offer the core tools, the groups the user's words or the history point
+       at, and ``more_tools`` for the rest; image ids listed once.
     3. Ask the LLM. Text is the final answer: store it, stop.
-    4. Tool calls are stored, run (read-only ones side by side, image-making
-       ones in order), and their results stored; go to 1.
+    4. Tool calls are stored (arguments bounded), run (read-only ones side by
+       side, image-making ones in order, at most ``limits.images_per_turn``
+       images), and their results stored; go to 1.
     5. Stop early on a repeated call, a pool that is gone, the round cap or the
-       turn deadline, with a short honest message; what was made is kept.
+       turn deadline (retries included), with a short honest message stored as a
+       note the LLM never reads as its own words; what was made is kept.
     """
     store = ctx.images.store
-    seen: set[str] = set()
+    state = _TurnState()
     try:
         async with asyncio.timeout(turn_timeout):
             for _ in range(max_rounds):
-                step = await _round(llm, ctx, loaded, seen, token_budget)
+                step = await _round(llm, ctx, loaded, state, token_budget)
                 if isinstance(step, Final):
-                    store.add_message(ctx.session, "assistant", step.text)
+                    if state.capped:
+                        step.text += (f" (I made {ctx.limits.images_per_turn} images, the most for one message; "
+                                      "ask again for more.)")
+                    store.add_message(ctx.session, "assistant", step.text, kind=NOTE if step.error else None)
                     return step
     except TimeoutError:
         text = f"I ran out of time for this message ({turn_timeout:g} s)."
@@ -63,65 +80,120 @@ async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: 
         text = f"I stopped after {max_rounds} steps without finishing."
     if ctx.made:
         text += f" Here is what I made so far: {', '.join(ctx.made)}."
-    store.add_message(ctx.session, "assistant", text)
+    store.add_message(ctx.session, "assistant", text, kind=NOTE)
     return Final(text, error=True)
 
 
-async def _round(llm: LLM, ctx: ToolContext, loaded: set[str], seen: set[str], budget: int) -> Final | RunAgain:
+async def _round(llm: LLM, ctx: ToolContext, loaded: set[str], state: _TurnState, budget: int) -> Final | RunAgain:
     store = ctx.images.store
     rows = store.images(ctx.session)
-    tools = available(loaded)
-    offered = [t for t in tools if not t.needs_image() or rows]
-    messages = history.build(store, ctx.session, rows, budget)
-    answer = await llm.ask(messages, [t.schema([r.image_id for r in rows]) for t in offered])
+    usable = [t for t in available(loaded) if not t.needs_image() or rows]
+    schemas = _offer(usable, [r.image_id for r in rows], state, history.build(store, ctx.session, rows, budget))
+    parts = await vision.parts(ctx.images, rows, ctx.made, llm.cfg.vision_images) if llm.vision else []
+    spare = budget - tokens.tools(schemas) - tokens.IMAGE_TOKENS * (len(parts) // 2)
+    messages = vision.attach(history.build(store, ctx.session, rows, spare), parts)
+    answer = await llm.ask(messages, schemas)
     if not answer.tool_calls:
         return Final((answer.text or "").strip() or "(no answer)")
     calls = answer.tool_calls
-    store.add_message(ctx.session, "assistant", answer.text, tool_calls=[
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls])
-    results = await _run_calls(ctx, calls, {t.name: t for t in offered}, seen)
+    store.add_message(ctx.session, "assistant", answer.text or "", tool_calls=[
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": bounded(c.arguments)}}
+        for c in calls])
+    results = await _run_calls(ctx, calls, {t.name: t for t in usable}, state, bool(rows))
     for c, r in zip(calls, results):
-        store.add_message(ctx.session, "tool", r.text, tool_call_id=c.id, name=c.name)
+        store.add_message(ctx.session, "tool", history.clip(r.text, RESULT_CHARS), tool_call_id=c.id, name=c.name)
     gone = [r for r in results if r.fatal]
     if gone:
         return Final(gone[0].text.removeprefix("Error: "), error=True)
     return RunAgain(results)
 
 
-async def _run_calls(ctx: ToolContext, calls: list[ToolCall], tools: dict[str, Tool],
-                     seen: set[str]) -> list[ToolResult]:
+def _offer(usable: list[Tool], ids: list[str], state: _TurnState, shown: list[dict[str, Any]]) -> list[dict]:
+    """Schemas of the core tools, the groups the user's words, this turn's ``more_tools`` calls
+    or the shown history point at, and ``more_tools`` while some group is still hidden."""
+    users = [m for m in shown if m["role"] == "user"]
+    said = users[-1]["content"] if users else ""
+    groups = state.groups | toolset.route(said if isinstance(said, str) else "")
+    groups |= {toolset.GROUP_OF[n] for n in history.used_tools(shown) if n in toolset.GROUP_OF}
+    offered = toolset.select(usable, groups)
+    schemas = [toolset.schema(t, ids) for t in offered]
+    hidden = toolset.hidden_groups(usable, offered)
+    return [*schemas, toolset.more_tools_schema(hidden)] if hidden else schemas
+
+
+def bounded(arguments: str) -> str:
+    """Tool-call arguments as they are stored and sent again: valid JSON (servers parse the history's
+    calls; a broken one fails every later request), long text values cut."""
+    try:
+        args = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return "{}"  # the tool result says what was wrong with them
+    if isinstance(args, dict):
+        args = {k: history.clip(v, ARG_CHARS) if isinstance(v, str) else v for k, v in args.items()}
+    return json.dumps(args)
+
+
+async def _run_calls(ctx: ToolContext, calls: list[ToolCall], tools: dict[str, Tool], state: _TurnState,
+                     have_images: bool) -> list[ToolResult]:
     """Read-only calls run side by side; calls that make images run one after another, in order."""
     results: list[ToolResult | None] = [None] * len(calls)
     parallel = []
     for i, c in enumerate(calls):
         tool = tools.get(c.name)
-        if tool is not None and tool.read_only:
+        if c.name == toolset.MORE_TOOLS or (tool is not None and tool.read_only):
             parallel.append((i, c, tool))
-    done = await asyncio.gather(*(_one(ctx, c, tool, seen) for _, c, tool in parallel))
+    done = await asyncio.gather(*(_one(ctx, c, tool, state, have_images, set(tools)) for _, c, tool in parallel))
     for (i, _, _), r in zip(parallel, done):
         results[i] = r
     for i, c in enumerate(calls):
         if results[i] is None:
-            results[i] = await _one(ctx, c, tools.get(c.name), seen)
+            results[i] = await _one(ctx, c, tools.get(c.name), state, have_images, set(tools))
     return results
 
 
-async def _one(ctx: ToolContext, c: ToolCall, tool: Tool | None, seen: set[str]) -> ToolResult:
+async def _one(ctx: ToolContext, c: ToolCall, tool: Tool | None, state: _TurnState, have_images: bool,
+               loaded: set[str]) -> ToolResult:
+    if c.name == toolset.MORE_TOOLS:
+        return _more_tools(c, state, loaded)
     if tool is None:
         known = BY_NAME.get(c.name)
-        why = "its models are not loaded right now" if known else "there is no such tool"
+        if known is None:
+            why = "there is no such tool"
+        elif known.needs_image() and not have_images:
+            why = "there is no image in this conversation yet (upload one, or draw one with generate_image)"
+        else:
+            why = "its models are not loaded right now"
         return ToolResult(f"Error: {c.name} cannot be used: {why}.", ok=False)
     try:
         args: Any = json.loads(c.arguments or "{}")
     except json.JSONDecodeError:
         return ToolResult(f"Error: the arguments for {c.name} were not valid JSON: {c.arguments[:200]!r}.", ok=False)
+    if isinstance(args, dict):  # strict schemas send null for an optional argument left out
+        args = {k: v for k, v in args.items() if v is not None}
     key = f"{c.name}:{json.dumps(args, sort_keys=True)}"
-    if key in seen:
+    if key in state.seen:
         return ToolResult(f"Error: {c.name} was already called with these arguments this turn; its result is "
                           "above. Use it, or answer the user.", ok=False)
-    seen.add(key)
+    state.seen.add(key)
+    cap = ctx.limits.images_per_turn
+    if not tool.read_only and len(ctx.made) >= cap:
+        state.capped = True
+        return ToolResult(f"Error: not done: {cap} images is the most for one message. Tell the user what you "
+                          "made and that they can ask again for more.", ok=False)
     log.info("session %s: %s %s", ctx.session, c.name, c.arguments[:200])
     return await call(tool, ctx, args)
+
+
+def _more_tools(c: ToolCall, state: _TurnState, usable: set[str]) -> ToolResult:
+    try:
+        group = json.loads(c.arguments or "{}").get("group")
+    except (json.JSONDecodeError, AttributeError):
+        group = None
+    if group not in toolset.GROUPS:
+        return ToolResult(f"Error: more_tools needs 'group', one of: {', '.join(toolset.GROUPS)}.", ok=False)
+    state.groups.add(group)
+    names = [n for n in toolset.GROUPS[group] if n in usable]
+    return ToolResult(f"You can now use: {', '.join(names)}." if names else f"No {group} tool is available.")
 
 
 def images_to_post(ctx: ToolContext, text: str) -> list[str]:
@@ -129,4 +201,3 @@ def images_to_post(ctx: ToolContext, text: str) -> list[str]:
     known = {r.image_id for r in ctx.images.store.images(ctx.session)}
     named = [i for i in _IMAGE_REF.findall(text) if i in known]
     return list(dict.fromkeys([*ctx.made, *named]))
-

@@ -20,7 +20,7 @@ from core.errors import GENERIC, BadImage, NotAllowed, UserFacingError
 from core.images import ImageStore
 from core.llm import LLM
 from core.pool_client import PoolClient, PoolUnavailable
-from core.store import Store
+from core.store import NOTE, Store
 from core.tools import BY_NAME
 from core.tools.base import ToolContext, call
 from core.turn import OutImage, Outcome, Reply, Turn
@@ -175,7 +175,7 @@ class Core:
             self.store.add_message(turn.session_key, "user", f"/{tool} {what}", user=turn.user_name)
             result = await call(BY_NAME[tool], ctx, args)
             text = result.text.removeprefix("Error: ")
-            self.store.add_message(turn.session_key, "assistant", text)
+            self.store.add_message(turn.session_key, "assistant", text, kind=None if result.ok else NOTE)
             return Outcome(text, ctx.made, error=not result.ok)
 
         return await self._guarded(turn, reply, work)

@@ -1,17 +1,32 @@
-"""Rebuild what the LLM sees from the session store, within a token budget."""
+"""Rebuild what the LLM sees from the session store, within a token budget.
+
+Everything sent is bounded, so no single message and no long session can push
+a conversation past the model's context: the image list details only the
+newest images (older ones by id), long prompts and captions are cut in it,
+each message is cut to ``MAX_MESSAGE_CHARS``, and the bot's own failure notes
+are never sent back as if the assistant had said them.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from core.store import ImageRow, Store
+from core import tokens
+from core.store import NOTE, ImageRow, Store
 
-SYSTEM = """You are a helpful assistant in a team chat who can see, draw and edit images with tools.
-Images are named by ids like img1; use only the ids listed below, never invent one or a file path.
-Call a tool when the user asks for something it does; say in one short sentence what you did, naming the
-image ids you made (they are attached to your message automatically). If nothing fits, say so plainly.
-When an image is uploaded, its caption is given; do not call tools just to describe it again."""
+SYSTEM = """You are a helpful assistant in a team chat who sees, draws and edits images with tools.
+Images have ids like img1; use only those listed below. To do what a tool does, call it, then say in one
+short sentence what you did, naming the new ids (they are attached for you). Otherwise just answer."""
+
+DETAILED = 4  # the newest images listed with what they are; older ones by id only
+FIELD_CHARS = 40  # of a prompt or caption in the image list
+MAX_MESSAGE_CHARS = 3000  # of one message sent (a 240,000-character prompt must not sink a conversation)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, marked when cut."""
+    text = " ".join(text.split()) if len(text) > limit else text
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def describe_image(r: ImageRow) -> str:
@@ -19,30 +34,46 @@ def describe_image(r: ImageRow) -> str:
     text = f"{r.image_id}: {r.width}x{r.height}, {how}"
     prompt = r.params.get("prompt") or r.params.get("instruction")
     if prompt:
-        text += f' ("{prompt}")'
+        text += f' ("{clip(str(prompt), FIELD_CHARS)}")'
     if r.caption:
-        text += f", shows: {r.caption}"
+        text += f", shows: {clip(r.caption, FIELD_CHARS)}"
     return text
 
 
+def id_ranges(ids: list[str]) -> str:
+    """img1, img2, img3, img5 -> "img1-img3, img5": every id, in a few tokens."""
+    nums = sorted(int(i[3:]) for i in ids)
+    out: list[str] = []
+    start = prev = None
+    for n in [*nums, None]:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            out.append(f"img{start}" if start == prev else f"img{start}-img{prev}")
+        start = prev = n
+    return ", ".join(out)
+
+
 def system_prompt(rows: list[ImageRow]) -> str:
-    listing = "\n".join(f"- {describe_image(r)}" for r in rows) or "- none yet"
-    return f"{SYSTEM}\n\nImages in this conversation:\n{listing}"
-
-
-def _tokens(m: dict[str, Any]) -> int:
-    """A rough count (4 characters a token): good enough to stay inside a budget."""
-    return (len(m.get("content") or "") + len(json.dumps(m.get("tool_calls") or ""))) // 4 + 4
+    if not rows:
+        return f"{SYSTEM}\n\nImages in this conversation:\n- none yet"
+    older, newest = rows[:-DETAILED], rows[-DETAILED:]
+    lines = [f"{SYSTEM}\n\nImages in this conversation:"]
+    if older:
+        lines.append(f"- older: {id_ranges([r.image_id for r in older])}")
+    lines += [f"- {describe_image(r)}" for r in newest]
+    return "\n".join(lines)
 
 
 def to_openai(row: dict[str, Any]) -> dict[str, Any]:
+    content = clip(row["content"] or "", MAX_MESSAGE_CHARS)
     if row["role"] == "tool":
-        return {"role": "tool", "tool_call_id": row["tool_call_id"], "content": row["content"] or ""}
-    msg: dict[str, Any] = {"role": row["role"], "content": row["content"]}
+        return {"role": "tool", "tool_call_id": row["tool_call_id"], "content": content}
+    # "" and never null: llama.cpp's Python server answers HTTP 500 to a null content
+    msg: dict[str, Any] = {"role": row["role"], "content": content}
     if row["tool_calls"]:
         msg["tool_calls"] = row["tool_calls"]
-    elif msg["content"] is None:
-        msg["content"] = ""
     return msg
 
 
@@ -57,10 +88,13 @@ def _turns(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _complete(turn: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop tool calls that never got a result (a crash mid-turn): servers reject them."""
+    """Drop tool calls that never got a result (a crash mid-turn): servers reject them.
+    Drop the bot's own failure notes: a model fed them copies them as its answer."""
     answered = {r["tool_call_id"] for r in turn if r["role"] == "tool"}
     out = []
     for r in turn:
+        if r.get("kind") == NOTE:
+            continue
         if r["role"] == "assistant" and r["tool_calls"]:
             calls = [c for c in r["tool_calls"] if c["id"] in answered]
             if not calls and not r["content"]:
@@ -71,15 +105,22 @@ def _complete(turn: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build(store: Store, session: str, rows: list[ImageRow], budget: int) -> list[dict[str, Any]]:
-    """System prompt (always, with the image list) plus the newest whole turns that fit ``budget`` tokens."""
+    """System prompt (always, with the image list) plus the newest whole turns that fit ``budget`` tokens.
+
+    The caller takes what else goes with the request (tool schemas, image parts) out of ``budget``."""
     system = {"role": "system", "content": system_prompt(rows)}
-    used = _tokens(system)
+    used = tokens.message(system)
     kept: list[list[dict[str, Any]]] = []
     for turn in reversed(_turns(store.messages(session))):
         msgs = [to_openai(r) for r in _complete(turn)]
-        cost = sum(_tokens(m) for m in msgs)
+        cost = sum(tokens.message(m) for m in msgs)
         if kept and used + cost > budget:
             break  # older turns are dropped; the image list above still names every image
         kept.append(msgs)
         used += cost
     return [system, *(m for turn in reversed(kept) for m in turn)]
+
+
+def used_tools(messages: list[dict[str, Any]]) -> set[str]:
+    """Names of the tools called in ``messages`` (the history the LLM is shown)."""
+    return {c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}

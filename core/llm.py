@@ -1,25 +1,46 @@
 """The LLM client: any OpenAI-compatible chat-completions server, via the openai package.
 
-Native tool calling by default. A server that refuses tools (HTTP 400 when
-``tools`` is sent) switches this client to a strict JSON action format:
-the model answers with one JSON object, ``{"tool": name, "arguments": {...}}``
-or ``{"reply": text}``, and gets at most two corrective retries.
+Servers differ; this client adapts to what one does, once, with a log line:
+- Tools: native tool calling by default. A server that refuses ``tools`` (HTTP
+  400), or silently ignores them (writes a tool call as JSON text, or answers
+  in prose and then fails a one-time probe), switches the client to the JSON
+  action format (core/llm_json.py). ``[llm] tools`` can also fix the mode.
+- Constraints (``[llm] constrain``): strict function schemas on OpenAI's API;
+  in the JSON format a ``response_format`` JSON schema, then plain JSON mode,
+  then nothing, as the server refuses each. Answers are validated either way.
+- Images (``[llm] vision = "auto"``): a server that rejects image parts gets
+  none from then on.
+- History: a request the server fails (HTTP 400/413/422/500) is sent once more
+  with the history cut to the current turn, so one bad stored message never
+  breaks a session.
+Every request sets ``max_tokens``; ``timeout_s`` bounds the whole call, retries
+included. Messages are plain OpenAI chat-completions (tools, tool_choice,
+max_tokens, response_format, image_url parts), so any server can serve them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import openai
 
 import settings
+from core import llm_json
 from core.errors import UserFacingError
+from core.vision import has_images, without_images
 
 log = logging.getLogger(__name__)
+BUILTIN_URL = "http://pool/v1"  # base_url "": the pool's endpoint, reached through the http_client given
+PROBE = {"type": "function", "function": {
+    "name": "tool_check", "description": "Confirms that tool calling works.",
+    "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}}
+_HISTORY_ERRORS = (400, 413, 422, 500)
 
 
 class LLMFailed(UserFacingError):
@@ -39,43 +60,101 @@ class LLMAnswer:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-JSON_MODE_PROMPT = """You cannot call tools directly. To use a tool, answer with only one JSON object:
-{"tool": "<tool name>", "arguments": {<arguments>}}
-To answer the user, answer with only: {"reply": "<your answer>"}
-No other text. The tools:
-"""
+@dataclass
+class _Message:
+    content: str | None
+    calls: list[ToolCall]
 
 
 class LLM:
-    def __init__(self, cfg: settings.LLMConfig, max_retries: int = 1):
+    def __init__(self, cfg: settings.LLMConfig, max_retries: int = 1, *, http_client: Any = None,
+                 base_url: str | None = None):
+        """``http_client`` (an httpx2/httpx ``AsyncClient``) and ``base_url`` let the bot reach the
+        pool's built-in model, e.g. over its unix socket, when ``cfg.base_url`` is empty."""
         self.cfg = cfg
-        self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "not-set",
-                                         timeout=cfg.timeout_s, max_retries=max_retries)
-        self.json_mode = False  # set after a server refuses native tools
+        self.builtin = not cfg.base_url
+        self.base_url = base_url or cfg.base_url or BUILTIN_URL
+        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=cfg.api_key or "not-set",
+                                         timeout=cfg.timeout_s, max_retries=max_retries, http_client=http_client)
+        self.json_mode = cfg.tools == "json"  # set when a server refuses or ignores native tools
+        self.tools_checked = cfg.tools != "auto" or self.builtin  # a tool call seen: no probe needed
+        self.vision = cfg.vision is not False and cfg.vision_images > 0
+        self.response_format = None if cfg.constrain == "off" else "json_schema"  # then "json_object", None
+        host = urlparse(self.base_url).hostname or ""
+        self.strict = cfg.constrain == "strict" or (
+            cfg.constrain == "auto" and host.endswith(("api.openai.com", ".openai.azure.com")))
+        self.max_tokens_key = "max_tokens"
 
     async def close(self) -> None:
         await self.client.close()
 
     async def ask(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> LLMAnswer:
-        """One answer: text, or tool calls. Raises LLMFailed with a chat-ready message."""
-        if not self.json_mode and tools:
-            try:
-                return await self._native(messages, tools)
-            except openai.BadRequestError as e:
-                if "tool" not in str(e).lower():
-                    raise LLMFailed(_describe(e, self.cfg)) from e
-                log.warning("%s refused native tool calling (%s); using the JSON action format", self.cfg.model, e)
-                self.json_mode = True
-            except openai.OpenAIError as e:
-                raise LLMFailed(_describe(e, self.cfg)) from e
+        """One answer: text, or tool calls. Raises LLMFailed with a chat-ready message.
+
+        ``timeout_s`` bounds everything here: retries, a probe, corrective rounds."""
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                return await self._ask(messages, tools)
+        except TimeoutError as e:
+            raise LLMFailed(self._describe(e)) from e
+        except openai.OpenAIError as e:
+            raise LLMFailed(self._describe(e)) from e
+
+    async def _ask(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> LLMAnswer:
+        if tools and not self.json_mode:
+            answer = await self._native(messages, tools)
+            if answer is not None:
+                return answer
         if not tools:
-            return LLMAnswer(await self._text(messages))
+            return LLMAnswer(((await self._request(messages)).content or "").strip())
         return await self._json_actions(messages, tools)
 
-    async def _create(self, messages: list[dict], **kw: Any) -> Any:
+    # --- one request, adapted to what the server refuses ---------------------
+
+    async def _request(self, messages: list[dict], tools: list[dict] | None = None,
+                       actions: list[dict] | None = None) -> _Message:
+        """One completion. Image parts, response_format, max_tokens and the history are each
+        dropped or fixed once when the server fails the request because of them."""
+        history_cut = images_cut = False
+        while True:
+            kw: dict[str, Any] = {self.max_tokens_key: self.cfg.max_tokens}
+            if tools:
+                kw.update(tools=tools, tool_choice="auto")
+            if actions is not None and self.response_format:
+                kw["response_format"] = llm_json.response_format(self.response_format, actions)
+            try:
+                msg = await self._create(messages, **kw)
+            except openai.APIStatusError as e:
+                text = _error_text(e)
+                images_cut = False  # a cut before this error did not help: images were not the cause
+                if e.status_code in (401, 403, 404, 408, 429) or (tools and e.status_code == 400 and "tool" in text):
+                    raise  # for the caller: a message, or the JSON format
+                if has_images(messages) and self.cfg.vision == "auto" and any(w in text for w in _IMAGE_WORDS):
+                    messages, images_cut = without_images(messages), True
+                elif "response_format" in kw and any(w in text for w in ("response_format", "json_schema", "grammar")):
+                    self.response_format = "json_object" if self.response_format == "json_schema" else None
+                    log.warning("%s refused response_format (%s); trying %s", self.cfg.model, e,
+                                self.response_format or "no response_format")
+                elif self.max_tokens_key == "max_tokens" and "max_completion_tokens" in text:
+                    self.max_tokens_key = "max_completion_tokens"
+                elif e.status_code in _HISTORY_ERRORS and not history_cut:
+                    log.warning("%s failed a request (%s); retrying once with the history cut to this turn",
+                                self.cfg.model, e)
+                    messages, history_cut = sanitise(messages), True
+                else:
+                    raise
+                continue
+            if images_cut:
+                self.vision = False
+                log.warning("%s rejects image input; vision is off for this model from now on", self.cfg.model)
+            return msg
+
+    async def _create(self, messages: list[dict], **kw: Any) -> _Message:
         if not self.cfg.stream:
-            return (await self.client.chat.completions.create(model=self.cfg.model, messages=messages, **kw)
-                    ).choices[0].message
+            msg = (await self.client.chat.completions.create(model=self.cfg.model, messages=messages, **kw)
+                   ).choices[0].message
+            return _Message(msg.content, [ToolCall(tc.id or _call_id(), tc.function.name, tc.function.arguments or "")
+                                          for tc in msg.tool_calls or []])
         text, calls = [], {}
         stream = await self.client.chat.completions.create(model=self.cfg.model, messages=messages, stream=True, **kw)
         async for chunk in stream:
@@ -90,95 +169,139 @@ class LLM:
                 if tc.function:
                     slot["name"] += tc.function.name or ""
                     slot["arguments"] += tc.function.arguments or ""
-        return _Message("".join(text) or None, [calls[i] for i in sorted(calls)])
+        return _Message("".join(text) or None, [ToolCall(c["id"] or _call_id(), c["name"], c["arguments"])
+                                                for c in (calls[i] for i in sorted(calls))])
 
-    async def _native(self, messages: list[dict], tools: list[dict]) -> LLMAnswer:
-        msg = await self._create(messages, tools=tools, tool_choice="auto")
-        if isinstance(msg, _Message):
-            calls = [ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"]) for i, c in enumerate(msg.calls)]
-            return LLMAnswer(msg.content, calls)
-        calls = [ToolCall(tc.id, tc.function.name, tc.function.arguments or "") for tc in msg.tool_calls or []]
-        return LLMAnswer(msg.content, calls)
+    # --- native tool calling, and noticing a server that ignores it -----------
 
-    async def _text(self, messages: list[dict]) -> str:
+    async def _native(self, messages: list[dict], tools: list[dict]) -> LLMAnswer | None:
+        """The answer, or None after switching to the JSON format."""
         try:
-            msg = await self._create(messages)
+            msg = await self._request(messages, tools=[strict(t) for t in tools] if self.strict else tools)
+        except openai.BadRequestError as e:
+            if "tool" not in _error_text(e):
+                raise
+            log.warning("%s refused native tool calling (%s); using the JSON action format", self.cfg.model, e)
+            self.json_mode = True
+            return None
+        if msg.calls:
+            self.tools_checked = True
+            return LLMAnswer(msg.content, msg.calls)
+        found = llm_json.find_action(msg.content or "", {t["function"]["name"] for t in tools})
+        if found:  # a tool call written as text: the server did not parse it as one
+            if self.cfg.tools == "auto":
+                log.warning("%s wrote a tool call as text: the server ignores tools; using the JSON action "
+                            "format", self.cfg.model)
+                self.json_mode = True
+            return LLMAnswer(None, [ToolCall(_call_id(), found[0], json.dumps(found[1]))])
+        if not self.tools_checked:
+            self.tools_checked = True
+            if not await self._probe():
+                log.warning("%s ignores the tools it is sent (no tool call even when asked for one); using the "
+                            "JSON action format", self.cfg.model)
+                self.json_mode = True
+                return None
+        return LLMAnswer(msg.content, [])
+
+    async def _probe(self) -> bool:
+        """Once per server, after a prose answer: does it make a tool call when plainly asked to?"""
+        ask = [{"role": "user", "content": 'Call the tool "tool_check" with word "yes".'}]
+        try:
+            msg = await self._create(ask, tools=[PROBE], tool_choice="auto", **{self.max_tokens_key: 64})
+        except openai.BadRequestError:
+            return False
         except openai.OpenAIError as e:
-            raise LLMFailed(_describe(e, self.cfg)) from e
-        return (msg.content or "").strip()
+            log.info("tool probe of %s failed (%r); keeping native tool calling", self.cfg.model, e)
+            return True
+        return any(c.name == "tool_check" for c in msg.calls)
+
+    # --- the JSON action format -----------------------------------------------
 
     async def _json_actions(self, messages: list[dict], tools: list[dict]) -> LLMAnswer:
-        described = "\n".join(f"- {t['function']['name']}: {t['function']['description']} "
-                              f"arguments: {json.dumps(t['function']['parameters']['properties'])}" for t in tools)
-        convo = [{"role": "system", "content": JSON_MODE_PROMPT + described}, *to_plain(messages)]
         names = {t["function"]["name"] for t in tools}
-        for attempt in range(3):
-            raw = await self._text(convo)
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        rest = messages[1:] if system else messages
+        # one system message: several break many chat templates
+        convo = [{"role": "system", "content": f"{system}\n\n{llm_json.instructions(tools)}".strip()},
+                 *llm_json.to_plain(rest)]
+        for _ in range(3):
+            raw = (await self._request(convo, actions=tools)).content or ""
             try:
-                return parse_action(raw, names, attempt)
-            except ValueError as e:
+                got = llm_json.parse_action(raw, names)
+            except llm_json.NotAnAction as e:
                 log.info("JSON action rejected (%s): %r", e, raw[:200])
                 convo += [{"role": "assistant", "content": raw},
                           {"role": "user", "content": f"That was not valid: {e}. Answer with only one JSON object "
                                                       "as described."}]
+                continue
+            if isinstance(got, str):
+                return LLMAnswer(got)
+            return LLMAnswer(None, [ToolCall(_call_id(), got[0], json.dumps(got[1]))])
         raise LLMFailed("The language model did not answer in a form I can use. An admin may need a model "
                         "that supports tool calling.")
 
+    # --- messages for the chat --------------------------------------------------
 
-@dataclass
-class _Message:
-    content: str | None
-    calls: list[dict[str, str]]
-
-
-def parse_action(raw: str, tools: set[str], n: int = 0) -> LLMAnswer:
-    """Strictly parse a JSON action; raises ValueError saying what is wrong."""
-    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", raw.strip())
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError("the answer is not one JSON object") from None
-    if not isinstance(obj, dict):
-        raise ValueError("the answer must be a JSON object")
-    if set(obj) == {"reply"} and isinstance(obj["reply"], str):
-        return LLMAnswer(obj["reply"])
-    if set(obj) == {"tool", "arguments"} and isinstance(obj["arguments"], dict):
-        if obj["tool"] not in tools:
-            raise ValueError(f"there is no tool {obj['tool']!r}; the tools are {', '.join(sorted(tools))}")
-        return LLMAnswer(None, [ToolCall(f"json_{n}", obj["tool"], json.dumps(obj["arguments"]))])
-    raise ValueError('use exactly {"tool": ..., "arguments": {...}} or {"reply": ...}')
-
-
-def to_plain(messages: list[dict]) -> list[dict]:
-    """Native tool-call history as plain chat, for servers without tool calling."""
-    out = []
-    for m in messages:
-        if m["role"] == "assistant" and m.get("tool_calls"):
-            for tc in m["tool_calls"]:
-                args = tc["function"]["arguments"]
-                out.append({"role": "assistant", "content": f'{{"tool": "{tc["function"]["name"]}", '
-                                                            f'"arguments": {args or "{}"}}}'})
-        elif m["role"] == "tool":
-            out.append({"role": "user", "content": f"Result: {m['content']}"})
-        else:
-            out.append({"role": m["role"], "content": m.get("content") or ""})
-    return out
+    def _describe(self, e: Exception) -> str:
+        """A short message that says what helps; the address and details go to the log only."""
+        cfg = self.cfg
+        log.warning("LLM request to %s (model %s) failed: %r", self.base_url, cfg.model, e)
+        if isinstance(e, (TimeoutError, openai.APITimeoutError)):
+            return f"The language model did not answer in time ({cfg.timeout_s:g} s). Please try again."
+        if isinstance(e, openai.AuthenticationError):
+            return (f"The language model server refused the bot's API key. An admin needs to check "
+                    f"${cfg.api_key_env}.")
+        if isinstance(e, openai.APIConnectionError):
+            if self.builtin:
+                return "The built-in language model is not answering. An admin can find why in the bot's log."
+            return (f"I cannot reach the language model server. An admin can start it (for Ollama: `ollama pull "
+                    f"{cfg.model}` and `ollama serve`) or leave llm.base_url empty to use the built-in model.")
+        if isinstance(e, openai.RateLimitError):
+            return "The language model server is rate-limiting the bot. Please try again in a minute."
+        if isinstance(e, openai.NotFoundError):
+            return (f"The language model server does not know the model {cfg.model!r}. An admin needs to check "
+                    "llm.model.")
+        if isinstance(e, openai.APIStatusError):
+            if e.status_code in (400, 413) and any(w in _error_text(e) for w in _CONTEXT_WORDS):
+                return ("This conversation no longer fits the language model's context. Type /reset to start "
+                        "afresh, or ask an admin to lower llm.history_tokens.")
+            if e.status_code < 500:
+                return (f"The language model server refused this request (HTTP {e.status_code}). If it happens "
+                        "again, /reset starts this conversation afresh; the admins can see why in the log.")
+            return f"The language model server had an error (HTTP {e.status_code}). Please try again in a moment."
+        return "The language model failed to answer. Please try again."
 
 
-def _describe(e: Exception, cfg: settings.LLMConfig) -> str:
-    """A short, honest message for the chat; the details go to the log."""
-    log.warning("LLM request to %s failed: %r", cfg.base_url, e)
-    if isinstance(e, openai.APITimeoutError):
-        return f"The language model did not answer in time ({cfg.timeout_s:g} s). Please try again."
-    if isinstance(e, openai.AuthenticationError):
-        return (f"The language model server refused the bot's API key. An admin needs to check "
-                f"${cfg.api_key_env}.")
-    if isinstance(e, openai.APIConnectionError):
-        return f"I cannot reach the language model server at {cfg.base_url}. An admin needs to check it."
-    if isinstance(e, openai.RateLimitError):
-        return "The language model server is rate-limiting the bot. Please try again in a minute."
-    if isinstance(e, openai.NotFoundError):
-        return f"The language model server does not know the model {cfg.model!r}. An admin needs to check llm.model."
-    if isinstance(e, openai.APIStatusError):
-        return f"The language model server had an error (HTTP {e.status_code}). Please try again in a moment."
-    return "The language model failed to answer. Please try again."
+_IMAGE_WORDS = ("image", "vision", "multimodal", "mmproj")  # a server refusing image parts says one of them
+_CONTEXT_WORDS = ("context", "too long", "too many tokens", "maximum", "exceed", "n_ctx")
+
+
+def _error_text(e: openai.APIStatusError) -> str:
+    return f"{e} {e.body!r}".lower()
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:12]}"
+
+
+def strict(tool: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's strict subset of a function schema: every property required, optional ones
+    nullable, no numeric, length or pattern limits (the tools validate those themselves)."""
+    f, p = tool["function"], tool["function"]["parameters"]
+    props = {}
+    for key, spec in p["properties"].items():
+        spec = {k: v for k, v in spec.items() if k not in ("minimum", "maximum", "minLength", "maxLength", "pattern")}
+        if key not in p.get("required", ()):
+            spec["type"] = [spec["type"], "null"]
+        props[key] = spec
+    params = {**p, "properties": props, "required": list(props), "additionalProperties": False}
+    return {"type": "function", "function": {**f, "parameters": params, "strict": True}}
+
+
+def sanitise(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The system prompt and the current turn (from the last user message), no null contents:
+    what a server that choked on something older in the history can still answer."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    head = [messages[0]] if messages and messages[0]["role"] == "system" else []
+    tail = messages[users[-1]:] if users else messages[len(head):]
+    return [dict(m, content=m.get("content") or "") for m in [*head, *tail]]

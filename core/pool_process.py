@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 
 class PoolProcess:
-    def __init__(self, config_path: Path, url: str, startup_timeout: float = 600, cwd: Path | None = None):
+    def __init__(self, config_path: Path, url: str, startup_timeout: float = 600, cwd: Path | None = None,
+                 log_file: Path | None = None):
         self.config_path, self.url, self.startup_timeout = Path(config_path), url, startup_timeout
+        self.log_file = log_file  # the pool's output goes here (appended) instead of the bot's terminal
         self.cwd = cwd or Path(__file__).resolve().parent.parent
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -28,12 +30,21 @@ class PoolProcess:
 
     async def start(self) -> None:
         """Start the pool and wait until it answers (models may still be loading)."""
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd)
+        self.proc = await self._spawn()
         log.info("started the pool (pid %s)", self.proc.pid)
         await self.wait_healthy()
         if self._watch is None:
             self._watch = asyncio.create_task(self._watchdog(), name="pool-watchdog")
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        out = open(self.log_file, "ab") if self.log_file else None  # the child keeps its own copy
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd,
+                stdout=out, stderr=asyncio.subprocess.STDOUT if out else None)
+        finally:
+            if out:
+                out.close()
 
     async def wait_healthy(self) -> None:
         client = PoolClient(self.url)
@@ -58,8 +69,7 @@ class PoolProcess:
             log.error("the pool exited (code %s); starting it again (restart %d)", code, self.restarts)
             await asyncio.sleep(min(30, 2 ** min(self.restarts, 5) / 4))
             try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd)
+                self.proc = await self._spawn()
                 await self.wait_healthy()
                 log.info("the pool is back (pid %s)", self.proc.pid)
             except Exception:

@@ -29,7 +29,14 @@ def m001_initial(db: sqlite_utils.Database) -> None:
                        "created": float, "finished": float}, pk="id")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial]
+def m002_message_kind(db: sqlite_utils.Database) -> None:
+    """``kind`` marks messages the LLM must not read as its own words: "note" is the bot's own
+    failure text (shown to the user, never fed back as if the assistant had said it)."""
+    db["messages"].add_column("kind", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind]
+NOTE = "note"  # messages.kind of the bot's own failure messages
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -92,11 +99,12 @@ class Store:
     # --- messages -----------------------------------------------------------
 
     def add_message(self, session: str, role: str, content: str | None = None, *, tool_calls: list | None = None,
-                    tool_call_id: str | None = None, name: str | None = None, user: str | None = None) -> int:
+                    tool_call_id: str | None = None, name: str | None = None, user: str | None = None,
+                    kind: str | None = None) -> int:
         self.session(session)
         row = {"session": session, "role": role, "content": content,
                "tool_calls": json.dumps(tool_calls) if tool_calls else None,
-               "tool_call_id": tool_call_id, "name": name, "user": user, "created": time.time()}
+               "tool_call_id": tool_call_id, "name": name, "user": user, "created": time.time(), "kind": kind}
         return self.db["messages"].insert(row).last_pk
 
     def messages(self, session: str) -> list[dict[str, Any]]:

@@ -169,7 +169,7 @@ async def test_endless_loop_is_cut(core, llm_server, caplog):
 
 
 @pytest.mark.parametrize("script, message", [
-    (lambda s: s.on().error(500, "boom"),
+    (lambda s: s.on(times=None).error(500, "boom"),  # every retry fails too (without images, a cut history)
      "The language model server had an error (HTTP 500). Please try again in a moment."),
     (lambda s: s.on().error(401, "bad key"),
      "The language model server refused the bot's API key. An admin needs to check $OPENAI_API_KEY."),

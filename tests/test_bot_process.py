@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,11 @@ async def test_terminal_chat_through_a_pipe(tiny_dir, tmp_path):
     assert Image.open(written).size == (64, 64)
     assert "bot: config.toml is not an image: it looks like a text file." in out  # the bad input
     assert "Traceback" not in out
+    # the terminal shows the conversation only: the bot's and the pool's log lines are in files
+    log_line = re.compile(r"\d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) ")
+    assert not log_line.search(out) and err == "", err[-2000:]
+    assert log_line.search((tmp_path / "data" / "bot.log").read_text())
+    assert "Text2Image" in (tmp_path / "data" / "pool.log").read_text()
 
 
 async def test_pool_killed_mid_job_is_restarted_and_nothing_is_lost(tiny_dir, tmp_path):

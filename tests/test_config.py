@@ -52,7 +52,8 @@ def test_malformed_device(tmp_path):
 def test_unknown_key(tmp_path):
     msg = error_of(tmp_path, "[llm]\nmodle = 'x'\n")
     assert msg == ("llm.modle: unknown key; known keys in [llm]: base_url, model, api_key_env, timeout_s, "
-                   "turn_timeout_s, max_tool_rounds, history_tokens, stream")
+                   "turn_timeout_s, max_tool_rounds, history_tokens, stream, max_tokens, tools, constrain, vision, "
+                   "vision_images")
 
 
 def test_unknown_section(tmp_path):

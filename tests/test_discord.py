@@ -21,6 +21,7 @@ from core.engine import HELP
 from tests.fakes.discord_payloads import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                           message, option, user)
 from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.openai_server import text_of
 from tests.test_agent import RecordingReply, image_enum, photo, turn
 
 ADMIN_ID = "777"  # in discord.admin_ids
@@ -87,7 +88,7 @@ async def test_mention_with_an_image_is_answered_with_an_image_in_that_channel(f
     typing = fake.matching("POST", rf"^/channels/{CHANNEL_ID}/typing$")
     assert typing and typing[0].at - pushed < 1.0 and typing[0].at < answer.at
     assert fake.matching("GET", rf"^/attachments/{CHANNEL_ID}/{att['id']}/house.jpg$")  # fetched at once
-    said = llm_server.requests[0]["messages"][1]["content"]
+    said = text_of(llm_server.requests[0]["messages"][1]["content"])  # the text beside the image parts
     assert said.startswith("make it winter\n[uploaded img1 (house.jpg)") and "<@" not in said
 
 

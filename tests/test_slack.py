@@ -20,6 +20,7 @@ from bot.adapters.slack_bot import WORKING, SlackBot
 from core.engine import HELP
 from tests.fakes.slack_server import (BOT_USER, Call, FakeSlack, LoggedErrors, dm, event_callback, mention,
                                       signed_headers)
+from tests.fakes.openai_server import text_of
 from tests.test_agent import photo
 
 AT = f"<@{BOT_USER}>"
@@ -110,7 +111,8 @@ async def test_mention_with_image_gets_a_threaded_reply_with_the_edited_image(bo
     assert complete["initial_comment"] == "Snowy &amp; cold: img2 &lt;3"
     assert uploaded_image(slack, complete).size == (64, 40)
     assert [auth for _, auth in slack.downloads] == [f"Bearer {slack.bot_token}"]  # fetched with the bot token
-    assert llm_server.requests[0]["messages"][-1]["content"].startswith("make it winter & snowy\n[uploaded img1 (house")
+    said = text_of(llm_server.requests[0]["messages"][-1]["content"])  # the text beside the image parts
+    assert said.startswith("make it winter & snowy\n[uploaded img1 (house")
 
     # status: posted in the thread within a second, updated with progress, deleted once answered
     status = slack.called("chat.postMessage", in_thread("C1", event["ts"]))[0]

@@ -130,7 +130,7 @@ async def test_object_templates(ctx, name):
 async def test_missing_required_argument(ctx):
     result = await call(BY_NAME["edit_image"], ctx, {"image": "img1"})
     assert not result.ok
-    assert result.text == "Error: edit_image needs 'instruction': what to change, as an instruction in English"
+    assert result.text == "Error: edit_image needs 'instruction': the change, in English"
 
 
 async def test_image_id_from_another_session(ctx):

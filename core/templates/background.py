@@ -6,7 +6,7 @@ from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job,
 
 class RemoveBackground(Tool):
     name = "remove_background"
-    description = "Cut out the main subject of an image onto a transparent background (PNG with alpha)."
+    description = "Cut out the main subject of an image onto a transparent background."
     parameters = {"image": image_param("the image to cut out")}
     required = ("image",)
     models = ("VisualQuestionAnswering", "Text2Mask")

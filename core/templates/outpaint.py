@@ -20,7 +20,7 @@ FEATHER = 16  # width of the blended seam in pixels
 
 class ExtendImage(Tool):
     name = "extend_image"
-    description = "Extend an image beyond its borders to a larger width and height (outpainting)."
+    description = "Extend an image beyond its borders to a larger size (outpainting)."
     parameters = {"image": image_param("the image to extend"),
                   "width": int_param("the new width in pixels", 8, 4096),
                   "height": int_param("the new height in pixels", 8, 4096)}

@@ -5,9 +5,9 @@ from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job,
 
 class EditImage(Tool):
     name = "edit_image"
-    description = "Change an image by following an instruction, like 'make it look like winter' or 'turn the car red'."
+    description = "Change an image by an instruction, e.g. 'make it look like winter'."
     parameters = {"image": image_param("the image to change"),
-                  "instruction": text_param("what to change, as an instruction in English")}
+                  "instruction": text_param("the change, in English")}
     required = ("image", "instruction")
     models = ("InstructPix2Pix",)
 

@@ -5,7 +5,7 @@ from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job,
 
 class AnswerQuestion(Tool):
     name = "answer_question"
-    description = "Answer a question about what is in an image, such as what breed a dog is or what colour a car is."
+    description = "Answer a question about what an image shows, e.g. what breed a dog is."
     parameters = {"image": image_param("the image the question is about"),
                   "question": text_param("the question, in English")}
     required = ("image", "question")

@@ -17,6 +17,17 @@ the test, unless the fake was built with ``strict=False``.
 Both ``stream: false`` (one ``chat.completion``) and ``stream: true`` (SSE chunks: role,
 content pieces, tool-call deltas with the arguments in pieces, finish reason, optional
 usage, ``[DONE]``) are served, from the same rule.
+
+Real servers' quirks, each switched on by a constructor flag, so tests catch what they do
+(seen with llama.cpp's C++ server and llama-cpp-python's, issue 13):
+- ``null_content_500``: HTTP 500 for any message whose ``content`` is null (llama-cpp-python);
+- ``ignore_tools``: ``tools`` and ``tool_choice`` are silently dropped, rules match as if none
+  were sent (a model whose chat template has no tool support);
+- ``reject_images``: HTTP 500 for any ``image_url`` part (a model without a vision projector);
+- ``reject_response_format``: HTTP 400 for any ``response_format``;
+- ``context_tokens``: HTTP 400 when the request is larger than this (4 characters a token).
+The bot's one-time tool probe (a request whose only tool is ``tool_check``) is answered by the
+fake itself, as a model would: a call, or prose when tools are ignored; it is kept in ``probes``.
 """
 
 from __future__ import annotations
@@ -259,8 +270,13 @@ def _json_error(status: int, message: str, **kw: Any) -> web.Response:
 class FakeLLM:
     """A scripted OpenAI-compatible server on 127.0.0.1 (an async context manager)."""
 
-    def __init__(self, *, model: str = "fake-model", api_key: str | None = None, strict: bool = True):
+    def __init__(self, *, model: str = "fake-model", api_key: str | None = None, strict: bool = True,
+                 null_content_500: bool = False, ignore_tools: bool = False, reject_images: bool = False,
+                 reject_response_format: bool = False, context_tokens: int | None = None):
         self.model = model
+        self.null_content_500, self.ignore_tools, self.reject_images = null_content_500, ignore_tools, reject_images
+        self.reject_response_format, self.context_tokens = reject_response_format, context_tokens
+        self.probes: list[Request] = []  # tool probes, answered by the fake itself
         self.api_key = api_key  # when set, any other key gets a 401, as from a real server
         self.strict = strict  # fail on exit if a request matched no rule
         self.rules: list[Rule] = []
@@ -368,10 +384,21 @@ class FakeLLM:
             req = await request.json()
         except ValueError:
             req = {"not_json": await request.text()}
+        if offered_tools(req) == ["tool_check"]:
+            self.probes.append(req)
+            probe = Rule(content="Yes." if self.ignore_tools else None)
+            if not self.ignore_tools:
+                probe.call("tool_check", {"word": "yes"})
+            return await self._answer(request, req, probe)
         self.requests.append(req)
         self.authorizations.append(auth)
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
             return _json_error(401, "Incorrect API key provided.")
+        refused = self._quirks(req)
+        if refused is not None:
+            return refused
+        if self.ignore_tools:
+            req = {k: v for k, v in req.items() if k not in ("tools", "tool_choice")}
 
         rule, why = self._pick(req)
         if rule is None:
@@ -387,6 +414,23 @@ class FakeLLM:
             status, body, headers = rule.error_reply
             return web.json_response(body, status=status, headers=headers)
         return await self._answer(request, req, rule)
+
+    def _quirks(self, req: Request) -> web.Response | None:
+        """The error a real server with the switched-on quirks answers to ``req``, if any."""
+        messages = req.get("messages") or []
+        if self.null_content_500 and any("content" in m and m["content"] is None for m in messages):
+            return _json_error(500, "'NoneType' object has no attribute 'strip'", type="server_error")
+        parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
+        if self.reject_images and any(p.get("type") == "image_url" for p in parts):
+            return _json_error(500, "image input is not supported - hint: if this is unexpected, you may need "
+                               "to provide the mmproj")
+        if self.reject_response_format and "response_format" in req:
+            return _json_error(400, "response_format is not supported by this server")
+        size = len(json.dumps(messages)) + len(json.dumps(req.get("tools") or []))
+        if self.context_tokens and size // 4 > self.context_tokens:
+            return _json_error(400, f"the request exceeds the available context size ({self.context_tokens} "
+                               "tokens), try increasing it", type="exceed_context_size_error")
+        return None
 
     def _pick(self, req: Request) -> tuple[Rule | None, str]:
         """The first rule matching ``req``, or None and why not."""
