@@ -105,3 +105,26 @@ def test_flows_are_offered_with_either_way_to_a_mask():
     offered = {t.name for t in available(base | {"Text2Box", "Text2Mask"})}  # half of the precise pair
     assert "remove_object" in offered and "segment_object" not in offered and "detect_objects" in offered
     assert not flows & {t.name for t in available(base | {"Text2Box"})}
+
+
+async def test_models_lists_the_detector_and_sam(ctx):
+    from core.engine import format_models
+
+    infos = {m.name: m for m in await ctx.pool.models()}
+    for name in ("Text2Box", "Segmenting"):
+        assert infos[name].state == "ready" and infos[name].bytes > 0 and infos[name].shared_bytes == 0
+    lines = format_models([infos["Text2Box"], infos["Segmenting"]]).splitlines()
+    assert [line.split(",")[0] for line in lines] == ["Text2Box: ready on cpu (float32)",
+                                                      "Segmenting: ready on cpu (float32)"]
+
+
+def test_readme_tool_table_lists_every_tool_with_its_models():
+    from core.tools import TOOLS
+    from tests.conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("\n## Tools\n")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(" `"): line for line in section.splitlines() if line.startswith("| `")}
+    assert set(rows) == {t.name for t in TOOLS}
+    for tool in TOOLS:
+        models = rows[tool.name].split("|")[3]
+        assert all(m in models for m in [*tool.models, *(m for g in tool.any_of for m in g)]), tool.name
