@@ -8,6 +8,7 @@ a picture: the core draws them, and hands them to Segmenting for masks.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -59,10 +60,15 @@ class Text2Box(PoolModel):
                 continue
             boxes.append(box)
             scores.append(round(float(found["scores"][i]), 3))
-            labels.append(found["text_labels"][i].strip() or params["prompt"].strip())
+            labels.append(_words(found["text_labels"][i]) or params["prompt"].strip())
         progress(1, 1)
         text = "; ".join(f"{label} {score:.2f} at {box}" for box, score, label in zip(boxes, scores, labels))
         return Output(text=text or "nothing found", data={"boxes": boxes, "scores": scores, "labels": labels})
+
+
+def _words(label: str) -> str:
+    """A box's words without the delimiters the model may also score ([SEP], full stops)."""
+    return " ".join(re.sub(r"\[(CLS|SEP|PAD)\]|\.", " ", label).split())
 
 
 def _clip(box: list[float], size: tuple[int, int]) -> list[float] | None:

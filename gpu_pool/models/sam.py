@@ -98,13 +98,14 @@ class Segmenting(PoolModel):
                 out = self.model(image_embeddings=embeddings, multimask_output=True,
                                  input_points=grid[:, i:i + POINTS_PER_BATCH].to(self.device, self.dtype),
                                  input_labels=point_labels[:, i:i + POINTS_PER_BATCH].to(self.device))
-            logits = ip.post_process_masks(out.pred_masks.float().cpu(), binarize=False, **sizes)[0]
+            # upsampled and filtered on the device (64 points x 3 masks at the image's size); run-length coded
+            logits = ip.post_process_masks(out.pred_masks.float(), binarize=False, **sizes)[0]
             kept, kept_scores, kept_boxes = ip.filter_masks(
-                logits, out.iou_scores[0].float().cpu(), (image.height, image.width), crop_boxes[0],
+                logits, out.iou_scores[0].float(), (image.height, image.width), crop_boxes[0],
                 params["pred_iou_thresh"], params["stability_score_thresh"])
             masks += kept
-            scores.append(kept_scores)
-            boxes.append(kept_boxes)
+            scores.append(kept_scores.cpu())
+            boxes.append(kept_boxes.cpu())
             progress(step, len(batches))
         found, *_ = ip.post_process_for_mask_generation(masks, torch.cat(scores), torch.cat(boxes), 0.7)
         found = sorted((m.numpy().astype(bool) for m in found), key=np.count_nonzero, reverse=True)[:255]
