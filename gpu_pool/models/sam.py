@@ -27,7 +27,9 @@ from transformers import SamModel, SamProcessor
 from .base import BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases
 
 MAX_PROMPTS = 64  # boxes per job: GroundingDINO's surest few are what a flow sends
-POINTS_PER_BATCH = 64  # SamAutomaticMaskGenerator's default: the decoder's memory grows with it
+# SamAutomaticMaskGenerator's batch of points at 512x512; fewer on larger images, since each point's three
+# masks are upsampled to the image's size on the device (at 1024 px, 64 points would take 2.4 GiB).
+POINTS_PER_BATCH = 64
 
 
 class Segmenting(PoolModel):
@@ -92,12 +94,13 @@ class Segmenting(PoolModel):
         with torch.inference_mode():
             embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
         masks, scores, boxes = [], [], []
-        batches = range(0, grid.shape[1], POINTS_PER_BATCH)
+        per_batch = max(4, min(POINTS_PER_BATCH, POINTS_PER_BATCH * 512 * 512 // (image.width * image.height)))
+        batches = range(0, grid.shape[1], per_batch)
         for step, i in enumerate(batches, 1):
             with torch.inference_mode():
                 out = self.model(image_embeddings=embeddings, multimask_output=True,
-                                 input_points=grid[:, i:i + POINTS_PER_BATCH].to(self.device, self.dtype),
-                                 input_labels=point_labels[:, i:i + POINTS_PER_BATCH].to(self.device))
+                                 input_points=grid[:, i:i + per_batch].to(self.device, self.dtype),
+                                 input_labels=point_labels[:, i:i + per_batch].to(self.device))
             # upsampled and filtered on the device (64 points x 3 masks at the image's size); run-length coded
             logits = ip.post_process_masks(out.pred_masks.float(), binarize=False, **sizes)[0]
             kept, kept_scores, kept_boxes = ip.filter_masks(
