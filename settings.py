@@ -29,6 +29,8 @@ MODEL_DEFAULTS: dict[str, str] = {
     "InstructPix2Pix": "timbrooks/instruct-pix2pix",
     "Inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
     "Text2Mask": "CIDAS/clipseg-rd64-refined",
+    "Text2Box": "IDEA-Research/grounding-dino-tiny",
+    "Segmenting": "facebook/sam-vit-huge",  # facebook/sam-vit-base: 0.2 GiB instead of 1.2 (fp16), coarser masks
     "Image2Canny": "",  # OpenCV Canny: no weights
     "Image2Line": ANNOTATORS,
     "Image2Hed": ANNOTATORS,

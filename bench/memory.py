@@ -11,6 +11,8 @@ itself uses: each parameter/buffer once, at its dtype's size.
 - pool placement: one SD1.5 base shared by Text2Image and the ControlNet
   pipelines; pix2pix and inpainting own only their UNets and share the base
   VAE and text encoder; BLIP caption, BLIP VQA and CLIPSeg on the GPU.
+- both: GroundingDINO (Text2Box) and SAM (Segmenting) on the GPU, as the
+  seed's final version loaded them; nothing of theirs is shared.
 - annotators (Image2*) run on the CPU in both: 0 GPU bytes.
 
 Safety checkers are counted in neither placement.
@@ -103,6 +105,12 @@ DPT_HYBRID = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                   backbone_config=dict(model_type="bit", depths=[3, 4, 9], layer_type="bottleneck",
                                        global_padding="same", embedding_dynamic_padding=True,
                                        out_features=["stage1", "stage2", "stage3"]))
+# IDEA-Research/grounding-dino-tiny: transformers' GroundingDinoConfig defaults are its config
+# (Swin-T backbone, BERT-base text tower, 6+6 layers, 900 queries)
+GROUNDING_DINO_TINY: dict = {}
+# facebook/sam-vit-huge: ViT-H/16 image encoder (SamConfig's defaults are sam-vit-base's)
+SAM_VIT_HUGE = dict(vision_config=dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                                       global_attn_indexes=[7, 15, 23, 31]))
 # SD1.5 scheduler numbers (no weights; the pipelines just need one)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  prediction_type="epsilon", steps_offset=1)
@@ -161,6 +169,16 @@ def clipseg():
     return half(CLIPSegForImageSegmentation(CLIPSegConfig(**CLIPSEG)))
 
 
+def grounding_dino():
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
+    return half(GroundingDinoForObjectDetection(GroundingDinoConfig(**GROUNDING_DINO_TINY)))
+
+
+def sam():
+    from transformers import SamConfig, SamModel
+    return half(SamModel(SamConfig(**SAM_VIT_HUGE)))
+
+
 def upernet():
     from transformers import UperNetConfig, UperNetForSemanticSegmentation
     return half(UperNetForSemanticSegmentation(UperNetConfig(**UPERNET)))
@@ -198,7 +216,7 @@ def sd_copy(in_channels: int = 4) -> list:
 def gpu_extras() -> dict[str, list]:
     """The non-SD GPU models; neither placement shares anything among them."""
     return {"ImageCaptioning": [blip("caption")], "VisualQuestionAnswering": [blip("vqa")],
-            "Text2Mask": [clipseg()]}
+            "Text2Mask": [clipseg()], "Text2Box": [grounding_dino()], "Segmenting": [sam()]}
 
 
 def annotators() -> dict[str, list]:

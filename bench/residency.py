@@ -11,7 +11,7 @@ is what a GPU would get.
 
 The trace models how the bot is used: sessions, three at a time,
 interleaved. A session is one workflow, drawn Zipf-skewed (s=1.2) over the
-13 workflows the bot's tools make, most popular first (chat about an
+15 workflows the bot's tools make, most popular first (chat about an
 uploaded image, generate, edit, canny, ...); image workflows start with the
 caption the bot makes of every upload; condition workflows make the map once
 and then generate from it; the last step is repeated (users iterate on a
@@ -56,6 +56,8 @@ WORKFLOWS = [([], "ImageCaptioning"), ([], "Text2Image"), (["ImageCaptioning"], 
              (["ImageCaptioning", "Text2Mask"], "Inpainting")]
 WORKFLOWS += [(["ImageCaptioning", f"Image2{c}"], f"{c}Text2Image")
               for c in ("Pose", "Depth", "Scribble", "Seg", "Hed", "Line", "Normal")]
+WORKFLOWS += [(["ImageCaptioning"], "Text2Box"),  # detect objects; remove one with GroundingDINO + SAM masks
+              (["ImageCaptioning", "Text2Box", "Segmenting"], "Inpainting")]
 POPULARITY = list(dict.fromkeys(step for first, repeated in WORKFLOWS for step in [*first, repeated]))
 FP32_ANNOTATORS = {"Image2Line", "Image2Hed", "Image2Scribble", "Image2Pose"}  # controlnet_aux runs them in fp32
 

@@ -31,7 +31,8 @@ ID_PATTERN = r"^img\d+$"
 # group -> its tools: a condition map and drawing from one, in pairs; masks; anything else new
 GROUPS: dict[str, tuple[str, ...]] = {
     name.removeprefix("generate_from_"): (maker, name) for name, (_, _, maker) in CONTROLS.items()}
-GROUPS["objects"] = ("remove_object", "replace_object", "find_object", "inpaint_image")
+GROUPS["objects"] = ("remove_object", "replace_object", "find_object", "inpaint_image", "detect_objects",
+                     "segment_object", "segment_everything")
 GROUPS["extend"] = ("extend_image",)
 GROUPS["caption"] = ("caption_image",)
 _GROUPED = {t for names in GROUPS.values() for t in names} | set(CORE)
@@ -48,7 +49,8 @@ ROUTES = {
     "segmentation": r"segment",
     "depth": r"\bdepth|how far",
     "normals": r"\bnormals?\b|surface direction",
-    "objects": r"\b(remove|replace|erase|delete|get rid|swap|instead|mask|inpaint|repaint)",
+    "objects": (r"\b(remove|replace|erase|delete|get rid|swap|instead|mask|inpaint|repaint"
+                r"|detect|find|locate|where|count|box|segment)"),
     "extend": r"extend|outpaint|expand|wider|taller|larger|bigger|\b\d{2,4} ?x ?\d{2,4}\b",
     "caption": r"caption|describe",
 }
@@ -72,8 +74,8 @@ def hidden_groups(available: list[Tool], offered: list[Tool]) -> list[str]:
     return [g for g, tools in GROUPS.items() if names.intersection(tools)]
 
 
-_SAYS = {"objects": "objects (remove, replace, mask, repaint)", "extend": "extend (outpaint to a larger size)",
-         "caption": "caption", "other": "other"}
+_SAYS = {"objects": "objects (find, detect, segment, remove, replace, mask, repaint)",
+         "extend": "extend (outpaint to a larger size)", "caption": "caption", "other": "other"}
 
 
 def more_tools_schema(groups: list[str]) -> dict[str, Any]:

@@ -4,7 +4,7 @@
     POST /jobs     frame(JobRequest) + raw pixels  ─▶ check, queue on the model's device
                    ◀─ frames, one per event, on the same response:
                       queued(job_id, position) · progress(step, total) ·
-                      done(text) + raw pixels | failed(message, code, detail)
+                      done(text, data) + raw pixels | failed(message, code, detail)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
     GET  /models                                   ◀─ {"models": [ModelInfo...]}
     POST /models/reload {"model": name | null}     ─▶ re-read config.toml, reload one or all
@@ -74,6 +74,7 @@ class Event:
     total: int | None = None
     text: str | None = None  # done
     images: list[RawImage] = field(default_factory=list)  # done
+    data: dict[str, Any] | None = None  # done: structured results (e.g. Text2Box's boxes), JSON values
     seconds: float | None = None  # done: time inside the model
     message: str | None = None  # failed: meant for the chat user
     code: str | None = None  # failed: a FailCode

@@ -219,7 +219,7 @@ class Scheduler:
             return job.fail(f"{req.model} failed while running this job; the bot's admins can find the details "
                             "in the pool log.", "internal", detail)
         images = [RawImage.from_pil(im) for im in out.images]
-        job.emit(Event("done", job.id, text=out.text, images=images, seconds=round(seconds, 6)))
+        job.emit(Event("done", job.id, text=out.text, images=images, data=out.data, seconds=round(seconds, 6)))
 
     def close(self) -> None:
         for q in self.queues.values():

@@ -125,6 +125,13 @@ def test_check_config_lists_models_and_devices():
     assert re.search(r"Text2Image +device=cpu \(auto\) +dtype=float32 +source=stable-diffusion-v1-5/", out.stdout)
 
 
+def test_check_config_names_the_detector_and_sams_default_weights(tmp_path):
+    out = check_config(write(tmp_path, "[models.Text2Box]\ndevice = 'cpu'\n[models.Segmenting]\ndevice = 'cpu'\n"))
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"Text2Box +device=cpu +dtype=float32 +source=IDEA-Research/grounding-dino-tiny$", out.stdout, re.M)
+    assert re.search(r"Segmenting +device=cpu +dtype=float32 +source=facebook/sam-vit-huge$", out.stdout, re.M)
+
+
 @pytest.mark.parametrize("text, key", [
     ("[models.Text2Imag]\n", "models.Text2Imag"),
     ("[models.Text2Image]\ndevice = 'cuda:x'\n", "models.Text2Image.device"),

@@ -101,9 +101,10 @@ def test_text2mask_is_a_binary_mask_of_the_input_size(load, image, threshold):
     values = set(np.unique(np.asarray(mask)).tolist())
     assert values <= {0, 255}
     share = np.count_nonzero(np.asarray(mask)) / (image.width * image.height)
-    assert out.text == f"mask covers {share:.0%} of the image"
     if threshold == 1.0:  # sigmoid never exceeds 1: nothing selected
-        assert values == {0}
+        assert values == {0} and out.text == "no mask: nothing selected"
+    else:
+        assert out.text == f"mask covers {share:.0%} of the image"
 
 
 def test_text2mask_rejects_threshold_out_of_range(load):

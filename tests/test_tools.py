@@ -191,6 +191,7 @@ def test_every_tool_has_a_description_a_valid_schema_and_known_models():
             assert spec["type"] in ("string", "integer") and spec["description"], (tool.name, key)
             assert "x-image" not in spec
         assert tool.models and set(tool.models) <= set(settings.MODEL_NAMES), tool.name
+        assert all(group and set(group) <= set(settings.MODEL_NAMES) for group in tool.any_of), tool.name
     covered = {m for t in TOOLS for m in t.models}
     assert covered == set(settings.MODEL_NAMES)  # every seed model is reachable by some tool
 

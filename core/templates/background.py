@@ -1,6 +1,6 @@
 """remove_background: ask what the main object is, mask it, keep it on a transparent background."""
 
-from core.templates.masks import object_mask
+from core.templates.masks import MASKERS, object_mask
 from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, save
 
 
@@ -9,17 +9,19 @@ class RemoveBackground(Tool):
     description = "Cut out the main subject of an image onto a transparent background."
     parameters = {"image": image_param("the image to cut out")}
     required = ("image",)
-    models = ("VisualQuestionAnswering", "Text2Mask")
+    models = ("VisualQuestionAnswering",)
+    any_of = MASKERS
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
         img = ctx.images.open(ctx.session, args["image"])
-        # 1. ask what the subject is  2. mask it  3. use the mask as the alpha channel
+        # 1. ask what the subject is  2. mask it (not grown)  3. use the mask as the alpha channel
         answer = await run_job(ctx, "VisualQuestionAnswering", {"question": "what is the main object in the image?"},
                                [img], label="Looking at the image")
         subject = (answer.text or "").strip() or "the main object"
         mask = await object_mask(ctx, img, subject, args["image"])
         cut = img.convert("RGBA")
-        cut.putalpha(mask)
-        row = save(ctx, cut, parent=args["image"], operation="remove_background", params={"subject": subject})
+        cut.putalpha(mask.for_cutout())
+        row = save(ctx, cut, parent=args["image"], operation="remove_background",
+                   params={"subject": subject, "mask_by": mask.by})
         return ToolResult(f"Made {row.image_id}: {subject} from {args['image']} on a transparent background.",
                           [row.image_id])

@@ -13,11 +13,14 @@ from core.templates.replace import ReplaceObject
 from core.tools import conditions, controlnet
 from core.tools.base import Tool
 from core.tools.caption import CaptionImage
+from core.tools.detect import DetectObjects
 from core.tools.edit import EditImage
 from core.tools.generate import GenerateImage
 from core.tools.inpaint import InpaintImage
 from core.tools.mask import FindObject
 from core.tools.question import AnswerQuestion
+from core.tools.segment_everything import SegmentEverything
+from core.tools.segment_object import SegmentObject
 
 TOOLS: list[Tool] = [
     CaptionImage(),
@@ -27,6 +30,9 @@ TOOLS: list[Tool] = [
     *conditions.TOOLS,
     *controlnet.TOOLS,
     FindObject(),
+    DetectObjects(),
+    SegmentEverything(),
+    SegmentObject(),
     InpaintImage(),
     # multi-step flows (core/templates), each one tool to the LLM
     ExtendImage(),
@@ -38,5 +44,5 @@ BY_NAME: dict[str, Tool] = {t.name: t for t in TOOLS}
 
 
 def available(loaded: set[str]) -> list[Tool]:
-    """Tools whose models are all loaded."""
-    return [t for t in TOOLS if set(t.models) <= loaded]
+    """Tools whose models are loaded (see ``Tool.usable``)."""
+    return [t for t in TOOLS if t.usable(loaded)]

@@ -63,7 +63,12 @@ class Tool:
     parameters: dict[str, dict[str, Any]] = {}
     required: tuple[str, ...] = ()
     models: tuple[str, ...] = ()  # pool models that must be loaded
+    any_of: tuple[tuple[str, ...], ...] = ()  # and, if set, one of these groups (two ways to the same step)
     read_only: bool = False  # makes no image: may run side by side with other read-only calls
+
+    def usable(self, loaded: set[str]) -> bool:
+        """Whether the models this tool needs are all among ``loaded``."""
+        return set(self.models) <= loaded and (not self.any_of or any(set(g) <= loaded for g in self.any_of))
 
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         raise NotImplementedError
@@ -132,6 +137,7 @@ async def call(tool: Tool, ctx: ToolContext, args: Any) -> ToolResult:
 class JobOutput:
     text: str | None
     images: list[Image.Image]
+    data: dict[str, Any] = field(default_factory=dict)  # structured results, e.g. Text2Box's boxes
 
 
 async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: list[Image.Image] = (),
@@ -149,7 +155,7 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
             await ctx.status(f"{label}: step {ev.step}/{ev.total}")
         elif ev.kind == "done":
             ctx.images.store.finish_job(job, "done")
-            return JobOutput(ev.text, [im.to_pil() for im in ev.images])
+            return JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {})
         elif ev.kind == "failed":
             ctx.images.store.finish_job(job, "failed", ev.message)
             raise PoolFailed(ev.message or "The image engine failed.", ev.code or "internal")

@@ -12,7 +12,8 @@ CONDITIONS = {
     "detect_soft_edges": ("Image2Hed", "soft-edge map", "Find the soft boundaries of an image (HED boundary map)."),
     "make_sketch": ("Image2Scribble", "sketch", "Turn an image into a rough scribble sketch."),
     "detect_pose": ("Image2Pose", "pose map", "Find the pose of the people in an image (OpenPose skeleton)."),
-    "segment_image": ("Image2Seg", "segmentation map", "Split an image into coloured regions by what they are."),
+    "segment_image": ("Image2Seg", "segmentation map",
+                      "Split an image into coloured regions by what they are (one colour per kind: sky, road, person ...)."),
     "estimate_depth": ("Image2Depth", "depth map", "Estimate how far away each part of an image is (depth map)."),
     "estimate_normals": ("Image2Normal", "normal map", "Estimate the surface directions in an image (normal map)."),
 }

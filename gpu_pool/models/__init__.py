@@ -20,6 +20,8 @@ MODEL_TABLE: dict[str, str] = {
     "InstructPix2Pix": "sd:load_pix2pix",
     "Inpainting": "sd:load_inpainting",
     "Text2Mask": "clipseg:load_text2mask",
+    "Text2Box": "grounding_dino:load_text2box",
+    "Segmenting": "sam:load_segmenting",
     "Image2Canny": "annotators:load_canny",
     "Image2Line": "annotators:load_line",
     "Image2Hed": "annotators:load_hed",

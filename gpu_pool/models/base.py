@@ -46,6 +46,7 @@ class Param:
 class Output:
     images: list[Image.Image] = field(default_factory=list)
     text: str | None = None
+    data: dict[str, Any] | None = None  # structured results (boxes, scores), sent as JSON
 
 
 @dataclass(frozen=True)
