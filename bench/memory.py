@@ -13,13 +13,14 @@ itself uses: each parameter/buffer once, at its dtype's size.
   VAE and text encoder; BLIP caption, BLIP VQA and CLIPSeg on the GPU.
 - annotators (Image2*) run on the CPU in both: 0 GPU bytes.
 
-Safety checkers are counted in neither placement.
+- safety checker (CLIP ViT-L/14): the seed loaded one into every SD-family
+  pipeline; the pool holds one per device, which checks every drawn image.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/memory.py [--no-cuda]
 
 With a CUDA GPU it also builds the pool placement there with random fp16
 weights and prints ``torch.cuda.max_memory_allocated``. Ends with
-``seed_tool_set_fp16_mib=<pool total>`` and ``shared_over_seed_ratio=<pool / seed>``.
+``safety_checker_fp16_mib=``, ``seed_tool_set_fp16_mib=<pool total>`` and ``shared_over_seed_ratio=<pool / seed>``.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ DPT_HYBRID = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                   backbone_config=dict(model_type="bit", depths=[3, 4, 9], layer_type="bottleneck",
                                        global_padding="same", embedding_dynamic_padding=True,
                                        out_features=["stage1", "stage2", "stage3"]))
+# CompVis/stable-diffusion-safety-checker: the CLIP ViT-L/14 vision tower, its projection, 17 + 3 concepts
+SAFETY_CHECKER = dict(vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                         num_attention_heads=16, image_size=224, patch_size=14),
+                      projection_dim=768)
 # SD1.5 scheduler numbers (no weights; the pipelines just need one)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  prediction_type="epsilon", steps_offset=1)
@@ -171,6 +176,12 @@ def dpt(cfg: dict):
     return half(DPTForDepthEstimation(DPTConfig(**cfg)))
 
 
+def safety_checker():
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+    return half(StableDiffusionSafetyChecker(CLIPConfig(**SAFETY_CHECKER)))
+
+
 def hed():
     from controlnet_aux.hed import ControlNetHED_Apache2
     return half(ControlNetHED_Apache2())
@@ -209,10 +220,11 @@ def annotators() -> dict[str, list]:
 
 
 def seed_placement() -> dict[str, list]:
-    """What the seed put on the GPU: a full SD copy per SD-family tool."""
+    """What the seed put on the GPU: a full SD copy and a safety checker per SD-family tool."""
     models = {"Text2Image": sd_copy(), "InstructPix2Pix": sd_copy(8), "Inpainting": sd_copy(9)}
     models.update({name: sd_copy() + [controlnet()] for name in CONTROLNET_TOOLS})
-    return models | gpu_extras()
+    models = {name: mods + [safety_checker()] for name, mods in models.items()}
+    return models | gpu_extras() | {"SafetyChecker": []}  # no checker of its own: each pipeline held one
 
 
 def pool_placement() -> dict[str, list]:
@@ -236,7 +248,7 @@ def pool_placement() -> dict[str, list]:
         pipes[name] = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet())
     models = {name: [m for m in p.components.values() if isinstance(m, torch.nn.Module)]
               for name, p in pipes.items()}
-    return models | gpu_extras()
+    return models | gpu_extras() | {"SafetyChecker": [safety_checker()]}  # one for the device
 
 
 def n_params(mods: list) -> int:
@@ -292,6 +304,9 @@ def main() -> None:
         peak, accounted = cuda_peak_mib()
         print(f"cuda ({torch.cuda.get_device_name()}): pool placement max_memory_allocated {peak:.1f} MiB "
               f"(accounted {accounted:.1f} MiB); seed published {SEED_PUBLISHED_MB:,} MB")
+    checker = unique_bytes(pool["SafetyChecker"]) / MIB
+    print(f"safety checker: {checker:.1f} MiB, once per device in the pool, once per SD-family tool in the seed")
+    print(f"safety_checker_fp16_mib={checker:.1f}")
     print(f"seed_tool_set_fp16_mib={ours:.1f}")
     print(f"shared_over_seed_ratio={ours / seeds:.4f}")
 
