@@ -202,6 +202,8 @@ class Scheduler:
             loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total))
 
         residency = self.registry.manager(job.device)
+        if model.draws:  # the checker runs right after: evict it last
+            soon = [*soon, SAFETY_CHECKER]
         wanted = self.registry.modules_of(soon) if residency else []
         try:
             out, seconds = await loop.run_in_executor(thread, _run_sync, model, params, req.images, progress,
