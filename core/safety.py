@@ -124,7 +124,10 @@ def _checker_line(cfg: settings.SafetyConfig, models: list[ModelInfo] | None) ->
         return (f"Checker: {CHECKER} is not loaded, so drawn images are withheld wherever the filter applies. "
                 f"Add [models.{CHECKER}] to config.toml, or /load {CHECKER}.")
     error = f": {checker.error}" if checker.error else ""
-    return f"Checker: {CHECKER} {checker.state} on {checker.device} ({checker.dtype}), from {checker.source}{error}."
+    line = f"Checker: {CHECKER} {checker.state} on {checker.device} ({checker.dtype}), from {checker.source}{error}."
+    if checker.state == "failed" and cfg.enabled:
+        line += f" Until it loads (/reload {CHECKER}), drawn images are withheld wherever the filter applies."
+    return line
 
 
 def _rule(allowed: bool) -> str:
