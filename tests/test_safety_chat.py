@@ -19,6 +19,8 @@ from tests.test_agent import RecordingReply, photo, turn
 from tests.test_discord import ADMIN_ID, ANSWER, answered, bot, mention, with_files  # noqa: F401 (fixture)
 from tests.test_slack import ADMIN, AT, answer, errors, jpeg, make_bot, slack, uploaded_image  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.slow  # a pool process of its own
+
 NSFW, NSFW_THREAD = "3900", "3950"  # a Discord channel marked age-restricted, and a thread under it
 EXEMPT = "C7"  # a Slack channel in allow_in_slack_channels
 HERE = f"discord:channel:{CHANNEL_ID}"
