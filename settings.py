@@ -47,6 +47,8 @@ MODEL_DEFAULTS: dict[str, str] = {
     "SegText2Image": "lllyasviel/sd-controlnet-seg",
     "DepthText2Image": "lllyasviel/sd-controlnet-depth",
     "NormalText2Image": "lllyasviel/sd-controlnet-normal",
+    # Not a tool: checks every image the others draw (the SD1.5 repo's safety_checker, with its CLIP image processor).
+    "SafetyChecker": "CompVis/stable-diffusion-safety-checker",
 }
 MODEL_NAMES = tuple(MODEL_DEFAULTS)
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -182,6 +184,16 @@ class ResidencyConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    """Where images the safety checker flags are withheld (see core/safety.py)."""
+
+    enabled: bool = True
+    allow_in_nsfw_channels: bool = False  # Discord channels marked age-restricted
+    allow_in_slack_channels: tuple[str, ...] = ()  # Slack channel ids
+    allow_in_dms: bool = False  # DMs, and the terminal chat
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     llm: LLMConfig
@@ -192,6 +204,7 @@ class Config:
     storage: StorageConfig
     limits: LimitsConfig
     residency: ResidencyConfig = field(default_factory=ResidencyConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
@@ -248,6 +261,11 @@ def _size(v: str) -> str | None:
 def _budget_devices(v: list) -> str | None:
     ok = all(isinstance(x, str) and x != "auto" and not device_problem(x) for x in v)
     return None if ok else 'must be a list of devices like ["cuda:0", "cuda:1"] ("cpu" and "mps" too; not "auto")'
+
+
+def _slack_channels(v: list) -> str | None:
+    ok = all(isinstance(x, str) and re.fullmatch(r"[CG][A-Z0-9]+", x) for x in v)
+    return None if ok else 'must be a list of Slack channel ids like ["C0123ABCD"] (the id, not the #name)'
 
 
 _ENABLED = ((bool, str), "auto", lambda v: None if v in (True, False, "auto") else 'accepted values: true, false, "auto"')
@@ -308,6 +326,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "reserve": (str, "1GiB", _size),
         "max_overtakes": (int, 3, lambda v: None if v >= 0 else "must be 0 or more"),
         "devices": (list, [], _budget_devices),
+    },
+    "safety": {
+        "enabled": (bool, True, None),
+        "allow_in_nsfw_channels": (bool, False, None),
+        "allow_in_slack_channels": (list, [], _slack_channels),
+        "allow_in_dms": (bool, False, None),
     },
 }
 MODEL_KEYS: dict[str, tuple[Any, Any, Check]] = {
@@ -397,7 +421,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
                     raise ConfigError(f"slack.{key}: Slack is enabled but the environment variable {name} is not set; "
                                       'set it, or set slack.enabled = "auto"')
 
-    lim = sec["limits"]
+    lim, safety = sec["limits"], sec["safety"]
     return Config(
         path=path,
         llm=LLMConfig(**sec["llm"]),
@@ -408,6 +432,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         storage=StorageConfig((base_dir / sec["storage"]["data_dir"]).resolve()),
         limits=LimitsConfig(**lim),
         residency=_residency(sec["residency"]),
+        safety=SafetyConfig(**dict(safety, allow_in_slack_channels=tuple(safety["allow_in_slack_channels"]))),
         raw=data,
     )
 

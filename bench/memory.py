@@ -15,13 +15,14 @@ itself uses: each parameter/buffer once, at its dtype's size.
   seed's final version loaded them; nothing of theirs is shared.
 - annotators (Image2*) run on the CPU in both: 0 GPU bytes.
 
-Safety checkers are counted in neither placement.
+- safety checker (CLIP ViT-L/14): the seed loaded one into every SD-family
+  pipeline; the pool holds one per device, which checks every drawn image.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/memory.py [--no-cuda]
 
 With a CUDA GPU it also builds the pool placement there with random fp16
 weights and prints ``torch.cuda.max_memory_allocated``. Ends with
-``seed_tool_set_fp16_mib=<pool total>`` and ``shared_over_seed_ratio=<pool / seed>``.
+``safety_checker_fp16_mib=``, ``seed_tool_set_fp16_mib=<pool total>`` and ``shared_over_seed_ratio=<pool / seed>``.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ GROUNDING_DINO_TINY: dict = {}
 # facebook/sam-vit-huge: ViT-H/16 image encoder (SamConfig's defaults are sam-vit-base's)
 SAM_VIT_HUGE = dict(vision_config=dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
                                        global_attn_indexes=[7, 15, 23, 31]))
+# CompVis/stable-diffusion-safety-checker: the CLIP ViT-L/14 vision tower, its projection, 17 + 3 concepts
+SAFETY_CHECKER = dict(vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                         num_attention_heads=16, image_size=224, patch_size=14),
+                      projection_dim=768)
 # SD1.5 scheduler numbers (no weights; the pipelines just need one)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  prediction_type="epsilon", steps_offset=1)
@@ -189,6 +194,12 @@ def dpt(cfg: dict):
     return half(DPTForDepthEstimation(DPTConfig(**cfg)))
 
 
+def safety_checker():
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+    return half(StableDiffusionSafetyChecker(CLIPConfig(**SAFETY_CHECKER)))
+
+
 def hed():
     from controlnet_aux.hed import ControlNetHED_Apache2
     return half(ControlNetHED_Apache2())
@@ -227,10 +238,11 @@ def annotators() -> dict[str, list]:
 
 
 def seed_placement() -> dict[str, list]:
-    """What the seed put on the GPU: a full SD copy per SD-family tool."""
+    """What the seed put on the GPU: a full SD copy and a safety checker per SD-family tool."""
     models = {"Text2Image": sd_copy(), "InstructPix2Pix": sd_copy(8), "Inpainting": sd_copy(9)}
     models.update({name: sd_copy() + [controlnet()] for name in CONTROLNET_TOOLS})
-    return models | gpu_extras()
+    models = {name: mods + [safety_checker()] for name, mods in models.items()}
+    return models | gpu_extras() | {"SafetyChecker": []}  # no checker of its own: each pipeline held one
 
 
 def pool_placement() -> dict[str, list]:
@@ -254,7 +266,7 @@ def pool_placement() -> dict[str, list]:
         pipes[name] = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet())
     models = {name: [m for m in p.components.values() if isinstance(m, torch.nn.Module)]
               for name, p in pipes.items()}
-    return models | gpu_extras()
+    return models | gpu_extras() | {"SafetyChecker": [safety_checker()]}  # one for the device
 
 
 def n_params(mods: list) -> int:
@@ -310,6 +322,9 @@ def main() -> None:
         peak, accounted = cuda_peak_mib()
         print(f"cuda ({torch.cuda.get_device_name()}): pool placement max_memory_allocated {peak:.1f} MiB "
               f"(accounted {accounted:.1f} MiB); seed published {SEED_PUBLISHED_MB:,} MB")
+    checker = unique_bytes(pool["SafetyChecker"]) / MIB
+    print(f"safety checker: {checker:.1f} MiB, once per device in the pool, once per SD-family tool in the seed")
+    print(f"safety_checker_fp16_mib={checker:.1f}")
     print(f"seed_tool_set_fp16_mib={ours:.1f}")
     print(f"shared_over_seed_ratio={ours / seeds:.4f}")
 

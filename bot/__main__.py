@@ -54,6 +54,7 @@ def describe(config: settings.Config) -> str:
                          f"source={m.source or '(no weights)'}")
     else:
         lines.append("Models: none (the bot can chat but not see or draw)")
+    lines.append(_safety(config))
     platforms = []
     for name, cfg in (("discord", config.discord), ("slack", config.slack)):
         platforms.append(f"{name} {'on' if cfg.active else 'off'}")
@@ -62,6 +63,20 @@ def describe(config: settings.Config) -> str:
     lines.append("Platforms: " + ", ".join(platforms))
     lines.append(f"Data: {config.storage.data_dir}")
     return "\n".join(lines)
+
+
+def _safety(config: settings.Config) -> str:
+    s = config.safety
+    if not s.enabled:
+        return "Safety: off (drawn images are posted unchecked)"
+    allowed = [n for n, on in (("age-restricted Discord channels", s.allow_in_nsfw_channels), ("DMs", s.allow_in_dms))
+               if on] + [f"Slack {c}" for c in s.allow_in_slack_channels]
+    line = "Safety: on; flagged images are withheld everywhere" + (f" except {', '.join(allowed)}" if allowed else "")
+    draws = [n for n in config.models if n.endswith("Text2Image") or n in ("InstructPix2Pix", "Inpainting")]
+    if draws and "SafetyChecker" not in config.models:
+        line += ("\n  warning: no [models.SafetyChecker], so every drawn image will be withheld where the filter "
+                 "applies; add the section, or set [safety] enabled = false")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from core.errors import GENERIC, BadImage, NotAllowed, UserFacingError
 from core.images import ImageStore
 from core.llm import LLM
 from core.pool_client import PoolClient, PoolUnavailable
+from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, Store
 from core.tools import BY_NAME
 from core.tools.base import ToolContext, call
@@ -30,7 +31,7 @@ HELP = """I can talk about, draw and edit images. Mention me with a request, wit
 - "draw a cat on a sofa"  - "make it look like winter"  - "what breed is this dog?"
 - "find the edges of img2 and draw a house that follows them"  - "remove the car"
 Images get ids like img1; say them to point at an image. Commands: /imagine, /caption, /edit, /reset, /help.
-Admins: /models, /reload, /load, /unload."""
+Admins: /models, /safety, /reload, /load, /unload."""
 
 
 class Throttled:
@@ -76,7 +77,8 @@ class Core:
         return names
 
     def _context(self, turn: Turn, status: Throttled) -> ToolContext:
-        return ToolContext(turn.session_key, turn.user_id, self.images, self.pool, self.config.limits, status)
+        return ToolContext(turn.session_key, turn.user_id, self.images, self.pool, self.config.limits, status,
+                           policy=policy_for(self.config.safety, turn))
 
     def _out(self, ids: list[str], session: str) -> list[OutImage]:
         rows = [self.store.image(session, i) for i in ids]
@@ -140,7 +142,7 @@ class Core:
         llm = self.config.llm
         final = await run_turn(self.llm, ctx, await self.loaded_models(), max_rounds=llm.max_tool_rounds,
                                token_budget=llm.history_tokens, turn_timeout=llm.turn_timeout_s)
-        text = " ".join([*problems, final.text])
+        text = with_notice(ctx.withheld, " ".join([*problems, final.text]))
         return Outcome(text, images_to_post(ctx, final.text), error=final.error)
 
     async def _ingest(self, turn: Turn, ctx: ToolContext) -> tuple[list, list[str]]:
@@ -174,7 +176,7 @@ class Core:
             what = " ".join(f"{k}={v}" for k, v in args.items())
             self.store.add_message(turn.session_key, "user", f"/{tool} {what}", user=turn.user_name)
             result = await call(BY_NAME[tool], ctx, args)
-            text = result.text.removeprefix("Error: ")
+            text = ctx.withheld[0] if ctx.withheld else result.text.removeprefix("Error: ")
             self.store.add_message(turn.session_key, "assistant", text, kind=None if result.ok else NOTE)
             return Outcome(text, ctx.made, error=not result.ok)
 
@@ -187,13 +189,19 @@ class Core:
     # --- admin --------------------------------------------------------------
 
     async def admin(self, turn: Turn, action: str, model: str | None = None, device: str | None = None) -> str:
-        """/models, /reload, /load, /unload: refused with a message for non-admins."""
+        """/models, /safety, /reload, /load, /unload: refused with a message for non-admins."""
         if not turn.is_admin:
             log.warning("refused /%s from non-admin %s (%s)", action, turn.user_id, turn.platform)
             raise NotAllowed(f"Sorry, /{action} is for the bot's admins only.")
+        if action == "safety":
+            try:
+                return describe(self.config.safety, turn, await self.pool.models())
+            except PoolUnavailable:
+                return describe(self.config.safety, turn, None)
         try:
             if action == "models":
-                return format_models(await self.pool.models())
+                infos = await self.pool.models()
+                return format_models(infos) + "\n" + summary(self.config.safety, infos)
             if action == "reload":
                 reply = await self.pool.reload(model)
             elif action == "load":

@@ -33,5 +33,13 @@ class PoolFailed(UserFacingError):
         self.code = code
 
 
+class Withheld(UserFacingError):
+    """The safety policy keeps a drawn image out of this conversation; ``why`` is for the log."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
 class NotAllowed(UserFacingError):
     """An admin command from someone who is not an admin."""

@@ -27,6 +27,7 @@ class Turn:
     text: str  # the bot mention already stripped
     attachments: tuple[Attachment, ...] = ()
     is_admin: bool = False
+    nsfw_channel: bool = False  # Discord: the channel (a thread: its parent) is marked age-restricted
 
 
 @dataclass(frozen=True)

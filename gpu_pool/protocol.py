@@ -4,13 +4,18 @@
     POST /jobs     frame(JobRequest) + raw pixels  ─▶ check, queue on the model's device
                    ◀─ frames, one per event, on the same response:
                       queued(job_id, position) · progress(step, total) ·
-                      done(text, data) + raw pixels | failed(message, code, detail)
+                      done(text, data, safety) + raw pixels | failed(message, code, detail)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
     GET  /models                                   ◀─ {"models": [ModelInfo...]}
     POST /models/reload {"model": name | null}     ─▶ re-read config.toml, reload one or all
     POST /models/load   {"model", "device"?, "dtype"?}
     POST /models/unload {"model"}                  ◀─ {"ok", "message", "models"}
     GET  /health                                   ◀─ {"ok": true, "pid"}
+
+Before a job's images leave the pool, the safety checker looks at every image a
+drawing model made: done.safety holds one Verdict per image (None for models
+that only analyse their input: maps, masks, text). The core applies the
+conversation's policy to them.
 
 A frame is a 4-byte big-endian header length, a UTF-8 JSON header, then the
 raw pixel bytes of the images the header lists, back to back. Pixels travel
@@ -60,6 +65,15 @@ class JobRequest:
     user: str = ""  # for logs only
 
 
+@dataclass
+class Verdict:
+    """The safety checker's view of one output image."""
+
+    flagged: bool | None  # None: the image could not be checked (no checker loaded); `note` says why
+    score: float | None = None  # the checker's highest concept score; above 0 is flagged
+    note: str | None = None  # why it was not checked, for the admins
+
+
 EventKind = Literal["queued", "progress", "done", "failed"]
 # failed.code: why, for the core to map to a message or a retry decision
 FailCode = Literal["bad_request", "unknown_model", "not_loaded", "oom", "cancelled", "internal", "unavailable"]
@@ -79,6 +93,7 @@ class Event:
     message: str | None = None  # failed: meant for the chat user
     code: str | None = None  # failed: a FailCode
     detail: str | None = None  # failed: remote traceback, for the log only
+    safety: list[Verdict] | None = None  # done: one per image of a drawing model; None for analyses
 
 
 @dataclass
@@ -178,5 +193,6 @@ def event_to_frame(ev: Event) -> bytes:
 
 
 def event_from_frame(header: dict[str, Any], images: list[RawImage]) -> Event:
-    fields = {k: header.get(k) for k in Event.__dataclass_fields__ if k != "images"}
-    return Event(**fields, images=images)
+    fields = {k: header.get(k) for k in Event.__dataclass_fields__ if k not in ("images", "safety")}
+    safety = header.get("safety")
+    return Event(**fields, images=images, safety=None if safety is None else [Verdict(**v) for v in safety])

@@ -10,6 +10,9 @@ streams to the client.
 On a device with a residency budget a job first makes its model resident
 (``gpu_pool/residency.py``), and the queue runs jobs whose model is already
 resident first, each queued job being passed at most ``max_overtakes`` times.
+
+The images of a drawing model go to the SafetyChecker before the done event,
+on the same device thread; the event carries its verdicts (``Event.safety``).
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ import torch
 
 from gpu_pool.models import MODEL_TABLE
 from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
-from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage
+from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage, Verdict
 from gpu_pool.registry import NotLoaded, Registry, free_memory
 from gpu_pool.residency import DoesNotFit, Residency, warm_first
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+SAFETY_CHECKER = "SafetyChecker"  # the model that sees every drawn image (gpu_pool/models/safety.py)
 
 
 @dataclass
@@ -198,6 +202,8 @@ class Scheduler:
             loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total))
 
         residency = self.registry.manager(job.device)
+        if model.draws:  # the checker runs right after: evict it last
+            soon = [*soon, SAFETY_CHECKER]
         wanted = self.registry.modules_of(soon) if residency else []
         try:
             out, seconds = await loop.run_in_executor(thread, _run_sync, model, params, req.images, progress,
@@ -218,8 +224,26 @@ class Scheduler:
             log.error("job %s (%s) failed:\n%s", job.id, req.model, detail)
             return job.fail(f"{req.model} failed while running this job; the bot's admins can find the details "
                             "in the pool log.", "internal", detail)
+        safety = await self._check(out.images, thread) if model.draws and out.images else None
         images = [RawImage.from_pil(im) for im in out.images]
-        job.emit(Event("done", job.id, text=out.text, images=images, data=out.data, seconds=round(seconds, 6)))
+        job.emit(Event("done", job.id, text=out.text, images=images, data=out.data, seconds=round(seconds, 6),
+                       safety=safety))
+
+    async def _check(self, images: list, thread: ThreadPoolExecutor) -> list[Verdict]:
+        """The safety checker's verdict on each drawn image. One it could not check says why
+        (not loaded, failed), and the core withholds it wherever the policy filters."""
+        try:
+            checker = await self.registry.get(SAFETY_CHECKER)  # waits while it loads
+        except NotLoaded as e:
+            return [Verdict(None, note=str(e)) for _ in images]
+        residency = self.registry.manager(checker.device)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(thread, _check_sync, checker, images, residency)
+        except Exception as e:
+            log.error("the safety checker failed:\n%s", traceback.format_exc())
+            if isinstance(e, torch.OutOfMemoryError):
+                free_memory()
+            return [Verdict(None, note=f"the safety checker failed: {type(e).__name__}: {e}") for _ in images]
 
     def close(self) -> None:
         for q in self.queues.values():
@@ -241,6 +265,15 @@ def _run_sync(model: PoolModel, params: dict, images: list[RawImage], progress,
         with torch.inference_mode():
             out = model.run(params, pil, progress)
         return out, time.perf_counter() - started
+
+
+def _check_sync(checker: PoolModel, images: list, residency: Residency | None) -> list[Verdict]:
+    """On a device thread: the checker's weights on its device (under a budget), then its verdicts."""
+    on_device = contextlib.nullcontext()
+    if residency is not None:
+        on_device = residency.use(checker.name, checker.modules().values())
+    with on_device:
+        return checker.check(images)
 
 
 def _check_images(images: list[RawImage], max_pixels: int) -> None:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 def small_config(folder: Path, tiny: Path, llm_url: str = "http://127.0.0.1:9/v1") -> Path:
-    """A bot config with two tiny models: fast to start, enough for a conversation."""
+    """A bot config with two tiny models and the safety checker: fast to start, enough for a conversation."""
     path = folder / "config.toml"
     path.write_text(f"""
 [llm]
@@ -54,6 +54,10 @@ source = "{tiny}/blip-caption"
 [models.Text2Image]
 device = "cpu"
 source = "{tiny}/sd15"
+
+[models.SafetyChecker]
+device = "cpu"
+source = "{tiny}/safety-flags-none"
 """)
     return path
 

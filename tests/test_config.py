@@ -29,7 +29,10 @@ def test_shipped_config_is_valid_and_mirrors_the_seed_advice(monkeypatch):
     for var in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     cfg = settings.load(ROOT / "config.toml")
-    assert list(cfg.models) == ["ImageCaptioning", "Text2Image"]
+    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "SafetyChecker"]  # the seed's advice, checked
+    assert cfg.models["SafetyChecker"].source == "CompVis/stable-diffusion-safety-checker"
+    assert cfg.safety == settings.SafetyConfig(enabled=True, allow_in_nsfw_channels=False, allow_in_slack_channels=(),
+                                               allow_in_dms=False)
     assert all(m.device == "auto" for m in cfg.models.values())
     assert cfg.models["Text2Image"].source == settings.SD15
     assert cfg.pool.start is True and cfg.pool.socket == ROOT / "data" / "pool.sock"

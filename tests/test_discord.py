@@ -281,8 +281,8 @@ async def test_an_image_over_the_upload_limit_is_reencoded_under_it(fake, bot, c
 
 async def test_every_command_is_registered_with_descriptions(fake, bot):
     [synced] = fake.matching("PUT", rf"^/applications/{APP_ID}/commands$")
-    assert {c["name"] for c in synced.json} == {"imagine", "caption", "edit", "reset", "help", "models", "reload",
-                                                "load", "unload"}
+    assert {c["name"] for c in synced.json} == {"imagine", "caption", "edit", "reset", "help", "models", "safety",
+                                                "reload", "load", "unload"}
     for command in synced.json:
         assert command["description"]
         assert all(o["description"] and o["description"] != "…" for o in command.get("options", [])), command

@@ -35,6 +35,12 @@ class DiscordRejected(RuntimeError):
     """Discord refused the token or the connection; the message says what to check."""
 
 
+def _age_restricted(channel) -> bool:
+    """Discord's age-restricted (NSFW) mark; a thread has its parent's (discord.py's ``is_nsfw``), a DM none."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
 # --- the bot -----------------------------------------------------------------------------------
 
 
@@ -152,7 +158,8 @@ class DiscordBot:
                     return
             author = message.author
             is_admin = self._is_admin(author.id, getattr(author, "guild_permissions", None))
-            turn = Turn("discord", session, str(author.id), author.display_name, text, files, is_admin)
+            turn = Turn("discord", session, str(author.id), author.display_name, text, files, is_admin,
+                        nsfw_channel=_age_restricted(message.channel))
             await self.core.handle(turn, reply)
         except discord.Forbidden as e:  # the channel's permissions, not a bug: one line for the admin
             log.warning("no permission to answer in %s (%s): %s", message.channel, session, e)
@@ -217,6 +224,10 @@ class DiscordBot:
         async def models(interaction: discord.Interaction) -> None:
             await self._admin(interaction, "models")
 
+        @tree.command(name="safety", description="Admins: the safety filter, and what it does in this channel.")
+        async def safety(interaction: discord.Interaction) -> None:
+            await self._admin(interaction, "safety")
+
         @tree.command(name="reload", description="Admins: reload one image model, or all of them.")
         @app_commands.describe(model="The model to reload, like Text2Image (all when left out)")
         async def reload(interaction: discord.Interaction, model: str | None = None) -> None:
@@ -242,7 +253,8 @@ class DiscordBot:
         command = interaction.command.name if interaction.command else "?"
         options = " ".join(f"{o['name']}={o.get('value')}" for o in (interaction.data or {}).get("options", []))
         return Turn("discord", self._session(interaction), str(user.id), user.display_name,
-                    f"/{command} {options}".strip(), files, self._is_admin(user.id, interaction.permissions))
+                    f"/{command} {options}".strip(), files, self._is_admin(user.id, interaction.permissions),
+                    nsfw_channel=_age_restricted(interaction.channel))
 
     def _is_admin(self, user_id: int, permissions: discord.Permissions | None) -> bool:
         """Manage Server in this guild (Discord folds Administrator in), or listed in discord.admin_ids."""

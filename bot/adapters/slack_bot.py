@@ -38,7 +38,7 @@ DIRECT = {"/imagine": ("generate_image", ("prompt",), "PROMPT"),
           "/caption": ("caption_image", ("image",), "IMAGE_ID"),
           "/edit": ("edit_image", ("image", "instruction"), "IMAGE_ID INSTRUCTION")}
 ADMIN = {"/models": (0, 0, ""), "/reload": (0, 1, " [MODEL]"), "/load": (1, 2, " MODEL [DEVICE]"),
-         "/unload": (1, 1, " MODEL")}  # command -> (fewest words, most words, usage)
+         "/unload": (1, 1, " MODEL"), "/safety": (0, 0, "")}  # command -> (fewest words, most words, usage)
 
 
 class SlackRejected(RuntimeError):

@@ -67,7 +67,7 @@ async def handle_line(core: Core, line: str, reply: TerminalReply) -> bool:
         await reply.send(HELP + "\nIn the terminal: /attach PATH [message], /quit.")
     elif word == "/reset":
         await reply.send(await core.reset(SESSION))
-    elif word in ("/models", "/reload", "/load", "/unload"):
+    elif word in ("/models", "/safety", "/reload", "/load", "/unload"):
         args = rest.split()
         try:
             text = await core.admin(_turn(line), word[1:], args[0] if args else None, args[1] if len(args) > 1 else None)

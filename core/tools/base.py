@@ -3,6 +3,8 @@
 A tool never sees a file path: image arguments are the session's ids
 (``img3``), offered to the LLM as an ``enum`` and checked again here. A tool
 that fails returns an error result the LLM can act on; it never raises.
+A job's images pass the conversation's safety policy (core/safety.py) before
+a tool can store them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any, Awaitable, Callable
 from PIL import Image
 
 import settings
-from core.errors import BadArguments, PoolFailed, UserFacingError
+from core.errors import BadArguments, PoolFailed, UserFacingError, Withheld
 from core.images import ImageStore
 from core.pool_client import PoolClient
+from core.safety import FOR_LLM, NO_RETRY, Policy, judge
 from core.store import ImageRow
 from gpu_pool.protocol import JobRequest, RawImage
 
@@ -45,6 +48,8 @@ class ToolContext:
     limits: settings.LimitsConfig
     status: Callable[[str], Awaitable[None]]  # progress text for the chat (the Reply's status)
     made: list[str] = field(default_factory=list)  # image ids made during this turn
+    policy: Policy = field(default_factory=Policy)  # the conversation's safety policy
+    withheld: list[str] = field(default_factory=list)  # what the user is told for each image withheld this turn
 
 
 @dataclass
@@ -118,8 +123,14 @@ def check_args(tool: Tool, ctx: ToolContext, args: Any) -> dict[str, Any]:
 
 async def call(tool: Tool, ctx: ToolContext, args: Any) -> ToolResult:
     """Run a tool; every failure becomes an error result the LLM (or the user) can act on."""
+    if ctx.withheld and not tool.read_only:  # trying again is the user's choice, not the LLM's
+        return ToolResult(NO_RETRY, ok=False)
     try:
         return await tool.run(ctx, check_args(tool, ctx, args))
+    except Withheld as e:
+        log.warning("session %s: %s: image withheld by the safety filter (%s)", ctx.session, tool.name, e.why)
+        ctx.withheld.append(str(e))
+        return ToolResult(FOR_LLM, ok=False)
     except PoolFailed as e:
         return ToolResult(f"Error: {e}", ok=False, fatal=e.code == "unavailable")
     except UserFacingError as e:
@@ -154,7 +165,10 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
         elif ev.kind == "progress" and ev.total and ev.total > 1:
             await ctx.status(f"{label}: step {ev.step}/{ev.total}")
         elif ev.kind == "done":
-            ctx.images.store.finish_job(job, "done")
+            withheld = judge(ctx.policy, ctx.session, model, ev.safety)  # before anything is stored
+            ctx.images.store.finish_job(job, "withheld" if withheld else "done", withheld and withheld.why)
+            if withheld:
+                raise withheld
             return JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {})
         elif ev.kind == "failed":
             ctx.images.store.finish_job(job, "failed", ev.message)

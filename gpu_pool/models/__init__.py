@@ -38,6 +38,7 @@ MODEL_TABLE: dict[str, str] = {
     "SegText2Image": "sd:load_controlnet",
     "DepthText2Image": "sd:load_controlnet",
     "NormalText2Image": "sd:load_controlnet",
+    "SafetyChecker": "safety:load_safety_checker",
 }
 
 

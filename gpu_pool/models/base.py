@@ -72,6 +72,7 @@ class PoolModel:
     params: dict[str, Param] = {}
     n_images: int = 0  # images the job must send (e.g. 1 image, or image + mask)
     image_names: tuple[str, ...] = ()  # what each input image is, for error messages
+    draws: bool = False  # its images are drawn, not maps of the input: the safety checker sees them first
 
     def __init__(self, spec: LoadSpec):
         self.spec = spec

@@ -43,6 +43,8 @@ def load_base(source: str, device: str, dtype: torch.dtype) -> StableDiffusionPi
 class _Diffusion(PoolModel):
     """What the SD models share: a diffusers pipeline, its modules, and a run with progress."""
 
+    draws = True  # the pool's SafetyChecker checks every image (the pipelines' own checker is off)
+
     def __init__(self, spec: LoadSpec, pipe: Any):
         super().__init__(spec)
         self.name = spec.name

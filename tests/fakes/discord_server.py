@@ -125,9 +125,11 @@ class FakeDiscord:
             "channels": channels, "members": [member(self.bot_user)], "voice_states": [], "presences": [],
         }
 
-    def add_channel(self, channel_id: str, guild_id: str = GUILD_ID) -> None:
+    def add_channel(self, channel_id: str, guild_id: str = GUILD_ID, *, nsfw: bool = False) -> None:
+        """A text channel; ``nsfw``: marked age-restricted."""
         channels = self.guilds[guild_id]["channels"]
-        channels.append({**channels[0], "id": channel_id, "name": f"chan-{channel_id}", "position": len(channels)})
+        channels.append({**channels[0], "id": channel_id, "name": f"chan-{channel_id}", "position": len(channels),
+                         "nsfw": nsfw})
 
     def add_thread(self, thread_id: str, parent_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> None:
         """A public thread under ``parent_id`` (threads are channels with their own id)."""
