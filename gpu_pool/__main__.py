@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     except settings.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from gpu_pool.server import serve  # late: imports torch
+    if config.pool.backend == "ray":  # the replicas run the models; see gpu_pool/ray/
+        from gpu_pool.ray.front import serve_on_ray as serve
+    else:
+        from gpu_pool.server import serve  # late: imports torch
 
     async def run() -> None:
         task = asyncio.create_task(serve(config))
