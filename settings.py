@@ -84,6 +84,19 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """The pool on Ray Serve (``pool.backend = "ray"``, see gpu_pool/ray/)."""
+
+    address: str = ""  # "" starts a local Ray instance; "auto" or "HOST:PORT" joins a cluster
+    replicas: int = 1
+    gpus_per_replica: float = 1  # 0: CPU replicas
+    cpus_per_replica: float = 1
+    spread_after: int = 2  # jobs in flight on every replica holding a model before another loads it; 0: never
+    num_cpus: int = 0  # local instance only; 0: every CPU
+    object_store_memory: int = 0  # local instance only, bytes; 0: Ray's default
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     start: bool
     socket: Path | None  # unix socket path, when host is empty
@@ -91,6 +104,8 @@ class PoolConfig:
     port: int
     sd_base: str
     startup_timeout_s: float
+    backend: str = "local"  # "local": the pool runs the models itself; "ray": on Ray Serve replicas
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def url(self) -> str:
@@ -293,6 +308,16 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "port": (int, 0, lambda v: None if 0 <= v < 65536 else "must be between 0 and 65535"),
         "sd_base": (str, SD15, None),
         "startup_timeout_s": ((int, float), 600, _positive),
+        "backend": (str, "local", _one_of("local", "ray")),
+    },
+    "pool.ray": {
+        "address": (str, "", None),
+        "replicas": (int, 1, _positive),
+        "gpus_per_replica": ((int, float), 1, lambda v: None if v >= 0 else "must be 0 or more"),
+        "cpus_per_replica": ((int, float), 1, lambda v: None if v >= 0 else "must be 0 or more"),
+        "spread_after": (int, 2, lambda v: None if v >= 0 else "must be 0 or more"),
+        "num_cpus": (int, 0, lambda v: None if v >= 0 else "must be 0 or more"),
+        "object_store_memory": (str, "", _size),
     },
     "discord": {
         "enabled": _ENABLED,
@@ -373,6 +398,17 @@ def _check_table(where: str, table: Any, keys: dict[str, tuple[Any, Any, Check]]
     return out
 
 
+def _table(data: dict[str, Any], name: str) -> Any:
+    """The table of section ``name``; "pool.ray" is the [pool.ray] table inside [pool]."""
+    outer, _, inner = name.partition(".")
+    table = data.get(outer, {})
+    if inner:
+        return table.get(inner, {}) if isinstance(table, dict) else {}
+    if isinstance(table, dict) and any(f"{name}.{k}" in SCHEMA for k in table):
+        table = {k: v for k, v in table.items() if f"{name}.{k}" not in SCHEMA}  # checked as their own sections
+    return table
+
+
 def _source(raw: str, base_dir: Path) -> str:
     if raw.startswith(("/", "./", "../")):
         return str((base_dir / raw).resolve())
@@ -384,7 +420,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section; known sections: {', '.join(SECTIONS)}")
-    sec = {name: _check_table(name, data.get(name, {}), keys) for name, keys in SCHEMA.items()}
+    sec = {name: _check_table(name, _table(data, name), keys) for name, keys in SCHEMA.items()}
     base_dir = path.parent.resolve()
 
     models_raw = data.get("models", {})
@@ -402,7 +438,16 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
     socket = None if p["host"] else (base_dir / sec["storage"]["data_dir"] / p["socket"]).resolve()
     if p["host"] and not p["port"]:
         raise ConfigError('pool.port: must be set (1-65535) when pool.host is set; leave host "" to use a unix socket')
-    pool = PoolConfig(p["start"], socket, p["host"], p["port"], _source(p["sd_base"], base_dir), p["startup_timeout_s"])
+    r = sec["pool.ray"]
+    ray = RayConfig(r["address"], r["replicas"], r["gpus_per_replica"], r["cpus_per_replica"], r["spread_after"],
+                    r["num_cpus"], parse_size(r["object_store_memory"]) or 0)
+    pool = PoolConfig(p["start"], socket, p["host"], p["port"], _source(p["sd_base"], base_dir), p["startup_timeout_s"],
+                      p["backend"], ray)
+    if pool.backend == "ray":
+        for m in models.values():
+            if m.device.startswith("cuda:") and m.device != "cuda:0":
+                raise ConfigError(f'models.{m.name}.device: {m.device!r} is not valid with pool.backend = "ray": each '
+                                  'replica has one GPU of its own; use "auto" or "cuda"')
 
     d = sec["discord"]
     discord = DiscordConfig(d["enabled"], d["token_env"], tuple(str(x) for x in d["admin_ids"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -43,6 +44,11 @@ def describe(config: settings.Config) -> str:
     lines.append(f"LLM: {llm.model} at {llm.base_url} (key from ${llm.api_key_env}: {key})")
     how = "started by the bot" if config.pool.start else "already running (not started by the bot)"
     lines.append(f"Pool: {how}, at {config.pool.url}")
+    if config.pool.backend == "ray":
+        r = config.pool.ray
+        where = f"the Ray cluster at {r.address}" if r.address else "a Ray instance on this machine"
+        lines.append(f"Pool backend: ray, {r.replicas} replica(s) with {r.gpus_per_replica:g} GPU(s) each, on {where}"
+                     + ("" if importlib.util.find_spec("ray") else " (ray[serve] is not installed: ./scripts/run --ray)"))
     lines.append(f"Stable Diffusion base: {config.pool.sd_base}")
     if config.models:
         lines.append("Models:")

@@ -23,7 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     except settings.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from gpu_pool.server import serve  # late: imports torch
+    if config.pool.backend == "ray":  # the replicas run the models; see gpu_pool/ray/
+        try:
+            from gpu_pool.ray.front import serve_on_ray as serve
+        except ModuleNotFoundError as e:
+            print(f'config error: pool.backend = "ray" needs Ray Serve ({e}); ./scripts/run --ray installs it',
+                  file=sys.stderr)
+            return 2
+    else:
+        from gpu_pool.server import serve  # late: imports torch
 
     async def run() -> None:
         task = asyncio.create_task(serve(config))

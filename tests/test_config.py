@@ -77,6 +77,22 @@ def test_wrong_dtype_and_range(tmp_path):
         "limits.working_size: 500 is not valid; must be a multiple of 8 between 64 and 2048")
 
 
+def test_the_ray_backend_and_its_table(tmp_path):
+    path = write(tmp_path, '[pool]\nbackend = "ray"\n[pool.ray]\nreplicas = 4\nobject_store_memory = "2GiB"\n')
+    pool = settings.load(path).pool
+    assert (pool.backend, pool.ray.replicas, pool.ray.object_store_memory) == ("ray", 4, 2 * 2**30)
+    assert settings.load(write(tmp_path, "")).pool.backend == "local"
+    assert error_of(tmp_path, "[pool]\nbackend = 'rey'\n") == (
+        "pool.backend: 'rey' is not valid; accepted values: 'local', 'ray'")
+    assert error_of(tmp_path, "[pool.ray]\nreplica = 2\n").startswith("pool.ray.replica: unknown key; known keys in "
+                                                                      "[pool.ray]: address, replicas,")
+    assert error_of(tmp_path, "[pool.ray]\nspread_after = -1\n") == (
+        "pool.ray.spread_after: -1 is not valid; must be 0 or more")
+    assert error_of(tmp_path, '[pool]\nbackend = "ray"\n[models.Text2Image]\ndevice = "cuda:1"\n') == (
+        "models.Text2Image.device: 'cuda:1' is not valid with pool.backend = \"ray\": each replica has one GPU of "
+        'its own; use "auto" or "cuda"')
+
+
 def test_platform_enabled_without_token(tmp_path, monkeypatch):
     monkeypatch.delenv("MY_DISCORD_TOKEN", raising=False)
     msg = error_of(tmp_path, "[discord]\nenabled = true\ntoken_env = 'MY_DISCORD_TOKEN'\n")

@@ -1,0 +1,353 @@
+"""The pool process on Ray: the routes of ``gpu_pool/server.py``, each served by the Serve replicas.
+
+Start: join the cluster (or start a Ray instance here), deploy the replicas,
+listen, then place every configured model on one replica in the background
+(``/health`` answers at once; early jobs wait for their model, as locally).
+Jobs stream from the replica that ``router.HotModelRouter`` picks. Admin
+calls reach every replica. A replica that dies mid-job ends the job with
+code ``unavailable`` and the words the bot uses for a pool that died; Serve
+starts a new replica, and the next job for that model loads it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import ray
+from aiohttp import web
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.config import RequestRouterConfig
+from ray.serve.handle import DeploymentHandle
+
+import settings
+from gpu_pool.protocol import Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame, request_from_frame
+from gpu_pool.ray import router
+from gpu_pool.ray.replica import PoolReplica, Spec
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+APP, DEPLOYMENT = "visual-chatgpt-pool", "PoolReplica"
+MAX_REQUEST = 256 * 1024 * 1024
+# core/pool_client.py's words for a pool that died: to the user, a replica that died is the same thing
+UNAVAILABLE = "The image engine is not reachable right now; please try again in a minute."
+FRONT = web.AppKey("front", "Front")
+
+
+class Front:
+    """Jobs and admin calls, over the handle to the replicas."""
+
+    def __init__(self, config: settings.Config, handle: DeploymentHandle):
+        self.config, self.handle = config, handle
+        self.allowed: dict[str, Spec] = {name: (None, None) for name in config.models}  # what users may run
+        self._placing: dict[str, asyncio.Task] = {}
+
+    async def run(self, request: JobRequest) -> AsyncIterator[Event]:
+        """A job's events from its replica; the last one is done or failed."""
+        spec = self.allowed.get(request.model)  # None: the replica answers why it cannot run it
+        model = request.model if spec is not None else ""
+        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(request, spec)
+        job_id = ""
+        try:
+            async for ev in stream:
+                job_id = ev.job_id
+                yield ev
+                if ev.kind in ("done", "failed"):
+                    return
+            raise RuntimeError("the replica's stream ended without a result")
+        except RayTaskError as e:  # our code raised in the replica: a bug, not a dead replica
+            log.error("job %s (%s) crashed its replica:\n%s", job_id, request.model, e)
+            yield Event("failed", job_id, message="Something went wrong in the image engine.", code="internal",
+                        detail=str(e))
+        except Exception as e:  # the replica died (ActorDiedError ...) or could not be reached
+            log.warning("job %s (%s) lost its replica: %r", job_id or "(not started)", request.model, e)
+            yield Event("failed", job_id, message=UNAVAILABLE, code="unavailable", detail=str(e))
+        finally:
+            stream.cancel()  # a no-op once the stream ended; stops the job when the bot went away
+
+    async def each(self, method: str, *args: Any) -> dict[str, Any]:
+        """Call ``method`` on every replica; the answers by replica id (replicas gone meanwhile left out)."""
+        ids = router.replica_ids(DEPLOYMENT)
+        calls = {rid: getattr(self.handle.options(multiplexed_model_id=router.PIN + rid), method).remote(rid, *args)
+                 for rid in ids}
+        out = {}
+        for rid, call in calls.items():
+            try:
+                answer = await call
+            except Exception as e:
+                log.warning("replica %s did not answer %s: %r", rid, method, e)
+                continue
+            if answer is not None:
+                out[rid] = answer
+        return out
+
+    async def place(self, name: str) -> dict[str, Any]:
+        """Load ``name`` on the replica the router picks; its listing there."""
+        return await self.handle.options(multiplexed_model_id=name).place.remote(self.allowed[name])
+
+    def place_soon(self, names) -> None:
+        """Place each of ``names`` in the background, once at a time each."""
+        for name in names:
+            if name in self.allowed and name not in self._placing:
+                task = self._placing[name] = asyncio.create_task(self.place(name), name=f"place-{name}")
+                task.add_done_callback(lambda t, name=name: self._placed(name, t))
+
+    def _placed(self, name: str, task: asyncio.Task) -> None:
+        self._placing.pop(name, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("placing %s failed: %r (the next /models or job tries again)", name, task.exception())
+
+    async def infos(self) -> list[dict[str, Any]]:
+        """Every replica's models, and the allowed ones no replica holds (being placed again)."""
+        infos = [m for answer in (await self.each("models")).values() for m in answer]
+        held = {m["name"] for m in infos}
+        missing = [n for n in self.allowed if n not in held]
+        self.place_soon(missing)  # e.g. after their replica died
+        for name in missing:
+            cfg = self.config.models.get(name)
+            infos.append(ModelInfo(name, "(being placed on a replica)", cfg.dtype if cfg else "auto",
+                                   cfg.source if cfg else "", "loading").to_json())
+        return infos
+
+    async def close(self) -> None:
+        for task in list(self._placing.values()):
+            task.cancel()
+
+
+# --- the routes (the same as gpu_pool/server.py) ----------------------------------------
+
+
+def make_app(front: Front) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST)
+    app[FRONT] = front
+    app.router.add_get("/health", health)
+    app.router.add_post("/jobs", submit)
+    app.router.add_delete("/jobs/{job_id}", cancel)
+    app.router.add_get("/models", models)
+    app.router.add_post("/models/reload", reload)
+    app.router.add_post("/models/load", load)
+    app.router.add_post("/models/unload", unload)
+    app.router.add_get("/replicas", replicas)  # Ray only: each replica's models and counters
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "pid": os.getpid(), "backend": "ray"})
+
+
+async def submit(request: web.Request) -> web.StreamResponse:
+    """Send a job to its replica and stream its events until it is done or failed."""
+    try:
+        req = request_from_frame(*decode_frame(await request.read()))
+    except FrameError as e:
+        return web.json_response({"ok": False, "message": f"Bad job request: {e}"}, status=400)
+    events = request.app[FRONT].run(req)
+    try:
+        first = await anext(events)  # the replica's job id is in it: the header needs it
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Job-Id": first.job_id})
+        await resp.prepare(request)
+        await resp.write(event_to_frame(first))
+        if first.kind not in ("done", "failed"):
+            async for ev in events:
+                await resp.write(event_to_frame(ev))
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.info("client left; cancelling its job")
+        raise
+    finally:
+        await events.aclose()  # cancels the job on its replica if it is still running
+    await resp.write_eof()
+    return resp
+
+
+async def cancel(request: web.Request) -> web.Response:
+    replica, _, job_id = request.match_info["job_id"].partition(":")
+    front = request.app[FRONT]
+    ok = bool(await front.handle.options(multiplexed_model_id=router.PIN + replica).cancel.remote(replica, job_id))
+    return web.json_response({"ok": ok, "message": "cancelling" if ok else "no such running job"})
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"models": await request.app[FRONT].infos()})
+
+
+async def replicas(request: web.Request) -> web.Response:
+    return web.json_response({"replicas": list((await request.app[FRONT].each("info")).values())})
+
+
+async def _body(request: web.Request) -> dict:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError:
+        raise web.HTTPBadRequest(text="body must be JSON") from None
+    return body if isinstance(body, dict) else {}
+
+
+async def _admin_reply(request: web.Request, message: str, ok: bool = True) -> web.Response:
+    infos = await request.app[FRONT].infos()
+    return web.json_response({"ok": ok, "message": message, "models": infos}, status=200 if ok else 400)
+
+
+def _not_allowed(name: Any) -> str:
+    if name not in settings.MODEL_NAMES:
+        return f"There is no model called {name}. Known models: {', '.join(settings.MODEL_NAMES)}."
+    return f"{name} is not loaded on this bot; an admin can load it with /load {name}."
+
+
+async def reload(request: web.Request) -> web.Response:
+    """Re-read config.toml, reload on every replica that holds the model(s), place what nobody holds."""
+    name = (await _body(request)).get("model")
+    front = request.app[FRONT]
+    if name is not None and name not in front.allowed:
+        return await _admin_reply(request, _not_allowed(name), ok=False)
+    try:
+        config = settings.load(front.config.path, env_check=False)
+    except settings.ConfigError as e:
+        return await _admin_reply(request, str(e), ok=False)
+    front.config = config
+    if name is None:
+        front.allowed = {n: (None, None) for n in config.models}
+    else:
+        front.allowed[name] = (None, None)  # an admin's /load device and dtype last until a reload
+    answers = await front.each("reload", name)
+    errors = [a["error"] for a in answers.values() if "error" in a]
+    if errors:
+        return await _admin_reply(request, errors[0], ok=False)
+    names = {n for a in answers.values() for n in a["reloaded"]}
+    failed = {n for a in answers.values() for n in a["failed"]}
+    held = {m["name"] for a in (await front.each("models")).values() for m in a}
+    for placed in await asyncio.gather(*(front.place(n) for n in front.allowed if n not in held and
+                                         (name is None or n == name))):
+        names.add(placed.get("name"))
+        if placed.get("state") != "ready":
+            failed.add(placed.get("name"))
+    names, failed = sorted(n for n in names if n), sorted(n for n in failed if n)
+    msg = f"Reloaded {', '.join(names) or 'nothing'}." + (f" Failed: {', '.join(failed)}." if failed else "")
+    return await _admin_reply(request, msg, ok=not failed)
+
+
+async def load(request: web.Request) -> web.Response:
+    body = await _body(request)
+    name, device, dtype = body.get("model"), body.get("device"), body.get("dtype")
+    if not isinstance(name, str):
+        return await _admin_reply(request, "Say which model to load.", ok=False)
+    if name not in settings.MODEL_NAMES:
+        return await _admin_reply(request, _not_allowed(name), ok=False)
+    if device is not None and settings.device_problem(device):
+        return await _admin_reply(request, f"{device!r} is not a device; use auto, cpu, cuda or cuda:N.", ok=False)
+    if dtype is not None and dtype not in settings.DTYPES:
+        return await _admin_reply(request, f"{dtype!r} is not a dtype; use {', '.join(settings.DTYPES)}.", ok=False)
+    front = request.app[FRONT]
+    front.allowed[name] = (device, dtype)
+    listed = [a for a in (await front.each("load", name, (device, dtype))).values() if a]
+    if not listed:  # no replica holds it yet
+        listed = [await front.place(name)]
+    bad = [m for m in listed if m.get("state") != "ready"]
+    if bad:
+        return await _admin_reply(request, f"{name} could not be loaded: {bad[0].get('error')}", ok=False)
+    where = "; ".join(f"{m['device']} ({m['dtype']})" for m in listed)
+    return await _admin_reply(request, f"{name} is loaded on {where}.")
+
+
+async def unload(request: web.Request) -> web.Response:
+    name = (await _body(request)).get("model")
+    front = request.app[FRONT]
+    if name not in front.allowed:
+        return await _admin_reply(request, _not_allowed(name), ok=False)
+    del front.allowed[name]
+    await front.each("unload", name)
+    return await _admin_reply(request, f"{name} is unloaded.")
+
+
+# --- the cluster -------------------------------------------------------------------------
+
+
+def connect(config: settings.Config) -> None:
+    """Join the configured cluster, or start a Ray instance in this process; check it can hold the replicas."""
+    cfg = config.pool.ray
+    # The replicas import the project, and see the hub settings this process has (offline mode, cache, token).
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_"))}
+    runtime_env = {"env_vars": {**env, "PYTHONPATH": str(ROOT)}}
+    if cfg.address:
+        ray.init(address=cfg.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    else:
+        # "local": a new instance, even when this machine runs a cluster of its own
+        ray.init(address="local", num_cpus=cfg.num_cpus or None, object_store_memory=cfg.object_store_memory or None,
+                 include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+    have = ray.cluster_resources()
+    for resource, each in (("GPU", cfg.gpus_per_replica), ("CPU", cfg.cpus_per_replica)):
+        need = cfg.replicas * each
+        if need > have.get(resource, 0):
+            ray.shutdown()
+            raise RuntimeError(
+                f"pool.ray: {cfg.replicas} replica(s) with {each:g} {resource}(s) each need {need:g} {resource}(s), "
+                f"but the Ray cluster has {have.get(resource, 0):g}. Add machines (README: Scaling out), or lower "
+                f"pool.ray.replicas{' or set gpus_per_replica = 0 to run on CPUs' if resource == 'GPU' else ''}.")
+
+
+def deploy(config: settings.Config) -> DeploymentHandle:
+    """Deploy (or update) the replicas; returns once they all run."""
+    cfg = config.pool.ray
+    serve.start(proxy_location="Disabled")  # no Serve HTTP proxy: this process is the pool's HTTP face
+    replica = PoolReplica.options(
+        name=DEPLOYMENT, num_replicas=cfg.replicas,
+        ray_actor_options={"num_gpus": cfg.gpus_per_replica, "num_cpus": cfg.cpus_per_replica},
+        max_ongoing_requests=10_000,  # the replica's own device queue orders its jobs, so Serve never holds one back
+        request_router_config=RequestRouterConfig(request_router_class="gpu_pool.ray.router:HotModelRouter",
+                                                  request_router_kwargs={"spread_after": cfg.spread_after}),
+        health_check_period_s=2, graceful_shutdown_timeout_s=5,
+        logging_config={"log_level": "WARNING", "enable_access_log": False})
+    return serve.run(replica.bind(str(config.path)), name=APP, route_prefix=None)
+
+
+def leave(config: settings.Config) -> None:
+    """Take the replicas down: with the Ray instance this process started, or from the cluster it joined."""
+    # Ray's failure-signal handler saw the SIGTERM and armed a 3 s SIGALRM that would end this process
+    # halfway through (leaving Ray's agent processes behind): this cleanup decides when it is done.
+    signal.alarm(0)
+    try:
+        if config.pool.ray.address:
+            serve.delete(APP)  # frees the cluster's GPUs; the cluster itself is not ours
+    finally:
+        ray.shutdown()  # a Ray instance this process started stops with it, replicas and all
+        log.info("left Ray")
+
+
+async def serve_on_ray(config: settings.Config) -> None:
+    """Run the pool on Ray until cancelled."""
+    try:
+        await asyncio.to_thread(connect, config)
+    except RuntimeError as e:  # a cluster too small: say so in one line (the bot shows the pool's log)
+        log.error("%s", e)
+        raise SystemExit(1) from None
+    runner = front = None
+    try:
+        handle = await asyncio.to_thread(deploy, config)
+        front = Front(config, handle)
+        runner = web.AppRunner(make_app(front), handle_signals=False)
+        await runner.setup()
+        await _site(runner, config.pool).start()
+        log.info("pool listening on %s; %d replica(s) on Ray", config.pool.url, config.pool.ray.replicas)
+        front.place_soon(front.allowed)
+        await asyncio.Event().wait()
+    finally:
+        if front:
+            await front.close()
+        if runner:
+            await runner.cleanup()
+        await asyncio.to_thread(leave, config)
+
+
+def _site(runner: web.AppRunner, pool: settings.PoolConfig) -> web.BaseSite:
+    if pool.host:
+        return web.TCPSite(runner, pool.host, pool.port)
+    path = Path(pool.socket)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()  # a stale socket from a pool that died
+    return web.UnixSite(runner, str(path))

@@ -1,0 +1,170 @@
+"""One pool replica on Ray Serve: the pool's own Registry and Scheduler, on one GPU (or CPU).
+
+Jobs arrive with their model as Serve's multiplexed model id, routed by
+``router.HotModelRouter``. ``_hold`` (``serve.multiplexed``) tells Serve this
+replica holds the model; the Registry loads it, and the residency budget of
+``[residency]`` decides, in bytes, which loaded models stay on the GPU.
+Serve's count limit is set to every model there is, so Serve never evicts.
+
+Admin calls take the replica id they were meant for (``expect``) and answer
+None when it is not this one: the router sends a call for a replica that is
+gone to another replica (see ``router.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from collections import Counter
+from typing import Any, AsyncIterator
+
+import ray
+from ray import serve
+
+import settings
+from gpu_pool.protocol import Event, JobRequest
+
+# The Registry and Scheduler (torch, diffusers) are imported in the replica only, not in the
+# pool process that deploys this class.
+
+log = logging.getLogger(__name__)
+Spec = tuple[str | None, str | None]  # the device and dtype an admin chose with /load; (None, None): the config's
+
+
+@serve.deployment
+class PoolReplica:
+    def __init__(self, config_path: str):
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                            format="%(asctime)s %(levelname)s pool replica %(name)s: %(message)s")
+        from gpu_pool.registry import Registry
+        from gpu_pool.scheduler import Scheduler
+
+        self.config = settings.load(config_path, env_check=False)
+        self.registry = Registry(self.config)
+        self.scheduler = Scheduler(self.registry)
+        self.id = serve.get_replica_context().replica_id.unique_id
+        self.node = ray.util.get_node_ip_address()
+        # jobs; warm: the model was ready here when the job came; loads: models loaded for a job or placement
+        self.stats: Counter[str] = Counter()
+        self._loading: set[asyncio.Task] = set()
+        log.info("replica %s up on %s (pid %s)", self.id, self.node, os.getpid())
+
+    # --- jobs -------------------------------------------------------------------------
+
+    @serve.multiplexed(max_num_models_per_replica=len(settings.MODEL_NAMES))
+    async def _hold(self, model: str) -> str:
+        return model  # Serve now reports this replica as holding ``model``; the Registry does the loading
+
+    async def _ensure(self, name: str, spec: Spec) -> None:
+        """Hold ``name`` and have it loaded or loading (a job then waits for it, as in the local pool)."""
+        await self._hold(name)
+        if name not in self.registry.entries:
+            self.stats["loads"] += 1
+            task = asyncio.create_task(self.registry.load(name, *spec), name=f"load-{name}")
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
+            await asyncio.sleep(0)  # the load has begun: its entry exists, in state "loading"
+
+    async def run(self, request: JobRequest, spec: Spec | None) -> AsyncIterator[Event]:
+        """A job's events, streamed back to the pool process; ``spec`` None: a model not offered to users."""
+        if spec is not None:
+            name = serve.get_multiplexed_model_id() or request.model
+            entry = self.registry.entries.get(name)
+            self.stats.update(jobs=1, warm=int(entry is not None and entry.state == "ready"))
+            await self._ensure(name, spec)
+        job = self.scheduler.submit(request)
+        try:
+            while True:
+                ev = await job.events.get()
+                yield dataclasses.replace(ev, job_id=f"{self.id}:{ev.job_id}")
+                if ev.kind in ("done", "failed"):
+                    return
+        except asyncio.CancelledError:  # the caller went away: nobody wants this job any more
+            self.scheduler.cancel(job.id)
+            raise
+        finally:
+            self.scheduler.forget(job)
+
+    async def place(self, spec: Spec) -> dict[str, Any]:
+        """Load the model of the multiplexed id here; its listing once loaded (or failed)."""
+        from gpu_pool.registry import NotLoaded
+
+        name = serve.get_multiplexed_model_id()
+        await self._ensure(name, spec)
+        entry = self.registry.entries.get(name)
+        if entry is not None:
+            try:
+                await asyncio.shield(entry.ready)
+            except NotLoaded:
+                pass  # the listing says why
+        return self._infos([name])[0] if name in self.registry.entries else {}
+
+    # --- admin (each call names the replica it is meant for) ----------------------------
+
+    async def models(self, expect: str) -> list[dict[str, Any]] | None:
+        return self._infos() if expect == self.id else None
+
+    async def cancel(self, expect: str, job_id: str) -> bool | None:
+        return self.scheduler.cancel(job_id) if expect == self.id else None
+
+    async def info(self, expect: str) -> dict[str, Any] | None:
+        if expect != self.id:
+            return None
+        counts = {k: self.stats[k] for k in ("jobs", "warm", "loads", "reloads")}
+        return {"replica": self.id, "node": self.node, "pid": os.getpid(), "models": list(self.registry.entries),
+                **counts}
+
+    async def reload(self, expect: str, name: str | None) -> dict[str, Any] | None:
+        """Re-read the config, then reload ``name`` (or every model) where this replica holds it."""
+        from gpu_pool.models import load_sd_base
+        from gpu_pool.models.base import SharedBases
+
+        if expect != self.id:
+            return None
+        try:
+            config = settings.load(self.config.path, env_check=False)
+        except settings.ConfigError as e:
+            return {"error": str(e)}
+        self.config = self.registry.config = config
+        held = list(self.registry.entries)
+        if name is None:  # as Registry.reload: a changed sd_base or [residency] applies; dropped models go
+            self.registry.bases = SharedBases(load_sd_base)
+            for mgr in self.registry.residency.values():
+                mgr.forget(set())
+            self.registry.residency = {}
+            for gone in [n for n in held if n not in config.models]:
+                await self.registry.unload(gone)
+        names = [n for n in held if n in config.models] if name is None else [n for n in held if n == name]
+        for n in names:  # one at a time: each old copy is released before the next model loads
+            await self.registry.load(n)
+            self.stats["reloads"] += 1
+        failed = [n for n in names if self.registry.entries[n].state == "failed"]
+        return {"reloaded": names, "failed": failed}
+
+    async def load(self, expect: str, name: str, spec: Spec) -> dict[str, Any] | None:
+        """Load ``name`` again with an admin's device/dtype, where this replica holds it ({} where not)."""
+        if expect != self.id:
+            return None
+        if name not in self.registry.entries:
+            return {}
+        await self.registry.load(name, *spec)
+        return self._infos([name])[0]
+
+    async def unload(self, expect: str, name: str) -> bool | None:
+        if expect != self.id:
+            return None
+        if name not in self.registry.entries:
+            return False
+        await self.registry.unload(name)
+        return True
+
+    def _infos(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """The registry's listing (ModelInfo as JSON), each device named with this replica and its machine."""
+        out = []
+        for m in self.registry.infos():
+            if names is None or m.name in names:
+                out.append(dataclasses.replace(m, device=f"{m.device} of replica {self.id} ({self.node})").to_json())
+        return out

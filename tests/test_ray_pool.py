@@ -1,0 +1,267 @@
+"""The pool on Ray Serve (``[pool] backend = "ray"``): a local Ray instance on the CPU, two replicas, tiny models.
+
+One ``python -m gpu_pool`` for the whole module (starting Ray costs half a minute), in its own process
+group so that nothing of Ray outlives the module. The tests run in order: the kill test leaves a
+restarted replica, the hot-model test a copy of Text2Image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray", reason="ray[serve] is not installed: pip install -r requirements-ray.txt "
+                                  "(./scripts/test installs it; ./scripts/run --ray for the bot)")
+
+from bot.adapters.discord_bot import DiscordBot  # noqa: E402
+from core.pool_client import UNAVAILABLE, PoolClient  # noqa: E402
+from gpu_pool.protocol import JobRequest, RawImage  # noqa: E402
+from tests.conftest import ROOT, Pool, _wait_ready, make_core  # noqa: E402
+from tests.test_agent import RecordingReply, photo, turn  # noqa: E402
+from tests.fakes.discord_payloads import CHANNEL_ID  # noqa: E402
+from tests.test_discord import ANSWER, discord_config, fake, mention, with_files  # noqa: E402, F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+IMG = RawImage.from_pil(Image.open(io.BytesIO(photo().data)).convert("RGB"))
+
+
+def ray_config(folder: Path, tiny: Path) -> Path:
+    path = folder / "config.toml"
+    path.write_text(f"""
+[llm]
+base_url = "http://127.0.0.1:9/v1"
+model = "fake-model"
+
+[pool]
+socket = "pool.sock"
+sd_base = "{tiny}/sd15"
+backend = "ray"
+
+[pool.ray]
+replicas = 2
+gpus_per_replica = 0
+cpus_per_replica = 1
+spread_after = 2
+num_cpus = 2
+object_store_memory = "100MiB"
+
+[storage]
+data_dir = "data"
+
+[limits]
+working_size = 64
+max_output_size = 256
+max_steps = 10
+
+[models.Text2Image]
+device = "cpu"
+source = "{tiny}/sd15"
+
+[models.ImageCaptioning]
+device = "cpu"
+source = "{tiny}/blip-caption"
+""")
+    return path
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes in a process group (Ray's own processes stay in the group of the pool that started them)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def ray_pool(tiny_dir, tmp_path_factory):
+    config = ray_config(tmp_path_factory.mktemp("ray-pool"), tiny_dir)
+    log = config.parent / "pool.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        pool = Pool(config, proc, log)
+        asyncio.run(_wait_ready(pool.url, proc, log, timeout=400))
+        yield pool
+        proc.terminate()
+        proc.wait(60)
+        deadline = time.monotonic() + 20
+        while _group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _group(proc.pid)
+        assert not left, f"Ray processes left after the pool stopped: {left}\n{log.read_text()[-3000:]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of Ray is still there
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+async def client(ray_pool):
+    c = ray_pool.client()
+    yield c
+    await c.close()
+
+
+async def replicas(client: PoolClient) -> list[dict]:
+    return (await client._call("GET", "/replicas"))["replicas"]
+
+
+async def holders(client: PoolClient) -> dict[str, set[str]]:
+    """Model -> the replicas holding it."""
+    out: dict[str, set[str]] = {}
+    for r in await replicas(client):
+        for m in r["models"]:
+            out.setdefault(m, set()).add(r["replica"])
+    return out
+
+
+async def events(client: PoolClient, model: str, params: dict, images=()) -> list:
+    return [ev async for ev in client.run(JobRequest(model, params, list(images)))]
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+
+async def test_jobs_land_on_the_replica_holding_their_model_with_their_progress(client):
+    held = await holders(client)
+    assert set(held) == {"Text2Image", "ImageCaptioning"}
+    assert all(len(r) == 1 for r in held.values()) and held["Text2Image"] != held["ImageCaptioning"]  # one each
+    before = {r["replica"]: r for r in await replicas(client)}
+
+    for _ in range(2):
+        drawn = await events(client, "Text2Image", {"prompt": "a cat", "steps": 3, "width": 64, "height": 64})
+        assert [e.kind for e in drawn] == ["queued", "progress", "progress", "progress", "done"]
+        assert drawn[0].position == 0 and [(e.step, e.total) for e in drawn[1:4]] == [(1, 3), (2, 3), (3, 3)]
+        assert drawn[-1].images[0].width == 64
+        captioned = await events(client, "ImageCaptioning", {}, [IMG])
+        assert captioned[-1].kind == "done" and isinstance(captioned[-1].text, str)
+        for evs, model in ((drawn, "Text2Image"), (captioned, "ImageCaptioning")):
+            replica = evs[-1].job_id.split(":")[0]
+            assert {replica} == held[model]
+
+    after = {r["replica"]: r for r in await replicas(client)}
+    assert {r: after[r]["jobs"] - before[r]["jobs"] for r in after} == {r: 2 for r in after}
+    assert {r: after[r]["warm"] - before[r]["warm"] for r in after} == {r: 2 for r in after}
+    assert {r: after[r]["loads"] for r in after} == {r: 1 for r in after}  # no model loaded twice
+    listed = {m.name: m.device for m in await client.models()}
+    for model, (replica,) in held.items():
+        assert listed[model].startswith("cpu of replica " + replica)
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+async def test_a_replica_killed_mid_job_is_reported_and_serve_brings_it_back(ray_pool, client, tmp_path, llm_server):
+    (victim,) = [r for r in await replicas(client) if "Text2Image" in r["models"]]
+    core = make_core(ray_pool, tmp_path, llm_server)
+
+    class KillOnFirstStep(RecordingReply):
+        async def status(self, text):
+            await super().status(text)
+            if text and "step" in text and not getattr(self, "killed", False):
+                self.killed = True
+                os.kill(victim["pid"], signal.SIGKILL)
+
+    try:
+        reply = KillOnFirstStep()
+        out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a cat"})
+        assert reply.killed and reply.text == UNAVAILABLE and out.error and out.images == []
+
+        reply = RecordingReply()  # the next job works at once: another replica loads the model
+        out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a dog"})
+        assert out.images == ["img1"] and reply.image_ids == ["img1"]
+        kept = [m["content"] for m in core.store.messages("discord:channel:9")]
+        assert UNAVAILABLE in kept  # the failure is in the conversation, nothing lost
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # Serve starts a replica in place of the dead one
+            now = await replicas(client)
+            if len(now) == 2 and victim["replica"] not in {r["replica"] for r in now}:
+                break
+            await asyncio.sleep(1)
+        assert len(now) == 2 and victim["pid"] not in {r["pid"] for r in now}, now
+    finally:
+        await core.pool.close()
+        await core.llm.close()
+
+
+# --- a hot model ---------------------------------------------------------------------------------
+
+
+async def test_a_hot_model_is_loaded_on_a_second_replica(client):
+    """spread_after = 2: with two Text2Image jobs in flight on its replica, the third goes to the other one,
+    which loads it too."""
+    (holder,) = (await holders(client))["Text2Image"]
+    params = {"steps": 4, "width": 64, "height": 64}
+    jobs = [asyncio.create_task(events(client, "Text2Image", {"prompt": f"cat {i}", **params})) for i in range(3)]
+    done = await asyncio.gather(*jobs)
+    assert all(evs[-1].kind == "done" for evs in done)
+    ran_on = Counter(evs[-1].job_id.split(":")[0] for evs in done)
+    assert len(ran_on) == 2 and ran_on[holder] == 2  # the third job went to the other replica
+    assert len((await holders(client))["Text2Image"]) == 2
+
+
+async def test_reload_reaches_every_replica_and_models_lists_each(client):
+    copies = (await holders(client))["Text2Image"]
+    before = {r["replica"]: r["reloads"] for r in await replicas(client)}
+    reply = await client.reload("Text2Image")
+    assert reply["ok"] and reply["message"] == "Reloaded Text2Image.", reply
+    listed = [m for m in await client.models() if m.name == "Text2Image"]
+    assert len(listed) == 2 and all(m.state == "ready" for m in listed)
+    assert {m.device.split()[3] for m in listed} == copies  # "cpu of replica ID (node)"
+    assert {r["replica"]: r["reloads"] - before[r["replica"]] for r in await replicas(client)} == {r: 1 for r in copies}
+    drawn = await events(client, "Text2Image", {"prompt": "after the reload", "steps": 2})
+    assert drawn[-1].kind == "done"
+
+
+# --- the bot, unchanged, on Ray --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def ray_core(ray_pool, tmp_path, llm_server):
+    core = make_core(ray_pool, tmp_path, llm_server)
+    yield core
+    await core.pool.close()
+    await core.llm.close()
+
+
+async def test_discord_mention_with_an_image_is_answered_with_a_drawing(fake, ray_core, llm_server, monkeypatch):
+    monkeypatch.setenv("DISCORD_TOKEN_FOR_TESTS", fake.token)
+    bot = DiscordBot(ray_core, discord_config(ray_core), guild_ready_timeout=0.05)
+    await bot.start()
+    try:
+        llm_server.on(user="draw one like it").call("generate_image", {"prompt": "a red house"})
+        llm_server.on(after_tool="generate_image").reply("Here it is: img2")
+        att = fake.add_file(photo().data, "house.jpg", "image/jpeg")
+        await fake.push("MESSAGE_CREATE", mention(fake, "draw one like it", attachments=[att]))
+        answer = await fake.wait_for_request("POST", ANSWER, where=with_files, timeout=60)
+        assert answer.content == "Here it is: img2" and [f.filename for f in answer.files] == ["img2.png"]
+        said = llm_server.requests[0]["messages"][1]["content"]
+        assert said.startswith("draw one like it\n[uploaded img1 (house.jpg)")
+        session = "discord:channel:" + answer.path.split("/")[2]
+        ran = {(j["model"], j["state"]) for j in ray_core.store.db["jobs"].rows_where("session = ?", [session])}
+        assert ran == {("ImageCaptioning", "done"), ("Text2Image", "done")}  # the upload was captioned, on Ray
+        for status in fake.matching("POST", ANSWER, where=lambda r: not r.files and r.content != answer.content):
+            await fake.wait_for_request("DELETE", rf"^/channels/{CHANNEL_ID}/messages/{status.response['id']}$")
+    finally:
+        await bot.close()
