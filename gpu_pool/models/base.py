@@ -47,6 +47,7 @@ class Output:
     images: list[Image.Image] = field(default_factory=list)
     text: str | None = None
     data: dict[str, Any] | None = None  # structured results (boxes, scores), sent as JSON
+    sent: dict[str, Any] | None = None  # what the model was really given beyond params (the prompt with quality words)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ class PoolModel:
         self.name = spec.name
         self.device = spec.device
         self.dtype = spec.dtype
+
+    @property
+    def source(self) -> str:
+        """Where its weights came from (a hub id or folder; "" for none), for the images' provenance."""
+        return self.spec.source
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules this model holds (shared ones included), by component name."""

@@ -69,7 +69,8 @@ class _Diffusion(PoolModel):
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         result = self.pipe(num_inference_steps=params["steps"], guidance_scale=params["guidance"],
                            generator=generator, callback_on_step_end=on_step_end, output_type="pil", **kwargs)
-        return Output(images=[result.images[0].convert("RGB")])
+        sent = {k: kwargs.get(k) or "" for k in ("prompt", "negative_prompt")}  # as the pipeline got them
+        return Output(images=[result.images[0].convert("RGB")], sent=sent)
 
     def _check_size(self, image: Image.Image, what: str) -> None:
         w, h = image.size
