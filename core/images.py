@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import BadImage, UnknownImage
-from core.store import ImageRow, Store
+from core.store import ImageRow, Provenance, Store
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^img[1-9][0-9]{0,6}$")
@@ -107,8 +107,8 @@ class ImageStore:
         return self.add(session, img, parent=None, operation="upload", params={"filename": filename})
 
     def add(self, session: str, img: Image.Image, *, parent: str | None, operation: str,
-            params: dict[str, Any]) -> ImageRow:
-        """Store an image (an upload or a tool's output) and give it the session's next id."""
+            params: dict[str, Any], made: Provenance = Provenance()) -> ImageRow:
+        """Store an image (an upload or a tool's output, with how it was made) and give it the session's next id."""
         buf = io.BytesIO()
         img.save(buf, format="PNG", compress_level=1)
         data = buf.getvalue()
@@ -126,8 +126,8 @@ class ImageStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         row = ImageRow(session, self.store.new_image_id(session), rel, digest, parent, operation, params,
-                       img.width, img.height, img.mode, None)
-        self.store.add_image(row)
+                       img.width, img.height, img.mode, None, made)
+        row = self.store.add_image(row)
         log.info("session %s: %s %s (%dx%d %s)", session, row.image_id, operation, img.width, img.height, img.mode)
         return row
 
