@@ -11,10 +11,11 @@ from PIL import Image
 
 from core.actions import EDIT_FIELD, STALE
 from core.turn import Press
-from tests.conftest import make_core
+from tests.conftest import ROOT, make_core
 from tests.test_agent import RecordingReply, photo, turn
 
 HERE = "discord:channel:77"
+ROOT_CONFIG = ROOT / "tests" / "config.tiny.toml"
 
 
 def by(user: str, session: str = HERE):
@@ -171,3 +172,27 @@ async def test_a_press_counts_against_the_pressers_job_cap(pool, tmp_path, llm_s
     assert first.text == "A variation of img1 for @name-u1: img2."
     assert second.text.startswith("You already have 1 requests running")
     await closed(core)
+
+
+def test_images_stored_before_the_upgrade_get_buttons_too(tmp_path):
+    """A database made before m003: its rows read with an empty record; Reroll needs a seed, the rest work."""
+    import sqlite_utils
+
+    import settings
+    from core import actions
+    from core.store import Provenance, Store, m001_initial, m002_message_kind
+
+    db = sqlite_utils.Database(tmp_path / "bot.db")
+    db["_migrations"].create({"name": str, "applied": float}, pk="name")
+    for m in (m001_initial, m002_message_kind):
+        m(db)
+        db["_migrations"].insert({"name": m.__name__, "applied": 0.0})
+    db["images"].insert({"session": HERE, "image_id": "img1", "path": "ab/x.png", "sha256": "x", "parent": None,
+                         "operation": "generate_image", "params": '{"prompt": "a cat"}', "width": 64, "height": 64,
+                         "mode": "RGB", "caption": None, "created": 1.5})
+    db.conn.close()
+    row = Store(tmp_path / "bot.db").image(HERE, "img1")
+    assert row.made == Provenance() and row.tag == format(1500, "08x")
+    limits = settings.load(ROOT_CONFIG, env_check=False).limits
+    offered = actions.offered(row, {"Text2Image", "Variations", "Upscale", "InstructPix2Pix"}, limits)
+    assert [a.name for a in offered] == ["variations", "upscale", "edit", "info"]
