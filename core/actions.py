@@ -30,7 +30,7 @@ from core.turn import ImageAction, Press
 
 LABELS = {"reroll": "Reroll", "variations": "Variations", "upscale": "Upscale ×2", "edit": "Edit", "info": "Info"}
 STALE = "That image is no longer in this conversation (it was cleared with /reset), so this button does nothing now."
-EDIT_FIELD = "What should change? e.g. make it look like winter"
+EDIT_FIELD, EDIT_HINT = "What should change?", "e.g. make it look like winter"
 # what the answer says, per button; {image}: the pressed image, {who}: the presser
 DONE = {"reroll": "Rerolled {image} for @{who}", "variations": "A variation of {image} for @{who}",
         "upscale": "{image} upscaled ×2 for @{who}", "edit": "Edited {image} for @{who}"}
@@ -71,7 +71,7 @@ def press(store: Store, row: ImageRow | None, action: str, loaded: set[str],
         return Press("private", f"{button.label} is not available right now: the image model it needs is not "
                                 "loaded. The bot's admins can load it (/models shows what is loaded).")
     if action == "edit":
-        return Press("form", f"Edit {row.image_id}", EDIT_FIELD)
+        return Press("form", f"Edit {row.image_id}", EDIT_FIELD, EDIT_HINT)
     return Press("run")
 
 

@@ -76,9 +76,10 @@ class Outcome:
 class Press:
     """What the core decided a button press does (``Core.press``); the adapter carries it out:
     "private": answer only the presser with ``text``; "form": open a form titled ``text`` with one
-    text field asking ``field``, and hand what is typed to ``Core.act``; "run": acknowledge, then
+    text field ``field`` (``hint`` as its placeholder), and hand what is typed to ``Core.act``; "run": acknowledge, then
     ``Core.act`` answers in the conversation like any request."""
 
     kind: Literal["private", "form", "run"]
     text: str = ""
-    field: str = ""
+    field: str = ""  # form: the field's label (short: Discord allows 45 characters)
+    hint: str = ""  # form: an example shown in the empty field

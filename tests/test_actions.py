@@ -9,7 +9,7 @@ import dataclasses
 
 from PIL import Image
 
-from core.actions import EDIT_FIELD, STALE
+from core.actions import EDIT_FIELD, EDIT_HINT, STALE
 from core.turn import Press
 from tests.conftest import ROOT, make_core
 from tests.test_agent import RecordingReply, photo, turn
@@ -90,7 +90,7 @@ async def test_buttons_after_a_restart(pool, tmp_path, llm_server):
     assert Image.open(reply.sent[-1][1][0].path).size == (128, 128)
     assert any(s and s.startswith("Upscaling: step") for s in reply.statuses)
 
-    assert await core.press(HERE, "img4", big.tag, "edit") == Press("form", "Edit img4", EDIT_FIELD)
+    assert await core.press(HERE, "img4", big.tag, "edit") == Press("form", "Edit img4", EDIT_FIELD, EDIT_HINT)
     reply = RecordingReply()
     await core.act(by("u2"), reply, "img4", big.tag, "edit", "make it look like winter")
     edited = core.store.image(HERE, "img5")
