@@ -7,6 +7,7 @@ import logging
 
 import settings
 from bot.adapters import terminal
+from core import local_llm
 from core.engine import Core
 from core.images import ImageStore
 from core.llm import LLM
@@ -24,7 +25,9 @@ def build_core(config: settings.Config) -> Core:
     lim = config.limits
     images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
                         working_size=lim.working_size)
-    return Core(config, store, images, PoolClient(config.pool.url), LLM(config.llm))
+    # [llm] base_url empty: the pool's built-in model, reached over the pool's socket
+    llm = LLM(config.llm, **local_llm.connection(config.pool.url)) if config.llm.built_in else LLM(config.llm)
+    return Core(config, store, images, PoolClient(config.pool.url), llm)
 
 
 async def run(config: settings.Config, force_terminal: bool = False) -> int:

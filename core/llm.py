@@ -47,10 +47,12 @@ No other text. The tools:
 
 
 class LLM:
-    def __init__(self, cfg: settings.LLMConfig, max_retries: int = 1):
+    def __init__(self, cfg: settings.LLMConfig, max_retries: int = 1, *, http_client: Any = None,
+                 base_url: str | None = None):
+        """``base_url``/``http_client`` override the config's server (the pool's built-in LLM: core/local_llm.py)."""
         self.cfg = cfg
-        self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "not-set",
-                                         timeout=cfg.timeout_s, max_retries=max_retries)
+        self.client = openai.AsyncOpenAI(base_url=base_url or cfg.base_url, api_key=cfg.api_key or "not-set",
+                                         timeout=cfg.timeout_s, max_retries=max_retries, http_client=http_client)
         self.json_mode = False  # set after a server refuses native tools
 
     async def close(self) -> None:

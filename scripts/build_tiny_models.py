@@ -37,13 +37,14 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     if stamp.exists() and stamp.read_text() == digest:
         return out
     sys.path.insert(0, str(ROOT))
-    from scripts.tiny_models import sd, vision
+    from scripts.tiny_models import llm, sd, vision
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))  # per process: builds may race
     sd.build(tmp)
     vision.build(tmp)
+    llm.build(tmp)
     (tmp / ".stamp").write_text(digest)
     old = out.with_name(f"{out.name}.old.{os.getpid()}")
     if out.exists():

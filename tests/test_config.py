@@ -29,9 +29,10 @@ def test_shipped_config_is_valid_and_mirrors_the_seed_advice(monkeypatch):
     for var in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     cfg = settings.load(ROOT / "config.toml")
-    assert list(cfg.models) == ["ImageCaptioning", "Text2Image"]
+    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "LLM"]
     assert all(m.device == "auto" for m in cfg.models.values())
     assert cfg.models["Text2Image"].source == settings.SD15
+    assert cfg.llm.built_in and cfg.models["LLM"].source == "Qwen/Qwen3-VL-2B-Instruct"  # no server to set up
     assert cfg.pool.start is True and cfg.pool.socket == ROOT / "data" / "pool.sock"
     assert cfg.limits.working_size == 512
     assert not cfg.discord.active and not cfg.slack.active
@@ -122,6 +123,8 @@ def test_check_config_lists_models_and_devices():
     assert out.returncode == 0, out.stderr
     assert re.search(r"ImageCaptioning +device=cpu \(auto\) +dtype=float32", out.stdout)
     assert re.search(r"Text2Image +device=cpu \(auto\) +dtype=float32 +source=stable-diffusion-v1-5/", out.stdout)
+    assert re.search(r"LLM +device=cpu \(auto\) +dtype=float32 +source=Qwen/Qwen3-VL-2B-Instruct", out.stdout)
+    assert "LLM: built in, Qwen/Qwen3-VL-2B-Instruct served by the pool" in out.stdout
 
 
 @pytest.mark.parametrize("text, key", [

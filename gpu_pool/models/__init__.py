@@ -36,6 +36,7 @@ MODEL_TABLE: dict[str, str] = {
     "SegText2Image": "sd:load_controlnet",
     "DepthText2Image": "sd:load_controlnet",
     "NormalText2Image": "sd:load_controlnet",
+    "LLM": "llm:load_llm",
 }
 
 
