@@ -163,6 +163,20 @@ async def test_the_core_s_llm_client_reaches_the_built_in_model(pool):
     assert answer.tool_calls or answer.text
 
 
+async def test_an_empty_base_url_means_the_pool_s_own_model(tmp_path):
+    from bot.app import build_llm
+
+    llm = build_llm(settings.parse({"models": {"LLM": {"source": "./llm"}}}, tmp_path / "config.toml"))
+    try:
+        assert str(llm.client.base_url) == "http://pool/v1/"  # over the pool's unix socket
+    finally:
+        await llm.close()
+    server = build_llm(settings.parse({"llm": {"base_url": "http://gpu-box:8000/v1"}}, tmp_path / "config.toml"))
+    assert str(server.client.base_url) == "http://gpu-box:8000/v1/"
+    await server.close()
+    assert build_llm(settings.parse({}, tmp_path / "config.toml")) is None  # neither: commands only
+
+
 async def test_the_pool_lists_the_llm_like_any_model(pool):
     client = pool.client()
     try:
