@@ -74,20 +74,23 @@ async def test_a_random_model_makes_only_schema_valid_tool_calls(client):
 
 
 async def test_text_or_calls_with_auto_and_an_image_part(client):
-    """With tool_choice auto the model may answer in words; an image part goes to the vision tower."""
-    texts = 0
-    for seed in range(3):
+    """With tool_choice auto the model may answer in words; an image part goes through the vision tower."""
+    texts, prompt_tokens = 0, []
+    for seed, image in ((0, True), (1, True), (2, True), (3, False)):
+        parts = [{"type": "text", "text": "what is in this picture?"}]
+        if image:
+            parts.append({"type": "image_url", "image_url": {"url": data_url()}})
         r = await client.chat.completions.create(
             model="built-in", max_tokens=24, seed=seed, tools=[SCHEMAS["caption_image"], SCHEMAS["edit_image"]],
-            messages=[SYSTEM, {"role": "user", "content": [
-                {"type": "text", "text": "what is in this picture?"},
-                {"type": "image_url", "image_url": {"url": data_url()}}]}])
+            messages=[SYSTEM, {"role": "user", "content": parts}])
         message = r.choices[0].message
         for call in message.tool_calls or []:
             assert_valid(call)
         texts += bool(message.content) and not message.tool_calls
-        assert r.usage.prompt_tokens > 4  # the image's tokens are in the prompt
+        prompt_tokens.append(r.usage.prompt_tokens)
     assert texts >= 1
+    # 64x48 pixels -> 64x64 in 32-pixel patches after merging: 4 image tokens, plus vision start and end
+    assert prompt_tokens[0] - prompt_tokens[-1] == 4 + 2
 
 
 async def test_streaming_answers_as_openai_streams_them(client):
