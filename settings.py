@@ -49,8 +49,11 @@ MODEL_DEFAULTS: dict[str, str] = {
     "NormalText2Image": "lllyasviel/sd-controlnet-normal",
     # Not a tool: checks every image the others draw (the SD1.5 repo's safety_checker, with its CLIP image processor).
     "SafetyChecker": "CompVis/stable-diffusion-safety-checker",
+    # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.
+    "LLM": "Qwen/Qwen3-VL-2B-Instruct",
 }
 MODEL_NAMES = tuple(MODEL_DEFAULTS)
+SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")  # the seed's visual models, each used by a tool
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
@@ -81,6 +84,11 @@ class LLMConfig:
     @property
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
+
+    @property
+    def built_in(self) -> bool:
+        """No server named: the pool hosts the model ([models.LLM]) and serves it on its socket."""
+        return not self.base_url
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,7 @@ class LimitsConfig:
     max_steps: int
     per_user_jobs: int
     images_per_turn: int = 8
+    llm_max_tokens: int = 1024
 
 
 @dataclass(frozen=True)
@@ -287,7 +296,7 @@ _ENABLED = ((bool, str), "auto", lambda v: None if v in (True, False, "auto") el
 
 SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
     "llm": {
-        "base_url": (str, "http://localhost:11434/v1", None),
+        "base_url": (str, "", None),
         "model": (str, "qwen2.5:7b-instruct", None),
         "api_key_env": (str, "OPENAI_API_KEY", _env_name),
         "timeout_s": ((int, float), 60, _positive),
@@ -345,6 +354,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "max_steps": (int, 100, lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
         "per_user_jobs": (int, 2, _positive),
         "images_per_turn": (int, 8, lambda v: None if 1 <= v <= 100 else "must be between 1 and 100"),
+        "llm_max_tokens": (int, 1024, lambda v: None if 1 <= v <= 32768 else "must be between 1 and 32768"),
     },
     "residency": {
         "budget": (str, "", _size),

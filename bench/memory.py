@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from gpu_pool.accounting import model_bytes, unique_bytes  # noqa: E402
-from settings import MODEL_NAMES  # noqa: E402
+from settings import SEED_MODELS as MODEL_NAMES  # noqa: E402
 
 MIB = 2**20
 SEED_PUBLISHED_MB = 42_054  # TaskMatrix README, per-tool GPU memory table, summed

@@ -8,6 +8,7 @@ import sys
 
 import settings
 from bot.adapters import terminal
+from core import local_llm
 from core.engine import Core
 from core.images import ImageStore
 from core.llm import LLM
@@ -25,7 +26,17 @@ def build_core(config: settings.Config) -> Core:
     lim = config.limits
     images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
                         working_size=lim.working_size)
-    return Core(config, store, images, PoolClient(config.pool.url), LLM(config.llm))
+    return Core(config, store, images, PoolClient(config.pool.url), build_llm(config))
+
+
+def build_llm(config: settings.Config) -> LLM | None:
+    """The configured server; with [llm] base_url empty, the pool's built-in model over the pool's socket."""
+    if not config.llm.built_in:
+        return LLM(config.llm)
+    if "LLM" not in config.models:
+        log.warning("llm.base_url is empty and config.toml has no [models.LLM]: free text is off, commands work")
+        return None
+    return LLM(config.llm, **local_llm.connection(config.pool.url))
 
 
 async def run(config: settings.Config, force_terminal: bool = False) -> int:

@@ -3,7 +3,7 @@
     core (PoolClient)                                 pool (gpu_pool.server)
     POST /jobs     frame(JobRequest) + raw pixels  ─▶ check, queue on the model's device
                    ◀─ frames, one per event, on the same response:
-                      queued(job_id, position) · progress(step, total) ·
+                      queued(job_id, position) · progress(step, total[, text]) ·
                       done(text, data, safety) + raw pixels | failed(message, code, detail)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
     GET  /models                                   ◀─ {"models": [ModelInfo...]}
@@ -11,6 +11,8 @@
     POST /models/load   {"model", "device"?, "dtype"?}
     POST /models/unload {"model"}                  ◀─ {"ok", "message", "models"}
     GET  /health                                   ◀─ {"ok": true, "pid"}
+    POST /v1/chat/completions, GET /v1/models      the built-in LLM, OpenAI's wire format
+                                                   (gpu_pool/openai_api.py), not these frames
 
 Before a job's images leave the pool, the safety checker looks at every image a
 drawing model made: done.safety holds one Verdict per image (None for models
@@ -86,7 +88,7 @@ class Event:
     position: int | None = None  # queued: jobs ahead of this one on its device
     step: int | None = None  # progress (step 0 of total 0: waiting for the model to load)
     total: int | None = None
-    text: str | None = None  # done
+    text: str | None = None  # done; progress: the next piece of an LLM's answer (streaming)
     images: list[RawImage] = field(default_factory=list)  # done
     data: dict[str, Any] | None = None  # done: structured results (e.g. Text2Box's boxes), JSON values
     seconds: float | None = None  # done: time inside the model

@@ -144,7 +144,7 @@ class Scheduler:
     def limits(self) -> dict[str, int]:
         lim = self.registry.config.limits
         return {"max_steps": lim.max_steps, "max_output_size": lim.max_output_size,
-                "max_image_pixels": lim.max_image_pixels}
+                "max_image_pixels": lim.max_image_pixels, "llm_max_tokens": lim.llm_max_tokens}
 
     def submit(self, request: JobRequest) -> Job:
         """Check and queue a job; a bad one gets its failed event at once."""
@@ -196,10 +196,10 @@ class Scheduler:
             return job.fail(str(e), "not_loaded")
         loop = asyncio.get_running_loop()
 
-        def progress(step: int, total: int) -> None:
+        def progress(step: int, total: int, text: str | None = None) -> None:
             if job.cancel_flag.is_set():
                 raise JobCancelled()
-            loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total))
+            loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total, text=text))
 
         residency = self.registry.manager(job.device)
         if model.draws:  # the checker runs right after: evict it last
@@ -293,7 +293,7 @@ def _check_images(images: list[RawImage], max_pixels: int) -> None:
 
 
 def _check_count(model: PoolModel, images: list[RawImage]) -> None:
-    if len(images) != model.n_images:
+    if model.n_images is not None and len(images) != model.n_images:
         names = " and ".join(model.image_names) or f"{model.n_images} image(s)"
         need = "no image" if model.n_images == 0 else names
         raise BadRequest(f"{model.name} takes {need}; got {len(images)} image(s).")

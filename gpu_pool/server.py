@@ -1,6 +1,7 @@
 """The pool's HTTP face (see ``gpu_pool/protocol.py`` for the messages).
 
-Serves on a unix socket by default, TCP when the config names a host.
+Serves on a unix socket by default, TCP when the config names a host. The same
+socket serves the built-in LLM to OpenAI clients (``gpu_pool/openai_api.py``).
 Models start loading in the background at startup, so ``/health`` answers
 at once and early jobs wait for their model.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 import settings
+from gpu_pool.openai_api import add_routes as add_openai_routes
 from gpu_pool.protocol import FrameError, decode_frame, event_to_frame, request_from_frame
 from gpu_pool.registry import NotLoaded, Registry
 from gpu_pool.scheduler import Scheduler
@@ -35,6 +37,7 @@ def make_app(config: settings.Config) -> web.Application:
     app.router.add_post("/models/reload", reload)
     app.router.add_post("/models/load", load)
     app.router.add_post("/models/unload", unload)
+    add_openai_routes(app, REGISTRY, SCHEDULER)  # the built-in LLM, for OpenAI clients
 
     async def lifespan(app: web.Application):
         registry = Registry(config)

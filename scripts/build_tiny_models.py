@@ -37,7 +37,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     if stamp.exists() and stamp.read_text() == digest:
         return out
     sys.path.insert(0, str(ROOT))
-    from scripts.tiny_models import detect, safety, sd, vision
+    from scripts.tiny_models import detect, llm, safety, sd, vision
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +46,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     vision.build(tmp)
     detect.build(tmp)
     safety.build(tmp)
+    llm.build(tmp)
     (tmp / ".stamp").write_text(digest)
     old = out.with_name(f"{out.name}.old.{os.getpid()}")
     if out.exists():

@@ -29,12 +29,13 @@ def test_shipped_config_is_valid_and_mirrors_the_seed_advice(monkeypatch):
     for var in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     cfg = settings.load(ROOT / "config.toml")
-    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "SafetyChecker"]  # the seed's advice, checked
+    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "SafetyChecker", "LLM"]  # the seed's advice, checked
     assert cfg.models["SafetyChecker"].source == "CompVis/stable-diffusion-safety-checker"
     assert cfg.safety == settings.SafetyConfig(enabled=True, allow_in_nsfw_channels=False, allow_in_slack_channels=(),
                                                allow_in_dms=False)
     assert all(m.device == "auto" for m in cfg.models.values())
     assert cfg.models["Text2Image"].source == settings.SD15
+    assert cfg.llm.built_in and cfg.models["LLM"].source == "Qwen/Qwen3-VL-2B-Instruct"  # no server to set up
     assert cfg.pool.start is True and cfg.pool.socket == ROOT / "data" / "pool.sock"
     assert cfg.limits.working_size == 512
     assert not cfg.discord.active and not cfg.slack.active
@@ -142,6 +143,8 @@ def test_check_config_lists_models_and_devices():
     assert out.returncode == 0, out.stderr
     assert re.search(r"ImageCaptioning +device=cpu \(auto\) +dtype=float32", out.stdout)
     assert re.search(r"Text2Image +device=cpu \(auto\) +dtype=float32 +source=stable-diffusion-v1-5/", out.stdout)
+    assert re.search(r"LLM +device=cpu \(auto\) +dtype=float32 +source=Qwen/Qwen3-VL-2B-Instruct", out.stdout)
+    assert "LLM: built in, Qwen/Qwen3-VL-2B-Instruct served by the pool" in out.stdout
 
 
 def test_check_config_names_the_detector_and_sams_default_weights(tmp_path):

@@ -39,6 +39,7 @@ MODEL_TABLE: dict[str, str] = {
     "DepthText2Image": "sd:load_controlnet",
     "NormalText2Image": "sd:load_controlnet",
     "SafetyChecker": "safety:load_safety_checker",
+    "LLM": "llm:load_llm",
 }
 
 

@@ -23,8 +23,9 @@ class JobCancelled(Exception):
     """Raised from the progress callback when the job was cancelled."""
 
 
-# progress(step, total): report a step; raises JobCancelled when the job was cancelled.
-Progress = Callable[[int, int], None]
+# progress(step, total, text=None): report a step (and, from the LLM, the next piece of its answer);
+# raises JobCancelled when the job was cancelled.
+Progress = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class PoolModel:
 
     name: str = ""
     params: dict[str, Param] = {}
-    n_images: int = 0  # images the job must send (e.g. 1 image, or image + mask)
+    n_images: int | None = 0  # images the job must send (e.g. 1 image, or image + mask); None: any number
     image_names: tuple[str, ...] = ()  # what each input image is, for error messages
     draws: bool = False  # its images are drawn, not maps of the input: the safety checker sees them first
 
