@@ -179,9 +179,9 @@ class Scheduler:
         if job.cancel_flag.is_set():
             return job.fail("The job was cancelled.", "cancelled")
         req = job.request
-        entry = self.registry.entries.get(req.model)
-        if entry is not None and entry.state == "loading":
-            job.emit(Event("progress", job.id, step=0, total=0))  # step 0 of 0: waiting for the model to load
+        await self._wait_for_load(job)
+        if job.cancel_flag.is_set():  # while it waited for a download
+            return job.fail("The job was cancelled.", "cancelled")
         try:
             model = await self.registry.get(req.model)
             params = check_params(model, req.params, self.limits)
@@ -220,6 +220,27 @@ class Scheduler:
                             "in the pool log.", "internal", detail)
         images = [RawImage.from_pil(im) for im in out.images]
         job.emit(Event("done", job.id, text=out.text, images=images, seconds=round(seconds, 6)))
+
+    async def _wait_for_load(self, job: Job) -> None:
+        """While the job's model downloads or loads, tell the job how far it got (step 0 of 0), about
+        once a second and only when something changed; returns once it is ready or failed."""
+        last = None
+        while (entry := self.registry.entries.get(job.request.model)) is not None and entry.state == "loading":
+            if job.cancel_flag.is_set():
+                return
+            phase, done, total, eta = self.registry.progress(job.request.model)
+            now = (phase, done, total, None if eta is None else round(eta))
+            if now != last:
+                last = now
+                job.emit(Event("progress", job.id, step=0, total=0, phase=phase, downloaded=done,
+                               download_total=total, eta_s=None if eta is None else round(eta, 1)))
+            try:
+                await asyncio.wait_for(asyncio.shield(entry.ready), 1.0)
+            except TimeoutError:
+                continue
+            except Exception:  # failed: the caller's registry.get says why
+                return
+            return
 
     def close(self) -> None:
         for q in self.queues.values():
