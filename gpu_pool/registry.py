@@ -123,9 +123,12 @@ class Registry:
             return "", 0, 0, None
         done, total = sum(d.done for d in e.downloads), sum(d.total for d in e.downloads)
         if e.phase == "downloading":
+            # An estimate only once 5 % of what was missing arrived: before, the small config
+            # files' round trips say nothing about the big weights' speed.
+            fetched, missing = done - sum(d.cached for d in e.downloads), total - sum(d.cached for d in e.downloads)
             rate = sum(d.rate() for d in e.downloads)
             load = sum(d.loaded_bytes() for d in e.downloads) / self._load_rate
-            eta = (total - done) / rate + load if rate > 0 else None
+            eta = (total - done) / rate + load if rate > 0 and fetched >= 0.05 * missing else None
             return "downloading", done, total, eta
         eta = None
         if e.load_started is not None:  # not while it waits for the loading thread
@@ -146,10 +149,12 @@ class Registry:
     # --- changes ------------------------------------------------------------
 
     def start_all(self) -> list[asyncio.Task]:
-        """Begin loading every model the config names; returns the loading tasks."""
-        tasks = [asyncio.create_task(self.load(name)) for name in self.config.models]
-        tasks.append(asyncio.create_task(self.log_fit()))
-        return tasks
+        """Begin loading every model the config names; returns the loading tasks (whose results are
+        None: a task kept by the server must not keep a model alive after a reload)."""
+        async def start(name: str) -> None:
+            await self.load(name)
+
+        return [*(asyncio.create_task(start(name)) for name in self.config.models), asyncio.create_task(self.log_fit())]
 
     async def load(self, name: str, device: str | None = None, dtype: str | None = None) -> Entry:
         """Load (or reload) ``name``; ``device``/``dtype`` override the config until the next reload."""
