@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gpu_pool import weights  # noqa: E402
 from gpu_pool.accounting import model_bytes, unique_bytes  # noqa: E402
 from settings import MODEL_DEFAULTS, MODEL_NAMES, SD15  # noqa: E402
 
