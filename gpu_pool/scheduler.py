@@ -101,10 +101,10 @@ class DeviceQueue:
     def _announce_positions(self) -> None:
         """Each pending job hears how many jobs will run before it: the running one, and the
         runnable ones ahead of it (a job waiting for its model to load is passed, not waited for)."""
-        ahead = self.running is not None
+        ahead = int(self.running is not None)
         for job in list(self.pending):
             job.announce(ahead)
-            ahead += self.scheduler.runnable(job)
+            ahead += int(self.scheduler.runnable(job))
 
     async def _work(self) -> None:
         while True:
@@ -256,8 +256,11 @@ class Scheduler:
                            eta_s=None if eta is None else round(eta, 1)))
 
     def wake_when_ready(self, job: Job, wake: asyncio.Event) -> None:
+        """Set ``wake`` once the job's model is ready (or failed, or gone): the job can run then."""
         entry = self.registry.entries.get(job.request.model)
-        if entry is not None and not entry.ready.done():
+        if entry is None or entry.ready.done():
+            wake.set()
+        else:
             entry.ready.add_done_callback(lambda _: wake.set())
 
     async def _tick(self) -> None:

@@ -31,7 +31,8 @@ LIMITS = {"max_steps": 10, "max_output_size": 256}
 # The models whose code paths differ by dtype run in float16 and bfloat16 here (float32: every model in
 # tests/test_models_*.py, and the SD base's full-precision files below). Every other model shares its
 # loader and run with one of these (the seven other ControlNets with CannyText2Image, VQA with
-# captioning) or runs in float32 whatever the dtype (the controlnet_aux networks): the slow sweep.
+# captioning) or runs in float32 whatever the dtype (the controlnet_aux networks): the slow sweep runs
+# them in float16 and bfloat16, so every model meets every dtype.
 BY_DTYPE = ["Text2Image", "InstructPix2Pix", "Inpainting", "CannyText2Image", "ImageCaptioning", "Text2Mask",
             "Image2Seg", "Image2Depth", "Image2Normal"]
 CASES = [(n, d) for d in ("float16", "bfloat16") for n in BY_DTYPE] + [("Text2Image", "float32"),
@@ -98,9 +99,10 @@ def test_every_model_loads_the_real_layouts_and_runs_in_every_dtype(load, name, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name", OTHERS)
-def test_the_other_models_load_the_real_layouts_in_float16(load, name):
-    check_output(name, run_once(load(name, "float16")))
+def test_the_other_models_load_the_real_layouts_in_16_bits(load, name, dtype):
+    check_output(name, run_once(load(name, dtype)))
 
 
 def test_the_base_never_reads_the_safety_checker_or_the_single_file_checkpoint(load, hub):

@@ -65,7 +65,8 @@ async def test_one_base_and_reloads_that_release_the_old_copy_first(tiny_dir, tm
         size = lambda *files: sum((tiny_dir / f).stat().st_size for f in files)  # noqa: E731 (float32 files)
         base = size("sd15/unet/diffusion_pytorch_model.safetensors", "sd15/vae/diffusion_pytorch_model.safetensors",
                     "sd15/text_encoder/model.safetensors")
-        canny, blip = size("controlnet-canny/diffusion_pytorch_model.safetensors"), size("blip-caption/model.safetensors")
+        canny = size("controlnet-canny/diffusion_pytorch_model.safetensors")
+        blip = size("blip-caption/model.safetensors")
         text = fit.size_text
         assert line.startswith(f"cpu: the configured models need about {text(base + canny + blip)} of weights "
                                f"(Text2Image {text(base)}, CannyText2Image {text(base + canny)}, "
@@ -129,7 +130,8 @@ def test_the_chat_and_models_say_how_far_a_download_got():
                                               "I'll answer when it is ready")
     ev = Event("progress", "j1", step=0, total=0, phase="loading", downloaded=2_130_000_000,
                download_total=2_130_000_000, eta_s=12.4)
-    assert waiting_text("Text2Image", ev) == "Text2Image is still loading (about 12 s left); I'll answer when it is ready"
+    assert waiting_text("Text2Image", ev) == ("Text2Image is still loading (about 12 s left); "
+                                              "I'll answer when it is ready")
     assert format_models([
         ModelInfo("Text2Image", "cuda:0", "float16", "sd", "loading", phase="downloading", downloaded=400_000_000,
                   download_total=2_130_000_000, eta_s=95),

@@ -179,7 +179,8 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
                 (ctx.waits.hold if waiting else ctx.waits.release)(ctx.deadline)
                 held = waiting
             if ev.kind == "queued":
-                await ctx.status(f"{label}: waiting, {ev.position} job(s) ahead" if ev.position else f"{label}: starting")
+                await ctx.status(f"{label}: waiting, {ev.position} job(s) ahead" if ev.position
+                                 else f"{label}: starting")
             elif waiting:
                 await ctx.status(waiting_text(model, ev))
             elif ev.kind == "progress" and ev.total and ev.total > 1:
