@@ -282,6 +282,15 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
     return {name: s[name] for name in settings.MODEL_NAMES}
 
 
+def _roomy_ram_disk() -> str | None:
+    """/dev/shm when it can hold the 9 GB of real-size checkpoints (containers often give it 64 MB), else /tmp."""
+    try:
+        st = os.statvfs("/dev/shm")
+        return "/dev/shm" if st.f_bavail * st.f_frsize > 16e9 else None
+    except OSError:
+        return None
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -290,7 +299,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     parser.add_argument("--tiny", action="store_true", help="tiny models only (no real-size weights)")
     parser.add_argument("--sizes", default="", help="pixel sizes, e.g. 512,1024 (default; 64,128 on the CPU)")
-    parser.add_argument("--scratch", default="", help="where the real-size checkpoints go (default: /dev/shm)")
+    parser.add_argument("--scratch", default="", help="where the 9 GB of real-size checkpoints go (default: /dev/shm "
+                                                      "when it has room, else the temp folder)")
     parser.add_argument("--budget-s", type=float, default=450, help="runs after this many seconds are skipped, loudly")
     args = parser.parse_args()
     started = time.monotonic()
@@ -328,8 +338,7 @@ def main() -> int:
     meter.free()
 
     if not args.tiny:
-        scratch = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=args.scratch or
-                                        ("/dev/shm" if os.path.isdir("/dev/shm") else None)))
+        scratch = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=args.scratch or _roomy_ram_disk()))
         try:
             t = time.perf_counter()
             folders = write_real(scratch, tiny, device)

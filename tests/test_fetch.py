@@ -142,7 +142,7 @@ async def test_after_fetch_the_pool_runs_offline(fetched):
 async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_repos, tmp_path, llm_server):
     """A turn whose model is still downloading is answered when it is ready, though that takes longer than
     the turn's deadline; meanwhile the chat and /models show the progress."""
-    hub = FakeHub(hub_repos, bytes_per_s=200_000).start()  # the fp16 SD base (2.4 MB) takes about 12 s
+    hub = FakeHub(hub_repos, bytes_per_s=300_000).start()  # the fp16 SD base (2.4 MB) takes about 8 s
     pool = start_pool(config(tmp_path, MODELS.split("[models.InstructPix2Pix]")[0]), hub_env(hub, tmp_path / "hf"))
     try:
         client = pool.client()
