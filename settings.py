@@ -25,7 +25,7 @@ ANNOTATORS = "lllyasviel/Annotators"
 MODEL_DEFAULTS: dict[str, str] = {
     "ImageCaptioning": "Salesforce/blip-image-captioning-base",
     "VisualQuestionAnswering": "Salesforce/blip-vqa-base",
-    "Text2Image": SD15,
+    "Text2Image": SD15,  # unless config.toml says otherwise: [pool] sd_base (see Config.default_source)
     "InstructPix2Pix": "timbrooks/instruct-pix2pix",
     "Inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
     "Text2Mask": "CIDAS/clipseg-rd64-refined",
@@ -230,6 +230,11 @@ class Config:
     residency: ResidencyConfig = field(default_factory=ResidencyConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def default_source(self, name: str) -> str:
+        """Where model ``name`` loads from when its section names no source. Text2Image is the shared
+        SD base itself, so a local or custom ``sd_base`` never loads a second base from the hub."""
+        return self.pool.sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
 
 
 # --- the schema: one table, checked generically ----------------------------
@@ -441,7 +446,9 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         if name not in MODEL_DEFAULTS:
             raise ConfigError(f"models.{name}: unknown model; known models: {', '.join(MODEL_NAMES)}")
         m = _check_table(f"models.{name}", table, MODEL_KEYS)
-        source = m["source"] if m["source"] is not None else MODEL_DEFAULTS[name]
+        source = m["source"]
+        if source is None:  # as Config.default_source
+            source = sec["pool"]["sd_base"] if name == "Text2Image" else MODEL_DEFAULTS[name]
         models[name] = ModelConfig(name, m["device"], m["dtype"], _source(source, base_dir))
 
     p = sec["pool"]

@@ -63,7 +63,7 @@ async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: 
     store = ctx.images.store
     state = _TurnState()
     try:
-        async with asyncio.timeout(turn_timeout):
+        async with asyncio.timeout(turn_timeout) as ctx.deadline:  # jobs pause it while a model downloads
             for _ in range(max_rounds):
                 step = await _round(llm, ctx, loaded, state, token_budget)
                 if isinstance(step, Final):

@@ -23,7 +23,7 @@ from core.pool_client import PoolClient, PoolUnavailable
 from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, Store
 from core.tools import BY_NAME
-from core.tools.base import ToolContext, call
+from core.tools.base import ToolContext, bytes_pair, bytes_text, call, duration_text
 from core.turn import OutImage, Outcome, Reply, Turn
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,8 @@ class Core:
 
 def format_models(infos) -> str:
     """One line per model: where it is, whether its weights are on the device now
-    (offloaded: waiting in CPU RAM under a residency budget), its size and last use."""
+    (offloaded: waiting in CPU RAM under a residency budget), its size and last use;
+    while it downloads or loads, how far it got and about how long is left."""
     if not infos:
         return "No models are configured."
     lines = []
@@ -233,5 +234,12 @@ def format_models(infos) -> str:
             used = ", last used " + (f"{ago:.0f} s" if ago < 90 else f"{ago / 60:.0f} min" if ago < 5400
                                      else f"{ago / 3600:.1f} h") + " ago"
         err = f" - {m.error}" if m.error else ""
-        lines.append(f"{m.name}: {m.state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
+        state = m.state
+        if m.state == "loading" and m.phase:  # downloading 1.2 of 2.1 GB / loading 2.1 GB of files
+            state = m.phase
+            if m.download_total:
+                size = (bytes_pair(m.downloaded, m.download_total) if m.phase == "downloading"
+                        else f"{bytes_text(m.download_total)} of files")
+            size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
+        lines.append(f"{m.name}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
     return "\n".join(lines)

@@ -5,6 +5,8 @@
                    ◀─ frames, one per event, on the same response:
                       queued(job_id, position) · progress(step, total[, text]) ·
                       done(text, data, safety) + raw pixels | failed(message, code, detail)
+                      (progress step 0 of 0: waiting for the model, with its
+                       download or load progress, about once a second)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
     GET  /models                                   ◀─ {"models": [ModelInfo...]}
     POST /models/reload {"model": name | null}     ─▶ re-read config.toml, reload one or all
@@ -86,8 +88,12 @@ class Event:
     kind: EventKind
     job_id: str
     position: int | None = None  # queued: jobs ahead of this one on its device
-    step: int | None = None  # progress (step 0 of total 0: waiting for the model to load)
+    step: int | None = None  # progress (step 0 of total 0: waiting for the model to download or load)
     total: int | None = None
+    phase: str | None = None  # waiting: "downloading" or "loading" (see ModelInfo)
+    downloaded: int | None = None  # waiting: bytes of the model's files here so far
+    download_total: int | None = None  # waiting: bytes of the model's files (0: not known yet)
+    eta_s: float | None = None  # waiting: estimated seconds until the model is ready
     text: str | None = None  # done; progress: the next piece of an LLM's answer (streaming)
     images: list[RawImage] = field(default_factory=list)  # done
     data: dict[str, Any] | None = None  # done: structured results (e.g. Text2Box's boxes), JSON values
@@ -111,6 +117,11 @@ class ModelInfo:
     error: str | None = None
     last_used: float | None = None  # unix time of the last job
     resident: bool = False  # weights on the device now; False: offloaded to CPU RAM (or not loaded)
+    # While state is "loading": downloading its files from the hub, then loading them ("loading").
+    phase: str = ""
+    downloaded: int = 0  # bytes of its files on this machine (from the cache or arrived)
+    download_total: int = 0  # bytes of its files (0 while the hub's listing is not in, or none to fetch)
+    eta_s: float | None = None  # estimated seconds until ready; None: no estimate yet
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

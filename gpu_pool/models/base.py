@@ -53,11 +53,12 @@ class Output:
 @dataclass(frozen=True)
 class LoadSpec:
     name: str  # seed model name, e.g. "CannyText2Image"
-    source: str  # hub id or absolute local folder ("" when the model has no weights)
+    source: str  # a local folder (a hub id is fetched into the cache first), or "" when the model has no weights
     device: str  # resolved: "cpu", "cuda:0" ...
     dtype: torch.dtype
-    sd_base: str  # hub id or folder of the shared Stable Diffusion 1.5 base
+    sd_base: str  # local folder of the shared Stable Diffusion 1.5 base
     home: str = ""  # where the weights wait between jobs under a residency budget ("cpu"); "": on the device
+    working_size: int = 512  # [limits] working_size: the SD family fits input images to it (SD1.5's 512)
 
     @property
     def load_device(self) -> str:
@@ -110,6 +111,16 @@ class SharedBases:
             if key not in self._bases:
                 self._bases[key] = self._loader(source, home or device, dtype)
             return self._bases[key]
+
+    def holds(self, source: str, device: str, dtype: torch.dtype) -> bool:
+        """Whether that base is loaded already (a model built on it loads only its own part)."""
+        return (source, device, dtype) in self._bases
+
+    def module_ids(self) -> set[int]:
+        """Ids of the modules of every base held."""
+        with self._lock:
+            return {id(m) for base in self._bases.values() for m in base.components.values()
+                    if isinstance(m, torch.nn.Module)}
 
     def drop_unused(self, in_use: set[int]) -> None:
         """Forget bases none of whose modules a loaded model holds (``in_use``: ids of modules)."""
