@@ -11,7 +11,7 @@ from PIL import Image
 
 from core.errors import BadImage, UnknownImage
 from core.images import ImageStore, fit_size
-from core.store import Store
+from core.store import MIGRATIONS, Store
 
 
 @pytest.fixture
@@ -143,4 +143,5 @@ def test_store_survives_reopen(tmp_path):
     msgs = reopened.messages("s")
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert msgs[1]["tool_calls"][0]["function"]["name"] == "edit_image"
-    assert [r["name"] for r in reopened.db["_migrations"].rows] == ["m001_initial"]
+    # each migration applied once, in order, and none again on reopening
+    assert [r["name"] for r in reopened.db["_migrations"].rows] == [m.__name__ for m in MIGRATIONS]
