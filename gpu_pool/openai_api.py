@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat-completions endpoint for the pool's built-in LLM (``[models.LLM]``).
 
-    POST /v1/chat/completions   an OpenAI chat request ─▶ checked here, one LLM job on the model's
-                                device queue (like any job: queue position, residency, cancel)
+    POST /v1/chat/completions   an OpenAI chat request ─▶ checked here, one LLM job where the pool runs
+                                its jobs (like any job: queue position, residency, cancel)
                                 ◀─ the OpenAI answer: JSON, or SSE chunks with "stream": true
     GET  /v1/models             ◀─ the model this pool serves, and its state
 
@@ -11,6 +11,9 @@ exactly as it reaches Ollama or vLLM. Errors have OpenAI's shape,
 what to fix; an image part sent to a model that cannot see says "cannot see images"), 404 no
 ``[models.LLM]`` here, 503 the model is loading or failed to load, 500 it failed while answering.
 A client that goes away cancels its job, so a dropped request never keeps the device busy.
+
+Where the job runs is the ``Backend``'s business: this process's Scheduler (``server.LocalJobs``)
+or the Ray replicas (``ray.front.Front``). This module only reads requests and writes answers.
 """
 
 from __future__ import annotations
@@ -22,20 +25,31 @@ import io
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, AsyncIterator, Protocol
 
 from aiohttp import web
 from PIL import Image
 
-from gpu_pool.protocol import Event, JobRequest, RawImage
-from gpu_pool.registry import Registry
-from gpu_pool.scheduler import Job, Scheduler
+import settings
+from gpu_pool.protocol import Event, JobRequest, ModelInfo, RawImage
 
 log = logging.getLogger(__name__)
 MODEL = "LLM"
 ROLES = ("system", "user", "assistant", "tool")
 _CODES = {"bad_request": 400, "not_loaded": 503, "unknown_model": 404, "oom": 503, "cancelled": 499,
           "internal": 500, "unavailable": 503}
+
+
+class Backend(Protocol):
+    """Where the LLM's jobs run."""
+
+    limits: settings.LimitsConfig
+
+    def run(self, request: JobRequest) -> AsyncIterator[Event]:
+        """A job's events, the last one done or failed; closing the iterator early cancels the job."""
+
+    async def llm_info(self) -> ModelInfo | None:
+        """The LLM's listing (its source and state); None where no [models.LLM] is served."""
 
 
 class ApiError(Exception):
@@ -49,60 +63,62 @@ class ApiError(Exception):
         return web.json_response(body, status=self.status)
 
 
-def add_routes(app: web.Application, registry: web.AppKey, scheduler: web.AppKey) -> None:
+def add_routes(app: web.Application, backend: web.AppKey) -> None:
+    """The two routes, answered with the ``Backend`` at ``app[backend]``."""
+
     async def completions(request: web.Request) -> web.StreamResponse:
         try:
-            return await chat_completions(request, request.app[registry], request.app[scheduler])
+            return await chat_completions(request, request.app[backend])
         except ApiError as e:
             return e.response()
         except ConnectionResetError:  # the client left; its job is cancelled
             return web.Response(status=499)
 
     async def models(request: web.Request) -> web.Response:
-        entry = request.app[registry].entries.get(MODEL)
-        data = [{"id": entry.source, "object": "model", "created": 0, "owned_by": "pool", "state": entry.state}
-                ] if entry else []
+        info = await request.app[backend].llm_info()
+        data = [{"id": info.source, "object": "model", "created": 0, "owned_by": "pool", "state": info.state}
+                ] if info else []
         return web.json_response({"object": "list", "data": data})
 
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/v1/models", models)
 
 
-async def chat_completions(request: web.Request, registry: Registry, scheduler: Scheduler) -> web.StreamResponse:
+async def chat_completions(request: web.Request, backend: Backend) -> web.StreamResponse:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "The body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The body must be a JSON object.")
-    params, urls = job_params(body, scheduler.limits["llm_max_tokens"])
-    _check_ready(registry)
-    images = await asyncio.get_running_loop().run_in_executor(
-        None, _decode_images, urls, scheduler.limits["max_image_pixels"])
-    job = scheduler.submit(JobRequest(MODEL, params, images, user="openai-api"))
-    source = registry.entries[MODEL].source
+    limits = backend.limits
+    params, urls = job_params(body, limits.llm_max_tokens)
+    source = _ready(await backend.llm_info())
+    images = await asyncio.get_running_loop().run_in_executor(None, _decode_images, urls, limits.max_image_pixels)
+    job = _Job(request, backend.run(JobRequest(MODEL, params, images, user="openai-api")))
     try:
+        first = await job.start()  # its id names the answer
+        if first.kind == "failed":  # refused before it ran (e.g. the model went away meanwhile)
+            return _failure(first).response()
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await _stream(request, job, source, include_usage)
-        return await _answer(request, job, source)
+        return await _answer(job, source)
     finally:
-        if not job.finished:
-            scheduler.cancel(job.id)
-            log.info("chat client left; cancelled job %s", job.id)
-        scheduler.forget(job)
+        await job.close()
 
 
-def _check_ready(registry: Registry) -> None:
-    entry = registry.entries.get(MODEL)
-    if entry is None:
+def _ready(info: ModelInfo | None) -> str:
+    """The LLM's source, where it can answer now."""
+    if info is None:
         raise ApiError(404, "This pool serves no language model: add a [models.LLM] section to config.toml, "
                             "or set [llm] base_url to an OpenAI-compatible server.", "model", "model_not_found")
-    if entry.state == "loading":
-        raise ApiError(503, f"The built-in language model ({entry.source}) is still loading (the first start "
+    if info.state == "loading":
+        raise ApiError(503, f"The built-in language model ({info.source}) is still loading (the first start "
                             "downloads it). Try again in a minute.", code="model_loading")
-    if entry.state == "failed":
-        raise ApiError(503, f"The built-in language model could not be loaded: {entry.error}", code="model_failed")
+    if info.state == "failed":
+        raise ApiError(503, f"The built-in language model could not be loaded: {info.error}", code="model_failed")
+    return info.source
 
 
 # --- the request ------------------------------------------------------------
@@ -279,21 +295,47 @@ def _decode_images(urls: list[str], max_pixels: int) -> list[RawImage]:
 # --- the answer -------------------------------------------------------------
 
 
-async def _next(request: web.Request, job: Job) -> Event:
-    """The job's next event; raises ConnectionResetError when the client has gone away meanwhile."""
-    while True:
-        try:
-            return await asyncio.wait_for(job.events.get(), 1.0)
-        except TimeoutError:
-            if request.transport is None or request.transport.is_closing():
-                raise ConnectionResetError("the client closed the connection") from None
+class _Job:
+    """A job's events as the handler reads them: it stops waiting once the client has gone away."""
+
+    def __init__(self, request: web.Request, events: AsyncIterator[Event]):
+        self.request, self.events = request, events
+        self.id, self.ended = "", False
+        self._next: asyncio.Future | None = None  # kept across polls: cancelling it would end the iterator
+
+    async def start(self) -> Event:
+        """The first event, which ``next`` then returns again."""
+        ev = await self.next()
+        self._next = asyncio.get_running_loop().create_future()
+        self._next.set_result(ev)
+        return ev
+
+    async def next(self) -> Event:
+        """The next event; raises ConnectionResetError when the client has gone away meanwhile."""
+        self._next = self._next or asyncio.ensure_future(anext(self.events))
+        while not (await asyncio.wait({self._next}, timeout=1.0))[0]:
+            if self.request.transport is None or self.request.transport.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+        ev, self._next = self._next.result(), None
+        self.id = self.id or ev.job_id.replace(":", "-")  # a Ray job id is replica:job
+        self.ended = ev.kind in ("done", "failed")
+        return ev
+
+    async def close(self) -> None:
+        """Cancel the job unless it ended."""
+        if self._next is not None:
+            self._next.cancel()
+            await asyncio.wait({self._next})
+        await self.events.aclose()
+        if not self.ended:
+            log.info("chat client left; cancelled job %s", self.id or "(not started)")
 
 
 def _failure(ev: Event) -> ApiError:
     return ApiError(_CODES.get(ev.code or "", 500), ev.message or "The language model failed.", code=ev.code)
 
 
-def _calls(job: Job, answer: dict[str, Any]) -> list[dict[str, Any]]:
+def _calls(job: _Job, answer: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"id": f"call_{job.id}_{i}", "type": "function", "function": c} for i, c in enumerate(answer["tool_calls"])]
 
 
@@ -302,8 +344,8 @@ def _usage(answer: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-async def _answer(request: web.Request, job: Job, source: str) -> web.Response:
-    while (ev := await _next(request, job)).kind not in ("done", "failed"):
+async def _answer(job: _Job, source: str) -> web.Response:
+    while (ev := await job.next()).kind not in ("done", "failed"):
         pass
     if ev.kind == "failed":
         return _failure(ev).response()
@@ -317,7 +359,7 @@ async def _answer(request: web.Request, job: Job, source: str) -> web.Response:
         "usage": _usage(answer)})
 
 
-async def _stream(request: web.Request, job: Job, source: str, include_usage: bool) -> web.StreamResponse:
+async def _stream(request: web.Request, job: _Job, source: str, include_usage: bool) -> web.StreamResponse:
     """Server-sent events as OpenAI streams them: a role chunk, content deltas, tool calls, the finish, [DONE]."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
@@ -331,7 +373,7 @@ async def _stream(request: web.Request, job: Job, source: str, include_usage: bo
     await send({"role": "assistant", "content": ""})
     streamed = ""
     while True:
-        ev = await _next(request, job)
+        ev = await job.next()
         if ev.kind == "progress" and ev.text:
             streamed += ev.text
             await send({"content": ev.text})

@@ -34,6 +34,8 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+# failed.message of a job whose pool (or Ray replica) died or could not be reached: the chat user reads it
+UNAVAILABLE = "The image engine is not reachable right now; please try again in a minute."
 CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 _HEADER = struct.Struct(">I")
 MAX_HEADER = 1 << 20
