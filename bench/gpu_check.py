@@ -153,7 +153,7 @@ def run_all(label: str, models: dict, sizes: list[int], meter: Meter, deadline: 
     from gpu_pool.models.base import check_params
 
     torch = meter.torch
-    limits = {"max_steps": 100, "max_output_size": max(sizes)}
+    limits = {"max_steps": 100, "max_output_size": max(sizes), "llm_max_tokens": 64}
     for size in sizes:
         image = picture(size)
         mask = Image.new("L", (size, size), 0)
@@ -165,12 +165,13 @@ def run_all(label: str, models: dict, sizes: list[int], meter: Meter, deadline: 
                 say(f"skipped_{prefix}", "out of time (--budget-s)")
                 continue
             params = {"prompt": "a red house by a lake"} if "prompt" in model.params else {}
+            params.update(llm_job(size) if "messages" in model.params else {})
             params.update({"steps": 2} if "steps" in model.params else {})
             params.update({"width": size, "height": size} if name == "Text2Image" else {})
             params.update({"question": "what is in the picture?"} if name == "VisualQuestionAnswering" else {})
             params.update({"detect_resolution": size} if "detect_resolution" in model.params else {})
             model.spec = dataclasses.replace(model.spec, working_size=size)  # SD tools work at this size
-            images = [image, mask][:model.n_images]
+            images = [image] if model.n_images is None else [image, mask][:model.n_images]  # None: the LLM
             try:
                 with meter.run(prefix), torch.inference_mode():
                     out = model.run(check_params(model, params, limits), images, lambda i, n: None)
@@ -218,8 +219,9 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
     """Real-size random checkpoints, built on ``device`` in fp16 and saved as the hub lays them out."""
     import memory as real  # bench/memory.py: the real configs and builders
     from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline)
-    from transformers import (BlipImageProcessor, BlipProcessor, CLIPSegProcessor, DPTImageProcessor,
-                              SegformerImageProcessor, ViTImageProcessor)
+    from transformers import (BlipImageProcessor, BlipProcessor, CLIPImageProcessor, CLIPSegProcessor,
+                              DPTImageProcessor, GroundingDinoImageProcessor, GroundingDinoProcessor,
+                              SamImageProcessor, SamProcessor, SegformerImageProcessor, ViTImageProcessor)
 
     from scripts.tiny_models.common import clip_tokenizer
     from scripts.tiny_models.sd import SD15_SCHEDULE
@@ -272,6 +274,14 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
                                           "VisualQuestionAnswering": "blip-vqa", "Text2Mask": "clipseg",
                                           "Image2Seg": "upernet", "Image2Depth": "dpt-large",
                                           "Image2Normal": "dpt-hybrid"}.items()}
+    save("safety-checker", real.safety_checker,
+         CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}))
+    dino_tokenizer = GroundingDinoProcessor.from_pretrained(tiny / "grounding-dino").tokenizer  # BERT's ids
+    save("grounding-dino", real.grounding_dino, GroundingDinoProcessor(GroundingDinoImageProcessor(), dino_tokenizer))
+    save("sam", real.sam, SamProcessor(SamImageProcessor()))
+    write_real_llm(scratch / "llm", tiny / "llm", device)
+    s.update({"SafetyChecker": str(scratch / "safety-checker"), "Text2Box": str(scratch / "grounding-dino"),
+              "Segmenting": str(scratch / "sam"), "LLM": str(scratch / "llm")})
     s["Image2Canny"] = ""
     for name in ("Image2Line", "Image2Hed", "Image2Scribble", "Image2Pose"):
         s[name] = str(tiny / "annotators")  # the tiny annotators are the real networks (compact files)
@@ -282,11 +292,58 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
     return {name: s[name] for name in settings.MODEL_NAMES}
 
 
+# Qwen/Qwen3-VL-2B-Instruct's sizes (its language model is Qwen3-1.7B's shape); token ids stay the tiny
+# tokenizer's, which lie inside the real vocabulary
+QWEN3_VL_2B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                        num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+QWEN3_VL_2B_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
+                          num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17])
+
+
+def write_real_llm(folder: Path, tiny_llm: Path, device: str) -> None:
+    """The built-in LLM at Qwen3-VL-2B's size, random, with the tiny model's tokenizer, template and processor."""
+    import json
+
+    import memory as real
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    started = time.perf_counter()
+    cfg = json.loads((tiny_llm / "config.json").read_text())
+    cfg["text_config"].update(QWEN3_VL_2B_TEXT)
+    cfg["text_config"]["rope_parameters"]["mrope_section"] = [24, 20, 20]  # of head_dim 128, as the real model
+    cfg["vision_config"].update(QWEN3_VL_2B_VISION)
+    cfg["tie_word_embeddings"] = True
+    config = Qwen3VLConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
+    with real.fp16_on(device):
+        model = Qwen3VLForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    del model
+    for f in tiny_llm.iterdir():
+        if f.name not in ("config.json", "model.safetensors") and not f.name.startswith("model-"):
+            shutil.copy(f, folder / f.name)
+    processor = json.loads((folder / "processor_config.json").read_text())
+    for part in ("image_processor", "video_processor"):  # the real model's pixel range (the pool caps it)
+        processor[part]["size"] = {"shortest_edge": 65536, "longest_edge": 16777216}
+    (folder / "processor_config.json").write_text(json.dumps(processor, indent=2))
+    say("real_write_llm_s", f"{time.perf_counter() - started:.2f}")
+
+
+def llm_job(size: int) -> dict:
+    """A chat turn with one image and one tool, as the core sends it (the image part stands for ``image``)."""
+    tool = {"type": "function", "function": {
+        "name": "caption_image", "description": "Describe an image in one sentence.",
+        "parameters": {"type": "object", "properties": {"image": {"type": "string", "enum": ["img1"]}},
+                       "required": ["image"], "additionalProperties": False}}}
+    content = [{"type": "text", "text": f"[img1, uploaded, {size}x{size}]"}, {"type": "image"},
+               {"type": "text", "text": "What is in this picture?"}]
+    return {"messages": [{"role": "user", "content": content}], "tools": [tool], "max_tokens": 48}
+
+
 def _roomy_ram_disk() -> str | None:
-    """/dev/shm when it can hold the 9 GB of real-size checkpoints (containers often give it 64 MB), else /tmp."""
+    """/dev/shm when it can hold the 15 GB of real-size checkpoints (containers often give it 64 MB), else /tmp."""
     try:
         st = os.statvfs("/dev/shm")
-        return "/dev/shm" if st.f_bavail * st.f_frsize > 16e9 else None
+        return "/dev/shm" if st.f_bavail * st.f_frsize > 24e9 else None
     except OSError:
         return None
 
@@ -299,7 +356,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     parser.add_argument("--tiny", action="store_true", help="tiny models only (no real-size weights)")
     parser.add_argument("--sizes", default="", help="pixel sizes, e.g. 512,1024 (default; 64,128 on the CPU)")
-    parser.add_argument("--scratch", default="", help="where the 9 GB of real-size checkpoints go (default: /dev/shm "
+    parser.add_argument("--scratch", default="", help="where the 15 GB of real-size checkpoints go (default: /dev/shm "
                                                       "when it has room, else the temp folder)")
     parser.add_argument("--budget-s", type=float, default=450, help="runs after this many seconds are skipped, loudly")
     args = parser.parse_args()
