@@ -1,13 +1,16 @@
 """Start the pool as a child process, and start it again if it dies.
 
 Only for a pool the bot started itself (``pool.start = true``); a pool
-someone else runs is only connected to.
+someone else runs is only connected to. The child is told the bot's pid
+(``GPU_POOL_PARENT_PID``) and exits by itself when the bot dies, even by SIGKILL
+(see ``gpu_pool/__main__.py``): never an orphan holding GPU memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,12 +31,16 @@ class PoolProcess:
 
     async def start(self) -> None:
         """Start the pool and wait until it answers (models may still be loading)."""
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd)
+        self.proc = await self._spawn()
         log.info("started the pool (pid %s)", self.proc.pid)
         await self.wait_healthy()
         if self._watch is None:
             self._watch = asyncio.create_task(self._watchdog(), name="pool-watchdog")
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        env = dict(os.environ, GPU_POOL_PARENT_PID=str(os.getpid()))
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd, env=env)
 
     async def wait_healthy(self) -> None:
         client = PoolClient(self.url)
@@ -58,8 +65,7 @@ class PoolProcess:
             log.error("the pool exited (code %s); starting it again (restart %d)", code, self.restarts)
             await asyncio.sleep(min(30, 2 ** min(self.restarts, 5) / 4))
             try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd)
+                self.proc = await self._spawn()
                 await self.wait_healthy()
                 log.info("the pool is back (pid %s)", self.proc.pid)
             except Exception:
@@ -70,8 +76,12 @@ class PoolProcess:
         if self._watch:
             self._watch.cancel()
         if self.proc and self.proc.returncode is None:
+            started = time.monotonic()
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), 10)
             except TimeoutError:
+                log.warning("the pool did not stop in 10 s; killing it")
                 self.proc.kill()
+                await self.proc.wait()
+            log.info("the pool stopped (pid %s) in %.1f s", self.proc.pid, time.monotonic() - started)

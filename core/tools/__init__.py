@@ -18,6 +18,7 @@ from core.tools.generate import GenerateImage
 from core.tools.inpaint import InpaintImage
 from core.tools.mask import FindObject
 from core.tools.question import AnswerQuestion
+from core.tools.show import ShowImage
 
 TOOLS: list[Tool] = [
     CaptionImage(),
@@ -28,6 +29,7 @@ TOOLS: list[Tool] = [
     *controlnet.TOOLS,
     FindObject(),
     InpaintImage(),
+    ShowImage(),
     # multi-step flows (core/templates), each one tool to the LLM
     ExtendImage(),
     RemoveObject(),

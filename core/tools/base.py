@@ -45,6 +45,7 @@ class ToolContext:
     limits: settings.LimitsConfig
     status: Callable[[str], Awaitable[None]]  # progress text for the chat (the Reply's status)
     made: list[str] = field(default_factory=list)  # image ids made during this turn
+    shown: list[str] = field(default_factory=list)  # existing image ids the user asked to see again
 
 
 @dataclass

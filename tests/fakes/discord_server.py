@@ -15,6 +15,10 @@ does not implement, or logged an error (discord.py logs handler exceptions inste
 raising them); ``expect_error(text)`` allows one that a test provokes.
 
 Payloads are built from Discord's real JSON shapes: ``tests/fakes/discord_payloads.py``.
+
+Message edits are rate-limited per channel as on Discord (5 per 5 s): beyond that the
+fake answers 429 with ``retry_after`` and ``Retry-After``, as Discord does; ``rate_limited``
+keeps those requests and ``edit_limit`` changes the limit.
 """
 
 from __future__ import annotations
@@ -109,6 +113,9 @@ class FakeDiscord:
         self._seq = 0
         self._runner: web.AppRunner | None = None
         self._errors, self._watch, self._expected = _ErrorLog(), watch, []
+        self.edit_limit = (5, 5.0)  # message edits per channel: (count, seconds)
+        self.rate_limited: list[Request] = []
+        self._edits: dict[str, list[float]] = {}
         self.add_guild(GUILD_ID, "Test server", [CHANNEL_ID])
 
     # -- setup
@@ -391,6 +398,17 @@ class FakeDiscord:
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
+        count, per_s = self.edit_limit
+        now, channel = time.monotonic(), request.match_info["channel"]
+        recent = [t for t in self._edits.get(channel, []) if now - t < per_s]
+        if len(recent) >= count:
+            self._edits[channel] = recent
+            self.rate_limited.append(rec)
+            wait = round(recent[0] + per_s - now, 3)
+            return _json({"message": "You are being rate limited.", "retry_after": wait, "global": False}, 429,
+                         {"Retry-After": str(max(1, int(wait + 0.999))), "Via": "1.1 google",
+                          "X-RateLimit-Scope": "user"})
+        self._edits[channel] = [*recent, now]
         return _json(self._message_out(rec, request.match_info["channel"], request.match_info["message"]))
 
     async def _callback(self, request: web.Request) -> web.Response:
@@ -426,6 +444,7 @@ class FakeDiscord:
         return _json({"message": "404: Not Found (not implemented by the fake)", "code": 0}, 404)
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """discord.py only parses bodies whose Content-Type is exactly application/json (no charset)."""
-    return web.Response(body=json.dumps(body).encode(), status=status, headers={"Content-Type": "application/json"})
+    return web.Response(body=json.dumps(body).encode(), status=status,
+                        headers={"Content-Type": "application/json", **(headers or {})})
