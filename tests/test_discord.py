@@ -174,6 +174,32 @@ async def test_progress_is_one_status_message_posted_edited_then_deleted(fake, b
     assert all(b.at - a.at >= 0.04 for a, b in zip([status, *edits], edits))
 
 
+async def test_a_slow_download_is_not_overtaken_by_the_next_message(fake, bot, core, llm_server):
+    llm_server.on(user="make it winter", tools_include="edit_image").call(
+        "edit_image", {"image": "img1", "instruction": "make it winter"})
+    llm_server.on(after_tool="edit_image").reply("Snowy: img2")
+    slow = fake.add_file(photo().data, "house.jpg", "image/jpeg", delay_s=1.5)
+    await fake.push("MESSAGE_CREATE", mention(fake, "", attachments=[slow]))
+    await fake.push("MESSAGE_CREATE", mention(fake, "make it winter"))  # sent right after, no file to fetch
+    winter = await fake.wait_for_request("POST", ANSWER, where=with_files, timeout=20)
+    got = fake.matching("POST", ANSWER, where=lambda r: (r.content or "").startswith("Got img1"))
+    assert winter.content == "Snowy: img2" and got and got[0].at < winter.at  # answered in the order sent
+    assert image_enum(llm_server.requests[0], "edit_image") == ["img1"]  # the photo existed for the LLM
+
+
+async def test_a_rate_limited_status_edit_never_affects_the_drawing(fake, bot, core, llm_server):
+    fake.edit_limit = (1, 5.0)  # one edit per 5 s in this channel: the second one gets a 429
+    core.status_interval = 0.0
+    llm_server.on(user="draw a cat").call("generate_image", {"prompt": "a cat"})
+    llm_server.on(after_tool="generate_image").reply("Here is your cat: img1")
+    await fake.push("MESSAGE_CREATE", mention(fake, "draw a cat"))
+    answer = await fake.wait_for_request("POST", ANSWER, where=with_files, timeout=20)
+    assert answer.content == "Here is your cat: img1" and [f.filename for f in answer.files] == ["img1.png"]
+    status = fake.matching("POST", ANSWER, where=lambda r: not r.files)[0]
+    await fake.wait_for_request("DELETE", rf"^/channels/{CHANNEL_ID}/messages/{status.response['id']}$")
+    assert fake.rate_limited  # Discord said wait; the work went on
+
+
 def test_split_text_prefers_line_breaks_then_spaces():
     assert split_text("a" * 1990 + "\n" + "b" * 30) == ["a" * 1990, "b" * 30]
     assert split_text("word " * 500) == ["word " * 399 + "word", "word " * 99 + "word"]

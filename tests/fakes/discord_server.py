@@ -106,7 +106,7 @@ class FakeDiscord:
         self.gateway_paths: list[str] = []  # /gateway, then /resume after a reconnect
         self.identified = asyncio.Event()
         self.base = ""
-        self._files: dict[str, tuple[bytes, str]] = {}  # CDN path -> (bytes, content type)
+        self._files: dict[str, tuple[bytes, str, float]] = {}  # CDN path -> (bytes, content type, delay)
         self._arrived = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
         self._ws_lock = asyncio.Lock()
@@ -145,11 +145,12 @@ class FakeDiscord:
                                 "locked": False}})
 
     def add_file(self, data: bytes, filename: str, content_type: str | None = None, *,
-                 channel_id: str = CHANNEL_ID, size: int | None = None) -> Attachment:
-        """Serve ``data`` on the fake CDN; returns the attachment payload (``size`` may lie, for limit tests)."""
+                 channel_id: str = CHANNEL_ID, size: int | None = None, delay_s: float = 0.0) -> Attachment:
+        """Serve ``data`` on the fake CDN (``delay_s``: that slowly); returns the attachment payload
+        (``size`` may lie, for limit tests)."""
         att_id = snowflake()
         path = f"/attachments/{channel_id}/{att_id}/{filename}"
-        self._files[path] = (data, content_type or "application/octet-stream")
+        self._files[path] = (data, content_type or "application/octet-stream", delay_s)
         att: Attachment = {"id": att_id, "filename": filename, "size": len(data) if size is None else size,
                            "url": f"{self.base}{path}?ex=signed", "proxy_url": f"{self.base}{path}?ex=proxy"}
         if content_type:
@@ -436,6 +437,7 @@ class FakeDiscord:
         found = self._files.get(request.path)
         if found is None:
             return web.Response(status=404, text="not found")
+        await asyncio.sleep(found[2])
         return web.Response(body=found[0], headers={"Content-Type": found[1]})
 
     async def _unimplemented(self, request: web.Request) -> web.Response:
