@@ -56,6 +56,7 @@ class Core:
         self.admin_notes: dict[str, str] = {}  # adapter problems worth an admin's eye, shown with /models
         self._order = InOrder()
         self._work: set[asyncio.Task] = set()  # turns' work in flight
+        self._turns = 0  # turns between arrival and their status message gone
         self._decoding = asyncio.Semaphore(DECODING_AT_ONCE)
         self._loaded: tuple[float, set[str]] = (0.0, set())
 
@@ -102,6 +103,7 @@ class Core:
         """The conversation's order, progress, a stop that answers honestly, no exception reaching the adapter."""
         place = self._order.arrive(turn.session_key)  # before any await: the arrival order is the order
         progress = Progress(reply, delay=self.status_interval, interval=self.status_interval)
+        self._turns += 1
         try:
             try:
                 await reply.typing()
@@ -125,7 +127,10 @@ class Core:
             return await self._finish(reply, outcome, turn.session_key)
         finally:  # after the answer, so the thread is never empty in between
             place.leave()  # the conversation's next message need not wait for the status message to go
-            await progress.clear()
+            try:
+                await progress.clear()
+            finally:
+                self._turns -= 1
 
     async def _run(self, turn: Turn, work, progress: Progress) -> Outcome:
         try:
@@ -146,7 +151,7 @@ class Core:
         for job in list(self._work):
             job.cancel()
         deadline = time.monotonic() + answer_within
-        while self._order.busy() and time.monotonic() < deadline:  # their answers are on their way
+        while self._turns and time.monotonic() < deadline:  # answers and status removals on their way
             await asyncio.sleep(0.05)
 
     # --- a message ----------------------------------------------------------

@@ -38,10 +38,6 @@ class InOrder:
             place._go.set_result(None)
         return place
 
-    def busy(self) -> int:
-        """Messages running or waiting, in every conversation."""
-        return sum(len(line) for line in self._lines.values())
-
     def _leave(self, key: str, place: Place) -> None:
         line = self._lines.get(key)
         if not line or place not in line:

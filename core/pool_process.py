@@ -39,8 +39,11 @@ class PoolProcess:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = dict(os.environ, GPU_POOL_PARENT_PID=str(os.getpid()))
+        # its own session: a Ctrl-C in the terminal reaches the bot only, which stops the pool when
+        # its turns in flight are answered (the pool still dies with the bot: see gpu_pool/__main__.py)
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd, env=env)
+            sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd, env=env,
+            start_new_session=True)
 
     async def wait_healthy(self) -> None:
         client = PoolClient(self.url)

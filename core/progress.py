@@ -79,7 +79,7 @@ class Progress:
                 self.budget.pause(e.retry_after)
             log.info("status update rate-limited; waiting %.1f s", e.retry_after)
             return min(e.retry_after, MAX_RETRY_AFTER_S)
-        except (Exception, TimeoutError) as e:  # decoration only: the work goes on
+        except Exception as e:  # decoration only (TimeoutError too): the work goes on
             log.warning("status update failed (%s): %s", type(e).__name__, e)
             return 0.0
         finally:
@@ -106,6 +106,6 @@ class Progress:
                 return
             except RateLimited as e:  # deleting is worth one wait: a stale "Working on it…" misleads
                 await asyncio.sleep(min(e.retry_after, MAX_RETRY_AFTER_S))
-            except (Exception, TimeoutError) as e:
+            except Exception as e:
                 log.warning("removing the status message failed (%s): %s", type(e).__name__, e)
                 return
