@@ -83,7 +83,7 @@ async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, i
         started = time.monotonic()
         events = [mention(f"C{100 + i}", f"U{100 + i}", f"<@{BOT_USER}> draw a cat {i}") for i in range(n)]
         await asyncio.gather(*(fake.push_event(e) for e in events))
-        await fake.wait_for("files.completeUploadExternal", count=n, timeout=120 + 10 * n)
+        await fake.wait_for("files.completeUploadExternal", count=n, timeout=120 + 60 * n)
         await bot.idle()
         seconds = time.monotonic() - started
     finally:
@@ -118,7 +118,7 @@ async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float,
         asks = [message(c, f"<@{BOT_ID}> draw a cat {i}", user(str(7000 + i)), mentions=[fake.bot_user])
                 for i, c in enumerate(channels)]
         await asyncio.gather(*(fake.push("MESSAGE_CREATE", m) for m in asks))
-        await fake.wait_for_requests("POST", r"^/channels/31\d\d/messages$", n, timeout=120 + 10 * n,
+        await fake.wait_for_requests("POST", r"^/channels/31\d\d/messages$", n, timeout=120 + 60 * n,
                                      where=lambda r: bool(r.files))
         await bot.idle()
         seconds = time.monotonic() - started

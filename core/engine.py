@@ -228,8 +228,8 @@ class Core:
     # --- direct commands ----------------------------------------------------
 
     async def direct(self, turn: Turn, reply: Reply, tool: str, args: dict[str, Any]) -> Outcome:
-        """Run one tool without the LLM (slash commands). An attachment becomes the ``image`` argument."""
-        await reply.typing()
+        """Run one tool without the LLM (slash commands). An attachment becomes the ``image`` argument.
+        Like ``handle``, it takes its place in the conversation when called."""
 
         async def work(progress: Progress) -> Outcome:
             ctx = self._context(turn, progress)

@@ -149,6 +149,7 @@ async def test_a_reply_in_the_bots_thread_continues_the_conversation(bot, slack,
     await slack.push_event(top)
     said = await slack.wait_for("chat.postMessage", answer("C1", top["ts"]))
     assert said["text"] == "A house under a blue sky."  # answered in a thread under the mention
+    assert not slack.called("files.completeUploadExternal")  # without posting the user's own photo back
 
     llm_server.on(user="make it winter", tools_include="edit_image").call(
         "edit_image", {"image": "img1", "instruction": "make it winter"})
