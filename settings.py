@@ -161,6 +161,7 @@ class SlackConfig:
     http_port: int
     admin_ids: tuple[str, ...]
     workspace_admins: bool
+    api_url: str = "https://slack.com/api/"
 
     def env(self, name: str) -> str | None:
         return os.environ.get(name) or None
@@ -173,6 +174,11 @@ class SlackConfig:
     def active(self) -> bool:
         have_all = all(self.env(n) for n in self.required_env())
         return self.enabled is True or (self.enabled == "auto" and have_all)
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    shutdown_grace_s: float = 5.0  # seconds turns in flight get to finish on SIGTERM / SIGINT
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,7 @@ class Config:
     limits: LimitsConfig
     residency: ResidencyConfig = field(default_factory=ResidencyConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    bot: BotConfig = field(default_factory=BotConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def default_source(self, name: str) -> str:
@@ -297,6 +304,11 @@ def _slack_channels(v: list) -> str | None:
     return None if ok else 'must be a list of Slack channel ids like ["C0123ABCD"] (the id, not the #name)'
 
 
+def _web_api(v: str) -> str | None:
+    ok = re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?/", v)
+    return None if ok else 'must be a URL ending in "/", like "https://slack.com/api/"'
+
+
 _ENABLED = ((bool, str), "auto", lambda v: None if v in (True, False, "auto") else 'accepted values: true, false, "auto"')
 
 SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
@@ -347,9 +359,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "http_port": (int, 3000, lambda v: None if 0 < v < 65536 else "must be between 1 and 65535"),
         "admin_ids": (list, [], _ids),
         "workspace_admins": (bool, False, None),
+        "api_url": (str, "https://slack.com/api/", _web_api),
     },
     "storage": {
         "data_dir": (str, "data", None),
+    },
+    "bot": {
+        "shutdown_grace_s": ((int, float), 5, lambda v: None if 0 <= v <= 300 else "must be between 0 and 300"),
     },
     "limits": {
         "max_image_pixels": (int, 40_000_000, _positive),
@@ -470,7 +486,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
     discord = DiscordConfig(d["enabled"], d["token_env"], tuple(str(x) for x in d["admin_ids"]))
     s = sec["slack"]
     slack = SlackConfig(s["enabled"], s["mode"], s["bot_token_env"], s["app_token_env"], s["signing_secret_env"],
-                        s["http_port"], tuple(str(x) for x in s["admin_ids"]), s["workspace_admins"])
+                        s["http_port"], tuple(str(x) for x in s["admin_ids"]), s["workspace_admins"], s["api_url"])
     if env_check:
         if discord.enabled is True and not discord.token:
             raise ConfigError(f"discord.token_env: Discord is enabled but the environment variable {discord.token_env} "
@@ -495,6 +511,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         limits=LimitsConfig(**lim),
         residency=_residency(sec["residency"]),
         safety=SafetyConfig(**dict(safety, allow_in_slack_channels=tuple(safety["allow_in_slack_channels"]))),
+        bot=BotConfig(float(sec["bot"]["shutdown_grace_s"])),
         raw=data,
     )
 

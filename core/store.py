@@ -35,7 +35,12 @@ def m002_message_kind(db: sqlite_utils.Database) -> None:
     db["messages"].add_column("kind", str)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind]
+def m003_threads(db: sqlite_utils.Database) -> None:
+    """Threads that continue another conversation (Slack: the thread the bot answered a mention in)."""
+    db["threads"].create({"key": str, "session": str, "created": float}, pk="key")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind, m003_threads]
 NOTE = "note"  # messages.kind of the bot's own failure messages
 
 
@@ -88,6 +93,14 @@ class Store:
 
     def sessions(self) -> list[str]:
         return [r["key"] for r in self.db["sessions"].rows]
+
+    def link_thread(self, thread: str, session: str) -> None:
+        """Messages in ``thread`` continue the conversation ``session`` (kept across restarts)."""
+        self.db["threads"].insert({"key": thread, "session": session, "created": time.time()}, replace=True)
+
+    def thread_session(self, thread: str) -> str | None:
+        rows = list(self.db["threads"].rows_where("key = ?", [thread]))
+        return rows[0]["session"] if rows else None
 
     def reset(self, key: str) -> None:
         """Forget one session's messages and images (files stay: they may be shared by content)."""

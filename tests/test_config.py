@@ -41,6 +41,15 @@ def test_shipped_config_is_valid_and_mirrors_the_seed_advice(monkeypatch):
     assert not cfg.discord.active and not cfg.slack.active
 
 
+def test_shutdown_grace_and_slack_api_url(tmp_path):
+    cfg = settings.load(write(tmp_path, '[bot]\nshutdown_grace_s = 2.5\n[slack]\napi_url = "https://slack-gov.com/api/"\n'))
+    assert cfg.bot.shutdown_grace_s == 2.5 and cfg.slack.api_url == "https://slack-gov.com/api/"
+    assert settings.load(write(tmp_path, "")).bot.shutdown_grace_s == 5
+    assert error_of(tmp_path, "[bot]\nshutdown_grace_s = -1\n") == (
+        "bot.shutdown_grace_s: -1 is not valid; must be between 0 and 300")
+    assert error_of(tmp_path, '[slack]\napi_url = "slack.com/api"\n').startswith("slack.api_url: 'slack.com/api' is not valid")
+
+
 def test_unknown_model_name(tmp_path):
     msg = error_of(tmp_path, "[models.Text2Imag]\ndevice = 'cpu'\n")
     assert msg.startswith("models.Text2Imag: unknown model; known models: ImageCaptioning, VisualQuestionAnswering,")

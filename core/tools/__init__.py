@@ -21,6 +21,7 @@ from core.tools.mask import FindObject
 from core.tools.question import AnswerQuestion
 from core.tools.segment_everything import SegmentEverything
 from core.tools.segment_object import SegmentObject
+from core.tools.show import ShowImage
 
 TOOLS: list[Tool] = [
     CaptionImage(),
@@ -34,6 +35,7 @@ TOOLS: list[Tool] = [
     SegmentEverything(),
     SegmentObject(),
     InpaintImage(),
+    ShowImage(),
     # multi-step flows (core/templates), each one tool to the LLM
     ExtendImage(),
     RemoveObject(),

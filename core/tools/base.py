@@ -78,6 +78,7 @@ class ToolContext:
     withheld: list[str] = field(default_factory=list)  # what the user is told for each image withheld this turn
     deadline: asyncio.Timeout | None = None  # the turn's deadline (set by the agent loop); see Waits
     waits: Waits = field(default_factory=Waits)
+    shown: list[str] = field(default_factory=list)  # existing image ids the user asked to see again
 
 
 @dataclass
