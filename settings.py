@@ -25,7 +25,7 @@ ANNOTATORS = "lllyasviel/Annotators"
 MODEL_DEFAULTS: dict[str, str] = {
     "ImageCaptioning": "Salesforce/blip-image-captioning-base",
     "VisualQuestionAnswering": "Salesforce/blip-vqa-base",
-    "Text2Image": SD15,
+    "Text2Image": SD15,  # unless config.toml says otherwise: [pool] sd_base (see Config.default_source)
     "InstructPix2Pix": "timbrooks/instruct-pix2pix",
     "Inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
     "Text2Mask": "CIDAS/clipseg-rd64-refined",
@@ -53,8 +53,11 @@ MODEL_DEFAULTS: dict[str, str] = {
     "Upscale": "stabilityai/sd-x2-latent-upscaler",
     # Not a tool: checks every image the others draw (the SD1.5 repo's safety_checker, with its CLIP image processor).
     "SafetyChecker": "CompVis/stable-diffusion-safety-checker",
+    # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.
+    "LLM": "Qwen/Qwen3-VL-2B-Instruct",
 }
 MODEL_NAMES = tuple(MODEL_DEFAULTS)
+SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")  # the seed's visual models, each used by a tool
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
@@ -85,6 +88,11 @@ class LLMConfig:
     @property
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
+
+    @property
+    def built_in(self) -> bool:
+        """No server named: the pool hosts the model ([models.LLM]) and serves it on its socket."""
+        return not self.base_url
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class SlackConfig:
     http_port: int
     admin_ids: tuple[str, ...]
     workspace_admins: bool
+    api_url: str = "https://slack.com/api/"
 
     def env(self, name: str) -> str | None:
         return os.environ.get(name) or None
@@ -169,6 +178,11 @@ class SlackConfig:
     def active(self) -> bool:
         have_all = all(self.env(n) for n in self.required_env())
         return self.enabled is True or (self.enabled == "auto" and have_all)
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    shutdown_grace_s: float = 5.0  # seconds turns in flight get to finish on SIGTERM / SIGINT
 
 
 @dataclass(frozen=True)
@@ -185,6 +199,7 @@ class LimitsConfig:
     max_steps: int
     per_user_jobs: int
     images_per_turn: int = 8
+    llm_max_tokens: int = 1024
 
 
 @dataclass(frozen=True)
@@ -224,7 +239,13 @@ class Config:
     limits: LimitsConfig
     residency: ResidencyConfig = field(default_factory=ResidencyConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    bot: BotConfig = field(default_factory=BotConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def default_source(self, name: str) -> str:
+        """Where model ``name`` loads from when its section names no source. Text2Image is the shared
+        SD base itself, so a local or custom ``sd_base`` never loads a second base from the hub."""
+        return self.pool.sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
 
 
 # --- the schema: one table, checked generically ----------------------------
@@ -287,11 +308,16 @@ def _slack_channels(v: list) -> str | None:
     return None if ok else 'must be a list of Slack channel ids like ["C0123ABCD"] (the id, not the #name)'
 
 
+def _web_api(v: str) -> str | None:
+    ok = re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?/", v)
+    return None if ok else 'must be a URL ending in "/", like "https://slack.com/api/"'
+
+
 _ENABLED = ((bool, str), "auto", lambda v: None if v in (True, False, "auto") else 'accepted values: true, false, "auto"')
 
 SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
     "llm": {
-        "base_url": (str, "http://localhost:11434/v1", None),
+        "base_url": (str, "", None),
         "model": (str, "qwen2.5:7b-instruct", None),
         "api_key_env": (str, "OPENAI_API_KEY", _env_name),
         "timeout_s": ((int, float), 60, _positive),
@@ -337,9 +363,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "http_port": (int, 3000, lambda v: None if 0 < v < 65536 else "must be between 1 and 65535"),
         "admin_ids": (list, [], _ids),
         "workspace_admins": (bool, False, None),
+        "api_url": (str, "https://slack.com/api/", _web_api),
     },
     "storage": {
         "data_dir": (str, "data", None),
+    },
+    "bot": {
+        "shutdown_grace_s": ((int, float), 5, lambda v: None if 0 <= v <= 300 else "must be between 0 and 300"),
     },
     "limits": {
         "max_image_pixels": (int, 40_000_000, _positive),
@@ -349,6 +379,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "max_steps": (int, 100, lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
         "per_user_jobs": (int, 2, _positive),
         "images_per_turn": (int, 8, lambda v: None if 1 <= v <= 100 else "must be between 1 and 100"),
+        "llm_max_tokens": (int, 1024, lambda v: None if 1 <= v <= 32768 else "must be between 1 and 32768"),
     },
     "residency": {
         "budget": (str, "", _size),
@@ -435,7 +466,9 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         if name not in MODEL_DEFAULTS:
             raise ConfigError(f"models.{name}: unknown model; known models: {', '.join(MODEL_NAMES)}")
         m = _check_table(f"models.{name}", table, MODEL_KEYS)
-        source = m["source"] if m["source"] is not None else MODEL_DEFAULTS[name]
+        source = m["source"]
+        if source is None:  # as Config.default_source
+            source = sec["pool"]["sd_base"] if name == "Text2Image" else MODEL_DEFAULTS[name]
         models[name] = ModelConfig(name, m["device"], m["dtype"], _source(source, base_dir))
 
     p = sec["pool"]
@@ -457,7 +490,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
     discord = DiscordConfig(d["enabled"], d["token_env"], tuple(str(x) for x in d["admin_ids"]))
     s = sec["slack"]
     slack = SlackConfig(s["enabled"], s["mode"], s["bot_token_env"], s["app_token_env"], s["signing_secret_env"],
-                        s["http_port"], tuple(str(x) for x in s["admin_ids"]), s["workspace_admins"])
+                        s["http_port"], tuple(str(x) for x in s["admin_ids"]), s["workspace_admins"], s["api_url"])
     if env_check:
         if discord.enabled is True and not discord.token:
             raise ConfigError(f"discord.token_env: Discord is enabled but the environment variable {discord.token_env} "
@@ -482,6 +515,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         limits=LimitsConfig(**lim),
         residency=_residency(sec["residency"]),
         safety=SafetyConfig(**dict(safety, allow_in_slack_channels=tuple(safety["allow_in_slack_channels"]))),
+        bot=BotConfig(float(sec["bot"]["shutdown_grace_s"])),
         raw=data,
     )
 

@@ -23,9 +23,17 @@ itself uses: each parameter/buffer once, at its dtype's size.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/memory.py [--no-cuda]
 
+Then what ``./scripts/run --fetch`` downloads per repo for float16 (the files
+``gpu_pool/weights.py`` picks): the sizes are computed from the same
+real-size configs on meta (an fp16 variant file holds the fp16 bytes, a full
+one twice that), not read from the hub, which these machines cannot reach.
+Which repos publish fp16 variant files is ``HAS_FP16`` below, from their file
+listings; the pool itself decides from the live listing.
+
 With a CUDA GPU it also builds the pool placement there with random fp16
 weights and prints ``torch.cuda.max_memory_allocated``. Ends with
-``safety_checker_fp16_mib=``, ``buttons_fp16_mib=``, ``seed_tool_set_fp16_mib=<pool total>`` and
+``safety_checker_fp16_mib=``, ``buttons_fp16_mib=``, ``download_fp16_mib=``,
+``seed_tool_set_fp16_mib=<pool total>`` and
 ``shared_over_seed_ratio=<pool / seed>``.
 """
 
@@ -44,7 +52,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from gpu_pool.accounting import model_bytes, unique_bytes  # noqa: E402
-from settings import MODEL_NAMES  # noqa: E402
+from settings import MODEL_DEFAULTS, SD15  # noqa: E402
+from settings import SEED_MODELS as MODEL_NAMES  # noqa: E402
 
 MIB = 2**20
 SEED_PUBLISHED_MB = 42_054  # TaskMatrix README, per-tool GPU memory table, summed
@@ -229,7 +238,7 @@ def mlsd():
     return half(MobileV2_MLSD_Large())
 
 
-def openpose():  # what OpenposeDetector.from_pretrained loads: body, hand and face nets
+def openpose():  # body (loaded with the model), hand and face (loaded when a job asks for them)
     from controlnet_aux.open_pose.face import FaceNet
     from controlnet_aux.open_pose.model import bodypose_model, handpose_model
     return [half(bodypose_model()), half(handpose_model()), half(FaceNet())]
@@ -288,6 +297,15 @@ def pool_placement() -> dict[str, list]:
     return models | gpu_extras() | {"SafetyChecker": [safety_checker()]}  # one for the device
 
 
+def upscaler_pipeline(tokenizer):
+    """The latent upscaler's repo at real size (bench/gpu_check.py saves it): its three networks, SD's schedule."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline
+    with torch.device("cpu"):  # the scheduler computes its tables at construction
+        scheduler = EulerDiscreteScheduler(**dict(SCHEDULER, prediction_type="sample"))
+    return StableDiffusionLatentUpscalePipeline(vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer,
+                                                unet=upscaler_unet(), scheduler=scheduler)
+
+
 def button_models(pool: dict[str, list]) -> dict[str, list]:
     """Variations is the pool's base (img2img over its modules); Upscale brings its own three."""
     return {"Variations": pool["Text2Image"], "Upscale": [upscaler_unet(), vae(), text_encoder()]}
@@ -319,6 +337,47 @@ def report(seed: dict, pool: dict, cpu: dict) -> tuple[float, float]:
     return pool_total / MIB, seed_total / MIB
 
 
+# The seed's repos that publish fp16 variant files (model.fp16.safetensors /
+# diffusion_pytorch_model.fp16.safetensors) next to the full ones, per their hub file listings:
+# SD1.5 (unet, vae, text_encoder) and SD1.5-inpainting (unet). timbrooks/instruct-pix2pix, the
+# lllyasviel ControlNets and the transformers repos publish float32 only.
+HAS_FP16 = {SD15, "stable-diffusion-v1-5/stable-diffusion-inpainting"}
+
+
+def downloads(pool: dict, cpu: dict) -> dict[str, tuple[int, int]]:
+    """Per repo the default config reads: (bytes fetched for float16, bytes of its full float32 files)."""
+    base = {id(m) for m in pool["Text2Image"]}
+    repos: dict[str, list] = {}
+    for name in MODEL_NAMES:
+        repo = MODEL_DEFAULTS[name]
+        if not repo:
+            continue
+        own = [m for m in (pool.get(name) or cpu[name]) if id(m) not in base or name == "Text2Image"]
+        if repo not in repos:
+            repos[repo] = own
+        elif name in ("Image2Hed", "Image2Pose"):  # lllyasviel/Annotators: MLSD, HED and OpenPose files
+            repos[repo] = repos[repo] + own
+    out = {}
+    for repo, mods in repos.items():
+        half = unique_bytes(mods)  # built in fp16 on meta
+        keep_fp32 = repo == "lllyasviel/Annotators"  # the controlnet_aux .pth files: float32, no variant
+        out[repo] = (half if repo in HAS_FP16 and not keep_fp32 else 2 * half, 2 * half)
+    return out
+
+
+def report_downloads(pool: dict, cpu: dict) -> float:
+    rows = downloads(pool, cpu)
+    print(f"\n{'what ./scripts/run --fetch downloads (float16)':<52}{'file':>6}{'MiB':>9}{'fp32 MiB':>10}")
+    for repo, (fetched, full) in rows.items():
+        kind = "fp16" if fetched < full else "fp32"
+        print(f"{repo:<52}{kind:>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
+    fetched, full = sum(f for f, _ in rows.values()), sum(f for _, f in rows.values())
+    print(f"{'total, every seed model':<52}{'':>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
+    shipped = rows[SD15][0] + rows[MODEL_DEFAULTS["ImageCaptioning"]][0]
+    print(f"the shipped config.toml (ImageCaptioning + Text2Image): {shipped / MIB:.1f} MiB")
+    return fetched / MIB
+
+
 def cuda_peak_mib() -> tuple[float, float]:
     """Build the pool placement on the GPU with random fp16 weights: (peak allocated, accounted) MiB."""
     torch.cuda.reset_peak_memory_stats()
@@ -342,6 +401,7 @@ def main() -> None:
         buttons = button_models(pool)
     assert set(pool) | set(cpu) | set(buttons) == set(MODEL_NAMES) and set(seed) == set(pool)
     ours, seeds = report(seed, pool, cpu)
+    fetched = report_downloads(pool, cpu)
     print(f"built and counted on meta in {time.perf_counter() - started:.1f} s")
     if torch.cuda.is_available() and not args.no_cuda:
         peak, accounted = cuda_peak_mib()
@@ -357,6 +417,7 @@ def main() -> None:
               + (" (the shared base)" if name == "Variations" else ""))
     print(f"safety_checker_fp16_mib={checker:.1f}")
     print(f"buttons_fp16_mib={extra / MIB:.1f}")
+    print(f"download_fp16_mib={fetched:.1f}")
     print(f"seed_tool_set_fp16_mib={ours:.1f}")
     print(f"shared_over_seed_ratio={ours / seeds:.4f}")
 

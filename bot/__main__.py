@@ -41,7 +41,12 @@ def describe(config: settings.Config) -> str:
     lines = [f"{config.path}: OK"]
     llm = config.llm
     key = "set" if llm.api_key else "not set"
-    lines.append(f"LLM: {llm.model} at {llm.base_url} (key from ${llm.api_key_env}: {key})")
+    if not llm.built_in:
+        lines.append(f"LLM: {llm.model} at {llm.base_url} (key from ${llm.api_key_env}: {key})")
+    elif "LLM" in config.models:
+        lines.append(f"LLM: built in, {config.models['LLM'].source} served by the pool (see Models)")
+    else:
+        lines.append("LLM: none (llm.base_url is empty and there is no [models.LLM]): only commands will work")
     how = "started by the bot" if config.pool.start else "already running (not started by the bot)"
     lines.append(f"Pool: {how}, at {config.pool.url}")
     if config.pool.backend == "ray":

@@ -1,13 +1,22 @@
-"""Wire the parts together and run until stopped: store, pool, LLM, core, adapters."""
+"""Wire the parts together and run until stopped: store, pool, LLM, core, adapters.
+
+SIGTERM and SIGINT stop the bot cleanly: the core stops taking turns and gives
+the ones in flight ``bot.shutdown_grace_s`` to finish (the rest are answered
+"I'm restarting; please ask again" and their status messages removed), then the
+adapters disconnect, the pool stops, and the bot exits 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+import time
 
 import settings
 from bot.adapters import terminal
+from core import local_llm
 from core.engine import Core
 from core.images import ImageStore
 from core.llm import LLM
@@ -25,30 +34,58 @@ def build_core(config: settings.Config) -> Core:
     lim = config.limits
     images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
                         working_size=lim.working_size)
-    return Core(config, store, images, PoolClient(config.pool.url), LLM(config.llm))
+    return Core(config, store, images, PoolClient(config.pool.url), build_llm(config))
+
+
+def build_llm(config: settings.Config) -> LLM | None:
+    """The configured server; with [llm] base_url empty, the pool's built-in model over the pool's socket."""
+    if not config.llm.built_in:
+        return LLM(config.llm)
+    if "LLM" not in config.models:
+        log.warning("llm.base_url is empty and config.toml has no [models.LLM]: free text is off, commands work")
+        return None
+    return LLM(config.llm, **local_llm.connection(config.pool.url))
+
+
+def on_stop_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (the handlers replace Python's KeyboardInterrupt)."""
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+
+    def received(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: already stopping, a few seconds more", sig.name)
+            return
+        log.info("%s: stopping", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, received, sig)
+    return stop
 
 
 async def run(config: settings.Config, force_terminal: bool = False) -> int:
+    stop = on_stop_signals()
     core = build_core(config)
     pool = None
     in_terminal = force_terminal or not (config.discord.active or config.slack.active)
     data = config.storage.data_dir
-    if config.pool.start:
-        if in_terminal:
-            print(f"Starting the image engine (logs: {data / 'bot.log'}, {data / 'pool.log'})", flush=True)
-        # in the terminal chat the pool's output goes to a file: its log lines must not scroll through the chat
-        pool = PoolProcess(config.path, config.pool.url, config.pool.startup_timeout_s,
-                           log_file=data / "pool.log" if in_terminal else None)
-        try:
-            await pool.start()
-        except RuntimeError as e:
-            log.error("cannot start the image engine: %s", e)
-            if in_terminal:
-                print(f"The image engine did not start: {e}. See {data / 'pool.log'}.", file=sys.stderr)
-            return 1
-    else:
-        log.info("using the pool at %s", config.pool.url)
     try:
+        if config.pool.start:
+            if in_terminal:
+                print(f"Starting the image engine (logs: {data / 'bot.log'}, {data / 'pool.log'})", flush=True)
+            # in the terminal chat the pool's output goes to a file: its log lines must not scroll through the chat
+            pool = PoolProcess(config.path, config.pool.url, config.pool.startup_timeout_s,
+                               log_file=data / "pool.log" if in_terminal else None)
+            try:
+                if not await _unless_stopped(pool.start(), stop):
+                    return 0
+            except RuntimeError as e:
+                log.error("cannot start the image engine: %s", e)
+                if in_terminal:
+                    print(f"The image engine did not start: {e}. See {data / 'pool.log'}.", file=sys.stderr)
+                return 1
+        else:
+            log.info("using the pool at %s", config.pool.url)
         platforms = []
         if config.discord.active and not force_terminal:
             from bot.adapters import discord_bot
@@ -57,8 +94,8 @@ async def run(config: settings.Config, force_terminal: bool = False) -> int:
             from bot.adapters import slack_bot
             platforms.append(("Slack", slack_bot.run))
         if not platforms:
-            return await terminal.run(core)
-        return await serve_platforms(core, config, platforms)
+            platforms.append(("terminal", lambda core, config: terminal.run(core)))
+        return await serve_platforms(core, config, platforms, stop)
     finally:
         if pool:
             await pool.stop()
@@ -67,14 +104,47 @@ async def run(config: settings.Config, force_terminal: bool = False) -> int:
             await core.llm.close()
 
 
-async def serve_platforms(core: Core, config: settings.Config, platforms) -> int:
-    """Run every platform side by side; the bot stops (with an error code) only when all have failed."""
+async def _unless_stopped(work, stop: asyncio.Event) -> bool:
+    """Run ``work`` unless a stop signal comes first (then cancel it); True when it finished."""
+    task, stopped = asyncio.ensure_future(work), asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    task.result()
+    return True
+
+
+async def serve_platforms(core: Core, config: settings.Config, platforms, stop: asyncio.Event) -> int:
+    """Run every platform side by side until a stop signal (exit 0), the terminal chat ends (its code),
+    or every platform has failed (1)."""
     tasks = {asyncio.create_task(run(core, config), name=name): name for name, run in platforms}
     log.info("serving %s", " and ".join(tasks.values()))
-    while tasks:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            name = tasks.pop(task)
-            error = task.exception() if not task.cancelled() else None
-            log.error("%s stopped%s", name, f": {error}" if error else "")
-    return 1
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        while tasks:
+            done, _ = await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if stopped in done:
+                await shut_down(core, config, tasks)
+                return 0
+            for task in done:
+                name = tasks.pop(task)
+                if name == "terminal":
+                    return task.result()
+                error = task.exception() if not task.cancelled() else None
+                log.error("%s stopped%s", name, f": {error}" if error else "")
+        return 1
+    finally:
+        stopped.cancel()
+
+
+async def shut_down(core: Core, config: settings.Config, tasks: dict[asyncio.Task, str]) -> None:
+    """Answer or finish the turns in flight while the platforms are still connected, then disconnect."""
+    started = time.monotonic()
+    await core.stop(config.bot.shutdown_grace_s)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("stopped taking messages and answered the turns in flight in %.1f s", time.monotonic() - started)

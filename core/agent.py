@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,6 @@ from core.tools import BY_NAME, Tool, available
 from core.tools.base import ToolContext, ToolResult, call
 
 log = logging.getLogger(__name__)
-_IMAGE_REF = re.compile(r"\bimg[1-9][0-9]*\b")
 ARG_CHARS = 1000  # of one text argument of a stored tool call
 RESULT_CHARS = 1500  # of a stored tool result
 
@@ -63,7 +61,7 @@ async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: 
     store = ctx.images.store
     state = _TurnState()
     try:
-        async with asyncio.timeout(turn_timeout):
+        async with asyncio.timeout(turn_timeout) as ctx.deadline:  # jobs pause it while a model downloads
             for _ in range(max_rounds):
                 step = await _round(llm, ctx, loaded, state, token_budget)
                 if isinstance(step, Final):
@@ -196,8 +194,8 @@ def _more_tools(c: ToolCall, state: _TurnState, usable: set[str]) -> ToolResult:
     return ToolResult(f"You can now use: {', '.join(names)}." if names else f"No {group} tool is available.")
 
 
-def images_to_post(ctx: ToolContext, text: str) -> list[str]:
-    """Images made this turn, plus any existing id the final text names, in order, once each."""
-    known = {r.image_id for r in ctx.images.store.images(ctx.session)}
-    named = [i for i in _IMAGE_REF.findall(text) if i in known]
-    return list(dict.fromkeys([*ctx.made, *named]))
+def images_to_post(ctx: ToolContext) -> list[str]:
+    """What the answer attaches: the images made this turn, then those the user asked to see again
+    (show_image), in order, once each. Ids merely named in the text (a list, an error message, the
+    user's own photo in a caption) are not attached."""
+    return list(dict.fromkeys([*ctx.made, *ctx.shown]))

@@ -6,64 +6,62 @@ agent), ``Core.direct`` (a slash command that runs one tool, no LLM needed),
 (what it does) then, for the buttons that make an image, ``Core.act``.
 Errors never escape to the adapter: users get a message, the log gets the
 traceback.
+
+A message takes its place in its conversation the moment ``handle`` is called
+(before its files are downloaded), and the conversation's messages run one at a
+time in that order. ``stop`` ends the bot's work honestly: new messages and the
+turns still running after a grace period are answered "I'm restarting".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections import defaultdict
 from typing import Any
 
 import settings
 from core import actions
 from core.agent import images_to_post, run_turn
-from core.errors import GENERIC, BadImage, NotAllowed, UserFacingError
-from core.images import ImageStore
+from core.errors import GENERIC, NotAllowed, UserFacingError
+from core.fairness import UserQueue
+from core.images import ImageStore, encode
 from core.llm import LLM
+from core.ordering import InOrder
 from core.pool_client import PoolClient, PoolUnavailable
+from core.progress import Progress
 from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, Store
 from core.tools import BY_NAME
-from core.tools.base import ToolContext, call
-from core.turn import OutImage, Outcome, Press, Reply, Turn
+from core.tools.base import ToolContext, bytes_pair, bytes_text, call, duration_text
+from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
 
 log = logging.getLogger(__name__)
 HELP = """I can talk about, draw and edit images. Mention me with a request, with or without an image:
 - "draw a cat on a sofa"  - "make it look like winter"  - "what breed is this dog?"
-- "find the edges of img2 and draw a house that follows them"  - "remove the car"
+- "find the edges of img2 and draw a house that follows them"  - "remove the car"  - "show me img1 again"
+Mention me with "reset" to start this conversation over.
 Images get ids like img1; say them to point at an image. Commands: /imagine, /caption, /edit, /reset, /help.
 Admins: /models, /safety, /reload, /load, /unload."""
-
-
-class Throttled:
-    """Pass status updates on at most once per ``interval`` seconds (platform rate limits)."""
-
-    def __init__(self, reply: Reply, interval: float):
-        self.reply, self.interval, self._last = reply, interval, 0.0
-        self.shown = False
-
-    async def __call__(self, text: str | None) -> None:
-        now = time.monotonic()
-        if text is None:
-            if self.shown:
-                await self.reply.status(None)
-                self.shown = False
-            return
-        if self.shown and now - self._last < self.interval:
-            return
-        self._last, self.shown = now, True
-        await self.reply.status(text)
+RESTARTING = "I'm restarting; please ask again."
+CLEARED = "This conversation is cleared: I have forgotten its messages and images."
+DECODING_AT_ONCE = 2  # large uploads decoded side by side (each can take hundreds of MB for a moment)
+_RESET = re.compile(r"/?reset[.!]?", re.IGNORECASE)
 
 
 class Core:
     def __init__(self, config: settings.Config, store: Store, images: ImageStore, pool: PoolClient,
                  llm: LLM | None, status_interval: float = 1.0):
         self.config, self.store, self.images, self.pool, self.llm = config, store, images, pool, llm
-        self.status_interval = status_interval
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._busy: dict[str, int] = defaultdict(int)
+        self.status_interval = status_interval  # also the delay before a status first shows
+        self.jobs = UserQueue(pool, config.limits.per_user_jobs)  # what tools submit through
+        self.stopping = False
+        self.admin_notes: dict[str, str] = {}  # adapter problems worth an admin's eye, shown with /models
+        self._order = InOrder()
+        self._work: set[asyncio.Task] = set()  # turns' work in flight
+        self._turns = 0  # turns between arrival and their status message gone
+        self._decoding = asyncio.Semaphore(DECODING_AT_ONCE)
         self._loaded: tuple[float, set[str]] = (0.0, set())
 
     # --- helpers ------------------------------------------------------------
@@ -79,8 +77,20 @@ class Core:
             self._loaded = (time.monotonic(), names)
         return names
 
-    def _context(self, turn: Turn, status: Throttled) -> ToolContext:
-        return ToolContext(turn.session_key, turn.user_id, self.images, self.pool, self.config.limits, status,
+    def note_for_admins(self, topic: str, text: str) -> None:
+        """Keep the latest problem about ``topic`` for /models (the log has it too)."""
+        self.admin_notes[topic] = f"{time.strftime('%H:%M')} {text}"
+
+    def thread_session(self, thread: str) -> str | None:
+        """The conversation a thread continues, if one was linked (see ``link_thread``)."""
+        return self.store.thread_session(thread)
+
+    def link_thread(self, thread: str, session: str) -> None:
+        """Messages in ``thread`` continue ``session`` (Slack: the bot's answer thread under a mention)."""
+        self.store.link_thread(thread, session)
+
+    def _context(self, turn: Turn, status: Progress) -> ToolContext:
+        return ToolContext(turn.session_key, turn.user_id, self.images, self.jobs, self.config.limits, status,
                            policy=policy_for(self.config.safety, turn))
 
     def _out(self, ids: list[str], session: str, loaded: set[str]) -> list[OutImage]:
@@ -89,55 +99,94 @@ class Core:
         return [OutImage(r.image_id, self.images.path(r), f"{r.image_id}.png",
                          actions.offered(r, loaded, self.config.limits), session, r.tag) for r in rows]
 
-    async def _finish(self, reply: Reply, status: Throttled, outcome: Outcome, session: str) -> Outcome:
+    async def _finish(self, reply: Reply, outcome: Outcome, session: str) -> Outcome:
         try:
             loaded = await self.loaded_models() if outcome.images else set()
             await reply.send(outcome.text, self._out(outcome.images, session, loaded))
-            await status(None)  # after the answer, so the thread is never empty in between
         except Exception:  # the platform refused the answer; the session already holds it
             log.exception("could not post the answer in %s", session)
         return outcome
 
     async def _guarded(self, turn: Turn, reply: Reply, work) -> Outcome:
-        """Per-user job cap, one turn at a time per session, and no exception reaching the adapter."""
-        status = Throttled(reply, self.status_interval)
-        if self._busy[turn.user_id] >= self.config.limits.per_user_jobs:
-            return await self._finish(reply, status, Outcome(
-                f"You already have {self._busy[turn.user_id]} requests running; please wait for one to finish.",
-                error=True), turn.session_key)
-        self._busy[turn.user_id] += 1
+        """The conversation's order, progress, a stop that answers honestly, no exception reaching the adapter."""
+        place = self._order.arrive(turn.session_key)  # before any await: the arrival order is the order
+        progress = Progress(reply, delay=self.status_interval, interval=self.status_interval)
+        self._turns += 1
         try:
-            async with self._locks[turn.session_key]:
-                try:
-                    outcome = await work(status)
-                except UserFacingError as e:
-                    outcome = Outcome(str(e), error=True)
-                except Exception:
-                    log.exception("turn in %s failed", turn.session_key)
-                    outcome = Outcome(GENERIC, error=True)
-                return await self._finish(reply, status, outcome, turn.session_key)
-        finally:
-            self._busy[turn.user_id] -= 1
+            try:
+                await reply.typing()
+            except Exception as e:  # decoration only
+                log.warning("typing indicator in %s failed: %s", turn.session_key, e)
+            progress.start()
+            await place.ready()
+            if self.stopping:
+                return await self._finish(reply, Outcome(RESTARTING, error=True), turn.session_key)
+            job = asyncio.create_task(self._run(turn, work, progress), name=f"turn {turn.session_key}")
+            self._work.add(job)
+            job.add_done_callback(self._work.discard)
+            try:
+                outcome = await job
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise  # the adapter itself is going away
+                log.info("turn in %s cut short by the stop", turn.session_key)
+                self.store.add_message(turn.session_key, "assistant", RESTARTING)
+                outcome = Outcome(RESTARTING, error=True)
+            return await self._finish(reply, outcome, turn.session_key)
+        finally:  # after the answer, so the thread is never empty in between
+            place.leave()  # the conversation's next message need not wait for the status message to go
+            try:
+                await progress.clear()
+            finally:
+                self._turns -= 1
+
+    async def _run(self, turn: Turn, work, progress: Progress) -> Outcome:
+        try:
+            return await work(progress)
+        except UserFacingError as e:
+            return Outcome(str(e), error=True)
+        except Exception:
+            log.exception("turn in %s failed", turn.session_key)
+            return Outcome(GENERIC, error=True)
+
+    async def stop(self, grace: float, answer_within: float = 20.0) -> None:
+        """Stop taking turns. New ones are answered RESTARTING at once; turns in flight get ``grace``
+        seconds, then are cut short and answered RESTARTING, their status messages removed."""
+        self.stopping = True
+        if self._work:
+            log.info("stopping: %d turn(s) in flight get %g s to finish", len(self._work), grace)
+            await asyncio.wait(set(self._work), timeout=grace)
+        for job in list(self._work):
+            job.cancel()
+        deadline = time.monotonic() + answer_within
+        while self._turns and time.monotonic() < deadline:  # answers and status removals on their way
+            await asyncio.sleep(0.05)
 
     # --- a message ----------------------------------------------------------
 
     async def handle(self, turn: Turn, reply: Reply) -> Outcome:
-        """A message for the bot: store uploads, then let the agent answer."""
-        await reply.typing()
-        return await self._guarded(turn, reply, lambda status: self._handle(turn, status))
+        """A message for the bot: store uploads, then let the agent answer. Call it as the event
+        arrives (files may still be to fetch): the message takes its place in its conversation at once."""
+        return await self._guarded(turn, reply, lambda progress: self._handle(turn, progress))
 
-    async def _handle(self, turn: Turn, status: Throttled) -> Outcome:
-        ctx = self._context(turn, status)
+    async def _handle(self, turn: Turn, progress: Progress) -> Outcome:
+        ctx = self._context(turn, progress)
+        text = turn.text.strip()
+        if _RESET.fullmatch(text) and not turn.attachments:
+            log.info("session %s reset by %s", turn.session_key, turn.user_id)
+            self.store.reset(turn.session_key)
+            return Outcome(CLEARED)
         uploaded, problems = await self._ingest(turn, ctx)
-        lines = [turn.text.strip()] if turn.text.strip() else []
+        lines = [text] if text else []
         for row in uploaded:
             caption = f", shows: {row.caption}" if row.caption else ""
-            lines.append(f"[uploaded {row.image_id} ({row.params.get('filename')}): {row.width}x{row.height}{caption}]")
+            lines.append(f"[uploaded {row.image_id} {quoted(row.params.get('filename') or '')}: "
+                         f"{row.width}x{row.height}{caption}]")
         if not lines:
             return Outcome(" ".join(problems) or "Say what you would like me to do, or attach an image.",
                            error=bool(problems))
         self.store.add_message(turn.session_key, "user", "\n".join(lines), user=turn.user_name)
-        if not turn.text.strip():  # an image with no words: acknowledge, no LLM round needed
+        if not text:  # an image with no words: acknowledge, no LLM round needed
             ids = ", ".join(f"{r.image_id}" + (f" ({r.caption})" if r.caption else "") for r in uploaded)
             text = " ".join([*problems, f"Got {ids}. What should I do with it?"])
             self.store.add_message(turn.session_key, "assistant", text)
@@ -149,16 +198,23 @@ class Core:
         final = await run_turn(self.llm, ctx, await self.loaded_models(), max_rounds=llm.max_tool_rounds,
                                token_budget=llm.history_tokens, turn_timeout=llm.turn_timeout_s)
         text = with_notice(ctx.withheld, " ".join([*problems, final.text]))
-        return Outcome(text, images_to_post(ctx, final.text), error=final.error)
+        return Outcome(text, images_to_post(ctx), error=final.error)
 
     async def _ingest(self, turn: Turn, ctx: ToolContext) -> tuple[list, list[str]]:
-        """Validate and store attachments; caption them when a captioning model is loaded."""
+        """Fetch, validate and store attachments (decoded off the event loop, a few at once);
+        caption them when a captioning model is loaded."""
+        fetched = await asyncio.gather(*(self._fetch(att) for att in turn.attachments))
         rows, problems = [], []
-        for att in turn.attachments:
+        for att, got in zip(turn.attachments, fetched):
             try:
-                rows.append(self.images.ingest(turn.session_key, att.filename, att.data))
-            except BadImage as e:
-                log.info("refused upload in %s: %s", turn.session_key, e)
+                if isinstance(got, UserFacingError):
+                    raise got
+                async with self._decoding:
+                    img, png = await asyncio.to_thread(self._decode, att.filename, got)
+                rows.append(self.images.add(turn.session_key, img, parent=None, operation="upload",
+                                            params={"filename": att.filename}, png=png))
+            except UserFacingError as e:
+                log.info("refused upload %s in %s: %s", quoted(att.filename), turn.session_key, e)
                 problems.append(str(e))
         if rows and "ImageCaptioning" in await self.loaded_models():
             for row in rows:
@@ -166,14 +222,25 @@ class Core:
             rows = [self.store.image(turn.session_key, r.image_id) for r in rows]
         return rows, problems
 
+    @staticmethod
+    async def _fetch(att) -> bytes | UserFacingError:
+        try:
+            return await att.read()
+        except UserFacingError as e:
+            return e
+
+    def _decode(self, filename: str, data: bytes):
+        img = self.images.decode_upload(filename, data)
+        return img, encode(img)
+
     # --- direct commands ----------------------------------------------------
 
     async def direct(self, turn: Turn, reply: Reply, tool: str, args: dict[str, Any]) -> Outcome:
-        """Run one tool without the LLM (slash commands). An attachment becomes the ``image`` argument."""
-        await reply.typing()
+        """Run one tool without the LLM (slash commands). An attachment becomes the ``image`` argument.
+        Like ``handle``, it takes its place in the conversation when called."""
 
-        async def work(status: Throttled) -> Outcome:
-            ctx = self._context(turn, status)
+        async def work(progress: Progress) -> Outcome:
+            ctx = self._context(turn, progress)
             uploaded, problems = await self._ingest(turn, ctx)
             if problems:
                 return Outcome(" ".join(problems), error=True)
@@ -198,17 +265,17 @@ class Core:
     async def act(self, turn: Turn, reply: Reply, image_id: str, tag: str, action: str,
                   instruction: str | None = None) -> Outcome:
         """Run a pressed button (Reroll, Variations, Upscale, a submitted Edit form) for the presser, in
-        ``turn.session_key``: counted against their job cap, with progress, the result posted with its buttons."""
-        await reply.typing()
+        ``turn.session_key``: its jobs count against the presser's job cap; progress and the result (with its
+        buttons) are posted like any request's, in the conversation's order."""
 
-        async def work(status: Throttled) -> Outcome:
+        async def work(progress: Progress) -> Outcome:
             row = self._pressed(turn.session_key, image_id, tag)
             if row is None:
                 return Outcome(actions.STALE, error=True)
             said = f"[pressed {actions.LABELS.get(action, action)} under {image_id}" + (
                 f": {instruction}]" if instruction else "]")
             self.store.add_message(turn.session_key, "user", said, user=turn.user_name)
-            ctx = self._context(turn, status)
+            ctx = self._context(turn, progress)
             result = await actions.run(ctx, row, action, instruction)
             text = ctx.withheld[0] if ctx.withheld else actions.answer(action, row, turn.user_name, result, instruction)
             self.store.add_message(turn.session_key, "assistant", text, kind=None if result.ok else NOTE)
@@ -223,7 +290,7 @@ class Core:
 
     async def reset(self, session_key: str) -> str:
         self.store.reset(session_key)
-        return "This conversation is cleared: I have forgotten its messages and images."
+        return CLEARED
 
     # --- admin --------------------------------------------------------------
 
@@ -240,7 +307,8 @@ class Core:
         try:
             if action == "models":
                 infos = await self.pool.models()
-                return format_models(infos) + "\n" + summary(self.config.safety, infos)
+                notes = "".join(f"\n{topic}: {text}" for topic, text in self.admin_notes.items())
+                return format_models(infos) + "\n" + summary(self.config.safety, infos) + notes
             if action == "reload":
                 reply = await self.pool.reload(model)
             elif action == "load":
@@ -257,7 +325,8 @@ class Core:
 
 def format_models(infos) -> str:
     """One line per model: where it is, whether its weights are on the device now
-    (offloaded: waiting in CPU RAM under a residency budget), its size and last use."""
+    (offloaded: waiting in CPU RAM under a residency budget), its size and last use;
+    while it downloads or loads, how far it got and about how long is left."""
     if not infos:
         return "No models are configured."
     lines = []
@@ -272,5 +341,12 @@ def format_models(infos) -> str:
             used = ", last used " + (f"{ago:.0f} s" if ago < 90 else f"{ago / 60:.0f} min" if ago < 5400
                                      else f"{ago / 3600:.1f} h") + " ago"
         err = f" - {m.error}" if m.error else ""
-        lines.append(f"{m.name}: {m.state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
+        state = m.state
+        if m.state == "loading" and m.phase:  # downloading 1.2 of 2.1 GB / loading 2.1 GB of files
+            state = m.phase
+            if m.download_total:
+                size = (bytes_pair(m.downloaded, m.download_total) if m.phase == "downloading"
+                        else f"{bytes_text(m.download_total)} of files")
+            size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
+        lines.append(f"{m.name}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
     return "\n".join(lines)

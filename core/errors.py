@@ -43,3 +43,11 @@ class Withheld(UserFacingError):
 
 class NotAllowed(UserFacingError):
     """An admin command from someone who is not an admin."""
+
+
+class RateLimited(Exception):
+    """A platform refused a call for now (HTTP 429); adapters raise it with the Retry-After seconds."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"rate limited; retry after {retry_after:g} s")
+        self.retry_after = retry_after

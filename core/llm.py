@@ -262,6 +262,11 @@ class LLM:
             return (f"The language model server does not know the model {cfg.model!r}. An admin needs to check "
                     "llm.model.")
         if isinstance(e, openai.APIStatusError):
+            if self.builtin and e.status_code == 503:  # the pool's own words: still loading, or failed to load
+                code = e.body.get("code") if isinstance(e.body, dict) else None
+                if code == "model_loading":
+                    return e.body.get("message") or "The built-in language model is still loading; try again soon."
+                return "The built-in language model is not available right now. An admin can see why with /models."
             if e.status_code in (400, 413) and any(w in _error_text(e) for w in _CONTEXT_WORDS):
                 return ("This conversation no longer fits the language model's context. Type /reset to start "
                         "afresh, or ask an admin to lower llm.history_tokens.")

@@ -12,10 +12,9 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from gpu_pool.protocol import Event, JobRequest, ModelInfo, event_from_frame, read_frame, request_to_frame
+from gpu_pool.protocol import UNAVAILABLE, Event, JobRequest, ModelInfo, event_from_frame, read_frame, request_to_frame
 
 log = logging.getLogger(__name__)
-UNAVAILABLE = "The image engine is not reachable right now; please try again in a minute."
 
 
 class PoolUnavailable(Exception):

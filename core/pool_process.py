@@ -1,13 +1,16 @@
 """Start the pool as a child process, and start it again if it dies.
 
 Only for a pool the bot started itself (``pool.start = true``); a pool
-someone else runs is only connected to.
+someone else runs is only connected to. The child is told the bot's pid
+(``GPU_POOL_PARENT_PID``) and exits by itself when the bot dies, even by SIGKILL
+(see ``gpu_pool/__main__.py``): never an orphan holding GPU memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,11 +40,14 @@ class PoolProcess:
             self._watch = asyncio.create_task(self._watchdog(), name="pool-watchdog")
 
     async def _spawn(self) -> asyncio.subprocess.Process:
+        env = dict(os.environ, GPU_POOL_PARENT_PID=str(os.getpid()))
         out = open(self.log_file, "ab") if self.log_file else None  # the child keeps its own copy
         try:
+            # its own session: a Ctrl-C in the terminal reaches the bot only, which stops the pool when
+            # its turns in flight are answered (the pool still dies with the bot: see gpu_pool/__main__.py)
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd,
-                stdout=out, stderr=asyncio.subprocess.STDOUT if out else None)
+                sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd, env=env,
+                start_new_session=True, stdout=out, stderr=asyncio.subprocess.STDOUT if out else None)
         finally:
             if out:
                 out.close()
@@ -80,8 +86,12 @@ class PoolProcess:
         if self._watch:
             self._watch.cancel()
         if self.proc and self.proc.returncode is None:
+            started = time.monotonic()
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), 10)
             except TimeoutError:
+                log.warning("the pool did not stop in 10 s; killing it")
                 self.proc.kill()
+                await self.proc.wait()
+            log.info("the pool stopped (pid %s) in %.1f s", self.proc.pid, time.monotonic() - started)

@@ -36,7 +36,12 @@ def m002_message_kind(db: sqlite_utils.Database) -> None:
     db["messages"].add_column("kind", str)
 
 
-def m003_provenance(db: sqlite_utils.Database) -> None:
+def m003_threads(db: sqlite_utils.Database) -> None:
+    """Threads that continue another conversation (Slack: the thread the bot answered a mention in)."""
+    db["threads"].create({"key": str, "session": str, "created": float}, pk="key")
+
+
+def m004_provenance(db: sqlite_utils.Database) -> None:
     """How each image was made, for the buttons under it and their Info: the tool's arguments, the pool
     job that made its pixels (model, source, parameters as run, the seed, the prompts the model was really
     sent, seconds inside the model), and the button press that asked for it (which, on which image, by whom)."""
@@ -46,7 +51,8 @@ def m003_provenance(db: sqlite_utils.Database) -> None:
         db["images"].add_column(column, kind)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind, m003_provenance]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind, m003_threads,
+                                                               m004_provenance]
 NOTE = "note"  # messages.kind of the bot's own failure messages
 
 
@@ -137,6 +143,14 @@ class Store:
 
     def sessions(self) -> list[str]:
         return [r["key"] for r in self.db["sessions"].rows]
+
+    def link_thread(self, thread: str, session: str) -> None:
+        """Messages in ``thread`` continue the conversation ``session`` (kept across restarts)."""
+        self.db["threads"].insert({"key": thread, "session": session, "created": time.time()}, replace=True)
+
+    def thread_session(self, thread: str) -> str | None:
+        rows = list(self.db["threads"].rows_where("key = ?", [thread]))
+        return rows[0]["session"] if rows else None
 
     def reset(self, key: str) -> None:
         """Forget one session's messages and images (files stay: they may be shared by content)."""

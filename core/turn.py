@@ -2,32 +2,73 @@
 
 The core never imports discord or slack; adapters never call the LLM or the
 pool. These few types are the whole contract between them.
+
+An adapter hands a message to the core the moment its event arrives, before
+downloading its files (an ``Attachment`` may carry a ``fetch`` instead of its
+bytes): the core takes the message's place in its conversation at once and
+fetches the files in that turn, so messages are handled in the order they were
+sent however long a download takes.
 """
 
 from __future__ import annotations
 
+import json
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+NAME_LIMIT = 80  # characters kept of a platform-supplied name (file name, display name)
+
+
+def clean_name(text: str, limit: int = NAME_LIMIT) -> str:
+    """A platform-supplied string made safe to show and to log: no control or format characters
+    (newlines, bidi overrides), runs of white space as one space, at most ``limit`` characters."""
+    kept = "".join(" " if c.isspace() else c for c in str(text)
+                   if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf", "Co", "Cs"))
+    kept = " ".join(kept.split())
+    return kept if len(kept) <= limit else kept[:limit - 1] + "…"
+
+
+def quoted(text: str) -> str:
+    """A cleaned name in double quotes, quotes inside escaped: data, never read as instructions."""
+    return json.dumps(clean_name(text), ensure_ascii=False)
+
 
 @dataclass(frozen=True)
 class Attachment:
+    """A file sent with a message: its bytes, or ``fetch`` to download them in the message's turn.
+
+    ``fetch`` raises a ``UserFacingError`` (e.g. ``BadImage``) saying why the file cannot be used.
+    The file name is cleaned on the way in (it is data from the platform)."""
+
     filename: str
     content_type: str
-    data: bytes
+    data: bytes = b""
+    fetch: Callable[[], Awaitable[bytes]] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filename", clean_name(self.filename) or "the file")
+
+    async def read(self) -> bytes:
+        return await self.fetch() if self.fetch is not None else self.data
 
 
 @dataclass(frozen=True)
 class Turn:
     platform: str  # "discord", "slack", "terminal"
-    session_key: str  # where the reply goes: "discord:channel:123", "slack:C1:thread:169.2", "discord:dm:42"
+    session_key: str  # the conversation: "discord:channel:123", "slack:C1", "slack:C1:169.2", "discord:dm:42"
     user_id: str
     user_name: str
     text: str  # the bot mention already stripped
     attachments: tuple[Attachment, ...] = ()
     is_admin: bool = False
     nsfw_channel: bool = False  # Discord: the channel (a thread: its parent) is marked age-restricted
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_name", clean_name(self.user_name))
 
 
 @dataclass(frozen=True)
@@ -50,11 +91,45 @@ class OutImage:
     tag: str = ""  # tells it from a later image with the same id (ids start again after /reset)
 
 
+class EditBudget:
+    """The status edits one workspace or guild may make: a token bucket every turn there shares,
+    so progress stays within the platform's rate limit however many turns run at once. A 429's
+    Retry-After pauses it."""
+
+    def __init__(self, per_minute: float, burst: int):
+        self.rate, self.burst = per_minute / 60.0, burst
+        self._tokens, self._at, self._paused_until = float(burst), time.monotonic(), 0.0
+        self.spent = 0  # edits granted so far (benchmarks read it)
+
+    def take(self) -> float:
+        """0.0 when an edit may go now (and counts it); else the seconds until one may."""
+        now = time.monotonic()
+        if now < self._paused_until:
+            return self._paused_until - now
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self.spent += 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+    def pause(self, seconds: float) -> None:
+        """The platform said Retry-After: no edit from anyone here until then."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        self._tokens = 0.0
+
+
 class Reply(Protocol):
-    """Implemented per platform by the adapter."""
+    """Implemented per platform by the adapter.
+
+    Optional attributes the core reads when present: ``edit_budget`` (an EditBudget shared by
+    the workspace or guild) and ``waiting_text`` (a status shown after a second when the
+    platform has no typing indicator, e.g. Slack's "Working on it…")."""
 
     async def status(self, text: str | None) -> None:
-        """Show or edit one progress message; None removes it."""
+        """Post the progress message, or edit it; None deletes it. May raise (the core logs it);
+        raise ``core.errors.RateLimited`` when the platform says to wait."""
 
     async def send(self, text: str, images: list[OutImage] = ()) -> None:
         """Post the answer, images as attachments."""

@@ -1,23 +1,62 @@
-"""python -m gpu_pool --config config.toml: run the model pool on its own."""
+"""python -m gpu_pool --config config.toml: run the model pool on its own.
+
+Started by the bot, the pool dies with it: the bot names itself in
+``GPU_POOL_PARENT_PID``, and the pool asks Linux for SIGTERM when its parent
+dies (``prctl(PR_SET_PDEATHSIG)``) and also checks its parent every second
+(any OS, and the moment before prctl took effect). SIGTERM and SIGINT stop it
+at once: jobs and loads still running in threads are abandoned, not awaited.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import sys
 
 import settings
 
+PARENT_ENV = "GPU_POOL_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+log = logging.getLogger("gpu_pool")
+
+
+def follow_parent() -> int | None:
+    """The bot's pid when it started this pool (then die with it), else None."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit():
+        return None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); watching the parent instead", ctypes.get_errno())
+        except (OSError, AttributeError) as e:
+            log.warning("no prctl (%s); watching the parent instead", e)
+    return int(parent)
+
+
+async def _watch(parent: int, stop) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("the bot (pid %d) is gone; stopping", parent)
+    stop()
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpu_pool", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gpu_pool", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="config.toml", help="config file (default: config.toml)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s pool %(name)s: %(message)s")
+    parent = follow_parent()
+    if parent is not None and os.getppid() != parent:
+        log.warning("the bot (pid %d) exited before the pool started; not starting", parent)
+        return 0
     try:
         config = settings.load(args.config, env_check=False)
     except settings.ConfigError as e:
@@ -38,14 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        watch = asyncio.create_task(_watch(parent, task.cancel)) if parent is not None else None
         try:
             await task
         except asyncio.CancelledError:
-            logging.getLogger("gpu_pool").info("pool stopping")
+            log.info("pool stopping")
+        finally:
+            if watch:
+                watch.cancel()
 
     asyncio.run(run())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # threads still running a job or a load are not waited for

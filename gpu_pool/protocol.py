@@ -3,14 +3,18 @@
     core (PoolClient)                                 pool (gpu_pool.server)
     POST /jobs     frame(JobRequest) + raw pixels  ─▶ check, queue on the model's device
                    ◀─ frames, one per event, on the same response:
-                      queued(job_id, position) · progress(step, total) ·
+                      queued(job_id, position) · progress(step, total[, text]) ·
                       done(text, data, safety, provenance) + raw pixels | failed(message, code, detail)
+                      (progress step 0 of 0: waiting for the model, with its
+                       download or load progress, about once a second)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
     GET  /models                                   ◀─ {"models": [ModelInfo...]}
     POST /models/reload {"model": name | null}     ─▶ re-read config.toml, reload one or all
     POST /models/load   {"model", "device"?, "dtype"?}
     POST /models/unload {"model"}                  ◀─ {"ok", "message", "models"}
     GET  /health                                   ◀─ {"ok": true, "pid"}
+    POST /v1/chat/completions, GET /v1/models      the built-in LLM, OpenAI's wire format
+                                                   (gpu_pool/openai_api.py), not these frames
 
 Before a job's images leave the pool, the safety checker looks at every image a
 drawing model made: done.safety holds one Verdict per image (None for models
@@ -36,6 +40,8 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+# failed.message of a job whose pool (or Ray replica) died or could not be reached: the chat user reads it
+UNAVAILABLE = "The image engine is not reachable right now; please try again in a minute."
 CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 _HEADER = struct.Struct(">I")
 MAX_HEADER = 1 << 20
@@ -90,9 +96,13 @@ class Event:
     kind: EventKind
     job_id: str
     position: int | None = None  # queued: jobs ahead of this one on its device
-    step: int | None = None  # progress (step 0 of total 0: waiting for the model to load)
+    step: int | None = None  # progress (step 0 of total 0: waiting for the model to download or load)
     total: int | None = None
-    text: str | None = None  # done
+    phase: str | None = None  # waiting: "downloading" or "loading" (see ModelInfo)
+    downloaded: int | None = None  # waiting: bytes of the model's files here so far
+    download_total: int | None = None  # waiting: bytes of the model's files (0: not known yet)
+    eta_s: float | None = None  # waiting: estimated seconds until the model is ready
+    text: str | None = None  # done; progress: the next piece of an LLM's answer (streaming)
     images: list[RawImage] = field(default_factory=list)  # done
     data: dict[str, Any] | None = None  # done: structured results (e.g. Text2Box's boxes), JSON values
     seconds: float | None = None  # done: time inside the model
@@ -116,6 +126,11 @@ class ModelInfo:
     error: str | None = None
     last_used: float | None = None  # unix time of the last job
     resident: bool = False  # weights on the device now; False: offloaded to CPU RAM (or not loaded)
+    # While state is "loading": downloading its files from the hub, then loading them ("loading").
+    phase: str = ""
+    downloaded: int = 0  # bytes of its files on this machine (from the cache or arrived)
+    download_total: int = 0  # bytes of its files (0 while the hub's listing is not in, or none to fetch)
+    eta_s: float | None = None  # estimated seconds until ready; None: no estimate yet
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,15 @@
 """Which models are loaded where: load, unload, reload, and what each holds.
 
-Loading runs on its own thread so the event loop keeps serving; a job
-for a model that is loading waits on the model's ``ready`` future. A reload
-builds the new model first and swaps it in: jobs already running finish on
-the old one, jobs that arrive meanwhile wait for the new one.
+A load has two phases, both off the event loop: ``downloading`` (the model's
+files from the hub into the cache, shared with other models reading the same
+repo, see ``gpu_pool/fetch.py``) and ``loading`` (from the local files, on one
+loading thread). A job for a model that is loading waits on the model's
+``ready`` future and hears its progress; /models shows it too.
+
+A reload releases the old copy first, then loads the new one, one model at a
+time, so it never holds two copies (a /reload of everything would otherwise
+need twice the memory): jobs already running finish on the old one, jobs that
+arrive meanwhile wait for the new one.
 
 On a device with a residency budget (``[residency]`` in config.toml) models
 load onto their home (CPU RAM) and a :class:`Residency` per device moves
@@ -24,7 +30,9 @@ from typing import Iterable
 import torch
 
 import settings
-from gpu_pool import accounting
+from gpu_pool import accounting, fit
+from gpu_pool import weights as w
+from gpu_pool.fetch import Download, Fetcher
 from gpu_pool.models import MODEL_TABLE, load_sd_base, loader
 from gpu_pool.models.base import LoadSpec, PoolModel, SharedBases
 from gpu_pool.protocol import ModelInfo
@@ -32,6 +40,7 @@ from gpu_pool.residency import Residency, size_text
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+LOAD_RATE = 300e6  # bytes/s a load is guessed to read until this pool has timed one
 
 
 class NotLoaded(Exception):
@@ -49,6 +58,10 @@ class Entry:
     error: str | None = None
     last_used: float | None = None
     ready: asyncio.Future = field(default=None)  # resolves to the PoolModel, or raises NotLoaded
+    phase: str = "downloading"  # while loading: "downloading", then "loading"
+    downloads: list[Download] = field(default_factory=list)
+    load_bytes: int = 0  # weight bytes the loading phase reads
+    load_started: float | None = None  # monotonic time the loading thread took it
 
 
 class Registry:
@@ -60,6 +73,8 @@ class Registry:
         # context, so two loads at once hand each other empty (meta) weights.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.residency: dict[str, Residency] = {}  # device -> its manager, for budgeted devices only
+        self.fetcher = Fetcher()
+        self._load_rate = LOAD_RATE  # bytes/s, timed on each load
 
     # --- queries ------------------------------------------------------------
 
@@ -101,56 +116,143 @@ class Registry:
         entry.last_used = time.time()
         return model
 
+    def progress(self, name: str) -> tuple[str, int, int, float | None]:
+        """A loading model's (phase, bytes here, bytes in all, estimated seconds until ready)."""
+        e = self.entries.get(name)
+        if e is None or e.state != "loading":
+            return "", 0, 0, None
+        done, total = sum(d.done for d in e.downloads), sum(d.total for d in e.downloads)
+        if e.phase == "downloading":
+            # An estimate only once 5 % of what was missing arrived: before, the small config
+            # files' round trips say nothing about the big weights' speed.
+            fetched, missing = done - sum(d.cached for d in e.downloads), total - sum(d.cached for d in e.downloads)
+            rate = sum(d.rate() for d in e.downloads)
+            load = sum(d.loaded_bytes() for d in e.downloads) / self._load_rate
+            eta = (total - done) / rate + load if rate > 0 and fetched >= 0.05 * missing else None
+            return "downloading", done, total, eta
+        eta = None
+        if e.load_started is not None:  # not while it waits for the loading thread
+            eta = max(1.0, e.load_bytes / self._load_rate - (time.monotonic() - e.load_started))
+        return "loading", done, total, eta
+
     def infos(self) -> list[ModelInfo]:
         loaded = {n: list(e.model.modules().values()) for n, e in self.entries.items() if e.model is not None}
         sharing = accounting.sharing(loaded)
         out = []
         for name, e in self.entries.items():
             own, shared, peers = sharing.get(name, (0, 0, []))
+            phase, done, total, eta = self.progress(name)
             out.append(ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
-                                 self.is_resident(name)))
+                                 self.is_resident(name), phase, done, total, None if eta is None else round(eta, 1)))
         return out
 
     # --- changes ------------------------------------------------------------
 
     def start_all(self) -> list[asyncio.Task]:
-        """Begin loading every model the config names; returns the loading tasks."""
-        return [asyncio.create_task(self.load(name)) for name in self.config.models]
+        """Begin loading every model the config names; returns the loading tasks (whose results are
+        None: a task kept by the server must not keep a model alive after a reload)."""
+        async def start(name: str) -> None:
+            await self.load(name)
+
+        return [*(asyncio.create_task(start(name)) for name in self.config.models), asyncio.create_task(self.log_fit())]
 
     async def load(self, name: str, device: str | None = None, dtype: str | None = None) -> Entry:
         """Load (or reload) ``name``; ``device``/``dtype`` override the config until the next reload."""
+        return await self._finish(self._begin(name, device, dtype))
+
+    def _begin(self, name: str, device: str | None = None, dtype: str | None = None, release: bool = True) -> Entry:
+        """A new loading entry for ``name`` in place of the old one, whose copy is released now
+        (``release=False``: the caller releases, once for many)."""
         if name not in MODEL_TABLE:
             raise NotLoaded(f"There is no model called {name}. Known models: {', '.join(MODEL_TABLE)}.")
-        cfg = self.config.models.get(name) or settings.ModelConfig(name, "auto", "auto", settings.MODEL_DEFAULTS[name])
+        cfg = self._config_of(name)
         cfg = settings.ModelConfig(name, device or cfg.device, dtype or cfg.dtype, cfg.source)
-        dev, dt = settings.resolve_device(cfg.device), cfg.resolved_dtype()
         old = self.entries.get(name)
         loop = asyncio.get_running_loop()
-        entry = Entry(name, dev, dt, cfg.source, ready=loop.create_future(), last_used=old.last_used if old else None)
+        entry = Entry(name, settings.resolve_device(cfg.device), cfg.resolved_dtype(), cfg.source,
+                      ready=loop.create_future(), last_used=old.last_used if old else None)
         self.entries[name] = entry
-        if old is not None and not old.ready.done():
-            _chain(entry.ready, old.ready)  # jobs waiting on an unfinished load follow the new one
-        mgr = self.manager(dev)
-        spec = LoadSpec(name, cfg.source, dev, DTYPES[dt], self.config.pool.sd_base, mgr.home if mgr else "")
+        if old is not None:
+            if not old.ready.done():
+                _chain(entry.ready, old.ready)  # jobs waiting on an unfinished load follow the new one
+            old.model = None  # a job running on it keeps its own reference until it ends
+            if release:
+                self._release()
+        return entry
+
+    def _config_of(self, name: str) -> settings.ModelConfig:
+        return self.config.models.get(name) or settings.ModelConfig(name, "auto", "auto",
+                                                                    self.config.default_source(name))
+
+    async def _finish(self, entry: Entry) -> Entry:
+        """Download, then load, the model of a new entry."""
+        name, dev, dt = entry.name, entry.device, entry.dtype
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        log.info("loading %s on %s (%s) from %s", name, dev, dt, cfg.source or "(no weights)")
+        log.info("loading %s on %s (%s) from %s", name, dev, dt, entry.source or "(no weights)")
         try:
             _check_device(dev)
-            model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr)
+            wants = w.plan(name, entry.source, self.config.pool.sd_base)
+            jobs = [self.fetcher.get(want, dt) for want in wants]
+            entry.downloads = [d for d, _ in jobs]
+            folders = {want.source: folder for want, folder in zip(wants, await asyncio.gather(*(t for _, t in jobs)))}
+            if self.entries.get(name) is not entry:  # unloaded or replaced while downloading
+                return entry
+            mgr = self.manager(dev)
+            spec = LoadSpec(name, folders.get(entry.source, entry.source), dev, DTYPES[dt],
+                            folders.get(self.config.pool.sd_base, self.config.pool.sd_base), mgr.home if mgr else "",
+                            self.config.limits.working_size)
+            # what the loading phase reads: not a shared base that is in memory already
+            entry.load_bytes = sum(d.loaded_bytes() for d in entry.downloads
+                                   if not self.bases.holds(d.folder, dev, DTYPES[dt]))
+            entry.phase = "loading"
+            model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr, entry)
         except Exception as e:
             log.error("loading %s failed:\n%s", name, traceback.format_exc())
             if self.entries.get(name) is entry:
                 entry.state, entry.error = "failed", str(e) if isinstance(e, NotLoaded) else f"{type(e).__name__}: {e}"
             _fail(entry.ready, NotLoaded(f"{name} could not be loaded: {entry.error}"))
             return entry
+        self._time_load(entry)
         if self.entries.get(name) is not entry:  # unloaded or replaced while loading
             return entry
         entry.model, entry.state = model, "ready"
         if not entry.ready.done():
             entry.ready.set_result(model)
-        self._release()  # a reload's old copy, and a base nobody uses any more
+        self._release()  # a base nobody uses any more
         log.info("%s ready on %s in %.1f s", name, dev, time.perf_counter() - started)
         return entry
+
+    def _time_load(self, entry: Entry) -> None:
+        """Learn how fast this machine loads, for the next estimates."""
+        if entry.load_started is None or entry.load_bytes < 50e6:  # small loads time the overhead, not the disk
+            return
+        seconds = max(0.1, time.monotonic() - entry.load_started)
+        self._load_rate = (self._load_rate + entry.load_bytes / seconds) / 2
+
+    async def log_fit(self) -> None:
+        """Log each device's weight bytes against its free memory, warning when they will not fit."""
+        per_device: dict[str, dict[str, int]] = {}  # device -> model -> weight bytes
+        files: dict[str, dict[tuple[str, str], int]] = {}  # device -> (repo, file) -> bytes, each file once
+        for name in self.config.models:
+            cfg = self._config_of(name)
+            dev, dt = settings.resolve_device(cfg.device), cfg.resolved_dtype()
+            try:
+                _check_device(dev)
+            except NotLoaded:  # its load fails and says why
+                continue
+            for want in w.plan(name, cfg.source, self.config.pool.sd_base):
+                d = await self.fetcher.listed(want, dt)
+                for f, slot in d.weights.items():
+                    b = slot.loaded_bytes(f, d.files[f], dt)
+                    files.setdefault(dev, {})[(want.source, f)] = b
+                    per_device.setdefault(dev, {}).setdefault(name, 0)
+                    per_device[dev][name] += b
+        for dev, models in per_device.items():
+            free = fit.free_memory(dev)
+            budget = self.config.residency.budget if self.config.residency.applies_to(dev) else 0
+            level, text = fit.report(dev, models, sum(files[dev].values()), free, budget)
+            log.log(level, text)
 
     async def unload(self, name: str) -> None:
         entry = self._entry(name)
@@ -161,29 +263,39 @@ class Registry:
         log.info("unloaded %s", name)
 
     async def reload(self, name: str | None = None) -> list[str]:
-        """Re-read the config file, then reload ``name`` or every model; returns the names reloaded."""
+        """Re-read the config file, then reload ``name`` or every model, one at a time; returns the names.
+
+        Every old copy is released before the first new one loads (a single model's before it loads):
+        reloading never holds two copies of a model, nor two shared bases.
+        """
         self.config = settings.load(self.config.path, env_check=False)
         if name is None:
-            self.bases = SharedBases(load_sd_base)  # pick up a changed sd_base
-            for mgr in self.residency.values():  # and a changed [residency]: the old models leave the device
-                mgr.forget(set())  # (but for those running a job, which go with their model)
-            self.residency = {}
             for gone in [n for n in self.entries if n not in self.config.models]:
                 await self.unload(gone)
             names = list(self.config.models)
         else:
             names = [name]
-        await asyncio.gather(*(self.load(n) for n in names))
+        entries = [self._begin(n, release=False) for n in names]
+        if name is None:
+            self.bases = SharedBases(load_sd_base)  # pick up a changed sd_base; the old one goes now
+            for mgr in self.residency.values():  # and a changed [residency]: the old models leave the device
+                mgr.forget(set())  # (but for those running a job, which go with their model)
+            self.residency = {}
         self._release()
+        for entry in entries:
+            await self._finish(entry)
         return names
 
     def _release(self) -> None:
-        """Forget bases no loaded model uses, and give memory back; never while a load runs,
-        because a loader may be building on a base no finished model holds yet."""
-        if any(e.state == "loading" for e in self.entries.values()):
-            return
+        """Forget what no model holds any more, and give the memory back (emptying the CUDA cache).
+
+        Bases stay while a load runs: a loader may be building on one no finished model holds yet.
+        """
         in_use = {id(m) for e in self.entries.values() if e.model is not None for m in e.model.modules().values()}
-        self.bases.drop_unused(in_use)
+        if any(e.state == "loading" for e in self.entries.values()):
+            in_use |= self.bases.module_ids()
+        else:
+            self.bases.drop_unused(in_use)
         for mgr in self.residency.values():
             mgr.forget(in_use)
         free_memory()
@@ -192,8 +304,9 @@ class Registry:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None) -> PoolModel:
+def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry: Entry) -> PoolModel:
     """On the loading thread: load, then hand the weights to the device's manager (pinning them)."""
+    entry.load_started = time.monotonic()
     model = loader(spec.name)(spec, bases)
     if mgr is not None:
         mgr.adopt(model.modules().values())

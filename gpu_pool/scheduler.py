@@ -5,7 +5,9 @@ decodable and under the pixel limit), queued on its model's device, and run
 on that device's thread, so a job on ``cuda:0`` never waits for one on
 ``cuda:1`` and nothing heavy runs on the event loop. Every step of its life
 is an :class:`Event` pushed to the job's own asyncio queue, which the server
-streams to the client.
+streams to the client. A job whose model is still downloading or loading
+waits in its queue without holding the device, hearing its model's progress
+about once a second.
 
 On a device with a residency budget a job first makes its model resident
 (``gpu_pool/residency.py``), and the queue runs jobs whose model is already
@@ -55,6 +57,7 @@ class Job:
     device: str = ""
     finished: bool = False
     position: int | None = None  # last position announced
+    waited: tuple | None = None  # last download/load progress announced while its model loads
     overtaken: int = 0  # times a later job ran first (warm-first scheduling)
 
     def announce(self, position: int) -> None:
@@ -74,7 +77,12 @@ class Job:
 
 
 class DeviceQueue:
-    """Jobs waiting for one device, and the worker that runs them in order."""
+    """Jobs waiting for one device, and the worker that runs them in order.
+
+    A job whose model is still downloading or loading waits in the queue without
+    holding the device: jobs behind it for ready models go first, and it hears
+    how far its model got (``Scheduler.report_wait``).
+    """
 
     def __init__(self, device: str, scheduler: Scheduler):
         self.device = device
@@ -87,7 +95,8 @@ class DeviceQueue:
 
     def put(self, job: Job) -> None:
         self.pending.append(job)
-        job.announce(self._ahead(len(self.pending) - 1))
+        self._announce_positions()
+        self.scheduler.report_wait(job)
         self._wake.set()
 
     def remove(self, job: Job) -> bool:
@@ -98,19 +107,23 @@ class DeviceQueue:
         self._announce_positions()
         return True
 
-    def _ahead(self, index: int) -> int:
-        return index + (self.running is not None)
-
     def _announce_positions(self) -> None:
-        for i, job in enumerate(self.pending):
-            job.announce(self._ahead(i))
+        """Each pending job hears how many jobs will run before it: the running one, and the
+        runnable ones ahead of it (a job waiting for its model to load is passed, not waited for)."""
+        ahead = int(self.running is not None)
+        for job in list(self.pending):
+            job.announce(ahead)
+            ahead += int(self.scheduler.runnable(job))
 
     async def _work(self) -> None:
         while True:
-            while not self.pending:
-                self._wake.clear()
-                await self._wake.wait()
             job = self._take()
+            if job is None:  # nothing, or only jobs whose models are still loading
+                self._wake.clear()
+                for waiting in self.pending:
+                    self.scheduler.wake_when_ready(waiting, self._wake)
+                await self._wake.wait()
+                continue
             self.running = job
             self._announce_positions()
             try:
@@ -121,17 +134,20 @@ class DeviceQueue:
             finally:
                 self.running = None
 
-    def _take(self) -> Job:
-        """The next job: first come, first served; warm first on a device with a budget."""
+    def _take(self) -> Job | None:
+        """The next job whose model is ready: first come, first served; warm first on a device with a budget."""
         registry = self.scheduler.registry
+        runnable = [j for j in self.pending if self.scheduler.runnable(j)]
+        if not runnable:
+            return None
         index = 0
         if registry.manager(self.device) is not None:
-            index = warm_first(self.pending, lambda j: registry.is_resident(j.request.model),
+            index = warm_first(runnable, lambda j: registry.is_resident(j.request.model),
                                lambda j: j.overtaken, registry.config.residency.max_overtakes)
-        for ahead in itertools.islice(self.pending, index):
+        for ahead in runnable[:index]:
             ahead.overtaken += 1
-        job = self.pending[index]
-        del self.pending[index]
+        job = runnable[index]
+        self.pending.remove(job)
         return job
 
     def close(self) -> None:
@@ -144,12 +160,13 @@ class Scheduler:
         self.registry = registry
         self.queues: dict[str, DeviceQueue] = {}
         self.jobs: dict[str, Job] = {}
+        self._ticker: asyncio.Task | None = None
 
     @property
     def limits(self) -> dict[str, int]:
         lim = self.registry.config.limits
         return {"max_steps": lim.max_steps, "max_output_size": lim.max_output_size,
-                "max_image_pixels": lim.max_image_pixels}
+                "max_image_pixels": lim.max_image_pixels, "llm_max_tokens": lim.llm_max_tokens}
 
     def submit(self, request: JobRequest) -> Job:
         """Check and queue a job; a bad one gets its failed event at once."""
@@ -166,6 +183,8 @@ class Scheduler:
             return job
         if job.device not in self.queues:
             self.queues[job.device] = DeviceQueue(job.device, self)
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="load-progress")
         self.queues[job.device].put(job)
         return job
 
@@ -188,9 +207,6 @@ class Scheduler:
         if job.cancel_flag.is_set():
             return job.fail("The job was cancelled.", "cancelled")
         req = job.request
-        entry = self.registry.entries.get(req.model)
-        if entry is not None and entry.state == "loading":
-            job.emit(Event("progress", job.id, step=0, total=0))  # step 0 of 0: waiting for the model to load
         try:
             model = await self.registry.get(req.model)
             params = check_params(model, req.params, self.limits)
@@ -203,10 +219,10 @@ class Scheduler:
             return job.fail(str(e), "not_loaded")
         loop = asyncio.get_running_loop()
 
-        def progress(step: int, total: int) -> None:
+        def progress(step: int, total: int, text: str | None = None) -> None:
             if job.cancel_flag.is_set():
                 raise JobCancelled()
-            loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total))
+            loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total, text=text))
 
         residency = self.registry.manager(job.device)
         if model.draws:  # the checker runs right after: evict it last
@@ -233,7 +249,7 @@ class Scheduler:
                             "in the pool log.", "internal", detail)
         safety = await self._check(out.images, thread) if model.draws and out.images else None
         images = [RawImage.from_pil(im) for im in out.images]
-        provenance = {"model": req.model, "source": model.source, "params": params, **(out.sent or {})}
+        provenance = {"model": req.model, "source": model.source, "params": params, **model.prompts(params)}
         job.emit(Event("done", job.id, text=out.text, images=images, data=out.data, seconds=round(seconds, 6),
                        safety=safety, provenance=provenance))
 
@@ -253,9 +269,48 @@ class Scheduler:
                 free_memory()
             return [Verdict(None, note=f"the safety checker failed: {type(e).__name__}: {e}") for _ in images]
 
+    # --- jobs whose model is still downloading or loading ----------------------------------
+
+    def runnable(self, job: Job) -> bool:
+        """False while the job's model downloads or loads (unloaded or failed: runnable, to fail with a message)."""
+        entry = self.registry.entries.get(job.request.model)
+        return entry is None or entry.state != "loading"
+
+    def report_wait(self, job: Job) -> None:
+        """Tell a job waiting for its model how far the download or load got (step 0 of 0), when it changed."""
+        if self.runnable(job) or job.finished:
+            return
+        phase, done, total, eta = self.registry.progress(job.request.model)
+        now = (phase, done, total, None if eta is None else round(eta))
+        if now != job.waited:
+            job.waited = now
+            job.emit(Event("progress", job.id, step=0, total=0, phase=phase, downloaded=done, download_total=total,
+                           eta_s=None if eta is None else round(eta, 1)))
+
+    def wake_when_ready(self, job: Job, wake: asyncio.Event) -> None:
+        """Set ``wake`` once the job's model is ready (or failed, or gone): the job can run then."""
+        entry = self.registry.entries.get(job.request.model)
+        if entry is None or entry.ready.done():
+            wake.set()
+        else:
+            entry.ready.add_done_callback(lambda _: wake.set())
+
+    async def _tick(self) -> None:
+        """About once a second: progress for the jobs waiting on a model, and a nudge to the
+        workers (a reload replaces the future a worker waits on)."""
+        while True:
+            await asyncio.sleep(1.0)
+            for queue in self.queues.values():
+                for job in list(queue.pending):
+                    self.report_wait(job)
+                if any(self.runnable(j) for j in queue.pending):
+                    queue._wake.set()
+
     def close(self) -> None:
         for q in self.queues.values():
             q.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
 
 
 def _run_sync(model: PoolModel, params: dict, images: list[RawImage], progress,
@@ -301,7 +356,7 @@ def _check_images(images: list[RawImage], max_pixels: int) -> None:
 
 
 def _check_count(model: PoolModel, images: list[RawImage]) -> None:
-    if len(images) != model.n_images:
+    if model.n_images is not None and len(images) != model.n_images:
         names = " and ".join(model.image_names) or f"{model.n_images} image(s)"
         need = "no image" if model.n_images == 0 else names
         raise BadRequest(f"{model.name} takes {need}; got {len(images)} image(s).")

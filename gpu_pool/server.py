@@ -1,6 +1,7 @@
 """The pool's HTTP face (see ``gpu_pool/protocol.py`` for the messages).
 
-Serves on a unix socket by default, TCP when the config names a host.
+Serves on a unix socket by default, TCP when the config names a host. The same
+socket serves the built-in LLM to OpenAI clients (``gpu_pool/openai_api.py``).
 Models start loading in the background at startup, so ``/health`` answers
 at once and early jobs wait for their model.
 """
@@ -12,17 +13,20 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import AsyncIterator
 
 from aiohttp import web
 
 import settings
-from gpu_pool.protocol import FrameError, decode_frame, event_to_frame, request_from_frame
+from gpu_pool import openai_api
+from gpu_pool.protocol import Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame, request_from_frame
 from gpu_pool.registry import NotLoaded, Registry
 from gpu_pool.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 REGISTRY = web.AppKey("registry", Registry)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+LLM_JOBS = web.AppKey("llm_jobs", openai_api.Backend)
 MAX_REQUEST = 256 * 1024 * 1024
 
 
@@ -35,11 +39,13 @@ def make_app(config: settings.Config) -> web.Application:
     app.router.add_post("/models/reload", reload)
     app.router.add_post("/models/load", load)
     app.router.add_post("/models/unload", unload)
+    openai_api.add_routes(app, LLM_JOBS)  # the built-in LLM, for OpenAI clients
 
     async def lifespan(app: web.Application):
         registry = Registry(config)
         app[REGISTRY] = registry
         app[SCHEDULER] = Scheduler(registry)
+        app[LLM_JOBS] = LocalJobs(registry, app[SCHEDULER])
         loading = registry.start_all()
         yield
         for t in loading:
@@ -49,6 +55,36 @@ def make_app(config: settings.Config) -> web.Application:
 
     app.cleanup_ctx.append(lifespan)
     return app
+
+
+class LocalJobs:
+    """The built-in LLM's jobs on this process's Scheduler (``openai_api.Backend``)."""
+
+    def __init__(self, registry: Registry, scheduler: Scheduler):
+        self.registry, self.scheduler = registry, scheduler
+
+    @property
+    def limits(self) -> settings.LimitsConfig:
+        return self.registry.config.limits
+
+    async def run(self, request: JobRequest) -> AsyncIterator[Event]:
+        job = self.scheduler.submit(request)
+        try:
+            while True:
+                ev = await job.events.get()
+                yield ev
+                if ev.kind in ("done", "failed"):
+                    return
+        finally:
+            if not job.finished:  # closed early: nobody wants this job any more
+                self.scheduler.cancel(job.id)
+            self.scheduler.forget(job)
+
+    async def llm_info(self) -> ModelInfo | None:
+        e = self.registry.entries.get(openai_api.MODEL)
+        if e is None:
+            return None
+        return ModelInfo(e.name, e.device, e.dtype, e.source, e.state, error=e.error)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -3,7 +3,8 @@
     python scripts/build_tiny_models.py [OUT_DIR]     (default: build/tiny-models)
 
 Each folder is saved the way the hub serves the real checkpoint, so the pool
-loads it with the same ``from_pretrained`` code. Rebuilds only when a builder
+loads it with the same ``from_pretrained`` code; ``hub/<org>/<name>`` holds them
+again in the real repos' older layouts (see scripts/tiny_models/hub.py). Rebuilds only when a builder
 changed (a stamp file holds the hash of the builder sources).
 """
 
@@ -37,7 +38,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     if stamp.exists() and stamp.read_text() == digest:
         return out
     sys.path.insert(0, str(ROOT))
-    from scripts.tiny_models import detect, safety, sd, upscale, vision
+    from scripts.tiny_models import detect, hub, llm, safety, sd, upscale, vision
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,8 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     detect.build(tmp)
     safety.build(tmp)
     upscale.build(tmp)
+    llm.build(tmp)
+    hub.build(tmp)  # from the folders above, laid out as the real hub repos
     (tmp / ".stamp").write_text(digest)
     old = out.with_name(f"{out.name}.old.{os.getpid()}")
     if out.exists():

@@ -162,15 +162,18 @@ async def test_stale_and_disabled_buttons(core):
 
 
 async def test_a_press_counts_against_the_pressers_job_cap(pool, tmp_path, llm_server):
+    """Presses in two conversations at once by one user with a cap of one job: the second waits its turn."""
     core = make_core(pool, tmp_path, llm_server)
-    core.config = dataclasses.replace(core.config, limits=dataclasses.replace(core.config.limits, per_user_jobs=1))
-    await core.direct(by("u9"), RecordingReply(), "generate_image", {"prompt": "a tree"})
-    tag = core.store.image(HERE, "img1").tag
+    core.jobs.limit = 1
+    there = "discord:channel:78"
+    for session in (HERE, there):
+        await core.direct(by("u9", session), RecordingReply(), "generate_image", {"prompt": "a tree"})
     first, second = RecordingReply(), RecordingReply()
-    await asyncio.gather(core.act(by("u1"), first, "img1", tag, "variations"),
-                         core.act(by("u1"), second, "img1", tag, "reroll"))
+    await asyncio.gather(core.act(by("u1"), first, "img1", core.store.image(HERE, "img1").tag, "variations"),
+                         core.act(by("u1", there), second, "img1", core.store.image(there, "img1").tag, "reroll"))
     assert first.text == "A variation of img1 for @name-u1: img2."
-    assert second.text.startswith("You already have 1 requests running")
+    assert second.text == "Rerolled img1 for @name-u1: img2."
+    assert any(s and "waiting, 1 job(s) ahead" in s for s in first.statuses + second.statuses)
     await closed(core)
 
 

@@ -84,7 +84,7 @@ async def test_the_seed_classic_chain(pool, tmp_path, llm_server, stream):
     first = llm_server.requests[0]
     assert image_enum(first, "edit_image") == ["img1"]
     assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant", "user"]
-    assert first["messages"][1]["content"].startswith("[uploaded img1 (house.jpg): 64x40, shows: ")
+    assert first["messages"][1]["content"].startswith('[uploaded img1 "house.jpg": 64x40, shows: ')
     assert "- img1: 64x40, uploaded, shows: " in first["messages"][0]["content"]  # the image list
     assert any(s and "step" in s for s in reply.statuses) and reply.statuses[-1] is None
 
@@ -107,15 +107,16 @@ async def test_two_sessions_do_not_leak(core, llm_server):
     await core.handle(turn("", "slack:C2", photo(sky=(10, 20, 30))), RecordingReply())
     llm_server.on(user="draw a dog").call("generate_image", {"prompt": "a dog"})
     llm_server.on(after_tool="generate_image").reply("Done: img2")
-    llm_server.on(user="what do we have").reply("Only img1.")
+    llm_server.on(user="show me what we have").call("show_image", {"image": "img1"})
+    llm_server.on(after_tool="show_image").reply("Only img1.")
     a, b = RecordingReply(), RecordingReply()
     await core.handle(turn("draw a dog", "slack:C1"), a)
-    await core.handle(turn("what do we have?", "slack:C2"), b)
+    await core.handle(turn("show me what we have", "slack:C2"), b)
     assert a.image_ids == ["img2"]
-    assert b.image_ids == ["img1"]  # named in the answer: C2's own img1, not C1's
+    assert b.image_ids == ["img1"]  # asked to see it: C2's own img1, not C1's
     c2_img1 = core.store.image("slack:C2", "img1")
     assert b.sent[-1][1][0].path == core.images.path(c2_img1) != core.images.path(core.store.image("slack:C1", "img1"))
-    c2_request = llm_server.requests[-1]
+    c2_request = llm_server.requests[-2]
     assert "draw a dog" not in str(c2_request["messages"])
     assert image_enum(c2_request, "edit_image") == ["img1"]
     assert [r.image_id for r in core.store.images("slack:C2")] == ["img1"]
@@ -256,3 +257,25 @@ async def test_read_only_calls_in_one_answer_all_run_and_keep_their_order(core, 
     assert tools[1][1].startswith(("img1 shows: ", "The captioning model found nothing"))
     assert tools[2][1] == "Made img2, the edge map of img1."
     assert reply.image_ids == ["img2"]
+
+
+async def test_an_answer_attaches_what_this_turn_made_and_what_the_user_asked_to_see(core, llm_server):
+    """Not the user's own photo again, not every image a list names, not one an error message names."""
+    await core.handle(turn("", "att", photo()), RecordingReply())
+    llm_server.on(user="what's in this picture").call("caption_image", {"image": "img1"})
+    llm_server.on(after_tool="caption_image").reply("img1 shows a house.")
+    llm_server.on(user="draw a cat").call("generate_image", {"prompt": "a cat"})
+    llm_server.on(after_tool="generate_image").reply("Here is img2, next to img1.")
+    llm_server.on(user="edit img7").call("edit_image", {"image": "img7", "instruction": "x"})
+    llm_server.on(after_tool="edit_image").reply("'img7' does not exist; images: img1, img2.")
+    llm_server.on(user="list").reply("We have img1 and img2.")
+    llm_server.on(user="show me the first one").call("show_image", {"image": "img1"})
+    llm_server.on(after_tool="show_image").reply("Here is img1 again.")
+    seen = []
+    for said in ("what's in this picture?", "draw a cat", "edit img7", "list them", "show me the first one"):
+        reply = RecordingReply()
+        await core.handle(turn(said, "att"), reply)
+        seen.append((reply.text, reply.image_ids))
+    assert seen == [("img1 shows a house.", []), ("Here is img2, next to img1.", ["img2"]),
+                    ("'img7' does not exist; images: img1, img2.", []), ("We have img1 and img2.", []),
+                    ("Here is img1 again.", ["img1"])]

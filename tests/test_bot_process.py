@@ -6,8 +6,10 @@ import asyncio
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,10 @@ from tests.test_agent import RecordingReply, photo, turn
 pytestmark = pytest.mark.slow
 
 
-def small_config(folder: Path, tiny: Path, llm_url: str = "http://127.0.0.1:9/v1") -> Path:
+def small_config(folder: Path, tiny: Path, llm_url: str = "http://127.0.0.1:9/v1", extra: str = "") -> Path:
     """A bot config with two tiny models and the safety checker: fast to start, enough for a conversation."""
     path = folder / "config.toml"
-    path.write_text(f"""
+    path.write_text(extra + f"""
 [llm]
 base_url = "{llm_url}"
 model = "fake-model"
@@ -62,31 +64,123 @@ source = "{tiny}/safety-flags-none"
     return path
 
 
+class BotProcess:
+    """``python -m bot`` as a user starts it; its log in a file, to find the pool's pid. Leaving the
+    ``async with`` kills the bot and its pool by pid, whatever happened."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None):
+        self.config, self.args, self.log = config, args, config.parent / "bot.log"
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **(env or {}))
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> BotProcess:
+        with self.log.open("w") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "--config", str(self.config), *self.args, cwd=ROOT, env=self.env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        return self
+
+    async def __aexit__(self, *_) -> None:
+        pool = self.pool_pid(wait=0)
+        for pid in (self.proc.pid, pool):
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        await self.proc.wait()
+
+    def pool_pid(self, wait: float = 120) -> int | None:
+        """The pid of the pool this bot started (from its log line), waiting up to ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = re.findall(r"started the pool \(pid (\d+)\)", self.log.read_text())
+            if found or time.monotonic() >= deadline:
+                return int(found[-1]) if found else None
+            time.sleep(0.1)
+
+    async def read_until(self, text: str, timeout: float = 180) -> str:
+        """Standard output up to and including ``text``."""
+        return (await asyncio.wait_for(self.proc.stdout.readuntil(text.encode()), timeout)).decode()
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return not alive(pid)
+
+
 async def test_terminal_chat_through_a_pipe(tiny_dir, tmp_path):
     async with FakeLLM() as llm:
         llm.on(user="draw a cat", tools_include="generate_image").call("generate_image", {"prompt": "a cat"})
         llm.on(after_tool="generate_image").reply("Here is your cat: img2")
+        llm.on(user="what's in this picture?").reply("A house with a red roof.")
         config = small_config(tmp_path, tiny_dir, llm.base_url)
-        (tmp_path / "photo.jpg").write_bytes(photo().data)
-        script = f"/attach {tmp_path / 'photo.jpg'}\ndraw a cat\n/attach {config}\n/quit\n"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "--config", str(config), "--terminal", cwd=ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(script.encode()), 180)
-    out, err = out.decode(), err.decode()
-    assert proc.returncode == 0, err[-3000:]
+        (tmp_path / "my photo.jpg").write_bytes(photo().data)
+        script = (f"/attach {tmp_path / 'my photo.jpg'}\ndraw a cat\n/attach {config}\n"
+                  f"/attach {tmp_path / 'my photo.jpg'} what's in this picture?\n/quit\n")
+        async with BotProcess(config, "--terminal") as bot:
+            out, _ = await asyncio.wait_for(bot.proc.communicate(script.encode()), 180)
+    out, err = out.decode(), bot.log.read_text()
+    assert bot.proc.returncode == 0, err[-3000:]
     assert "bot: Got img1 (" in out
     written = tmp_path / "data" / "terminal" / "img2.png"
     assert f"bot: Here is your cat: img2\n  image img2 written to {written}" in out
     assert Image.open(written).size == (64, 64)
     assert "bot: config.toml is not an image: it looks like a text file." in out  # the bad input
+    assert "bot: A house with a red roof." in out  # the words after the path are the message
+    assert llm.requests[-1]["messages"][-1]["content"].startswith('what\'s in this picture?\n[uploaded img3 "my photo.jpg"')
     assert "Traceback" not in out
     # the terminal shows the conversation only: the bot's and the pool's log lines are in files
     log_line = re.compile(r"\d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) ")
     assert not log_line.search(out) and err == "", err[-2000:]
     assert log_line.search((tmp_path / "data" / "bot.log").read_text())
     assert "Text2Image" in (tmp_path / "data" / "pool.log").read_text()
+
+
+async def test_sigterm_answers_the_turn_in_flight_clears_its_status_stops_the_pool_and_exits_0(tiny_dir, tmp_path):
+    from tests.fakes.slack_server import BOT_USER, FakeSlack, mention
+
+    async with FakeLLM() as llm, FakeSlack() as slack:
+        llm.on(user="think it over").hang()  # the turn is in flight when the signal comes
+        config = small_config(tmp_path, tiny_dir, llm.base_url,
+                              f'[bot]\nshutdown_grace_s = 1\n[slack]\napi_url = "{slack.base_url}"\n')
+        env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token}
+        async with BotProcess(config, env=env) as bot:
+            await slack.connected(timeout=180)
+            pool = bot.pool_pid()
+            event = mention("C1", "U1", f"<@{BOT_USER}> think it over")
+            await slack.push_event(event)
+            status = await slack.wait_for("chat.postMessage", lambda c: c["text"] == "Working on it…", timeout=30)
+            signalled = time.monotonic()
+            bot.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(bot.proc.wait(), 60)
+            stop_s = time.monotonic() - signalled
+            assert code == 0, bot.log.read_text()[-3000:]
+            assert await gone(pool, 15), "the pool outlived the bot"
+        said = slack.called("chat.postMessage", lambda c: c.get("thread_ts") == event["ts"] and c.at > signalled)
+        assert [c["text"] for c in said] == ["I'm restarting; please ask again."]
+        assert slack.called("chat.delete", lambda c: c["ts"] == status.response["ts"])  # no "Working on it…" left
+        assert stop_s < 1 + 10, stop_s  # the grace period, then the answer and the pool's stop
+        assert "Traceback" not in bot.log.read_text()
+
+
+async def test_the_pool_exits_by_itself_when_the_bot_is_killed(tiny_dir, tmp_path):
+    config = small_config(tmp_path, tiny_dir)
+    async with BotProcess(config, "--terminal") as bot:
+        await bot.read_until("Type /help", timeout=180)  # the pool is up, the chat is open
+        pool = bot.pool_pid()
+        assert pool and alive(pool)
+        bot.proc.kill()  # SIGKILL: no chance to stop the pool
+        await bot.proc.wait()
+        assert await gone(pool, 15), "the pool was orphaned"
 
 
 async def test_pool_killed_mid_job_is_restarted_and_nothing_is_lost(tiny_dir, tmp_path):

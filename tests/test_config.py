@@ -29,17 +29,27 @@ def test_shipped_config_is_valid_and_mirrors_the_seed_advice(monkeypatch):
     for var in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     cfg = settings.load(ROOT / "config.toml")
-    # the seed's advice, checked, and the models of the buttons under every image
-    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "SafetyChecker", "Variations", "Upscale"]
+    # the seed's advice, checked, the built-in LLM, and the models of the buttons under every image
+    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "SafetyChecker", "Variations", "Upscale", "LLM"]
     assert (cfg.models["Variations"].source, cfg.models["Upscale"].source) == ("", "stabilityai/sd-x2-latent-upscaler")
     assert cfg.models["SafetyChecker"].source == "CompVis/stable-diffusion-safety-checker"
     assert cfg.safety == settings.SafetyConfig(enabled=True, allow_in_nsfw_channels=False, allow_in_slack_channels=(),
                                                allow_in_dms=False)
     assert all(m.device == "auto" for m in cfg.models.values())
     assert cfg.models["Text2Image"].source == settings.SD15
+    assert cfg.llm.built_in and cfg.models["LLM"].source == "Qwen/Qwen3-VL-2B-Instruct"  # no server to set up
     assert cfg.pool.start is True and cfg.pool.socket == ROOT / "data" / "pool.sock"
     assert cfg.limits.working_size == 512
     assert not cfg.discord.active and not cfg.slack.active
+
+
+def test_shutdown_grace_and_slack_api_url(tmp_path):
+    cfg = settings.load(write(tmp_path, '[bot]\nshutdown_grace_s = 2.5\n[slack]\napi_url = "https://slack-gov.com/api/"\n'))
+    assert cfg.bot.shutdown_grace_s == 2.5 and cfg.slack.api_url == "https://slack-gov.com/api/"
+    assert settings.load(write(tmp_path, "")).bot.shutdown_grace_s == 5
+    assert error_of(tmp_path, "[bot]\nshutdown_grace_s = -1\n") == (
+        "bot.shutdown_grace_s: -1 is not valid; must be between 0 and 300")
+    assert error_of(tmp_path, '[slack]\napi_url = "slack.com/api"\n').startswith("slack.api_url: 'slack.com/api' is not valid")
 
 
 def test_unknown_model_name(tmp_path):
@@ -148,6 +158,8 @@ def test_check_config_lists_models_and_devices():
                      out.stdout, re.M)
     assert re.search(r"Upscale +device=cpu \(auto\) +dtype=float32 +source=stabilityai/sd-x2-latent-upscaler$",
                      out.stdout, re.M)
+    assert re.search(r"LLM +device=cpu \(auto\) +dtype=float32 +source=Qwen/Qwen3-VL-2B-Instruct", out.stdout)
+    assert "LLM: built in, Qwen/Qwen3-VL-2B-Instruct served by the pool" in out.stdout
 
 
 def test_check_config_names_the_detector_and_sams_default_weights(tmp_path):

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 import settings
-from bot.adapters import discord_bot, discord_reply
+from bot.adapters import discord_bot
 from bot.adapters.discord_bot import DiscordBot, DiscordRejected
-from bot.adapters.discord_reply import StatusLine, split_text
+from bot.adapters.discord_reply import split_text
 from core.engine import HELP
 from tests.fakes.discord_payloads import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                           message, option, user)
@@ -89,7 +89,7 @@ async def test_mention_with_an_image_is_answered_with_an_image_in_that_channel(f
     assert typing and typing[0].at - pushed < 1.0 and typing[0].at < answer.at
     assert fake.matching("GET", rf"^/attachments/{CHANNEL_ID}/{att['id']}/house.jpg$")  # fetched at once
     said = text_of(llm_server.requests[0]["messages"][1]["content"])  # the text beside the image parts
-    assert said.startswith("make it winter\n[uploaded img1 (house.jpg)") and "<@" not in said
+    assert said.startswith('make it winter\n[uploaded img1 "house.jpg"') and "<@" not in said
 
 
 async def test_a_dm_is_a_private_session_a_channel_cannot_see(fake, bot, core, llm_server):
@@ -143,7 +143,7 @@ async def test_a_too_large_upload_is_refused_before_downloading_it(fake, bot):
     att = fake.add_file(photo().data, "huge.png", "image/png", size=30 * 2**20)  # Discord says 30 MiB
     await fake.push("MESSAGE_CREATE", mention(fake, "", attachments=[att]))
     answer = await fake.wait_for_request("POST", ANSWER)
-    assert answer.content == "I could not use huge.png: it is larger than the 25.0 MB limit."
+    assert answer.content == "I could not use huge.png: it is larger than the 25.0 MiB limit."
     assert not fake.matching("GET", "^/attachments/")
 
 
@@ -160,8 +160,8 @@ async def test_a_long_answer_is_split_into_messages_of_at_most_2000_characters(f
     assert all("message_reference" not in p.json for p in parts[1:])
 
 
-async def test_progress_is_one_status_message_posted_edited_then_deleted(fake, bot, llm_server, monkeypatch):
-    monkeypatch.setattr(discord_reply, "STATUS_EVERY_S", 0.05)  # the tiny model draws in well under 1 s
+async def test_progress_is_one_status_message_posted_edited_then_deleted(fake, bot, core, llm_server):
+    core.status_interval = 0.05  # the tiny model draws in well under 1 s
     llm_server.on(user="draw a cat").call("generate_image", {"prompt": "a cat"})
     llm_server.on(after_tool="generate_image").reply("Here is your cat: img1")
     await fake.push("MESSAGE_CREATE", mention(fake, "draw a cat"))
@@ -175,26 +175,30 @@ async def test_progress_is_one_status_message_posted_edited_then_deleted(fake, b
     assert all(b.at - a.at >= 0.04 for a, b in zip([status, *edits], edits))
 
 
-async def test_status_edits_are_at_most_one_per_second_and_show_the_latest_text():
-    calls = []
+async def test_a_slow_download_is_not_overtaken_by_the_next_message(fake, bot, core, llm_server):
+    llm_server.on(user="make it winter", tools_include="edit_image").call(
+        "edit_image", {"image": "img1", "instruction": "make it winter"})
+    llm_server.on(after_tool="edit_image").reply("Snowy: img2")
+    slow = fake.add_file(photo().data, "house.jpg", "image/jpeg", delay_s=1.5)
+    await fake.push("MESSAGE_CREATE", mention(fake, "", attachments=[slow]))
+    await fake.push("MESSAGE_CREATE", mention(fake, "make it winter"))  # sent right after, no file to fetch
+    winter = await fake.wait_for_request("POST", ANSWER, where=with_files, timeout=20)
+    got = fake.matching("POST", ANSWER, where=lambda r: (r.content or "").startswith("Got img1"))
+    assert winter.content == "Snowy: img2" and got and got[0].at < winter.at  # answered in the order sent
+    assert image_enum(llm_server.requests[0], "edit_image") == ["img1"]  # the photo existed for the LLM
 
-    async def post(text):
-        calls.append(("post", text, time.monotonic()))
 
-    async def edit(text):
-        calls.append(("edit", text, time.monotonic()))
-
-    async def remove():
-        calls.append(("remove", None, time.monotonic()))
-
-    line = StatusLine(post, edit, remove)
-    for step in range(1, 6):
-        await line.show(f"step {step}/5")
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)
-    await line.show(None)
-    assert [(kind, text) for kind, text, _ in calls] == [("post", "step 1/5"), ("edit", "step 5/5"), ("remove", None)]
-    assert calls[1][2] - calls[0][2] >= 0.99
+async def test_a_rate_limited_status_edit_never_affects_the_drawing(fake, bot, core, llm_server):
+    fake.edit_limit = (1, 5.0)  # one edit per 5 s in this channel: the second one gets a 429
+    core.status_interval = 0.0
+    llm_server.on(user="draw a cat").call("generate_image", {"prompt": "a cat"})
+    llm_server.on(after_tool="generate_image").reply("Here is your cat: img1")
+    await fake.push("MESSAGE_CREATE", mention(fake, "draw a cat"))
+    answer = await fake.wait_for_request("POST", ANSWER, where=with_files, timeout=20)
+    assert answer.content == "Here is your cat: img1" and [f.filename for f in answer.files] == ["img1.png"]
+    status = fake.matching("POST", ANSWER, where=lambda r: not r.files)[0]
+    await fake.wait_for_request("DELETE", rf"^/channels/{CHANNEL_ID}/messages/{status.response['id']}$")
+    assert fake.rate_limited  # Discord said wait; the work went on
 
 
 def test_split_text_prefers_line_breaks_then_spaces():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zlib
 
@@ -86,13 +87,44 @@ def test_ten_thousand_square_image(images):
                             "Send a smaller image.")
 
 
-def test_truncated_jpeg(images, tmp_path):
+def test_truncated_jpeg(images, tmp_path, caplog):
     data = encode(Image.effect_noise((256, 256), 50).convert("RGB"), "JPEG")
-    with pytest.raises(BadImage) as e:
+    with caplog.at_level(logging.INFO, "core.images"), pytest.raises(BadImage) as e:
         images.ingest("s", "cut.jpg", data[: len(data) // 2])
-    assert str(e.value).startswith("cut.jpg is damaged or truncated, so I cannot read it (")
+    assert str(e.value) == ("cut.jpg is damaged or truncated, so I cannot read it. Open it on your side and save "
+                            "or export it again, then send that.")
+    assert any(r.message.startswith("could not decode cut.jpg: ") for r in caplog.records)  # the cause: for admins
     assert files_under(tmp_path / "images") == []
     assert images.store.images("s") == []
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(images):
+    ramp = Image.frombytes("I;16", (256, 64), bytes(b for v in range(256) for b in (v * 257).to_bytes(2, "little")) * 64)
+    img = images.open("s", images.ingest("s", "scan.png", encode(ramp)).image_id)
+    assert [img.getpixel((x, 10)) for x in (0, 64, 128, 255)] == [(0, 0, 0), (64, 64, 64), (128, 128, 128),
+                                                                 (255, 255, 255)]
+
+
+def test_a_png_text_chunk_bomb_says_what_to_do(images):
+    ztxt = b"Comment\0\0" + zlib.compress(b"a" * 4_000_000)  # 4 MB of metadata in a 4 KB chunk
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    small = encode(Image.new("RGB", (8, 8)))
+    bomb = small[:33] + chunk(b"zTXt", ztxt) + small[33:]  # after IHDR
+    with pytest.raises(BadImage) as e:
+        images.ingest("s", "meme.png", bomb)
+    assert str(e.value) == ("meme.png carries too much embedded text (metadata) for me to read it safely. Export "
+                            "it again without metadata, e.g. as a new PNG or JPEG, and send that.")
+    assert "MAX_TEXT" not in str(e.value) and images.store.images("s") == []
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 3)])
+def test_tiny_uploads_are_stored(images, size):
+    row = images.ingest("s", "dot.png", encode(Image.new("RGB", size, (200, 30, 30))))
+    stored = images.open("s", row.image_id)
+    assert stored.size == (row.width, row.height) and stored.getpixel((row.width // 2, row.height // 2)) == (200, 30, 30)
 
 
 def test_text_file_named_png(images):
@@ -107,7 +139,7 @@ def test_text_file_named_png(images):
 def test_file_too_many_bytes(images):
     with pytest.raises(BadImage) as e:
         images.ingest("s", "raw.bmp", b"BM" + b"\0" * 6_000_000)
-    assert str(e.value) == "raw.bmp is 5.7 MB; the limit is 4.8 MB. Send a smaller file."
+    assert str(e.value) == "raw.bmp is 5.7 MiB; the limit is 4.8 MiB. Send a smaller file."
 
 
 def test_image_ids_are_scoped_to_their_session(images):
@@ -143,4 +175,5 @@ def test_store_survives_reopen(tmp_path):
     msgs = reopened.messages("s")
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert msgs[1]["tool_calls"][0]["function"]["name"] == "edit_image"
-    assert [r["name"] for r in reopened.db["_migrations"].rows] == [m.__name__ for m in MIGRATIONS]  # once each
+    # each migration applied once, in order, and none again on reopening
+    assert [r["name"] for r in reopened.db["_migrations"].rows] == [m.__name__ for m in MIGRATIONS]

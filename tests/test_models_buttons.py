@@ -15,7 +15,7 @@ LIMITS = {"max_steps": 50, "max_output_size": 256}
 
 def spec(tiny_dir, name: str, dtype: torch.dtype = torch.float32) -> LoadSpec:
     source = {"Variations": "", "Upscale": str(tiny_dir / "upscaler"), "Text2Image": str(tiny_dir / "sd15")}[name]
-    return LoadSpec(name, source, "cpu", dtype, str(tiny_dir / "sd15"))
+    return LoadSpec(name, source, "cpu", dtype, str(tiny_dir / "sd15"), working_size=96)  # 64x96: as it is
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,12 @@ def test_variations_share_the_base_and_keep_the_size(load):
     calls = []
     out = run(variations, picture(), lambda i, n: calls.append((i, n)), steps=5, strength=0.6)
     assert [(im.size, im.mode) for im in out.images] == [((64, 96), "RGB")]
-    assert calls == [(1, 3), (2, 3), (3, 3)]  # img2img runs int(steps * strength) of the steps
-    assert out.sent["prompt"] == "best quality, extremely detailed"  # no prompt given: the quality words alone
-    assert out.sent["negative_prompt"].startswith("longbody, lowres")
+    assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]  # the steps that run (of a 9-step schedule at 0.6)
+    sent = variations.prompts(check_params(variations, {}, LIMITS))
+    assert sent["prompt"] == "best quality, extremely detailed"  # no prompt given: the quality words alone
+    assert sent["negative_prompt"].startswith("longbody, lowres")
+    small = run(variations, picture(32, 48))  # under the working size: drawn at it, as the other SD tools
+    assert small.images[0].size == (64, 96)
 
 
 def test_each_seed_is_another_variation(load):
@@ -94,14 +97,16 @@ def test_upscale_doubles_the_size_with_its_own_weights(load):
     out = run(upscale, picture(), lambda i, n: calls.append((i, n)), steps=3)
     assert [(im.size, im.mode) for im in out.images] == [((128, 192), "RGB")]
     assert calls == [(1, 3), (2, 3), (3, 3)]
-    assert out.sent == {"prompt": "", "negative_prompt": ""}  # no guidance (the default): no prompt used
+    params = check_params(upscale, {"prompt": "a house", "negative_prompt": "blur"}, LIMITS)
+    assert upscale.prompts(params) == {"prompt": "", "negative_prompt": ""}  # no guidance (the default): unused
+    assert upscale.prompts({**params, "guidance": 2.0}) == {"prompt": "a house", "negative_prompt": "blur"}
 
 
 def test_upscale_pads_sides_the_unet_cannot_halve_and_crops_back(load):
     upscale = load("Upscale")
     assert 72 % upscale.multiple and 56 % upscale.multiple  # the tiny UNet needs multiples of 16
     out = run(upscale, picture(72, 56))
-    assert out.images[0].size == (144, 112)
+    assert out.images[0].size == (144, 112)  # not fitted to the working size (96): the core sizes its input
 
 
 def test_upscale_seed_and_cancel(load):
@@ -120,4 +125,7 @@ def test_defaults(load):
     assert check_params(load("Upscale"), {}, LIMITS) == {"prompt": "", "negative_prompt": "", "steps": 20,
                                                          "guidance": 0.0, "seed": None}
     variations = check_params(load("Variations"), {}, LIMITS)
-    assert (variations["strength"], variations["steps"], variations["guidance"]) == (0.6, 50, 7.5)
+    assert (variations["strength"], variations["steps"], variations["guidance"]) == (0.6, 30, 7.5)
+    calls = []
+    run(load("Variations"), picture(), lambda i, n: calls.append((i, n)), steps=1, strength=0.05)
+    assert calls == [(1, 1)]  # one step, never none, however low the strength

@@ -29,8 +29,10 @@ LIMITS = {"max_steps": 50, "max_output_size": 256}
 W, H = 64, 96  # not square, so a width/height swap shows
 
 
-def spec(tiny_dir, name: str, dtype: torch.dtype = torch.float32) -> LoadSpec:
-    return LoadSpec(name, str(tiny_dir / FOLDERS[name]), "cpu", dtype, str(tiny_dir / "sd15"))
+def spec(tiny_dir, name: str, dtype: torch.dtype = torch.float32, working_size: int = H) -> LoadSpec:
+    """At a working size of 96 px a 64x96 input is already the size the models work at."""
+    return LoadSpec(name, str(tiny_dir / FOLDERS[name]), "cpu", dtype, str(tiny_dir / "sd15"),
+                    working_size=working_size)
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +187,54 @@ def test_float16_base_stays_float16(tiny_dir):
 # --- input checks -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, what", [("InstructPix2Pix", "image"), ("Inpainting", "image"),
-                                        ("CannyText2Image", "condition image")])
-def test_sizes_must_be_multiples_of_8(load, name, what):
-    with pytest.raises(BadRequest) as e:
-        run(load(name), images=inputs(name, (70, 64)))
-    assert str(e.value) == (f"{name} needs image sizes that are multiples of 8, but the {what} is 70x64; "
-                            "crop or resize it to 64x64.")
+@pytest.mark.parametrize("name", ["InstructPix2Pix", "Inpainting", "CannyText2Image"])
+@pytest.mark.parametrize("size, made", [((1, 1), (96, 96)), ((7, 3), (96, 40)), ((70, 64), (96, 88)),
+                                        ((48, 32), (96, 64))])
+def test_any_input_size_is_fitted_to_the_working_size(load, name, size, made):
+    """A 1x1 dot, a 7x3 sliver or a small photo is drawn at the working size (96 px here; 512 for SD1.5)."""
+    out = run(load(name), images=inputs(name, size))
+    assert [im.size for im in out.images] == [made]
+
+
+@pytest.mark.parametrize("name", ["InstructPix2Pix", "Inpainting"])
+def test_an_input_larger_than_the_working_size_comes_back_at_its_size(load, name):
+    out = run(load(name), images=inputs(name, (200, 136)))
+    assert out.images[0].size == (200, 136)
+
+
+def test_fit_size_is_the_seeds_up_or_down_to_the_long_side():
+    from gpu_pool.models.sd import fit_size
+
+    assert fit_size(256, 256, 512) == (512, 512)  # up
+    assert fit_size(2048, 1024, 512) == (512, 256)  # down
+    assert fit_size(7, 3, 512) == (512, 216)  # multiples of 8, aspect kept
+    assert fit_size(1, 1000, 512) == (128, 512)  # a sliver keeps a usable short side
+
+
+def test_binary_condition_maps_stay_binary_when_fitted(load):
+    """An edge map scaled up for ControlNet keeps hard edges (nearest-neighbour), as ControlNet was trained on."""
+    edges = Image.new("RGB", (33, 22))
+    edges.paste((255, 255, 255), (5, 5, 20, 6))
+    edges.paste((255, 255, 255), (9, 3, 10, 18))
+    model = load("CannyText2Image")
+    fitted = edges.resize((96, 64), Image.Resampling.NEAREST)
+    assert set(fitted.convert("L").getdata()) == {0, 255}
+    small, big = (run(model, images=[im], seed=3).images[0] for im in (edges, fitted))
+    assert small.size == big.size == (96, 64)
+    assert small.tobytes() == big.tobytes()  # the pipeline saw the same black-and-white map
+
+
+def test_vae_tiling_only_for_outputs_over_768_px(load):
+    model = load("Text2Image")
+    tiling = []
+    limits = {"max_steps": 50, "max_output_size": 1024}
+    for width in (768, 832):
+        params = check_params(model, {"prompt": "a cat", "steps": 1, "width": width, "height": 64}, limits)
+        with torch.inference_mode():
+            out = model.run(params, [], lambda i, n: tiling.append(model.pipe.vae.use_tiling))
+        assert out.images[0].size == (width, 64)
+    assert tiling == [False, True]
+    assert model.pipe.vae.use_tiling is False  # off again for the next job on the shared VAE
 
 
 def test_mask_must_match_the_image(load):

@@ -131,9 +131,41 @@ def test_annotator_returns_rgb_map_of_the_input_size(load, image, name):
 
 def test_canny_thresholds_change_the_edges(load, image):
     model = load("Image2Canny")
-    default = np.asarray(run(model, {}, [image]).images[0])
-    strict = np.asarray(run(model, {"low_threshold": 250, "high_threshold": 255}, [image]).images[0])
+    faint = image.copy()
+    ImageDraw.Draw(faint).rectangle((66, 20, 90, 40), fill=(150, 120, 110))  # a low-contrast box
+    default = np.asarray(run(model, {}, [faint]).images[0])
+    strict = np.asarray(run(model, {"low_threshold": 250, "high_threshold": 255}, [faint]).images[0])
     assert default.any() and not np.array_equal(default, strict)
+
+
+def test_canny_runs_at_the_images_own_size(load, image):
+    """The seed's cv2.Canny on the image as it is: no detour through 512 px and back."""
+    import cv2
+
+    [out] = run(load("Image2Canny"), {}, [image]).images
+    expected = cv2.Canny(np.asarray(image), 100, 200)
+    assert np.array_equal(np.asarray(out)[..., 0], expected)
+
+
+@pytest.mark.parametrize("name", ["Image2Canny", "Image2Line", "Image2Scribble"])
+@pytest.mark.parametrize("size", [(96, 64), (101, 77)])
+def test_edge_line_and_scribble_maps_are_black_and_white(load, image, name, size):
+    """Detected at another resolution and scaled back, the map still has two levels, not 115 greys."""
+    model = load(name)
+    params = {"detect_resolution": SMALL} if "detect_resolution" in model.params else {}
+    [out] = run(model, params, [image.resize(size)]).images
+    assert out.size == size
+    assert set(np.unique(np.asarray(out)).tolist()) <= {0, 255}
+
+
+def test_pose_loads_hands_and_face_only_when_asked(load, image):
+    model = load("Image2Pose")
+    assert set(model.modules()) == {"body"}
+    run(model, {"detect_resolution": SMALL}, [image])
+    assert set(model.modules()) == {"body"}
+    run(model, {"detect_resolution": SMALL, "hands": True, "face": True}, [image])
+    assert set(model.modules()) == {"body", "hand", "face"}
+    assert all(p.device.type == "cpu" for m in model.modules().values() for p in m.parameters())
 
 
 def test_depth_is_grey_and_seg_uses_the_ade_palette(load, image):

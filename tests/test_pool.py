@@ -61,6 +61,7 @@ CASES = {
     "Variations": ({"steps": 2}, [IMG]),
     "Upscale": ({"steps": 2}, [IMG]),
     "SafetyChecker": ({}, [IMG]),  # as a job of its own it answers in words
+    "LLM": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, []),  # the built-in LLM, as a job
 }
 
 
@@ -75,7 +76,7 @@ async def test_every_model_runs_through_the_pool(client, name):
     assert evs[0].kind == "queued" and evs[0].position is not None
     last = evs[-1]
     assert last.kind == "done", last.message
-    if name in ("ImageCaptioning", "VisualQuestionAnswering", "SafetyChecker"):
+    if name in ("ImageCaptioning", "VisualQuestionAnswering", "SafetyChecker", "LLM"):
         assert isinstance(last.text, str) and not last.images
         return
     if name == "Text2Box":  # boxes come back as data, in pixels of the image sent

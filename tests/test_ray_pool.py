@@ -1,4 +1,5 @@
-"""The pool on Ray Serve (``[pool] backend = "ray"``): a local Ray instance on the CPU, two replicas, tiny models.
+"""The pool on Ray Serve (``[pool] backend = "ray"``): a local Ray instance on the CPU, two replicas, tiny models
+(the built-in LLM among them).
 
 One ``python -m gpu_pool`` for the whole module (starting Ray costs half a minute), in its own process
 group so that nothing of Ray outlives the module. The tests run in order: the kill test leaves a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import jsonschema
+import openai
 import pytest
 from PIL import Image
 
@@ -24,11 +28,14 @@ pytest.importorskip("ray", reason="ray[serve] is not installed: pip install -r r
                                   "(./scripts/test installs it; ./scripts/run --ray for the bot)")
 
 from bot.adapters.discord_bot import DiscordBot  # noqa: E402
-from core.pool_client import UNAVAILABLE, PoolClient  # noqa: E402
-from gpu_pool.protocol import JobRequest, RawImage  # noqa: E402
+from core import local_llm  # noqa: E402
+from core.pool_client import PoolClient  # noqa: E402
+from core.tools import BY_NAME  # noqa: E402
+from gpu_pool.protocol import UNAVAILABLE, JobRequest, RawImage  # noqa: E402
 from tests.conftest import ROOT, Pool, _wait_ready, make_core  # noqa: E402
 from tests.test_agent import RecordingReply, photo, turn  # noqa: E402
 from tests.fakes.discord_payloads import CHANNEL_ID  # noqa: E402
+from tests.fakes.openai_server import text_of  # noqa: E402
 from tests.test_discord import ANSWER, discord_config, fake, mention, with_files  # noqa: E402, F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -70,6 +77,10 @@ source = "{tiny}/sd15"
 [models.ImageCaptioning]
 device = "cpu"
 source = "{tiny}/blip-caption"
+
+[models.LLM]
+device = "cpu"
+source = "{tiny}/llm"
 """)
     return path
 
@@ -144,7 +155,7 @@ async def events(client: PoolClient, model: str, params: dict, images=()) -> lis
 
 async def test_jobs_land_on_the_replica_holding_their_model_with_their_progress(client):
     held = await holders(client)
-    assert set(held) == {"Text2Image", "ImageCaptioning"}
+    assert set(held) == {"Text2Image", "ImageCaptioning", "LLM"}
     assert all(len(r) == 1 for r in held.values()) and held["Text2Image"] != held["ImageCaptioning"]  # one each
     before = {r["replica"]: r for r in await replicas(client)}
 
@@ -162,10 +173,37 @@ async def test_jobs_land_on_the_replica_holding_their_model_with_their_progress(
     after = {r["replica"]: r for r in await replicas(client)}
     assert {r: after[r]["jobs"] - before[r]["jobs"] for r in after} == {r: 2 for r in after}
     assert {r: after[r]["warm"] - before[r]["warm"] for r in after} == {r: 2 for r in after}
-    assert {r: after[r]["loads"] for r in after} == {r: 1 for r in after}  # no model loaded twice
+    assert {r: after[r]["loads"] for r in after} == {r: len(after[r]["models"]) for r in after}  # none loaded twice
     listed = {m.name: m.device for m in await client.models()}
     for model, (replica,) in held.items():
         assert listed[model].startswith("cpu of replica " + replica)
+
+
+# --- the built-in LLM ---------------------------------------------------------------------------
+
+
+async def test_the_built_in_llm_answers_a_chat_completion_from_its_replica(ray_pool, client, tiny_dir):
+    """[llm] base_url = "": the bot's chat reaches [models.LLM] through the pool's /v1 routes, as locally."""
+    (holder,) = (await holders(client))["LLM"]
+    before = {r["replica"]: r["jobs"] for r in await replicas(client)}
+    tool = BY_NAME["caption_image"].schema(["img1", "img2"])
+    llm = openai.AsyncOpenAI(api_key="unused", max_retries=0, **local_llm.connection(ray_pool.url))
+    try:
+        listed = [m.id for m in (await llm.models.list()).data]
+        answer = await llm.chat.completions.create(
+            model="built-in", messages=[{"role": "user", "content": "what is in img2?"}], tools=[tool],
+            tool_choice={"type": "function", "function": {"name": "caption_image"}}, max_tokens=40, seed=0)
+    finally:
+        await llm.close()
+    assert listed == [f"{tiny_dir}/llm"]
+    calls = answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason == "tool_calls" and calls, answer
+    for call in calls:
+        assert call.function.name == "caption_image"
+        jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+    assert answer.id.startswith(f"chatcmpl-{holder}-")  # the job id of the replica that holds the LLM
+    after = {r["replica"]: r["jobs"] for r in await replicas(client)}
+    assert {rid: after[rid] - before[rid] for rid in after} == {rid: int(rid == holder) for rid in after}
 
 
 # --- faults ------------------------------------------------------------------------------------
@@ -256,7 +294,7 @@ async def test_discord_mention_with_an_image_is_answered_with_a_drawing(fake, ra
         await fake.push("MESSAGE_CREATE", mention(fake, "draw one like it", attachments=[att]))
         answer = await fake.wait_for_request("POST", ANSWER, where=with_files, timeout=60)
         assert answer.content == "Here it is: img2" and [f.filename for f in answer.files] == ["img2.png"]
-        said = llm_server.requests[0]["messages"][1]["content"]
+        said = text_of(llm_server.requests[0]["messages"][1]["content"])  # the text beside the image parts
         assert said.startswith("draw one like it\n[uploaded img1 (house.jpg)")
         session = "discord:channel:" + answer.path.split("/")[2]
         ran = {(j["model"], j["state"]) for j in ray_core.store.db["jobs"].rows_where("session = ?", [session])}

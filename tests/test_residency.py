@@ -152,7 +152,7 @@ def tiny_sd(tiny_dir):
     folders = {"Text2Image": "sd15", "CannyText2Image": "controlnet-canny", "InstructPix2Pix": "pix2pix",
                "ImageCaptioning": "blip-caption"}
     return {name: loader(name)(LoadSpec(name, str(tiny_dir / f), "cpu", torch.float32, str(tiny_dir / "sd15"),
-                                        home="cpu"), bases) for name, f in folders.items()}
+                                        home="cpu", working_size=64), bases) for name, f in folders.items()}
 
 
 def test_the_shared_base_stays_while_a_controlnet_pipeline_runs_on_it(tiny_sd):

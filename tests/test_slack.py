@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import logging
 import re
 import socket
 import time
@@ -16,12 +17,12 @@ import pytest
 from PIL import Image
 
 from bot.adapters import slack_bot
-from bot.adapters.slack_bot import WORKING, SlackBot
+from bot.adapters.slack_bot import THREADS_NOTE, WORKING, SlackBot
 from core.engine import HELP
 from tests.fakes.slack_server import (BOT_USER, Call, FakeSlack, LoggedErrors, dm, event_callback, mention,
                                       signed_headers)
 from tests.fakes.openai_server import text_of
-from tests.test_agent import photo
+from tests.test_agent import image_enum, photo
 
 AT = f"<@{BOT_USER}>"
 ADMIN = "UADMIN"
@@ -80,9 +81,9 @@ def in_thread(channel: str, thread_ts: str | None):
 
 
 def answer(channel: str, thread_ts: str | None):
-    """A posted message that is not the status line."""
+    """A posted message that is neither the status line nor the buttons under images."""
     where = in_thread(channel, thread_ts)
-    return lambda c: where(c) and c.get("text") != WORKING
+    return lambda c: where(c) and c.get("text") != WORKING and not c.get("blocks")
 
 
 def uploaded_image(slack: FakeSlack, complete: Call) -> Image.Image:
@@ -112,7 +113,7 @@ async def test_mention_with_image_gets_a_threaded_reply_with_the_edited_image(bo
     assert uploaded_image(slack, complete).size == (64, 40)
     assert [auth for _, auth in slack.downloads] == [f"Bearer {slack.bot_token}"]  # fetched with the bot token
     said = text_of(llm_server.requests[0]["messages"][-1]["content"])  # the text beside the image parts
-    assert said.startswith("make it winter & snowy\n[uploaded img1 (house")
+    assert said.startswith('make it winter & snowy\n[uploaded img1 "house')
 
     # status: posted in the thread within a second, updated with progress, deleted once answered
     status = slack.called("chat.postMessage", in_thread("C1", event["ts"]))[0]
@@ -144,18 +145,37 @@ async def test_a_dm_is_a_private_session(bot, slack, core, llm_server):
     assert core.store.images("slack:C1") == []
 
 
-async def test_a_thread_is_its_own_session(bot, slack, core):
-    top = mention("C1", "U1", AT, files=[slack.add_file("a.jpg", jpeg(), "image/jpeg")])
+async def test_a_reply_in_the_bots_thread_continues_the_conversation(bot, slack, core, llm_server):
+    llm_server.on(user="what's in this picture").reply("A house under a blue sky.")
+    top = mention("C1", "U1", f"{AT} what's in this picture?", files=[slack.add_file("a.jpg", jpeg(), "image/jpeg")])
     await slack.push_event(top)
-    assert (await slack.wait_for("chat.postMessage", answer("C1", top["ts"])))["text"].startswith("Got img1")
+    said = await slack.wait_for("chat.postMessage", answer("C1", top["ts"]))
+    assert said["text"] == "A house under a blue sky."  # answered in a thread under the mention
+    assert not slack.called("files.completeUploadExternal")  # without posting the user's own photo back
 
-    inner = mention("C1", "U1", AT, thread_ts=top["ts"],
+    llm_server.on(user="make it winter", tools_include="edit_image").call(
+        "edit_image", {"image": "img1", "instruction": "make it winter"})
+    llm_server.on(after_tool="edit_image").reply("Snowy: img2")
+    follow = mention("C1", "U2", f"{AT} make it winter", thread_ts=top["ts"])  # someone replies in that thread
+    await slack.push_event(follow)
+    done = await slack.wait_for("files.completeUploadExternal", in_thread("C1", top["ts"]))
+    assert done["initial_comment"] == "Snowy: img2" and uploaded_image(slack, done).size == (64, 40)
+    asked = llm_server.requests[-2]
+    assert image_enum(asked, "edit_image") == ["img1"] and "what's in this picture?" in json.dumps(asked)
+    assert core.store.image("slack:C1", "img2").parent == "img1"  # one conversation: the channel's
+    assert core.store.messages(f"slack:C1:{top['ts']}") == []
+
+
+async def test_a_thread_people_started_is_its_own_conversation(bot, slack, core):
+    await slack.push_event(mention("C1", "U1", AT, files=[slack.add_file("a.jpg", jpeg(), "image/jpeg")]))
+    await slack.wait_for("chat.postMessage", lambda c: c["text"].startswith("Got img1"))
+    parent = slack.human_message("C1", "U7", "look at my holiday photos")  # no bot in it
+    inner = mention("C1", "U7", AT, thread_ts=parent,
                     files=[slack.add_file("b.jpg", jpeg(sky=(10, 20, 30)), "image/jpeg")])
     await slack.push_event(inner)
-    await slack.wait_for("chat.postMessage", answer("C1", top["ts"]), count=2)
-    second = slack.called("chat.postMessage", answer("C1", top["ts"]))[1]
-    assert second["text"].startswith("Got img1")  # the thread starts counting on its own
-    channel, thread = core.store.image("slack:C1", "img1"), core.store.image(f"slack:C1:{top['ts']}", "img1")
+    said = await slack.wait_for("chat.postMessage", answer("C1", parent))
+    assert said["text"].startswith("Got img1")  # the thread counts on its own
+    channel, thread = core.store.image("slack:C1", "img1"), core.store.image(f"slack:C1:{parent}", "img1")
     assert channel.sha256 != thread.sha256 and core.store.image("slack:C1", "img2") is None
 
 
@@ -186,16 +206,20 @@ async def test_bots_edits_and_joins_are_ignored(bot, slack):
     assert [c["text"][:8] for c in slack.called("chat.postMessage")] == [WORKING[:8], "Got img1"]
 
 
-async def test_a_web_page_instead_of_the_file_is_reported_and_nothing_stored(bot, slack, core):
+async def test_a_web_page_instead_of_the_file_is_reported_and_nothing_stored(bot, slack, core, errors, caplog):
     page = slack.add_file("house.jpg", jpeg(), "image/jpeg", serve="login_page")
     event = mention("C1", "U1", AT, files=[page])
-    await slack.push_event(event)
-    said = await slack.wait_for("chat.postMessage", answer("C1", event["ts"]))
-    assert said["text"] == ("I could not download house.jpg: Slack sent a web page instead of the file "
-                            "(is the files:read scope missing?)")
-    await slack.wait_for("chat.delete")  # the status line goes too
-    await bot.idle()
+    with caplog.at_level(logging.WARNING, "bot.adapters.slack_bot"):
+        await slack.push_event(event)
+        said = await slack.wait_for("chat.postMessage", answer("C1", event["ts"]))
+        await bot.idle()
+    assert said["text"] == ("I could not read house.jpg as an image. Please send it again; if it keeps failing, "
+                            "tell the bot's admins.")  # what the user can do; the cause is for admins
+    assert "files:read" in " ".join(r.getMessage() for r in caplog.records)
     assert core.store.images("slack:C1") == [] and core.store.messages("slack:C1") == []
+    await slack.push_command("/models", "", user=ADMIN)
+    models = await slack.wait_for("response_url")
+    assert "Slack: " in models["text"] and "is the files:read scope missing?" in models["text"]
 
 
 async def test_a_file_over_the_size_limit_is_not_downloaded(bot, slack, core):
@@ -204,7 +228,7 @@ async def test_a_file_over_the_size_limit_is_not_downloaded(bot, slack, core):
     event = mention("C1", "U1", AT, files=[big])
     await slack.push_event(event)
     said = await slack.wait_for("chat.postMessage", answer("C1", event["ts"]))
-    assert said["text"] == "I could not use big.png: it is larger than the 25.0 MB limit."
+    assert said["text"] == "I could not use big.png: it is larger than the 25.0 MiB limit."
     await bot.idle()
     assert slack.downloads == [] and core.store.images("slack:C1") == []
 
@@ -217,7 +241,7 @@ async def test_twenty_concurrent_mentions_are_answered_in_the_right_places(bot, 
             llm_server.on(after_tool="generate_image", result_contains=f'"thing {i}"').reply(f"a{i}: img1")
         else:
             llm_server.on(user=re.compile(rf"\bq{i}\b")).reply(f"a{i}")
-        thread = f"1600000000.{i:06d}" if i % 2 else None  # odd: inside a thread of C9
+        thread = slack.human_message("C9", f"U{100 + i}", "a thread") if i % 2 else None  # odd: threads in C9
         events.append(mention("C9" if thread else f"C{100 + i}", f"U{100 + i}", f"{AT} q{i}", thread_ts=thread))
     envs = await asyncio.gather(*(slack.push_event(e) for e in events))
     for env in envs:
@@ -243,7 +267,7 @@ async def test_twenty_concurrent_mentions_are_answered_in_the_right_places(bot, 
 
 async def test_slash_commands(bot, slack, core):
     env = await slack.push_command("/help", "")
-    assert (await slack.wait_acked(env)).ack_payload["text"] == HELP
+    assert (await slack.wait_acked(env)).ack_payload["text"] == HELP + "\n" + THREADS_NOTE
     for command, usage in (("/imagine", "Usage: /imagine PROMPT"), ("/caption", "Usage: /caption IMAGE_ID"),
                            ("/edit img1", "Usage: /edit IMAGE_ID INSTRUCTION"), ("/unload", "Usage: /unload MODEL"),
                            ("/load", "Usage: /load MODEL [DEVICE]")):
@@ -269,7 +293,9 @@ async def test_slash_commands(bot, slack, core):
 
     await slack.push_command("/reset", "")
     reset = await slack.wait_for("response_url")
-    assert reset["response_type"] == "in_channel" and reset["text"].startswith("This conversation is cleared")
+    assert reset["response_type"] == "in_channel"
+    assert reset["text"] == ("Cleared the conversation of <#C1>: I have forgotten its messages and images. "
+                             f"({THREADS_NOTE})")  # which conversation, even when typed in a thread
     assert core.store.images("slack:C1") == []
     await bot.idle()
     assert len(slack.called("chat.postMessage", lambda c: c["text"] == WORKING)) == 3

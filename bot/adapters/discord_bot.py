@@ -4,9 +4,12 @@ discord.py with the intents guilds, guild_messages and dm_messages. No privilege
 intent is needed: Discord sends a message's content to a bot it mentions, and in DMs.
 discord.py runs each event in its own task, so the gateway never waits for the work.
 
-Sessions: a channel or thread ``discord:channel:<id>`` (a thread is its own channel),
-a DM ``discord:dm:<user id>``. Slash commands are deferred at once, then answered
-with followups; admin commands, and /help, only to the asker (ephemeral).
+Conversations: a channel or thread ``discord:channel:<id>`` (a thread is its own channel),
+a DM ``discord:dm:<user id>``; the bot answers in place. A message is handed to the core
+as its event arrives, its attachments fetched in its turn, so a conversation keeps the
+order messages were sent. Slash commands are deferred at once, then answered with
+followups; admin commands, and /help, only to the asker (ephemeral). Status edits of a
+guild share one budget.
 
 The buttons under posted images (``discord_buttons.py``) are answered by ``on_button``
 and ``on_form``: the core decides, this side acknowledges and carries it out.
@@ -25,11 +28,12 @@ import discord
 from discord import app_commands
 
 from core.engine import HELP, Core
-from core.errors import GENERIC, UserFacingError
-from core.turn import Attachment, Turn
+from core.errors import GENERIC, BadImage, UserFacingError
+from core.turn import Attachment, EditBudget, Turn, clean_name
 
 from bot.adapters.discord_buttons import ActionButton, EditForm, custom_id, form_of
-from bot.adapters.discord_reply import DM_UPLOAD_LIMIT, ChannelReply, InteractionReply
+from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_MINUTE, ChannelReply,
+                                        InteractionReply)
 
 log = logging.getLogger(__name__)
 ANSWERED = (discord.MessageType.default, discord.MessageType.reply)  # not joins, pins, thread notices
@@ -87,6 +91,12 @@ class DiscordBot:
         self.client.add_dynamic_items(ActionButton)  # every image button, however old its message
         self._connection: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._budgets: dict[int | None, EditBudget] = {}  # per guild (None: DMs)
+
+    def budget(self, guild_id: int | None) -> EditBudget:
+        if guild_id not in self._budgets:
+            self._budgets[guild_id] = EditBudget(EDITS_PER_MINUTE, EDIT_BURST)
+        return self._budgets[guild_id]
 
     # --- connection ----------------------------------------------------------------------
 
@@ -157,19 +167,13 @@ class DiscordBot:
         self._track()
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
         limit = message.guild.filesize_limit if message.guild else DM_UPLOAD_LIMIT
-        reply = ChannelReply(message, limit)
+        reply = ChannelReply(message, limit, self.budget(message.guild.id if message.guild else None))
+        author = message.author
+        is_admin = self._is_admin(author.id, getattr(author, "guild_permissions", None))
+        turn = Turn("discord", session, str(author.id), author.display_name, text,
+                    self._attachments(message.attachments), is_admin, nsfw_channel=_age_restricted(message.channel))
         try:
-            await reply.typing()  # first sign of life, before the downloads
-            files, problems = await self._download(message.attachments)
-            if problems:
-                await reply.post(" ".join(problems))
-                if not text and not files:
-                    return
-            author = message.author
-            is_admin = self._is_admin(author.id, getattr(author, "guild_permissions", None))
-            turn = Turn("discord", session, str(author.id), author.display_name, text, files, is_admin,
-                        nsfw_channel=_age_restricted(message.channel))
-            await self.core.handle(turn, reply)
+            await self.core.handle(turn, reply)  # the first await: the message's place is taken at once
         except discord.Forbidden as e:  # the channel's permissions, not a bug: one line for the admin
             log.warning("no permission to answer in %s (%s): %s", message.channel, session, e)
         except Exception:
@@ -177,24 +181,23 @@ class DiscordBot:
         finally:
             await reply.close()
 
-    async def _download(self, attachments: Sequence[discord.Attachment]) -> tuple[tuple[Attachment, ...], list[str]]:
-        """Fetch uploads at once (the signed CDN links expire), refusing too large ones before fetching."""
+    def _attachments(self, attachments: Sequence[discord.Attachment]) -> tuple[Attachment, ...]:
+        """Uploads for the core to fetch in the message's turn (the signed CDN links last a day)."""
         limit = self.limits.max_upload_bytes
 
-        async def fetch(a: discord.Attachment) -> Attachment | str:
-            if a.size > limit:
-                return f"I could not use {a.filename}: it is larger than the {limit / 2**20:.1f} MB limit."
+        async def fetch(a: discord.Attachment) -> bytes:
+            name = clean_name(a.filename)
+            if a.size > limit:  # refused before fetching
+                raise BadImage(f"I could not use {name}: it is larger than the {limit / 2**20:.1f} MiB limit.")
             try:
-                data = await a.read()
+                return await a.read()
             except (discord.HTTPException, aiohttp.ClientError) as e:
-                log.warning("download of %s (attachment %s) failed: %s", a.filename, a.id, e)
-                return f"I could not download {a.filename} from Discord; please try again."
-            kind = a.content_type or mimetypes.guess_type(a.filename)[0] or "application/octet-stream"
-            return Attachment(a.filename, kind.split(";")[0], data)
+                log.warning("download of attachment %s failed: %s", a.id, e)
+                raise BadImage(f"I could not download {name} from Discord; please send it again.") from None
 
-        fetched = await asyncio.gather(*(fetch(a) for a in attachments))
-        return (tuple(f for f in fetched if isinstance(f, Attachment)),
-                [f for f in fetched if isinstance(f, str)])
+        return tuple(Attachment(a.filename, (a.content_type or mimetypes.guess_type(a.filename)[0]
+                                             or "application/octet-stream").split(";")[0], fetch=lambda a=a: fetch(a))
+                     for a in attachments)
 
     async def _failed(self, reply: ChannelReply | InteractionReply, where: str) -> None:
         log.exception("Discord reply in %s failed", where)
@@ -275,11 +278,9 @@ class DiscordBot:
                       image: discord.Attachment | None = None) -> None:
         await interaction.response.defer(thinking=True)
         self._track()
-        reply = InteractionReply(interaction)
+        reply = InteractionReply(interaction, budget=self.budget(interaction.guild_id))
         try:
-            files, problems = await self._download([image] if image else [])
-            if problems:
-                return await reply.send(" ".join(problems))
+            files = self._attachments([image] if image else [])
             await self.core.direct(self._turn(interaction, files), reply, tool, args)
         except Exception:
             await self._failed(reply, self._session(interaction))
@@ -353,7 +354,7 @@ class DiscordBot:
                    instruction: str | None = None) -> None:
         """Run the press for the presser; status and result go to the image's channel, replying to its message."""
         self._track()
-        reply = ChannelReply(interaction.message, interaction.filesize_limit)
+        reply = ChannelReply(interaction.message, interaction.filesize_limit, self.budget(interaction.guild_id))
         try:
             user = interaction.user
             turn = Turn("discord", session, str(user.id), user.display_name, "", (),

@@ -1,4 +1,4 @@
-"""Posting to Discord within its limits: text length, upload size, one throttled status line.
+"""Posting to Discord within its limits: text length, upload size, the status message.
 
 The Reply side of the Discord adapter (see ``discord_bot.py``): ``ChannelReply``
 answers a mention or DM as a reply to it, ``InteractionReply`` answers a slash
@@ -11,23 +11,23 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import discord
 from PIL import Image
 
 from bot.adapters.discord_buttons import BUTTON_ROWS, buttons_for
-from core.turn import OutImage
+from core.turn import EditBudget, OutImage
 
 log = logging.getLogger(__name__)
 
 TEXT_LIMIT = 2000  # characters per Discord message
 FILES_PER_MESSAGE = 10
 DM_UPLOAD_LIMIT = 8 * 2**20  # bytes per file in a DM (a guild says its own: Guild.filesize_limit)
-STATUS_EVERY_S = 1.0  # at most one status edit per message per second (Discord's rate limits)
 TYPING_EVERY_S = 8.0  # a typing indicator lasts about 10 s
-
+# Status edits of one guild, all turns together (the core paces each message to one a second);
+# discord.py itself waits out any 429's Retry-After.
+EDITS_PER_MINUTE, EDIT_BURST = 60, 5
 
 
 # --- Discord's limits: text length, upload size ---------------------------------------------
@@ -87,7 +87,7 @@ async def prepare_images(images: Sequence[OutImage], limit: int) -> tuple[list[t
     note = ""
     if too_big:
         note = (f"\n({', '.join(too_big)} could not be shrunk under this place's upload limit "
-                f"of {limit / 2**20:.1f} MB, so I could not post it.)")
+                f"of {limit / 2**20:.1f} MiB, so I could not post it.)")
     return ready, note
 
 
@@ -112,79 +112,20 @@ def _files(group: list[tuple[bytes, str]]) -> list[discord.File]:
 # --- Reply: status line, typing, answer -------------------------------------------------------
 
 
-class StatusLine:
-    """One progress message: posted once, edited at most once per STATUS_EVERY_S (the latest text
-    is shown when the interval ends), removed at the end. Failures are logged, never raised."""
-
-    def __init__(self, post: Callable[[str], Awaitable[None]], edit: Callable[[str], Awaitable[None]],
-                 remove: Callable[[], Awaitable[None]]):
-        self._post, self._edit, self._remove = post, edit, remove
-        self._shown, self._last, self._pending = False, -STATUS_EVERY_S, None
-        self._later: asyncio.Task | None = None
-        self._lock = asyncio.Lock()  # parallel tool calls may report at once
-
-    async def show(self, text: str | None) -> None:
-        if text is None:
-            return await self.clear()
-        async with self._lock:
-            if not self._shown:
-                if time.monotonic() - self._last >= STATUS_EVERY_S:  # a failed post is not retried at once
-                    self._shown = await self._try(self._post, text)
-                    self._last = time.monotonic()
-                return
-            wait = self._last + STATUS_EVERY_S - time.monotonic()
-            if wait <= 0 and self._later is None:
-                await self._try(self._edit, text)
-                self._last = time.monotonic()
-                return
-            self._pending = text
-            if self._later is None:
-                self._later = asyncio.create_task(self._edit_later(wait))
-
-    async def _edit_later(self, wait: float) -> None:
-        await asyncio.sleep(max(0.0, wait))
-        async with self._lock:
-            self._later = None
-            if self._shown and self._pending is not None:
-                text, self._pending = self._pending, None
-                await self._try(self._edit, text)
-                self._last = time.monotonic()
-
-    async def clear(self) -> None:
-        async with self._lock:
-            if self._later is not None:
-                self._later.cancel()
-                self._later = None
-            self._pending = None
-            if self._shown:
-                self._shown = False
-                await self._try(self._remove)
-
-    @staticmethod
-    async def _try(call, *args) -> bool:
-        try:
-            await call(*args)
-            return True
-        except discord.NotFound:  # someone deleted the status message: nothing to update
-            return False
-        except discord.HTTPException as e:
-            log.warning("status message update failed: %s", e)
-            return False
-
-
 class ChannelReply:
-    """Answers a mention or a DM in its channel: typing, a status message, the reply."""
+    """Answers a mention or a DM in its channel: typing, a status message, the reply.
+    The core paces the status calls; these are the raw REST calls."""
 
-    def __init__(self, message: discord.Message, upload_limit: int):
+    def __init__(self, message: discord.Message, upload_limit: int, budget: EditBudget | None = None):
         self.message, self.channel, self.upload_limit = message, message.channel, upload_limit
+        self.edit_budget = budget
         self._reference = message.to_reference(fail_if_not_exists=False)  # the question may be deleted meanwhile
         self._typing: asyncio.Task | None = None
         self._typing_started = self._done = False
         self._status_message: discord.Message | None = None
-        self.status_line = StatusLine(self._post_status, self._edit_status, self._remove_status)
 
     async def typing(self) -> None:
-        if self._typing_started:  # the adapter starts it before downloads; the core asks again
+        if self._typing_started:
             return
         self._typing_started = True
         try:
@@ -204,22 +145,19 @@ class ChannelReply:
             log.warning("typing in %s failed: %s", self.channel.id, e)
 
     async def status(self, text: str | None) -> None:
-        await self.status_line.show(text)
-
-    async def _post_status(self, text: str) -> None:
-        self._status_message = await self.channel.send(text, reference=self._reference, mention_author=False)
-
-    async def _edit_status(self, text: str) -> None:
-        await self._status_message.edit(content=text)
-
-    async def _remove_status(self) -> None:
-        message, self._status_message = self._status_message, None
-        await message.delete()
-
-    async def post(self, text: str) -> None:
-        """A message outside the answer (a refused upload)."""
-        for piece in split_text(text):
-            await self.channel.send(piece, reference=self._reference)
+        message = self._status_message
+        if text is None:
+            self._status_message = None
+            if message is not None:
+                await _gone_is_fine(message.delete())
+        elif message is None:
+            self._status_message = await self.channel.send(text, reference=self._reference, mention_author=False)
+        else:
+            try:
+                await message.edit(content=text)
+            except discord.NotFound:  # someone deleted it: post anew next time
+                self._status_message = None
+                raise
 
     async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
         self.stop_typing()
@@ -235,25 +173,26 @@ class ChannelReply:
 
     async def close(self) -> None:
         self.stop_typing()
-        await self.status_line.clear()
 
 
 class InteractionReply:
     """Answers a deferred slash command: status edits the "thinking…" response, answers are followups."""
 
-    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False):
-        self.interaction, self.ephemeral = interaction, ephemeral
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False, budget: EditBudget | None = None):
+        self.interaction, self.ephemeral, self.edit_budget = interaction, ephemeral, budget
         self.upload_limit = interaction.filesize_limit
-        self.status_line = StatusLine(self._edit_original, self._edit_original, interaction.delete_original_response)
+        self._edited = False
 
     async def typing(self) -> None:
         """The deferred response already shows "thinking…"."""
 
     async def status(self, text: str | None) -> None:
-        await self.status_line.show(text)
-
-    async def _edit_original(self, text: str) -> None:
-        await self.interaction.edit_original_response(content=text)
+        if text is not None:
+            await self.interaction.edit_original_response(content=text)
+            self._edited = True
+        elif self._edited:  # the answer came as a followup: the progress line goes
+            self._edited = False
+            await _gone_is_fine(self.interaction.delete_original_response())
 
     async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
         files, note = await prepare_images(images, self.upload_limit)
@@ -263,4 +202,11 @@ class InteractionReply:
                                                  **buttons_for(group, images))
 
     async def close(self) -> None:
-        await self.status_line.clear()
+        """Nothing left: the core removed the status line."""
+
+
+async def _gone_is_fine(deleting) -> None:
+    try:
+        await deleting
+    except discord.NotFound:  # already deleted by someone
+        pass

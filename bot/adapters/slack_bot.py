@@ -6,7 +6,16 @@ or answer a usage error inside it); the work then runs in a task, so Slack never
 waits and never retries for lack of an ack. A retried delivery is dropped by its
 ``event_id``.
 
-Sessions: a channel ``slack:C1``, a thread ``slack:C1:<thread_ts>``, a DM ``slack:dm:U1``.
+Conversations: a channel ``slack:C1``; the bot answers a top-level mention in a thread
+under it, and that thread continues the channel's conversation (the link is kept in the
+session store); a thread people started without the bot is its own ``slack:C1:<thread_ts>``;
+a DM is ``slack:dm:U1``. Slash commands carry no thread (Slack sends none): they act on
+the channel's conversation, and say so. A message is handed to the core as its event
+arrives, its files fetched in its turn, so a conversation keeps the order messages were sent.
+
+Progress is one status message per turn (Slack shows bots no typing indicator). Its edits
+(``chat.update``, a rate-limited Tier 3 method) share one budget for the workspace, and a
+429's Retry-After pauses them; answers are retried after a 429's Retry-After.
 
 The buttons under posted images (``slack_buttons.py``) are block actions and an
 Edit modal, acknowledged at once (``_on_button``, ``_on_form``); the core decides
@@ -27,16 +36,20 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack_buttons import EDIT_VIEW, belongs, blocks_for, edit_view, parse, submitted
 from core.engine import HELP, Core
-from core.errors import GENERIC, UserFacingError
-from core.turn import Attachment, OutImage, Turn
+from core.errors import GENERIC, BadImage, RateLimited, UserFacingError
+from core.turn import Attachment, EditBudget, OutImage, Turn, clean_name
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 8.0  # connect_async() alone retries a refused connection forever
 WORKING = "Working on it…"
+EDITS_PER_MINUTE, EDIT_BURST = 40, 5  # chat.update is Tier 3: about 50 a minute per workspace, for all our turns
+THREADS_NOTE = ("Slash commands act on the channel's conversation, also when typed in a thread: Slack does not tell "
+                "me the thread. In a thread, mention me instead; mention me there with \"reset\" to start it over.")
 ANSWERED = {None, "file_share", "thread_broadcast"}  # message subtypes that are someone talking to us
 # command -> (tool, argument names, usage); the last argument takes the rest of the text
 DIRECT = {"/imagine": ("generate_image", ("prompt",), "PROMPT"),
@@ -61,31 +74,39 @@ def _plain(text: str) -> str:
 
 
 class SlackReply:
-    """One status message in the thread (posted, updated, deleted), then the answer."""
+    """The answer in the thread (or the DM), and one status message: posted, updated, deleted."""
 
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str | None):
-        self.client, self.channel, self.thread_ts = client, channel, thread_ts
+    waiting_text = WORKING  # Slack shows bots no typing indicator: the core shows this after a second
+
+    def __init__(self, client: AsyncWebClient, status_client: AsyncWebClient, channel: str,
+                 thread_ts: str | None, budget: EditBudget | None = None):
+        self.client, self.status_client, self.channel, self.thread_ts = client, status_client, channel, thread_ts
+        self.edit_budget = budget
         self._status_ts: str | None = None
-        self._lock = asyncio.Lock()  # parallel tool calls may report at once: keep one status message
 
     async def typing(self) -> None:
-        if self._status_ts is None:
-            await self.status(WORKING)
+        """Nothing to call: see ``waiting_text``."""
 
     async def status(self, text: str | None) -> None:
-        async with self._lock:
+        """Raw calls; the core paces them. A 429 becomes RateLimited with Slack's Retry-After."""
+        try:
             if text is None and self._status_ts:
-                await self.client.chat_delete(channel=self.channel, ts=self._status_ts)
+                await self.status_client.chat_delete(channel=self.channel, ts=self._status_ts)
                 self._status_ts = None
             elif text is not None and self._status_ts:
-                await self.client.chat_update(channel=self.channel, ts=self._status_ts, text=_mrkdwn(text))
+                await self.status_client.chat_update(channel=self.channel, ts=self._status_ts, text=_mrkdwn(text))
             elif text is not None:
-                resp = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
-                                                          text=_mrkdwn(text))
+                resp = await self.status_client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
+                                                                 text=_mrkdwn(text))
                 self._status_ts = resp["ts"]
-
-    async def post(self, text: str) -> None:
-        await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=_mrkdwn(text))
+        except SlackApiError as e:
+            if e.response.status_code == 429:
+                raise RateLimited(_retry_after(e.response.headers)) from None
+            if e.response.get("error") == "message_not_found":  # someone deleted it: post anew next time
+                self._status_ts = None
+                if text is None:
+                    return
+            raise
 
     async def send(self, text: str, images: list[OutImage] = ()) -> None:
         if images:
@@ -93,12 +114,21 @@ class SlackReply:
             await self.client.files_upload_v2(channel=self.channel, thread_ts=self.thread_ts,
                                               initial_comment=_mrkdwn(text), file_uploads=files)
         else:
-            await self.post(text)
+            await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=_mrkdwn(text))
         if blocks := blocks_for(list(images)):  # files carry no blocks: the buttons come right below them
             ids = ", ".join(im.image_id for im in images if im.actions)
             await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, blocks=blocks,
                                                text=f"Buttons for {ids}")
-        await self.status(None)
+
+
+def _retry_after(headers) -> float:
+    for key, value in (headers or {}).items():
+        if key.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                break
+    return 1.0
 
 
 class SlackBot:
@@ -110,8 +140,12 @@ class SlackBot:
         http = self.cfg.mode == "http"
         self.app = AsyncApp(name="visual-chatgpt", token=self.bot_token, request_verification_enabled=http,
                             signing_secret=self.cfg.env(self.cfg.signing_secret_env) if http else "")
-        if base_url:  # a Slack-compatible server elsewhere (tests: the loopback fake)
-            self.app.client.base_url = base_url
+        self.app.client.base_url = base_url or self.cfg.api_url  # tests: the loopback fake
+        # answers wait out a 429's Retry-After (twice at most); status updates never do (the core skips them)
+        self.app.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
+        self.status_client = AsyncWebClient(token=self.bot_token, base_url=self.app.client.base_url)
+        self.edit_budget = EditBudget(EDITS_PER_MINUTE, EDIT_BURST)  # one workspace per bot token
+        self._admins: dict[str, bool] = {}  # workspace admins seen through users.info
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._socket: AsyncSocketModeHandler | None = None
@@ -206,9 +240,14 @@ class SlackBot:
             return
         bot = context.get("bot_user_id") or ""
         text = _plain(re.sub(rf"<@{re.escape(bot)}(\|[^>]*)?>", "", event.get("text", "")))
-        thread = event.get("thread_ts")
-        session = f"slack:{event['channel']}" + (f":{thread}" if thread else "")
-        self._spawn(self._converse(event, session, thread or event["ts"], text))
+        channel, ts, thread = event["channel"], event["ts"], event.get("thread_ts")
+        if thread and thread != ts:  # in a thread: the bot's answer thread continues the channel's conversation
+            where = f"slack:{channel}:{thread}"
+            session = self.core.thread_session(where) or where
+        else:  # top level: answered in a thread under it, which continues this conversation
+            session, thread = f"slack:{channel}", ts
+            self.core.link_thread(f"slack:{channel}:{ts}", session)
+        self._spawn(self._converse(event, session, thread, text))
 
     async def _on_message(self, event: dict) -> None:
         if event.get("channel_type") != "im" or event.get("bot_id") or event.get("subtype") not in ANSWERED:
@@ -218,8 +257,9 @@ class SlackBot:
 
     async def _on_command(self, ack, command: dict, respond) -> None:
         name, text = command["command"], _plain(command.get("text") or "")
+        in_channel = command.get("channel_name") != "directmessage"
         if name == "/help":
-            return await ack(HELP)
+            return await ack(HELP + ("\n" + THREADS_NOTE if in_channel else ""))
         if name in DIRECT:
             tool, keys, usage = DIRECT[name]
             words = text.split(None, len(keys) - 1)
@@ -229,8 +269,7 @@ class SlackBot:
             return self._spawn(self._direct(command, tool, dict(zip(keys, words))))
         if name == "/reset":
             await ack()
-            work = self.core.reset(self._command_session(command))
-            return self._spawn(self._respond(respond, work, "in_channel"))
+            return self._spawn(self._respond(respond, self._reset(command), "in_channel"))
         fewest, most, usage = ADMIN[name]
         if not fewest <= len(text.split()) <= most:
             return await ack(f"Usage: {name}{usage}")
@@ -245,54 +284,66 @@ class SlackBot:
     # --- the work, after the ack -------------------------------------------------
 
     async def _converse(self, event: dict, session: str, thread_ts: str | None, text: str) -> None:
-        reply = SlackReply(self.app.client, event["channel"], thread_ts)
+        """Hand the message to the core at once (its files are fetched in its turn)."""
+        reply = self._reply(event["channel"], thread_ts)
+        user = event.get("user", "")
+        files = tuple(Attachment(f.get("name") or f.get("id", "the file"), f.get("mimetype") or "",
+                                 fetch=lambda f=f: self._fetch(f)) for f in event.get("files", []))
+        # is_admin from the config and earlier lookups only: no await may come before handle()
+        turn = Turn("slack", session, user, user, text, files, is_admin=self._admin_now(user))
         try:
-            await reply.typing()  # first sign of life, before the downloads
-            fetched = await asyncio.gather(*(self._fetch(f) for f in event.get("files", [])))
-            problems = [f for f in fetched if isinstance(f, str)]
-            files = tuple(f for f in fetched if isinstance(f, Attachment))
-            if problems:
-                await reply.post(" ".join(problems))
-                if not text and not files:
-                    return await reply.status(None)
-            user = event.get("user", "")
-            turn = Turn("slack", session, user, user, text, files, is_admin=await self._is_admin(user))
             await self.core.handle(turn, reply)
         except Exception:
             await self._failed(reply, session)
 
-    async def _fetch(self, file: dict) -> Attachment | str:
-        """Download an uploaded file with the bot token at once; a text explaining why not otherwise."""
-        name, limit = file.get("name") or file.get("id", "the file"), self.limits.max_upload_bytes
-        too_big = f"I could not use {name}: it is larger than the {limit / 2**20:.1f} MB limit."
+    def _reply(self, channel: str, thread_ts: str | None) -> SlackReply:
+        return SlackReply(self.app.client, self.status_client, channel, thread_ts, self.edit_budget)
+
+    async def _fetch(self, file: dict) -> bytes:
+        """Download an uploaded file with the bot token; raises BadImage saying what the user can do."""
+        name, limit = clean_name(file.get("name") or file.get("id", "the file")), self.limits.max_upload_bytes
+        too_big = BadImage(f"I could not use {name}: it is larger than the {limit / 2**20:.1f} MiB limit.")
         if file.get("size", 0) > limit:
-            return too_big
+            raise too_big
         url = file.get("url_private_download") or file.get("url_private")
         if not url:
-            return f"I could not download {name}: Slack sent no link to it."
+            raise BadImage(f"I could not download {name}: Slack sent no link to it. Please send it again.")
         headers, data = {"Authorization": f"Bearer {self.bot_token}"}, bytearray()
         try:
             async with self._http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as resp:
                 if resp.status != 200:
-                    return f"I could not download {name}: Slack answered HTTP {resp.status}."
-                if resp.content_type == "text/html":
-                    return (f"I could not download {name}: Slack sent a web page instead of the file "
-                            "(is the files:read scope missing?)")
+                    log.warning("downloading file %s from Slack: HTTP %d", file.get("id"), resp.status)
+                    raise BadImage(f"I could not download {name} from Slack; please send it again.")
+                if resp.content_type == "text/html":  # Slack's sign-in page: the token may not read files
+                    hint = "is the files:read scope missing? Add it and reinstall the app"
+                    log.warning("Slack answered the download of file %s with a web page, not the file (%s)",
+                                file.get("id"), hint)
+                    self.core.note_for_admins("Slack", f"file downloads return a web page: {hint}.")
+                    raise BadImage(f"I could not read {name} as an image. Please send it again; if it keeps "
+                                   "failing, tell the bot's admins.")
                 async for chunk in resp.content.iter_chunked(1 << 16):
                     data += chunk
                     if len(data) > limit:
-                        return too_big
+                        raise too_big
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("downloading %s failed: %r", url, e)
-            return f"I could not download {name}: the connection to Slack failed."
-        return Attachment(name, file.get("mimetype") or resp.content_type, bytes(data))
+            raise BadImage(f"I could not download {name}: the connection to Slack failed. Please send it "
+                           "again.") from None
+        return bytes(data)
 
     async def _direct(self, command: dict, tool: str, args: dict) -> None:
-        reply = SlackReply(self.app.client, command["channel_id"], None)
+        reply = self._reply(command["channel_id"], None)
         try:
             await self.core.direct(await self._command_turn(command), reply, tool, args)
         except Exception:
             await self._failed(reply, command["channel_id"])
+
+    async def _reset(self, command: dict) -> str:
+        said = await self.core.reset(self._command_session(command))
+        if command.get("channel_name") == "directmessage":
+            return said
+        return f"Cleared the conversation of <#{command['channel_id']}>: I have forgotten its messages and images. " \
+               f"({THREADS_NOTE})"
 
     async def _admin(self, command: dict, action: str, words: list[str]) -> str:
         return await self.core.admin(await self._command_turn(command), action, *words)
@@ -309,6 +360,7 @@ class SlackBot:
         await respond(text, response_type=response_type)
 
     async def _failed(self, reply: SlackReply, where: str) -> None:
+        """The last resort: something outside the core failed."""
         log.exception("Slack reply in %s failed", where)
         try:
             await reply.send(GENERIC)
@@ -351,10 +403,11 @@ class SlackBot:
         self._spawn(self._act(meta, body["user"], instruction))
 
     async def _act(self, meta: dict, user: dict, instruction: str | None = None) -> None:
-        reply = SlackReply(self.app.client, meta["channel"], meta["thread"])
+        reply = self._reply(meta["channel"], meta["thread"])
         try:
             name = user.get("username") or user.get("name") or user["id"]
-            turn = Turn("slack", meta["session"], user["id"], name, "", is_admin=await self._is_admin(user["id"]))
+            # is_admin from the config and earlier lookups only: no await may come before act() (the order)
+            turn = Turn("slack", meta["session"], user["id"], name, "", is_admin=self._admin_now(user["id"]))
             await self.core.act(turn, reply, meta["image"], meta["tag"], meta["action"], instruction)
         except Exception:
             await self._failed(reply, meta["session"])
@@ -375,6 +428,9 @@ class SlackBot:
         return Turn("slack", self._command_session(command), user, command.get("user_name") or user, text,
                     is_admin=await self._is_admin(user))
 
+    def _admin_now(self, user: str) -> bool:
+        return user in self.cfg.admin_ids or self._admins.get(user, False)
+
     async def _is_admin(self, user: str) -> bool:
         if user in self.cfg.admin_ids:
             return True
@@ -385,7 +441,8 @@ class SlackBot:
         except SlackApiError as e:  # not fatal: the user is simply not an admin
             log.warning("users.info for %s failed (%s); treating them as a non-admin", user, e.response.get("error"))
             return False
-        return bool(info.get("is_admin") or info.get("is_owner"))
+        self._admins[user] = bool(info.get("is_admin") or info.get("is_owner"))
+        return self._admins[user]
 
 
 def meta_of(session: str, image: str, tag: str, action: str, channel: str, thread: str | None) -> dict:

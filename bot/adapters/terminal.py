@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import getpass
 import mimetypes
-import shlex
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 from core.engine import HELP, Core
@@ -55,6 +55,24 @@ def _turn(text: str, attachments=()) -> Turn:
     return Turn("terminal", SESSION, user, user, text, tuple(attachments), is_admin=True)
 
 
+def split_attach(rest: str) -> tuple[Path | None, str]:
+    """``/attach PATH [message]``: the path (quoted, or the longest run of words naming a file,
+    or the first word), then the message as free text (apostrophes and all)."""
+    rest = rest.strip()
+    if not rest:
+        return None, ""
+    if rest[0] in "\"'":
+        end = rest.find(rest[0], 1)
+        if end > 0:
+            return Path(rest[1:end]).expanduser(), rest[end + 1:].strip()
+    words = rest.split(" ")
+    for n in range(len(words), 0, -1):  # a path with spaces, unquoted
+        path = Path(" ".join(words[:n])).expanduser()
+        if path.is_file():
+            return path, " ".join(words[n:]).strip()
+    return Path(words[0]).expanduser(), " ".join(words[1:]).strip()
+
+
 async def handle_line(core: Core, line: str, reply: TerminalReply) -> bool:
     """One line of input; False when the user wants to quit."""
     line = line.strip()
@@ -80,16 +98,13 @@ async def handle_line(core: Core, line: str, reply: TerminalReply) -> bool:
         parts = rest.split(" ", len(keys) - 1) if rest else []
         await core.direct(_turn(line), reply, tool, dict(zip(keys, parts)))
     elif word == "/attach":
-        try:
-            path_text, *words = shlex.split(rest)
-        except ValueError:
-            path_text, words = "", []
-        path = Path(path_text).expanduser()
-        if not path_text or not path.is_file():
-            await reply.send(f"There is no file at {path_text or '(no path given)'}.")
+        path, message = split_attach(rest)
+        if path is None or not path.is_file():
+            await reply.send(f"There is no file at {rest.strip() or '(no path given)'}. "
+                             "Type /attach PATH, then your message if you like.")
             return True
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        await core.handle(_turn(" ".join(words), [Attachment(path.name, kind, path.read_bytes())]), reply)
+        await core.handle(_turn(message, [Attachment(path.name, kind, path.read_bytes())]), reply)
     else:
         await core.handle(_turn(line), reply)
     return True
@@ -99,12 +114,29 @@ async def run(core: Core) -> int:
     reply = TerminalReply(core.config.storage.data_dir / "terminal")
     interactive = sys.stdin.isatty()
     print("Visual ChatGPT in your terminal. Type /help for what I can do, /quit to leave.", flush=True)
-    loop = asyncio.get_running_loop()
+    lines = _stdin_lines()
     while True:
         if interactive:
             print("you: ", end="", flush=True)
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:  # end of input
+        line = await lines.get()
+        if line is None:  # end of input
             return 0
         if not await handle_line(core, line, reply):
             return 0
+
+
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """Lines of standard input, read by a daemon thread: a stop (SIGTERM, Ctrl-C) never waits for
+    the user to press Enter."""
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+
+    def read() -> None:
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+        except RuntimeError:  # the loop is gone: the bot has stopped
+            pass
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    return queue

@@ -22,6 +22,7 @@ from core.tools.mask import FindObject
 from core.tools.question import AnswerQuestion
 from core.tools.segment_everything import SegmentEverything
 from core.tools.segment_object import SegmentObject
+from core.tools.show import ShowImage
 from core.tools.upscale import UpscaleImage
 from core.tools.variations import MakeVariation
 
@@ -37,6 +38,7 @@ TOOLS: list[Tool] = [
     SegmentEverything(),
     SegmentObject(),
     InpaintImage(),
+    ShowImage(),
     # multi-step flows (core/templates), each one tool to the LLM
     ExtendImage(),
     RemoveObject(),

@@ -11,6 +11,7 @@ which made its pixels (model, parameters as run with the seed, prompts sent).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -23,7 +24,7 @@ from core.images import ImageStore
 from core.pool_client import PoolClient
 from core.safety import FOR_LLM, NO_RETRY, Policy, judge
 from core.store import ImageRow, Provenance
-from gpu_pool.protocol import JobRequest, RawImage
+from gpu_pool.protocol import Event, JobRequest, RawImage
 
 log = logging.getLogger(__name__)
 IMAGE = "x-image"  # marks a parameter whose value is a session image id
@@ -42,6 +43,31 @@ def int_param(description: str, minimum: int, maximum: int) -> dict[str, Any]:
 
 
 @dataclass
+class Waits:
+    """Stops the turn's deadline while any of its jobs waits for a model to download or load, and
+    gives the time back afterwards: a first download of 2 GB must not cost the user the answer."""
+
+    waiting: int = 0  # jobs waiting now
+    since: float = 0.0  # loop time the first of them began
+    when: float | None = None  # the deadline it had then
+
+    def hold(self, deadline: asyncio.Timeout | None) -> None:
+        if deadline is None:
+            return
+        if self.waiting == 0:
+            self.since, self.when = asyncio.get_running_loop().time(), deadline.when()
+            deadline.reschedule(None)
+        self.waiting += 1
+
+    def release(self, deadline: asyncio.Timeout | None) -> None:
+        if deadline is None or self.waiting == 0:
+            return
+        self.waiting -= 1
+        if self.waiting == 0 and self.when is not None:
+            deadline.reschedule(self.when + asyncio.get_running_loop().time() - self.since)
+
+
+@dataclass
 class ToolContext:
     session: str
     user: str
@@ -52,6 +78,9 @@ class ToolContext:
     made: list[str] = field(default_factory=list)  # image ids made during this turn
     policy: Policy = field(default_factory=Policy)  # the conversation's safety policy
     withheld: list[str] = field(default_factory=list)  # what the user is told for each image withheld this turn
+    deadline: asyncio.Timeout | None = None  # the turn's deadline (set by the agent loop); see Waits
+    waits: Waits = field(default_factory=Waits)
+    shown: list[str] = field(default_factory=list)  # existing image ids the user asked to see again
     seeds: dict[str, int] = field(default_factory=dict)  # pool model -> the seed its jobs use (a reroll's new one)
     action: tuple[str, str] | None = None  # (button, image id) when a button press runs the tool
     calling: dict[str, Any] | None = None  # the arguments of the tool call running now (set by ``call``)
@@ -163,32 +192,85 @@ class JobOutput:
 
 async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: list[Image.Image] = (),
                   label: str = "") -> JobOutput:
-    """Run one pool job, reporting queue position and steps through ``ctx.status``."""
+    """Run one pool job, reporting queue position, download/load progress and steps through ``ctx.status``.
+
+    Time spent waiting for the model to download or load does not count against the turn's deadline.
+    """
     label = label or model
     if model in ctx.seeds:
         params = dict(params, seed=ctx.seeds[model])
     request = JobRequest(model, params, [RawImage.from_pil(im) for im in images], user=ctx.user)
     job = ctx.images.store.start_job(ctx.session, ctx.user, model)
-    async for ev in ctx.pool.run(request):
-        if ev.kind == "queued":
-            await ctx.status(f"{label}: waiting, {ev.position} job(s) ahead" if ev.position else f"{label}: starting")
-        elif ev.kind == "progress" and ev.total == 0:
-            await ctx.status(f"{label}: waiting for {model} to load")
-        elif ev.kind == "progress" and ev.total and ev.total > 1:
-            await ctx.status(f"{label}: step {ev.step}/{ev.total}")
-        elif ev.kind == "done":
-            withheld = judge(ctx.policy, ctx.session, model, ev.safety)  # before anything is stored
-            ctx.images.store.finish_job(job, "withheld" if withheld else "done", withheld and withheld.why)
-            if withheld:
-                raise withheld
-            out = JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {},
-                            dict(ev.provenance or {"model": model}, seconds=ev.seconds))
-            ctx.last_job = out
-            return out
-        elif ev.kind == "failed":
-            ctx.images.store.finish_job(job, "failed", ev.message)
-            raise PoolFailed(ev.message or "The image engine failed.", ev.code or "internal")
+    held = False
+    try:
+        async for ev in ctx.pool.run(request):
+            waiting = ev.kind == "progress" and ev.total == 0
+            if waiting != held:
+                (ctx.waits.hold if waiting else ctx.waits.release)(ctx.deadline)
+                held = waiting
+            if ev.kind == "queued":
+                await ctx.status(f"{label}: waiting, {ev.position} job(s) ahead" if ev.position
+                                 else f"{label}: starting")
+            elif waiting:
+                await ctx.status(waiting_text(model, ev))
+            elif ev.kind == "progress" and ev.total and ev.total > 1:
+                await ctx.status(f"{label}: step {ev.step}/{ev.total}")
+            elif ev.kind == "done":
+                withheld = judge(ctx.policy, ctx.session, model, ev.safety)  # before anything is stored
+                ctx.images.store.finish_job(job, "withheld" if withheld else "done", withheld and withheld.why)
+                if withheld:
+                    raise withheld
+                out = JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {},
+                                dict(ev.provenance or {"model": model}, seconds=ev.seconds))
+                ctx.last_job = out
+                return out
+            elif ev.kind == "failed":
+                ctx.images.store.finish_job(job, "failed", ev.message)
+                raise PoolFailed(ev.message or "The image engine failed.", ev.code or "internal")
+    finally:
+        if held:
+            ctx.waits.release(ctx.deadline)
     raise PoolFailed("The image engine stopped answering.", "unavailable")
+
+
+def waiting_text(model: str, ev: Event) -> str:
+    """'Text2Image is still downloading (1.2 of 2.1 GB, about 2 min left); I'll answer when it is ready'."""
+    eta = f"about {duration_text(ev.eta_s)} left" if ev.eta_s else ""
+    if ev.phase == "downloading":
+        got = f"{bytes_pair(ev.downloaded or 0, ev.download_total)}" if ev.download_total else ""
+        detail = ", ".join(p for p in (got, eta) if p)
+        what = "still downloading"
+    else:
+        detail, what = eta, "still loading"
+    return f"{model} is {what}" + (f" ({detail})" if detail else "") + "; I'll answer when it is ready"
+
+
+_UNITS = (("GB", 1e9, 1), ("MB", 1e6, 0), ("kB", 1e3, 0))  # decimal, as the hub shows sizes
+
+
+def _unit(n: float) -> tuple[str, float, int]:
+    return next((u for u in _UNITS if n >= u[1]), ("bytes", 1, 0))
+
+
+def bytes_text(n: int) -> str:
+    """2.1 GB, 340 MB."""
+    unit, scale, digits = _unit(n)
+    return f"{n / scale:.{digits}f} {unit}"
+
+
+def bytes_pair(done: int, total: int) -> str:
+    """1.2 of 2.1 GB, 12 of 340 MB: both in the total's unit."""
+    unit, scale, digits = _unit(total)
+    return f"{done / scale:.{digits}f} of {total / scale:.{digits}f} {unit}"
+
+
+def duration_text(seconds: float) -> str:
+    """40 s, 2 min, 1.5 h."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def save(ctx: ToolContext, img: Image.Image, *, parent: str | None, operation: str,

@@ -8,9 +8,14 @@ broken optional dependency only breaks the models that need it.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Callable
 
 from .base import LoadSpec, PoolModel, SharedBases
+
+# transformers, given a hub repo with only a .bin checkpoint (openmmlab/upernet-convnext-small),
+# starts a background thread that asks a Hub Space to convert it; the pool never wants that.
+os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
 
 # name -> "module:function" under gpu_pool.models
 MODEL_TABLE: dict[str, str] = {
@@ -41,6 +46,7 @@ MODEL_TABLE: dict[str, str] = {
     "Variations": "variations:load_variations",
     "Upscale": "upscale:load_upscale",
     "SafetyChecker": "safety:load_safety_checker",
+    "LLM": "llm:load_llm",
 }
 
 

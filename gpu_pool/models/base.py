@@ -23,8 +23,9 @@ class JobCancelled(Exception):
     """Raised from the progress callback when the job was cancelled."""
 
 
-# progress(step, total): report a step; raises JobCancelled when the job was cancelled.
-Progress = Callable[[int, int], None]
+# progress(step, total, text=None): report a step (and, from the LLM, the next piece of its answer);
+# raises JobCancelled when the job was cancelled.
+Progress = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,17 @@ class Output:
     images: list[Image.Image] = field(default_factory=list)
     text: str | None = None
     data: dict[str, Any] | None = None  # structured results (boxes, scores), sent as JSON
-    sent: dict[str, Any] | None = None  # what the model was really given beyond params (the prompt with quality words)
 
 
 @dataclass(frozen=True)
 class LoadSpec:
     name: str  # seed model name, e.g. "CannyText2Image"
-    source: str  # hub id or absolute local folder ("" when the model has no weights)
+    source: str  # a local folder (a hub id is fetched into the cache first), or "" when the model has no weights
     device: str  # resolved: "cpu", "cuda:0" ...
     dtype: torch.dtype
-    sd_base: str  # hub id or folder of the shared Stable Diffusion 1.5 base
+    sd_base: str  # local folder of the shared Stable Diffusion 1.5 base
     home: str = ""  # where the weights wait between jobs under a residency budget ("cpu"); "": on the device
+    working_size: int = 512  # [limits] working_size: the SD family fits input images to it (SD1.5's 512)
 
     @property
     def load_device(self) -> str:
@@ -71,7 +72,7 @@ class PoolModel:
 
     name: str = ""
     params: dict[str, Param] = {}
-    n_images: int = 0  # images the job must send (e.g. 1 image, or image + mask)
+    n_images: int | None = 0  # images the job must send (e.g. 1 image, or image + mask); None: any number
     image_names: tuple[str, ...] = ()  # what each input image is, for error messages
     draws: bool = False  # its images are drawn, not maps of the input: the safety checker sees them first
 
@@ -88,6 +89,11 @@ class PoolModel:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules this model holds (shared ones included), by component name."""
+        return {}
+
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The prompt and negative prompt the model really gives its pipeline for ``params`` (the SD family adds
+        the seed's quality words and default negative prompt), for the images' provenance; {} for none."""
         return {}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
@@ -115,6 +121,16 @@ class SharedBases:
             if key not in self._bases:
                 self._bases[key] = self._loader(source, home or device, dtype)
             return self._bases[key]
+
+    def holds(self, source: str, device: str, dtype: torch.dtype) -> bool:
+        """Whether that base is loaded already (a model built on it loads only its own part)."""
+        return (source, device, dtype) in self._bases
+
+    def module_ids(self) -> set[int]:
+        """Ids of the modules of every base held."""
+        with self._lock:
+            return {id(m) for base in self._bases.values() for m in base.components.values()
+                    if isinstance(m, torch.nn.Module)}
 
     def drop_unused(self, in_use: set[int]) -> None:
         """Forget bases none of whose modules a loaded model holds (``in_use``: ids of modules)."""

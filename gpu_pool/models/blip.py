@@ -8,7 +8,10 @@ import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
 
+from gpu_pool import weights as w
+
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
+from .loading import checked
 
 
 class _Blip(PoolModel):
@@ -20,7 +23,7 @@ class _Blip(PoolModel):
     def __init__(self, spec: LoadSpec, model_cls: type):
         super().__init__(spec)
         self.processor = BlipProcessor.from_pretrained(spec.source)
-        self.model = model_cls.from_pretrained(spec.source, dtype=spec.dtype).to(spec.load_device).eval()
+        self.model = checked(model_cls, spec.source, spec.dtype, w.transformers()).to(spec.load_device).eval()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}

@@ -11,39 +11,95 @@ Everything sits on one shared SD1.5 base per (source, device, dtype), held by
 
 Each pipeline has its own scheduler object: schedulers keep per-run state.
 Defaults (steps, guidance, prompts) are the seed's (TaskMatrix visual_chatgpt.py).
+
+Sizes. SD1.5 was trained at 512 px and makes poor images far from it (a 1x1 or
+a 64-px input gives a 1-latent-pixel mush). The seed scaled every upload up or
+down to 512 px on its long side; here the models that take an image do the
+same at ``[limits] working_size`` (512 by default), in the pool rather than the
+core, because the pipeline decides the output size and the model knows the
+size it was trained for, while the core keeps the user's image as it came.
+Results come back at that working size, or at the input's size when the input
+was larger, as the seed's inpainting resized its 512-px result back.
+Outputs over 768 px decode the VAE in tiles, which keeps 1024-px images
+within the working memory a 512-px one needs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
-from diffusers import (ControlNetModel, DDIMScheduler, EulerAncestralDiscreteScheduler,
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, EulerAncestralDiscreteScheduler,
                        StableDiffusionControlNetPipeline, StableDiffusionInpaintPipeline,
                        StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline, UNet2DConditionModel,
                        UniPCMultistepScheduler)
 from PIL import Image
+from transformers import CLIPTextModel
+
+from gpu_pool import weights as w
 
 from .base import (NEGATIVE, PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases,
                    guidance, size, steps)
+from .loading import checked
 
 # The seed appended this to every generation prompt and used this negative prompt.
 QUALITY = ", best quality, extremely detailed"
 SEED_NEGATIVE = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                  "cropped, worst quality, low quality")
+TILE_OVER = 768  # outputs with a side over this many pixels decode the VAE in tiles
 
 
 def load_base(source: str, device: str, dtype: torch.dtype) -> StableDiffusionPipeline:
-    """The shared SD1.5 base on ``device`` (its home under a budget); only ever built through ``SharedBases``."""
-    pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
+    """The shared SD1.5 base on ``device`` (its home under a budget); only ever built through ``SharedBases``.
+
+    Each network is loaded on its own, so each picks its fp16 variant file and
+    fails loudly on a checkpoint that does not match; the pipeline adds the
+    tokenizer and scheduler. The repo's safety checker and its feature
+    extractor are never read (``model_index.json`` lists them).
+    """
+    unet = checked(UNet2DConditionModel, source, dtype, w.diffusers("unet"), "unet")
+    vae = checked(AutoencoderKL, source, dtype, w.diffusers("vae"), "vae")
+    text_encoder = checked(CLIPTextModel, source, dtype, w.transformers("text_encoder"), "text_encoder")
+    pipe = StableDiffusionPipeline.from_pretrained(source, unet=unet, vae=vae, text_encoder=text_encoder,
+                                                   safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)
     return pipe.to(device)
+
+
+def fit_size(width: int, height: int, working: int) -> tuple[int, int]:
+    """Scale so the long side is ``working`` (up or down), both sides multiples of 8, the short
+    side at least a quarter of ``working`` (a 7x3 upload is drawn at 512x216, a 1x1 at 512x512)."""
+    scale = working / max(width, height)
+    least = max(8, working // 4 // 8 * 8)
+    return tuple(max(least, round(side * scale / 8) * 8) for side in (width, height))
+
+
+def _is_binary(image: Image.Image) -> bool:
+    """Only black and white: an edge, line or scribble map, to be resized without grey edges."""
+    histogram = image.convert("L").histogram()
+    return sum(histogram[1:255]) == 0
+
+
+@contextmanager
+def _vae_tiling(vae: Any, on: bool) -> Iterator[None]:
+    """Tiled VAE decoding for this run only: the VAE is shared by every pipeline on the device,
+    whose jobs run one at a time on the device's thread."""
+    if not on:
+        yield
+        return
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        vae.disable_tiling()
 
 
 class _Diffusion(PoolModel):
     """What the SD models share: a diffusers pipeline, its modules, and a run with progress."""
 
     draws = True  # the pool's SafetyChecker checks every image (the pipelines' own checker is off)
+    sized = True  # the pipeline takes width and height
 
     def __init__(self, spec: LoadSpec, pipe: Any):
         super().__init__(spec)
@@ -54,8 +110,11 @@ class _Diffusion(PoolModel):
     def modules(self) -> dict[str, torch.nn.Module]:
         return {k: m for k, m in self.pipe.components.items() if isinstance(m, torch.nn.Module)}
 
-    def _run_pipe(self, params: dict[str, Any], progress: Progress, **kwargs: Any) -> Output:
-        """Call the pipeline with the job's seed, reporting each denoising step."""
+    def _run_pipe(self, params: dict[str, Any], progress: Progress, width: int, height: int,
+                  **kwargs: Any) -> Image.Image:
+        """Call the pipeline at ``width`` x ``height`` with the job's seed, reporting each denoising step.
+
+        """
 
         def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
             # PNDM (SD1.5's scheduler, kept by Text2Image) runs one warm-up pass more than the steps
@@ -67,27 +126,35 @@ class _Diffusion(PoolModel):
 
         seed = params.get("seed")
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        result = self.pipe(num_inference_steps=params["steps"], guidance_scale=params["guidance"],
-                           generator=generator, callback_on_step_end=on_step_end, output_type="pil", **kwargs)
-        sent = {k: kwargs.get(k) or "" for k in ("prompt", "negative_prompt")}  # as the pipeline got them
-        return Output(images=[result.images[0].convert("RGB")], sent=sent)
+        with _vae_tiling(self.pipe.vae, max(width, height) > TILE_OVER):
+            result = self.pipe(num_inference_steps=params["steps"], guidance_scale=params["guidance"],
+                               generator=generator, callback_on_step_end=on_step_end, output_type="pil",
+                               **({"width": width, "height": height} if self.sized else {}), **kwargs)
+        return result.images[0].convert("RGB")
 
-    def _check_size(self, image: Image.Image, what: str) -> None:
-        w, h = image.size
-        if w % 8 or h % 8:
-            fix = f"crop or resize it to {max(8, w // 8 * 8)}x{max(8, h // 8 * 8)}"
-            raise BadRequest(f"{self.name} needs image sizes that are multiples of 8, "
-                             f"but the {what} is {w}x{h}; {fix}.")
+    def _fit(self, image: Image.Image, resample: int) -> Image.Image:
+        """``image`` at the working size (see the module's docstring)."""
+        fitted = fit_size(image.width, image.height, self.spec.working_size)
+        return image if image.size == fitted else image.resize(fitted, resample)
+
+    @staticmethod
+    def _back(result: Image.Image, original: tuple[int, int]) -> Output:
+        """The result at the working size, or at the input's size when that is larger."""
+        if max(original) > max(result.size):
+            result = result.resize(original, Image.Resampling.LANCZOS)
+        return Output(images=[result])
 
 
 class Text2Image(_Diffusion):
     params = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": steps(50), "guidance": guidance(7.5),
               "width": size(512), "height": size(512), "seed": SEED}
 
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"] + QUALITY, "negative_prompt": params["negative_prompt"] or SEED_NEGATIVE}
+
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
-        return self._run_pipe(params, progress, prompt=params["prompt"] + QUALITY,
-                              negative_prompt=params["negative_prompt"] or SEED_NEGATIVE,
-                              width=params["width"], height=params["height"])
+        image = self._run_pipe(params, progress, params["width"], params["height"], **self.prompts(params))
+        return Output(images=[image])
 
 
 class InstructPix2Pix(_Diffusion):
@@ -96,13 +163,17 @@ class InstructPix2Pix(_Diffusion):
               "image_guidance": Param(float, 1.2, min=1.0, max=5.0, help="how closely to keep the input image"),
               "seed": SEED}
     n_images = 1
+    sized = False  # its size is its image's
+
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"]}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
-        image = images[0].convert("RGB")
-        self._check_size(image, "image")
-        # The pipeline takes its output size from the image.
-        return self._run_pipe(params, progress, prompt=params["prompt"], image=image,
-                              image_guidance_scale=params["image_guidance"])
+        original = images[0].convert("RGB")
+        image = self._fit(original, Image.Resampling.LANCZOS)
+        out = self._run_pipe(params, progress, image.width, image.height, image=image,
+                             image_guidance_scale=params["image_guidance"], **self.prompts(params))
+        return self._back(out, original.size)
 
 
 class Inpainting(_Diffusion):
@@ -111,17 +182,20 @@ class Inpainting(_Diffusion):
     n_images = 2
     image_names = ("image", "mask")
 
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"], "negative_prompt": params["negative_prompt"] or None}
+
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
-        image, mask = images[0].convert("RGB"), images[1].convert("L")  # mask: white = repaint
-        self._check_size(image, "image")
-        if mask.size != image.size:
+        original, mask = images[0].convert("RGB"), images[1].convert("L")  # mask: white = repaint
+        if mask.size != original.size:
             raise BadRequest(f"{self.name} needs a mask the size of the image: the image is "
-                             f"{image.width}x{image.height}, the mask {mask.width}x{mask.height}; "
+                             f"{original.width}x{original.height}, the mask {mask.width}x{mask.height}; "
                              "make the mask from the same image.")
-        # Without width/height the pipeline would resize to its default size.
-        return self._run_pipe(params, progress, prompt=params["prompt"],
-                              negative_prompt=params["negative_prompt"] or None,
-                              image=image, mask_image=mask, width=image.width, height=image.height)
+        image = self._fit(original, Image.Resampling.LANCZOS)
+        mask = self._fit(mask, Image.Resampling.NEAREST)  # a mask stays black and white
+        out = self._run_pipe(params, progress, image.width, image.height, image=image, mask_image=mask,
+                             **self.prompts(params))
+        return self._back(out, original.size)
 
 
 class ControlNetText2Image(_Diffusion):
@@ -131,19 +205,23 @@ class ControlNetText2Image(_Diffusion):
               "seed": SEED}
     n_images = 1
 
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"] + QUALITY, "negative_prompt": params["negative_prompt"] or SEED_NEGATIVE}
+
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
-        condition = images[0].convert("RGB")
-        self._check_size(condition, "condition image")
-        return self._run_pipe(params, progress, prompt=params["prompt"] + QUALITY,
-                              negative_prompt=params["negative_prompt"] or SEED_NEGATIVE, image=condition,
-                              width=condition.width, height=condition.height, eta=0.0)
+        original = images[0].convert("RGB")
+        # Edge, line and scribble maps are black and white, as ControlNet was trained on: no grey when scaling.
+        condition = self._fit(original, Image.Resampling.NEAREST if _is_binary(original) else Image.Resampling.BILINEAR)
+        out = self._run_pipe(params, progress, condition.width, condition.height, image=condition, eta=0.0,
+                             **self.prompts(params))
+        return self._back(out, original.size)
 
 
 # --- loaders (listed in gpu_pool/models/__init__.py) ------------------------------------------
 
 
 def load_text2image(spec: LoadSpec, bases: SharedBases) -> Text2Image:
-    # Its own source is a base too: the same one as everybody's unless an admin points it elsewhere.
+    # Its own source is the base: [pool] sd_base unless an admin points Text2Image elsewhere.
     base = bases.get(spec.source or spec.sd_base, spec.device, spec.dtype, spec.home)
     scheduler = type(base.scheduler).from_config(base.scheduler.config)
     # dtype given: from_pipe would otherwise cast the shared modules to float32 in place.
@@ -153,7 +231,7 @@ def load_text2image(spec: LoadSpec, bases: SharedBases) -> Text2Image:
 
 def load_controlnet(spec: LoadSpec, bases: SharedBases) -> ControlNetText2Image:
     base = bases.get(spec.sd_base, spec.device, spec.dtype, spec.home)
-    controlnet = ControlNetModel.from_pretrained(spec.source, dtype=spec.dtype).to(spec.load_device)
+    controlnet = checked(ControlNetModel, spec.source, spec.dtype, w.diffusers("")).to(spec.load_device)
     scheduler = UniPCMultistepScheduler.from_config(base.scheduler.config)  # as the seed did
     pipe = StableDiffusionControlNetPipeline.from_pipe(base, controlnet=controlnet, scheduler=scheduler,
                                                        dtype=base.unet.dtype)  # dtype: see load_text2image
@@ -178,7 +256,7 @@ def _with_own_unet(spec: LoadSpec, base: StableDiffusionPipeline, scheduler_cls:
     Only the UNet is loaded from ``spec.source``: InstructPix2Pix and SD-inpainting
     trained the UNet only, on SD's VAE and CLIP text encoder, so the base's serve.
     """
-    unet = UNet2DConditionModel.from_pretrained(spec.source, subfolder="unet", dtype=base.unet.dtype)
+    unet = checked(UNet2DConditionModel, spec.source, base.unet.dtype, w.diffusers("unet"), "unet")
     scheduler = scheduler_cls.from_config(scheduler_cls.load_config(spec.source, subfolder="scheduler"))
     return dict(unet=unet.to(spec.load_device), scheduler=scheduler, vae=base.vae, text_encoder=base.text_encoder,
                 tokenizer=base.tokenizer, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

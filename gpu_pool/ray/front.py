@@ -27,7 +27,9 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 import settings
-from gpu_pool.protocol import Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame, request_from_frame
+from gpu_pool import openai_api
+from gpu_pool.protocol import (UNAVAILABLE, Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame,
+                               request_from_frame)
 from gpu_pool.ray import router
 from gpu_pool.ray.replica import PoolReplica, Spec
 
@@ -35,13 +37,11 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 APP, DEPLOYMENT = "visual-chatgpt-pool", "PoolReplica"
 MAX_REQUEST = 256 * 1024 * 1024
-# core/pool_client.py's words for a pool that died: to the user, a replica that died is the same thing
-UNAVAILABLE = "The image engine is not reachable right now; please try again in a minute."
 FRONT = web.AppKey("front", "Front")
 
 
 class Front:
-    """Jobs and admin calls, over the handle to the replicas."""
+    """Jobs and admin calls, over the handle to the replicas; the built-in LLM's ``openai_api.Backend``."""
 
     def __init__(self, config: settings.Config, handle: DeploymentHandle):
         self.config, self.handle = config, handle
@@ -66,6 +66,7 @@ class Front:
             yield Event("failed", job_id, message="Something went wrong in the image engine.", code="internal",
                         detail=str(e))
         except Exception as e:  # the replica died (ActorDiedError ...) or could not be reached
+            # to the user, a replica that died is a pool that died: the same words as core/pool_client.py
             log.warning("job %s (%s) lost its replica: %r", job_id or "(not started)", request.model, e)
             yield Event("failed", job_id, message=UNAVAILABLE, code="unavailable", detail=str(e))
         finally:
@@ -115,6 +116,18 @@ class Front:
                                    cfg.source if cfg else "", "loading").to_json())
         return infos
 
+    @property
+    def limits(self) -> settings.LimitsConfig:
+        return self.config.limits
+
+    async def llm_info(self) -> ModelInfo | None:
+        """The LLM's best listing over the replicas: ready where any copy is ready."""
+        if openai_api.MODEL not in self.allowed:
+            return None
+        copies = [ModelInfo(**m) for m in await self.infos() if m["name"] == openai_api.MODEL]
+        rank = {"ready": 0, "loading": 1, "failed": 2}
+        return min(copies, key=lambda m: rank.get(m.state, 3), default=None)
+
     async def close(self) -> None:
         for task in list(self._placing.values()):
             task.cancel()
@@ -134,6 +147,7 @@ def make_app(front: Front) -> web.Application:
     app.router.add_post("/models/load", load)
     app.router.add_post("/models/unload", unload)
     app.router.add_get("/replicas", replicas)  # Ray only: each replica's models and counters
+    openai_api.add_routes(app, FRONT)  # the built-in LLM, for OpenAI clients
     return app
 
 

@@ -16,6 +16,10 @@ raising them); ``expect_error(text)`` allows one that a test provokes.
 
 Payloads are built from Discord's real JSON shapes: ``tests/fakes/discord_payloads.py``.
 
+Message edits are rate-limited per channel as on Discord (5 per 5 s): beyond that the
+fake answers 429 with ``retry_after`` and ``Retry-After``, as Discord does; ``rate_limited``
+keeps those requests and ``edit_limit`` changes the limit.
+
 Buttons: every message the bot posts is kept (``messages``, by id) with its components,
 as Discord keeps them, so a test presses one as a user would, even on a restarted bot:
 
@@ -113,7 +117,7 @@ class FakeDiscord:
         self.gateway_paths: list[str] = []  # /gateway, then /resume after a reconnect
         self.identified = asyncio.Event()
         self.base = ""
-        self._files: dict[str, tuple[bytes, str]] = {}  # CDN path -> (bytes, content type)
+        self._files: dict[str, tuple[bytes, str, float]] = {}  # CDN path -> (bytes, content type, delay)
         self.messages: dict[str, dict] = {}  # id -> every message the bot posted, with its components
         self._interactions: dict[str, dict] = {}  # id -> the interactions built here (their callbacks echo them)
         self._arrived = asyncio.Condition()
@@ -122,6 +126,9 @@ class FakeDiscord:
         self._seq = 0
         self._runner: web.AppRunner | None = None
         self._errors, self._watch, self._expected = _ErrorLog(), watch, []
+        self.edit_limit = (5, 5.0)  # message edits per channel: (count, seconds)
+        self.rate_limited: list[Request] = []
+        self._edits: dict[str, list[float]] = {}
         self.add_guild(GUILD_ID, "Test server", [CHANNEL_ID])
 
     # -- setup
@@ -153,11 +160,12 @@ class FakeDiscord:
                                 "locked": False}})
 
     def add_file(self, data: bytes, filename: str, content_type: str | None = None, *,
-                 channel_id: str = CHANNEL_ID, size: int | None = None) -> Attachment:
-        """Serve ``data`` on the fake CDN; returns the attachment payload (``size`` may lie, for limit tests)."""
+                 channel_id: str = CHANNEL_ID, size: int | None = None, delay_s: float = 0.0) -> Attachment:
+        """Serve ``data`` on the fake CDN (``delay_s``: that slowly); returns the attachment payload
+        (``size`` may lie, for limit tests)."""
         att_id = snowflake()
         path = f"/attachments/{channel_id}/{att_id}/{filename}"
-        self._files[path] = (data, content_type or "application/octet-stream")
+        self._files[path] = (data, content_type or "application/octet-stream", delay_s)
         att: Attachment = {"id": att_id, "filename": filename, "size": len(data) if size is None else size,
                            "url": f"{self.base}{path}?ex=signed", "proxy_url": f"{self.base}{path}?ex=proxy"}
         if content_type:
@@ -434,6 +442,17 @@ class FakeDiscord:
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
+        count, per_s = self.edit_limit
+        now, channel = time.monotonic(), request.match_info["channel"]
+        recent = [t for t in self._edits.get(channel, []) if now - t < per_s]
+        if len(recent) >= count:
+            self._edits[channel] = recent
+            self.rate_limited.append(rec)
+            wait = round(recent[0] + per_s - now, 3)
+            return _json({"message": "You are being rate limited.", "retry_after": wait, "global": False}, 429,
+                         {"Retry-After": str(max(1, int(wait + 0.999))), "Via": "1.1 google",
+                          "X-RateLimit-Scope": "user"})
+        self._edits[channel] = [*recent, now]
         return _json(self._message_out(rec, request.match_info["channel"], request.match_info["message"]))
 
     async def _callback(self, request: web.Request) -> web.Response:
@@ -466,6 +485,7 @@ class FakeDiscord:
         found = self._files.get(request.path)
         if found is None:
             return web.Response(status=404, text="not found")
+        await asyncio.sleep(found[2])
         return web.Response(body=found[0], headers={"Content-Type": found[1]})
 
     async def _unimplemented(self, request: web.Request) -> web.Response:
@@ -474,6 +494,7 @@ class FakeDiscord:
         return _json({"message": "404: Not Found (not implemented by the fake)", "code": 0}, 404)
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """discord.py only parses bodies whose Content-Type is exactly application/json (no charset)."""
-    return web.Response(body=json.dumps(body).encode(), status=status, headers={"Content-Type": "application/json"})
+    return web.Response(body=json.dumps(body).encode(), status=status,
+                        headers={"Content-Type": "application/json", **(headers or {})})

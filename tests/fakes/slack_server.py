@@ -16,7 +16,17 @@ in an "interactive" envelope, as Socket Mode delivers it); ``views.open`` opens 
 modal (its trigger_id must come from an interaction of the last 3 seconds, as on
 Slack) and ``submit`` sends its view_submission with what the user typed. Leaving the ``async with``
 block fails the test if the client hit a method or route the fake does not serve,
-or an envelope was not acknowledged within 3 seconds.
+broke Slack's thread rules, or an envelope was not acknowledged within 3 seconds.
+
+As strict as Slack where the bot could go wrong:
+- threads: a reply carries ``thread_ts`` = its parent's ``ts``, and the parent is a
+  top-level message of that channel (pushed events are checked too; ``human_message``
+  adds one people wrote without mentioning the bot); ``chat.update``/``chat.delete`` of
+  an unknown message answer ``message_not_found``;
+- rate limits: ``chat.update`` and ``chat.delete`` are Tier 3 (50 a minute per
+  workspace), ``chat.postMessage`` about one a second per channel with bursts; beyond
+  them, HTTP 429 with ``Retry-After`` (``rate_limit`` changes a limit);
+- slash commands carry no ``thread_ts``, even when typed in a thread.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -181,6 +192,15 @@ class Envelope:
 class StoredFile:
     data: bytes
     serve: Literal["file", "login_page"]
+    delay_s: float = 0.0  # a slow download
+
+
+# method -> (calls, per seconds, counted per "team" or per "channel"): Slack's published tiers
+RATE_LIMITS: dict[str, tuple[int, float, str]] = {
+    "chat.update": (50, 60.0, "team"),  # Tier 3
+    "chat.delete": (50, 60.0, "team"),  # Tier 3
+    "chat.postMessage": (20, 20.0, "channel"),  # "1 per second per channel, short bursts allowed"
+}
 
 
 # --- the server -----------------------------------------------------------------------
@@ -205,11 +225,16 @@ class FakeSlack:
         self._sockets: list[web.WebSocketResponse] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self.rate_limits = dict(RATE_LIMITS)
+        self.rate_limited: list[Call] = []  # calls answered 429
+        self._recent: dict[tuple[str, str], list[float]] = {}
+        self.violations: list[str] = []  # broken thread rules
+        self.messages: dict[str, dict[str, str | None]] = {}  # channel -> ts -> parent ts (None: top level)
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
-            "chat.update": lambda b: {"ok": True, "channel": b["channel"], "ts": b["ts"], "text": b.get("text")},
-            "chat.delete": lambda b: {"ok": True, "channel": b["channel"], "ts": b["ts"]},
+            "chat.update": self._update,
+            "chat.delete": self._delete,
             "chat.postEphemeral": lambda b: {"ok": True, "message_ts": new_ts()},
             "views.open": self._views_open,
             "users.info": self._users_info,
@@ -225,10 +250,11 @@ class FakeSlack:
                                "profile": {"display_name": user_id.lower()}}
 
     def add_file(self, name: str, data: bytes, mimetype: str, *,
-                 serve: Literal["file", "login_page"] = "file") -> File:
-        """Host a file at url_private; ``login_page`` answers with Slack's HTML sign-in page instead."""
+                 serve: Literal["file", "login_page"] = "file", delay_s: float = 0.0) -> File:
+        """Host a file at url_private; ``login_page`` answers with Slack's HTML sign-in page instead;
+        ``delay_s`` makes its download that slow."""
         file_id = f"F{next(self._ids):06d}"
-        self._files[file_id] = StoredFile(data, serve)
+        self._files[file_id] = StoredFile(data, serve, delay_s)
         url = f"{self.origin}/files-pri/{TEAM}-{file_id}/{name}"
         return {"id": file_id, "name": name, "title": name, "mimetype": mimetype, "filetype": name.rsplit(".")[-1],
                 "size": len(data), "mode": "hosted", "url_private": url, "url_private_download": f"{url}?download=1"}
@@ -245,8 +271,28 @@ class FakeSlack:
         await ws.send_str(json.dumps(body))
         return envelope_id
 
+    def rate_limit(self, method: str, calls: int, per_s: float, scope: str = "team") -> None:
+        self.rate_limits[method] = (calls, per_s, scope)
+
+    def human_message(self, channel: str, user: str, text: str) -> str:
+        """A top-level message people wrote without mentioning the bot (no event); returns its ts."""
+        ts = new_ts()
+        self.messages.setdefault(channel, {})[ts] = None
+        return ts
+
+    def _place(self, channel: str, ts: str, thread_ts: str | None, what: str) -> None:
+        """Record a message at ``ts``; a reply must name a top-level message of the channel as its parent."""
+        known = self.messages.setdefault(channel, {})
+        if thread_ts and thread_ts != ts and known.get(thread_ts, "missing") is not None:
+            self.violations.append(f"{what} in {channel} has thread_ts {thread_ts}, which is not a top-level "
+                                   "message there (a reply's thread_ts is its parent's ts)")
+        known[ts] = thread_ts if thread_ts and thread_ts != ts else None
+
     async def push_event(self, event: Event, *, event_id: str | None = None, envelope_id: str | None = None,
                          retry_attempt: int = 0) -> str:
+        if not retry_attempt and event["ts"] not in self.messages.get(event["channel"], {}):
+            self._place(event["channel"], event["ts"], event.get("thread_ts"), f"pushed event {event['type']}")
+        assert not self.violations, self.violations  # the test built an event Slack would never send
         body = event_callback(event, event_id or f"Ev{next(self._ids):08d}")
         reason = "timeout" if retry_attempt else ""
         return await self.push("events_api", dict(body), envelope_id=envelope_id, retry_attempt=retry_attempt,
@@ -340,6 +386,7 @@ class FakeSlack:
     async def check(self) -> None:
         """What teardown asserts: nothing unimplemented was hit, every envelope acked in time."""
         assert not self.unimplemented, f"the client called what the fake does not serve: {self.unimplemented}"
+        assert not self.violations, f"the client broke Slack's thread rules: {self.violations}"
         for env in list(self.envelopes.values()):
             if env.acked_at is None:
                 left = ACK_LIMIT_S - (time.monotonic() - env.sent_at)
@@ -412,10 +459,29 @@ class FakeSlack:
             call.response = {"ok": False, "error": "unknown_method"}
         elif token != wanted:
             call.response = {"ok": False, "error": "invalid_auth"}
+        elif (wait := self._over_limit(method, body)) is not None:
+            call.response = {"ok": False, "error": "ratelimited"}
+            self.rate_limited.append(call)
+            await self._record(call)
+            return web.json_response(call.response, status=429, headers={"Retry-After": str(wait)})
         else:
             call.response = handler(body)
         await self._record(call)
         return web.json_response(call.response)
+
+    def _over_limit(self, method: str, body: dict) -> int | None:
+        """None when the call may go (and counts it); else Slack's Retry-After in whole seconds."""
+        if method not in self.rate_limits:
+            return None
+        calls, per_s, scope = self.rate_limits[method]
+        key = (method, body.get("channel", "") if scope == "channel" else TEAM)
+        now = time.monotonic()
+        recent = [t for t in self._recent.get(key, []) if now - t < per_s]
+        if len(recent) >= calls:
+            self._recent[key] = recent
+            return max(1, math.ceil(recent[0] + per_s - now))
+        self._recent[key] = [*recent, now]
+        return None
 
     def _auth_test(self, body: dict) -> dict:
         return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "bot", "team_id": TEAM,
@@ -426,6 +492,7 @@ class FakeSlack:
 
     def _post_message(self, body: dict) -> dict:
         ts = new_ts()
+        self._place(body["channel"], ts, body.get("thread_ts"), "chat.postMessage")
         message = {"type": "message", "text": body.get("text", ""), "user": BOT_USER, "bot_id": BOT_ID, "ts": ts}
         if body.get("blocks"):
             message["blocks"] = json.loads(body["blocks"]) if isinstance(body["blocks"], str) else body["blocks"]
@@ -445,6 +512,16 @@ class FakeSlack:
         self.views.append(opened)
         return {"ok": True, "view": opened}
 
+    def _update(self, body: dict) -> dict:
+        if body.get("ts") not in self.messages.get(body.get("channel", ""), {}):
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": body["channel"], "ts": body["ts"], "text": body.get("text")}
+
+    def _delete(self, body: dict) -> dict:
+        if self.messages.get(body.get("channel", ""), {}).pop(body.get("ts"), "missing") == "missing":
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": body["channel"], "ts": body["ts"]}
+
     def _users_info(self, body: dict) -> dict:
         user = self.users.get(body.get("user", ""))
         return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
@@ -458,6 +535,8 @@ class FakeSlack:
         missing = [f["id"] for f in files if f["id"] not in self.uploads]
         if missing:
             return {"ok": False, "error": "file_not_found", "files": missing}
+        if body.get("channel_id"):
+            self._place(body["channel_id"], new_ts(), body.get("thread_ts"), "files.completeUploadExternal")
         return {"ok": True, "files": [{"id": f["id"], "title": f.get("title"), "name": f.get("title")}
                                       for f in files]}
 
@@ -469,6 +548,8 @@ class FakeSlack:
         stored = self._files.get(request.match_info["team_file"].split("-", 1)[-1])
         if stored is None:
             return web.Response(status=404, text="file_not_found")
+        if stored.delay_s:
+            await asyncio.sleep(stored.delay_s)
         if stored.serve == "login_page" or auth != f"Bearer {self.bot_token}":
             return web.Response(body=LOGIN_PAGE, content_type="text/html")  # what Slack really does
         return web.Response(body=stored.data, content_type="application/octet-stream")

@@ -1,0 +1,159 @@
+"""Status edits under load: N users each ask for a drawing at the same moment, on Slack and on Discord.
+
+The real slack-bolt and discord.py clients (bot/adapters/) over the loopback fakes
+(tests/fakes/), the real Core with its production pacing (status after 1 s, at most
+one edit a second per message, a shared edit budget per workspace / guild), the
+scripted LLM and the tiny-model pool (one CPU device: the drawings queue, as on a
+busy GPU). Counted at the fakes: ``chat.update`` calls (Slack) and message edits
+(Discord, PATCH), per minute of the run, and the 429s the fakes answered.
+
+    .venv/bin/python bench/status_edits.py [--drawings 20] [--steps 50] [--enforce-limits]
+
+By default the fakes do not rate-limit, so the figure is what the bot asks for;
+``--enforce-limits`` turns on Slack's Tier 3 and Discord's edit limits.
+Ends with ``slack_status_edits_per_min=<float>`` and ``discord_status_edits_per_min=<float>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import discord  # noqa: E402
+import yarl  # noqa: E402
+
+import settings  # noqa: E402
+from bot.adapters.discord_bot import DiscordBot  # noqa: E402
+from bot.adapters.slack_bot import SlackBot  # noqa: E402
+from core.engine import Core  # noqa: E402
+from core.images import ImageStore  # noqa: E402
+from core.llm import LLM  # noqa: E402
+from core.pool_client import PoolClient  # noqa: E402
+from core.store import Store  # noqa: E402
+from tests.conftest import start_pool_with, stop_pool  # noqa: E402
+from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
+from tests.fakes.discord_server import FakeDiscord  # noqa: E402
+from tests.fakes.openai_server import FakeLLM  # noqa: E402
+from tests.fakes.slack_server import BOT_USER, FakeSlack, mention  # noqa: E402
+
+REPLY = "Here is your cat: img1"
+
+
+def build_core(pool, data: Path, llm_url: str) -> Core:
+    cfg = settings.load(pool.config, env_check=False)
+    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, base_url=llm_url),
+                              storage=settings.StorageConfig(data),
+                              discord=settings.DiscordConfig(True, "BENCH_DISCORD_TOKEN", ()))
+    store = Store(data / "bot.db")
+    lim = cfg.limits
+    images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
+                        working_size=lim.working_size)
+    return Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0))  # production pacing
+
+
+def scripted_llm() -> FakeLLM:
+    llm = FakeLLM()
+    llm.on(user="draw a cat", after_tool=False, times=None).call("generate_image", {"prompt": "a cat"})
+    llm.on(after_tool="generate_image", times=None).reply(REPLY)
+    return llm
+
+
+async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
+    """(edits per minute, edits, 429s, seconds) for n drawings at once on Slack."""
+    llm = await scripted_llm().start()
+    core = build_core(pool, folder / "slack", llm.base_url)
+    fake = await FakeSlack().start()
+    if not enforce:
+        getattr(fake, "rate_limits", {}).clear()
+    os.environ.update(SLACK_BOT_TOKEN=fake.bot_token, SLACK_APP_TOKEN=fake.app_token)
+    bot = SlackBot(core, core.config, base_url=fake.base_url, host="127.0.0.1")
+    try:
+        await bot.start()
+        started = time.monotonic()
+        events = [mention(f"C{100 + i}", f"U{100 + i}", f"<@{BOT_USER}> draw a cat {i}") for i in range(n)]
+        await asyncio.gather(*(fake.push_event(e) for e in events))
+        await fake.wait_for("files.completeUploadExternal", count=n, timeout=120 + 60 * n)
+        await bot.idle()
+        seconds = time.monotonic() - started
+    finally:
+        await bot.close()
+        await fake.stop()
+        await llm.stop()
+        await core.pool.close()
+        await core.llm.close()
+    edits = len(fake.called("chat.update"))
+    limited = len(getattr(fake, "rate_limited", []))
+    return edits / (seconds / 60), edits, limited, seconds
+
+
+async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
+    """(edits per minute, edits, 429s, seconds) for n drawings at once in one Discord guild."""
+    llm = await scripted_llm().start()
+    core = build_core(pool, folder / "discord", llm.base_url)
+    fake = await FakeDiscord().start()
+    if not enforce and hasattr(fake, "edit_limit"):
+        fake.edit_limit = (10**9, 1.0)
+    channels = [str(3100 + i) for i in range(n)]
+    for c in channels:
+        fake.add_channel(c)
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    discord.http.Route.BASE = f"{fake.base}/api/v10"
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"{fake.ws_base}/gateway")
+    os.environ["BENCH_DISCORD_TOKEN"] = fake.token
+    bot = DiscordBot(core, core.config, guild_ready_timeout=0.05)
+    try:
+        await bot.start()
+        started = time.monotonic()
+        asks = [message(c, f"<@{BOT_ID}> draw a cat {i}", user(str(7000 + i)), mentions=[fake.bot_user])
+                for i, c in enumerate(channels)]
+        await asyncio.gather(*(fake.push("MESSAGE_CREATE", m) for m in asks))
+        await fake.wait_for_requests("POST", r"^/channels/31\d\d/messages$", n, timeout=120 + 60 * n,
+                                     where=lambda r: bool(r.files))
+        await bot.idle()
+        seconds = time.monotonic() - started
+    finally:
+        await bot.close()
+        await fake.stop()
+        await llm.stop()
+        await core.pool.close()
+        await core.llm.close()
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+    edits = len(fake.matching("PATCH", r"^/channels/\d+/messages/\d+$"))
+    return edits / (seconds / 60), edits, len(getattr(fake, "rate_limited", [])), seconds
+
+
+async def main(n: int, folder: Path, pool, enforce: bool) -> None:
+    for name, run in (("slack", slack_run), ("discord", discord_run)):
+        per_min, edits, limited, seconds = await run(pool, folder, n, enforce)
+        print(f"{name}: {n} drawings at once answered in {seconds:.1f} s; {edits} status edits, "
+              f"{limited} answered 429")
+        print(f"{name}_status_edits_per_min={per_min:.1f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--drawings", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50, help="diffusion steps per drawing (longer jobs)")
+    parser.add_argument("--enforce-limits", action="store_true", help="the fakes answer 429 beyond the limits")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory() as tmp:
+        config, tiny = Path(tmp) / "config.toml", ROOT / "build" / "tiny-models"
+        config.write_text(f'''[pool]\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"\n[storage]\ndata_dir = "data"
+[limits]\nworking_size = 64\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n''')
+        running = start_pool_with(config)
+        try:
+            asyncio.run(main(args.drawings, Path(tmp), running, args.enforce_limits))
+        finally:
+            stop_pool(running)

@@ -1,0 +1,309 @@
+"""Getting a model's files onto this machine, with progress: a local folder as it is, a hub repo
+into the Hugging Face cache. Loaders then read the local folder, never the hub.
+
+    Download(want, dtype)   one repo: ``list`` picks the files (``gpu_pool.weights``) and learns their
+                            sizes; ``fetch`` downloads the missing ones, counting bytes as they arrive
+    Fetcher                 the pool's downloads: one per repo, shared by every model that reads it
+    python -m gpu_pool.fetch --config config.toml      (./scripts/run --fetch)
+                            every configured model's files ahead of time, with a progress bar
+
+Progress comes from huggingface_hub itself: ``hf_hub_download(tqdm_class=...)``
+gives each file one bar, whose ``update`` is called with the bytes written
+(plain HTTP and Xet alike; a class with ``update_transfer`` gets Xet's network
+bytes there, so they are not counted twice). Offline (``HF_HUB_OFFLINE=1``) or
+with the hub out of reach, the files are picked from the cache instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Callable
+
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
+from tqdm.auto import tqdm
+
+from gpu_pool import weights as w
+
+log = logging.getLogger(__name__)
+
+
+class FetchFailed(Exception):
+    """A repo's files could not be had; the message says what to do (for the admin's log and /models)."""
+
+
+class Download:
+    """One hub repo (or local folder) as one model's loader reads it."""
+
+    def __init__(self, want: w.Want, dtype: str):
+        self.want, self.dtype = want, dtype
+        self.files: dict[str, int] = {}  # picked file -> bytes on disk
+        self.weights: dict[str, w.Weights] = {}  # picked weight file -> its slot
+        self.done = 0  # bytes present (already cached, or arrived)
+        self.cached = 0  # bytes that were present before fetching began
+        self.started: float | None = None  # monotonic time the first missing file began
+        self.listed = False
+        self.folder: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return sum(self.files.values())
+
+    def rate(self) -> float:
+        """Bytes per second arriving so far (0 before the first byte)."""
+        if self.started is None:
+            return 0.0
+        return (self.done - self.cached) / max(1e-3, time.monotonic() - self.started)
+
+    def loaded_bytes(self) -> int:
+        """What the picked weights take once loaded at the dtype (configs do not count)."""
+        return sum(slot.loaded_bytes(f, self.files[f], self.dtype) for f, slot in self.weights.items())
+
+    # --- on a worker thread -----------------------------------------------------------
+
+    def list(self) -> None:
+        """Pick the files to read and learn their sizes."""
+        listing = self._listing()
+        files = {f: listing[f] for f in self.want.files if f in listing}
+        picked: dict[str, w.Weights] = {}
+        for slot in self.want.weights:
+            name = next((c for c in slot.candidates(self.dtype) if c in listing), None)
+            if name is None:
+                raise FetchFailed(self._missing(slot))
+            picked[name] = slot
+            files[name] = listing[name]
+        self.files, self.weights, self.listed = files, picked, True
+
+    def fetch(self, on_bytes: Callable[[int], None] | None = None) -> str:
+        """Download the picked files missing from the cache; returns the local folder holding them."""
+        if not self.listed:
+            self.list()
+        if self.want.local:
+            self.done = self.cached = self.total
+            self.folder = self.want.source
+            return self.folder
+        missing = []
+        for name, size in self.files.items():
+            if isinstance(try_to_load_from_cache(self.want.source, name), str):
+                self.done += size
+            else:
+                missing.append(name)
+        self.cached = self.done
+        if missing and (constants.HF_HUB_OFFLINE or not self._online):
+            raise FetchFailed(f"{self.want.source}: {', '.join(missing)} not downloaded yet and the hub is "
+                              "out of reach; run ./scripts/run --fetch where the hub can be reached.")
+        path = None
+        for name in missing:
+            self.started = self.started or time.monotonic()
+            path = hf_hub_download(self.want.source, name, tqdm_class=_bar_class(self, on_bytes))
+        if path is None:  # everything was cached: any picked file tells the snapshot folder
+            name = next(iter(self.files))
+            path = try_to_load_from_cache(self.want.source, name)
+        self.done = self.total
+        self.folder = path[: -len(name)].rstrip("/")
+        return self.folder
+
+    def _arrived(self, n: int, on_bytes: Callable[[int], None] | None) -> None:
+        with self._lock:
+            self.done += n
+        if on_bytes is not None:
+            on_bytes(n)
+
+    def _listing(self) -> dict[str, int]:
+        """Every file of the repo with its size: the hub's listing, else what the cache (or folder) holds."""
+        src = self.want.source
+        if self.want.local:
+            if not os.path.isdir(src):
+                raise FetchFailed(f"{src} is not a folder; check the model's source in config.toml.")
+            out = {}
+            for root, _, names in os.walk(src):
+                for n in names:
+                    p = os.path.join(root, n)
+                    out[os.path.relpath(p, src)] = os.path.getsize(p)
+            return out
+        self._online = not constants.HF_HUB_OFFLINE
+        if self._online:
+            try:
+                return {f.path: f.size for f in HfApi().list_repo_tree(src, recursive=True)
+                        if getattr(f, "size", None) is not None}
+            except OfflineModeIsEnabled:
+                self._online = False
+            except (RepositoryNotFoundError, GatedRepoError) as e:
+                raise FetchFailed(f"{src}: no such repo on the hub, or it needs a token: {e}") from None
+            except Exception as e:  # the hub is out of reach or down: maybe the cache has it all
+                log.warning("cannot list %s on the hub (%s); looking in the cache", src, e)
+                self._online = False
+        candidates = [*self.want.files, *(c for slot in self.want.weights for c in slot.candidates(self.dtype))]
+        out = {}
+        for name in candidates:
+            path = try_to_load_from_cache(src, name)
+            if isinstance(path, str):
+                out[name] = os.path.getsize(path)
+        return out
+
+    _online = True
+
+    def _missing(self, slot: w.Weights) -> str:
+        where = "folder" if self.want.local else "repo"
+        return (f"the {where} {self.want.source} has none of {', '.join(slot.candidates(self.dtype))}"
+                + ("" if self.want.local or self._online else
+                   " in the cache, and the hub is out of reach; run ./scripts/run --fetch where it can be reached"))
+
+
+def _bar_class(download: Download, on_bytes: Callable[[int], None] | None) -> type:
+    """A silent tqdm that hands the bytes huggingface_hub reports to ``download``."""
+
+    class Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            if kwargs.get("initial"):  # a resumed download: what was there already
+                download._arrived(int(kwargs["initial"]), on_bytes)
+
+        def update(self, n: float | None = 1) -> None:
+            download._arrived(int(n or 0), on_bytes)  # negative on a retry that restarts a file
+
+        def update_transfer(self, n: float | None = 1) -> None:
+            pass  # network bytes (Xet); the bytes written arrive through update
+
+        def set_transfer_postfix_str(self, *args, **kwargs) -> None:
+            pass
+
+    return Bar
+
+
+# --- the pool's downloads -----------------------------------------------------------------
+
+
+class Fetcher:
+    """Downloads shared by the models that read the same repo, at most ``parallel`` at a time.
+
+    Work runs on daemon threads: a pool told to stop does not wait for a 2 GB download.
+    """
+
+    def __init__(self, parallel: int = 2):
+        self._slots = asyncio.Semaphore(parallel)
+        self._jobs: dict[tuple[w.Want, bool], tuple[Download, asyncio.Task]] = {}
+
+    def get(self, want: w.Want, dtype: str) -> tuple[Download, asyncio.Task]:
+        """The download of ``want`` (started now, or already under way) and its task (-> folder)."""
+        key = (want, dtype in w.HALF)
+        job = self._jobs.get(key)
+        if job is None or (job[1].done() and (job[1].cancelled() or job[1].exception() is not None)):
+            d = Download(want, dtype)
+            job = self._jobs[key] = (d, asyncio.create_task(self._run(d)))
+        return job
+
+    async def listed(self, want: w.Want, dtype: str) -> Download:
+        """The download of ``want`` once its files are picked (sizes known)."""
+        d, task = self.get(want, dtype)
+        while not d.listed and not task.done():
+            await asyncio.sleep(0.05)
+        return d
+
+    async def _run(self, d: Download) -> str:
+        await _in_thread(d.list)
+        if d.want.local:
+            return d.fetch()  # nothing to download: no thread, no slot
+        async with self._slots:
+            return await _in_thread(d.fetch)
+
+
+def _in_thread(fn: Callable[[], object]) -> asyncio.Future:
+    """Run ``fn`` on a new daemon thread; the future has its result."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(ok: bool, value: object) -> None:
+        if not fut.done():
+            fut.set_result(value) if ok else fut.set_exception(value)
+
+    def work() -> None:
+        try:
+            result, ok = fn(), True
+        except BaseException as e:  # handed to the waiting coroutine
+            result, ok = e, False
+        try:
+            loop.call_soon_threadsafe(settle, ok, result)
+        except RuntimeError:  # the loop closed: the pool is stopping
+            pass
+
+    threading.Thread(target=work, daemon=True, name="fetch").start()
+    return fut
+
+
+# --- ./scripts/run --fetch ----------------------------------------------------------------
+
+
+def size_text(n: float) -> str:
+    """Decimal units, as the hub shows sizes: 2.1 GB, 340 MB, 12 kB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n / scale:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def wants_of(config) -> list[tuple[w.Want, str]]:
+    """Every (repo, dtype) the configured models read, each once."""
+    out: dict[tuple[w.Want, bool], tuple[w.Want, str]] = {}
+    for m in config.models.values():
+        dtype = m.resolved_dtype()
+        for want in w.plan(m.name, m.source, config.pool.sd_base):
+            out.setdefault((want, dtype in w.HALF), (want, dtype))
+    return list(out.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import settings
+
+    parser = argparse.ArgumentParser(prog="./scripts/run --fetch",
+                                     description="Download the weights of the models config.toml names, ahead of "
+                                                 "the first start (only the files the pool reads).")
+    parser.add_argument("--config", default="config.toml", help="config file (default: config.toml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = settings.load(args.config, env_check=False)
+    except settings.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    downloads = []
+    for want, dtype in wants_of(config):
+        if want.local:
+            print(f"{want.source}: a local folder, nothing to fetch")
+            continue
+        d = Download(want, dtype)
+        try:
+            d.list()
+        except Exception as e:
+            print(f"cannot fetch {want.source}: {e}", file=sys.stderr)
+            return 1
+        have = sum(size for name, size in d.files.items()
+                   if isinstance(try_to_load_from_cache(want.source, name), str))
+        print(f"{want.source}: {len(d.files)} files, {size_text(d.total)}"
+              + (f" ({size_text(have)} already here)" if have else ""))
+        downloads.append((d, have))
+    total, have = sum(d.total for d, _ in downloads), sum(h for _, h in downloads)
+    print(f"Total: {size_text(total)} in {len(downloads)} repos; {size_text(total - have)} to download "
+          f"into {constants.HF_HUB_CACHE}")
+    with tqdm(total=total, initial=have, unit="B", unit_scale=True, desc="Fetching", file=sys.stderr) as bar:
+        for d, _ in downloads:
+            try:
+                d.fetch(on_bytes=bar.update)
+            except Exception as e:
+                bar.close()
+                print(f"cannot fetch {d.want.source}: {e}", file=sys.stderr)
+                return 1
+    print("All weights are here. Start the bot with ./scripts/run (HF_HUB_OFFLINE=1 keeps it off the network).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Weights from the hub, against a loopback hub (tests/fakes/hub_server.py) serving the tiny models in
+the real repos' layouts: `./scripts/run --fetch`, the first start's progress in the chat, offline after.
+
+The pool and the fetch command are real processes using the real huggingface_hub client; only
+``HF_ENDPOINT`` points at the fake, and ``HF_HOME`` at a fresh cache per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gpu_pool.protocol import JobRequest, RawImage
+from scripts.tiny_models.hub import ROOTS
+from tests.conftest import ROOT, Pool, _wait_ready, make_core, stop_pool
+from tests.fakes.hub_server import FakeHub
+from tests.test_agent import RecordingReply, turn
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+MODELS = '''
+[models.Text2Image]
+device = "cpu"
+dtype = "float16"
+[models.InstructPix2Pix]
+device = "cpu"
+dtype = "float16"
+[models.ImageCaptioning]
+device = "cpu"
+[models.Image2Seg]
+device = "cpu"
+[models.Image2Pose]
+device = "cpu"
+'''
+
+
+def config(folder: Path, models: str = MODELS) -> Path:
+    """A config with the seed's hub ids as sources (the defaults), small limits, its own socket."""
+    path = folder / "config.toml"
+    # no safety checker on this fake hub: the drawings are random noise, and the filter is tested elsewhere
+    path.write_text(f'[pool]\nsocket = "pool.sock"\n[storage]\ndata_dir = "data"\n[safety]\nenabled = false\n'
+                    f'[limits]\nworking_size = 64\nmax_output_size = 256\nmax_steps = 2\n{models}')
+    return path
+
+
+def hub_env(hub: FakeHub, home: Path, offline: bool = False) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(home), HF_HUB_OFFLINE="1" if offline else "0",
+               HF_HUB_DISABLE_TELEMETRY="1")
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    if not offline:
+        env["HF_ENDPOINT"] = hub.url
+    return env
+
+
+def start_pool(cfg: Path, env: dict[str, str]) -> Pool:
+    log = cfg.parent / "pool.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(cfg)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    return Pool(cfg, proc, log)
+
+
+@pytest.fixture(scope="module")
+def hub_repos(tiny_dir) -> dict[str, Path]:
+    return {repo: tiny_dir / "hub" / repo for repo in ROOTS}
+
+
+@pytest.fixture(scope="module")
+def fetched(hub_repos, tmp_path_factory):
+    """`./scripts/run --fetch` (python -m gpu_pool.fetch) for MODELS into a fresh cache."""
+    folder = tmp_path_factory.mktemp("fetch")
+    hub = FakeHub(hub_repos).start()
+    try:
+        cfg = config(folder)
+        run = subprocess.run([sys.executable, "-m", "gpu_pool.fetch", "--config", str(cfg)], cwd=ROOT,
+                             env=hub_env(hub, folder / "hf"), capture_output=True, text=True, timeout=300)
+    finally:
+        hub.stop()
+    return cfg, folder / "hf", run, hub
+
+
+def test_fetch_downloads_only_the_files_the_loaders_read(fetched):
+    cfg, home, run, hub = fetched
+    assert run.returncode == 0, run.stderr
+    assert not hub.unknown
+    got = hub.downloaded()
+    assert sorted(f for f in got if f.startswith(SD15)) == sorted(f"{SD15}/{f}" for f in [
+        "model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
+        "text_encoder/config.json", "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json",
+        "tokenizer/vocab.json", "tokenizer/merges.txt",
+        # float16: the fp16 variants, not the 4 GB of float32 weights, the safety checker or v1-5-pruned
+        "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+        "text_encoder/model.fp16.safetensors"])
+    assert sorted(hub.downloaded("timbrooks/instruct-pix2pix")) == [  # no fp16 variant there: the full UNet
+        "timbrooks/instruct-pix2pix/scheduler/scheduler_config.json", "timbrooks/instruct-pix2pix/unet/config.json",
+        "timbrooks/instruct-pix2pix/unet/diffusion_pytorch_model.safetensors"]
+    assert "openmmlab/upernet-convnext-small/pytorch_model.bin" in got  # a .bin-only repo
+    assert sorted(hub.downloaded("lllyasviel/Annotators")) == [
+        "lllyasviel/Annotators/body_pose_model.pth", "lllyasviel/Annotators/facenet.pth",
+        "lllyasviel/Annotators/hand_pose_model.pth"]
+    assert not [f for f in got if f.endswith((".h5", ".ckpt", "ZoeD_M12_N.pt", "sk_model.pth"))]
+    assert len(got) == len(set(got))  # nothing twice (the SD base serves two models)
+
+    total = sum((hub.repos[f.split("/", 2)[0] + "/" + f.split("/", 2)[1]] / f.split("/", 2)[2]).stat().st_size
+                for f in got)
+    lines = run.stdout.splitlines()
+    assert f"{SD15}: 12 files, 2 MB" in lines
+    assert f"Total: {total / 1e6:.0f} MB in 5 repos; {total / 1e6:.0f} MB to download into {home / 'hub'}" in lines
+    assert re.search(r"Fetching: 100%.*\| ?[0-9.]+M/[0-9.]+M", run.stderr)  # the progress bar, over the total
+
+    again = subprocess.run([sys.executable, "-m", "gpu_pool.fetch", "--config", str(cfg)], cwd=ROOT,
+                           env=hub_env(hub, home, offline=True), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr  # offline, from the cache: nothing left to fetch
+    assert f"Total: {total / 1e6:.0f} MB in 5 repos; 0 B to download into {home / 'hub'}" in again.stdout
+
+
+async def test_after_fetch_the_pool_runs_offline(fetched):
+    """HF_HUB_OFFLINE=1 and the cache the fetch filled: every model loads, and a 1x1 edit comes back at 64 px."""
+    cfg, home, _, hub = fetched
+    pool = start_pool(cfg, hub_env(hub, home, offline=True))
+    try:
+        await _wait_ready(pool.url, pool.proc, pool.log)
+        client = pool.client()
+        dot = RawImage.from_pil(Image.new("RGB", (1, 1), (90, 140, 200)))
+        ev = await client.result(JobRequest("InstructPix2Pix", {"prompt": "make it winter", "steps": 2}, [dot]))
+        infos = {m.name: m for m in await client.models()}
+        await client.close()
+    finally:
+        stop_pool(pool)
+    assert ev.kind == "done", ev.message
+    assert (ev.images[0].width, ev.images[0].height) == (64, 64)
+    assert infos["Text2Image"].dtype == "float16" and infos["InstructPix2Pix"].shares_with == ["Text2Image"]
+
+
+async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_repos, tmp_path, llm_server):
+    """A turn whose model is still downloading is answered when it is ready, though that takes longer than
+    the turn's deadline; meanwhile the chat and /models show the progress."""
+    hub = FakeHub(hub_repos, bytes_per_s=300_000).start()  # the fp16 SD base (2.4 MB) takes about 8 s
+    pool = start_pool(config(tmp_path, MODELS.split("[models.InstructPix2Pix]")[0]), hub_env(hub, tmp_path / "hf"))
+    try:
+        client = pool.client()
+        deadline = time.monotonic() + 60
+        while not await client.health():
+            assert pool.proc.poll() is None and time.monotonic() < deadline, pool.log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+        await client.close()
+        core = make_core(pool, tmp_path, llm_server, turn_timeout_s=6)
+        llm_server.on(user="draw a cat", after_tool=False).call("generate_image", {"prompt": "a cat"})
+        llm_server.on(after_tool="generate_image").reply("Here it is: img1")
+        reply = RecordingReply()
+        started = time.monotonic()
+        answer = asyncio.create_task(core.handle(turn("draw a cat", "dl"), reply))
+        while not any(s and "still downloading (" in s for s in reply.statuses):
+            assert not answer.done() and time.monotonic() - started < 60, reply.statuses
+            await asyncio.sleep(0.05)
+        listing = await core.admin(dataclasses.replace(turn("/models"), is_admin=True), "models")
+        out = await asyncio.wait_for(answer, 120)
+        elapsed = time.monotonic() - started
+        await core.pool.close()
+        await core.llm.close()
+    finally:
+        stop_pool(pool)
+        hub.stop()
+    assert re.match(r"Text2Image: downloading on cpu \(float16\), [0-9] of 2 MB", listing), listing
+    waiting = [s for s in reply.statuses if s and "still" in s]
+    assert re.fullmatch(r"Text2Image is still downloading \([0-9] of 2 MB(, about [0-9]+ (s|min) left)?\); "
+                        r"I'll answer when it is ready", waiting[0]), waiting
+    assert reply.text == "Here it is: img1" and out.images == ["img1"], reply.statuses
+    assert elapsed > 6  # longer than the turn's deadline, and still answered
+    assert sorted(f for f in hub.downloaded() if "fp16" in f) == [
+        f"{SD15}/text_encoder/model.fp16.safetensors", f"{SD15}/unet/diffusion_pytorch_model.fp16.safetensors",
+        f"{SD15}/vae/diffusion_pytorch_model.fp16.safetensors"]
