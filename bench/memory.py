@@ -340,7 +340,7 @@ def report(seed: dict, pool: dict, cpu: dict) -> tuple[float, float]:
 # The seed's repos that publish fp16 variant files (model.fp16.safetensors /
 # diffusion_pytorch_model.fp16.safetensors) next to the full ones, per their hub file listings:
 # SD1.5 (unet, vae, text_encoder) and SD1.5-inpainting (unet). timbrooks/instruct-pix2pix, the
-# lllyasviel ControlNets and the transformers repos publish float32 only.
+# lllyasviel ControlNets, stabilityai/sd-x2-latent-upscaler and the transformers repos publish float32 only.
 HAS_FP16 = {SD15, "stable-diffusion-v1-5/stable-diffusion-inpainting"}
 
 
@@ -372,7 +372,7 @@ def report_downloads(pool: dict, cpu: dict) -> float:
         kind = "fp16" if fetched < full else "fp32"
         print(f"{repo:<52}{kind:>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
     fetched, full = sum(f for f, _ in rows.values()), sum(f for _, f in rows.values())
-    print(f"{'total, every seed model':<52}{'':>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
+    print(f"{'total, every model':<52}{'':>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
     shipped = rows[SD15][0] + rows[MODEL_DEFAULTS["ImageCaptioning"]][0]
     print(f"the shipped config.toml (ImageCaptioning + Text2Image): {shipped / MIB:.1f} MiB")
     return fetched / MIB
@@ -401,7 +401,7 @@ def main() -> None:
         buttons = button_models(pool)
     assert set(pool) | set(cpu) | set(buttons) == set(MODEL_NAMES) and set(seed) == set(pool)
     ours, seeds = report(seed, pool, cpu)
-    fetched = report_downloads(pool, cpu)
+    fetched = report_downloads(pool | {"Upscale": buttons["Upscale"]}, cpu)  # Variations: the base's files
     print(f"built and counted on meta in {time.perf_counter() - started:.1f} s")
     if torch.cuda.is_available() and not args.no_cuda:
         peak, accounted = cuda_peak_mib()

@@ -358,7 +358,8 @@ class DiscordBot:
         try:
             user = interaction.user
             turn = Turn("discord", session, str(user.id), user.display_name, "", (),
-                        self._is_admin(user.id, interaction.permissions), nsfw_channel=_age_restricted(interaction.channel))
+                        self._is_admin(user.id, interaction.permissions),
+                        nsfw_channel=_age_restricted(interaction.channel))
             await self.core.act(turn, reply, image, tag, action, instruction)
         except discord.Forbidden as e:
             log.warning("no permission to answer a button in %s: %s", session, e)

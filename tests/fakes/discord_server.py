@@ -25,7 +25,8 @@ as Discord keeps them, so a test presses one as a user would, even on a restarte
 
     posted = await discord_fake.wait_for_request("POST", ANSWER, where=with_files)
     await discord_fake.push("INTERACTION_CREATE", discord_fake.press(posted, "vc:reroll:img1:...", author=bob))
-    form = await discord_fake.wait_for_request("POST", r"/interactions/.*/callback", where=lambda r: r.json["type"] == 9)
+    form = await discord_fake.wait_for_request("POST", r"/interactions/.*/callback",
+                                               where=lambda r: r.json["type"] == 9)
     await discord_fake.push("INTERACTION_CREATE", discord_fake.submit(form, {"instruction": "make it winter"}))
 
 The interaction callback answers as Discord does for each response type: 4 (a message,

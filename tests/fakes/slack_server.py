@@ -323,8 +323,8 @@ class FakeSlack:
         if thread:
             container["thread_ts"] = thread
         n = next(self._ids)
-        payload = {"type": "block_actions", "user": self._user(user), "api_app_id": APP_ID, "token": "verification-token",
-                   "container": container, "trigger_id": self._trigger(), "team": {"id": TEAM, "domain": "fake"},
+        payload = {"type": "block_actions", "user": self._user(user), "api_app_id": APP_ID,
+                   "token": "verification-token", "container": container, "trigger_id": self._trigger(), "team": {"id": TEAM, "domain": "fake"},
                    "enterprise": None, "is_enterprise_install": False,
                    "channel": {"id": channel, "name": "directmessage" if channel.startswith("D") else "general"},
                    "message": message, "state": {"values": {}},
