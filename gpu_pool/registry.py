@@ -243,8 +243,7 @@ class Registry:
                 continue
             for want in w.plan(name, cfg.source, self.config.pool.sd_base):
                 d = await self.fetcher.listed(want, dt)
-                for f, slot in d.weights.items():
-                    b = slot.loaded_bytes(f, d.files[f], dt)
+                for f, b in d.weight_bytes().items():
                     files.setdefault(dev, {})[(want.source, f)] = b
                     per_device.setdefault(dev, {}).setdefault(name, 0)
                     per_device[dev][name] += b
