@@ -160,6 +160,11 @@ class Registry:
         """Load (or reload) ``name``; ``device``/``dtype`` override the config until the next reload."""
         return await self._finish(self._begin(name, device, dtype))
 
+    def start_load(self, name: str, device: str | None = None, dtype: str | None = None) -> asyncio.Task:
+        """``load`` in a task, its entry (state "loading") there already when this returns: callers that
+        check for the entry and start a load, without awaiting in between, never load a model twice."""
+        return asyncio.create_task(self._finish(self._begin(name, device, dtype)), name=f"load-{name}")
+
     def _begin(self, name: str, device: str | None = None, dtype: str | None = None, release: bool = True) -> Entry:
         """A new loading entry for ``name`` in place of the old one, whose copy is released now
         (``release=False``: the caller releases, once for many)."""

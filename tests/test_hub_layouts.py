@@ -91,7 +91,8 @@ def check_output(name: str, out) -> None:
     elif name == "SafetyChecker":  # the tiny checker's thresholds flag nothing
         assert out.text.startswith("not flagged (score ") and not out.images
     elif name == "Text2Box":  # the tiny detector sees cats: one box per query, inside the image
-        assert out.data["boxes"] and all(0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 32 for x0, y0, x1, y1 in out.data["boxes"])
+        boxes = out.data["boxes"]
+        assert boxes and all(0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 32 for x0, y0, x1, y1 in boxes)
     elif name == "LLM":
         answer = json.loads(out.text)
         assert answer["completion_tokens"] > 0 and answer["finish_reason"] in ("stop", "length")
