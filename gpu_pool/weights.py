@@ -90,7 +90,8 @@ class Want:
 # Configs and tokenizer/processor files a transformers repo may hold; the loaders read those present.
 # A processor reads its chat template from chat_template.jinja, or the legacy chat_template.json
 # (Qwen/Qwen3-VL-2B-Instruct's): without it a chat model cannot chat. A video-capable processor
-# (Qwen3-VL's) will not load without video_preprocessor_config.json.
+# (Qwen3-VL's) reads video_preprocessor_config.json; without it transformers falls back to the
+# image processor's settings, which are not Qwen3-VL's for video.
 TRANSFORMERS_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
                       "video_preprocessor_config.json", "chat_template.jinja", "chat_template.json",
                       "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json",

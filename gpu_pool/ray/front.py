@@ -5,9 +5,10 @@ listen, then place every configured model on one replica in the background
 (``/health`` answers at once; early jobs wait for their model, as locally).
 Jobs stream from the replica that ``router.HotModelRouter`` picks; each job
 and placement names the models every replica holds (the safety checker), which
-the replica loads where it lacks them. Admin calls reach every replica. A replica that dies mid-job ends the job with
-code ``unavailable`` and the words the bot uses for a pool that died; Serve
-starts a new replica, and the next job for that model loads it again.
+the replica loads where it lacks them. Admin calls reach every replica. A
+replica that dies mid-job ends the job with code ``unavailable`` and the words
+the bot uses for a pool that died; Serve starts a new replica, and the next
+job for that model loads it again.
 """
 
 from __future__ import annotations
