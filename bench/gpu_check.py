@@ -174,7 +174,7 @@ def run_all(label: str, models: dict, sizes: list[int], meter: Meter, deadline: 
             images = [image] if model.n_images is None else [image, mask][:model.n_images]  # None: the LLM
             try:
                 with meter.run(prefix), torch.inference_mode():
-                    out = model.run(check_params(model, params, limits), images, lambda i, n: None)
+                    out = model.run(check_params(model, params, limits), images, lambda *_: None)
                 assert out.images or out.text is not None, "no output"
             except Exception as e:
                 fail(prefix, e)
@@ -194,7 +194,7 @@ def untiled(label: str, models: dict, size: int, meter: Meter) -> None:
         params = check_params(model, {"prompt": "a red house", "steps": 2, "width": size, "height": size},
                               {"max_steps": 100, "max_output_size": size})
         with meter.run(f"{label}_Text2Image_{size}_untiled"), meter.torch.inference_mode():
-            model.run(params, [], lambda i, n: None)
+            model.run(params, [], lambda *_: None)
     except Exception as e:
         fail(f"{label}_Text2Image_{size}_untiled", e)
     finally:

@@ -44,7 +44,7 @@ class Download:
     def __init__(self, want: w.Want, dtype: str):
         self.want, self.dtype = want, dtype
         self.files: dict[str, int] = {}  # picked file -> bytes on disk
-        self.weights: dict[str, w.Weights] = {}  # picked weight file -> its slot
+        self.weights: dict[str, tuple[w.Weights, str]] = {}  # weight file (or shard) -> its slot, the candidate picked
         self.done = 0  # bytes present (already cached, or arrived)
         self.cached = 0  # bytes that were present before fetching began
         self.started: float | None = None  # monotonic time the first missing file began
@@ -62,23 +62,33 @@ class Download:
             return 0.0
         return (self.done - self.cached) / max(1e-3, time.monotonic() - self.started)
 
+    def weight_bytes(self) -> dict[str, int]:
+        """Each picked weight file (each shard) with the bytes it takes once loaded at the dtype."""
+        return {f: slot.loaded_bytes(name, self.files[f], self.dtype) for f, (slot, name) in self.weights.items()}
+
     def loaded_bytes(self) -> int:
         """What the picked weights take once loaded at the dtype (configs do not count)."""
-        return sum(slot.loaded_bytes(f, self.files[f], self.dtype) for f, slot in self.weights.items())
+        return sum(self.weight_bytes().values())
 
     # --- on a worker thread -----------------------------------------------------------
 
     def list(self) -> None:
-        """Pick the files to read and learn their sizes."""
+        """Pick the files to read and learn their sizes (a sharded checkpoint's index is read here)."""
         listing = self._listing()
         files = {f: listing[f] for f in self.want.files if f in listing}
-        picked: dict[str, w.Weights] = {}
+        picked: dict[str, tuple[w.Weights, str]] = {}
         for slot in self.want.weights:
             name = next((c for c in slot.candidates(self.dtype) if c in listing), None)
             if name is None:
                 raise FetchFailed(self._missing(slot))
-            picked[name] = slot
             files[name] = listing[name]
+            for part in self._shards(name) if w.is_index(name) else [name]:
+                if part not in listing:
+                    raise FetchFailed(f"{self.want.source}: {name} names {part}, which is not there"
+                                      + ("" if self.want.local or self._online else " (not in the cache, and the hub "
+                                         "is out of reach; run ./scripts/run --fetch where it can be reached)"))
+                files[part] = listing[part]
+                picked[part] = (slot, name)
         self.files, self.weights, self.listed = files, picked, True
 
     def fetch(self, on_bytes: Callable[[int], None] | None = None) -> str:
@@ -146,7 +156,19 @@ class Download:
             path = try_to_load_from_cache(src, name)
             if isinstance(path, str):
                 out[name] = os.path.getsize(path)
+                for shard in w.shards(path, name) if w.is_index(name) else []:
+                    if isinstance(part := try_to_load_from_cache(src, shard), str):
+                        out[shard] = os.path.getsize(part)
         return out
+
+    def _shards(self, index: str) -> list[str]:
+        """The shards the index names: read from the folder, the cache, or downloaded (it is one of the files)."""
+        if self.want.local:
+            return w.shards(os.path.join(self.want.source, index), index)
+        path = try_to_load_from_cache(self.want.source, index)
+        if not isinstance(path, str):
+            path = hf_hub_download(self.want.source, index, tqdm_class=_bar_class(None, None))
+        return w.shards(path, index)
 
     _online = True
 
@@ -157,18 +179,19 @@ class Download:
                    " in the cache, and the hub is out of reach; run ./scripts/run --fetch where it can be reached"))
 
 
-def _bar_class(download: Download, on_bytes: Callable[[int], None] | None) -> type:
-    """A silent tqdm that hands the bytes huggingface_hub reports to ``download``."""
+def _bar_class(download: Download | None, on_bytes: Callable[[int], None] | None) -> type:
+    """A silent tqdm that hands the bytes huggingface_hub reports to ``download`` (None: to nobody)."""
 
     class Bar(tqdm):
         def __init__(self, *args, **kwargs):
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
-            if kwargs.get("initial"):  # a resumed download: what was there already
+            if kwargs.get("initial") and download:  # a resumed download: what was there already
                 download._arrived(int(kwargs["initial"]), on_bytes)
 
         def update(self, n: float | None = 1) -> None:
-            download._arrived(int(n or 0), on_bytes)  # negative on a retry that restarts a file
+            if download:
+                download._arrived(int(n or 0), on_bytes)  # negative on a retry that restarts a file
 
         def update_transfer(self, n: float | None = 1) -> None:
             pass  # network bytes (Xet); the bytes written arrive through update

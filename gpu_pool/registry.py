@@ -160,6 +160,11 @@ class Registry:
         """Load (or reload) ``name``; ``device``/``dtype`` override the config until the next reload."""
         return await self._finish(self._begin(name, device, dtype))
 
+    def start_load(self, name: str, device: str | None = None, dtype: str | None = None) -> asyncio.Task:
+        """``load`` in a task, its entry (state "loading") there already when this returns: callers that
+        check for the entry and start a load, without awaiting in between, never load a model twice."""
+        return asyncio.create_task(self._finish(self._begin(name, device, dtype)), name=f"load-{name}")
+
     def _begin(self, name: str, device: str | None = None, dtype: str | None = None, release: bool = True) -> Entry:
         """A new loading entry for ``name`` in place of the old one, whose copy is released now
         (``release=False``: the caller releases, once for many)."""
@@ -243,8 +248,7 @@ class Registry:
                 continue
             for want in w.plan(name, cfg.source, self.config.pool.sd_base):
                 d = await self.fetcher.listed(want, dt)
-                for f, slot in d.weights.items():
-                    b = slot.loaded_bytes(f, d.files[f], dt)
+                for f, b in d.weight_bytes().items():
                     files.setdefault(dev, {})[(want.source, f)] = b
                     per_device.setdefault(dev, {}).setdefault(name, 0)
                     per_device[dev][name] += b

@@ -11,10 +11,15 @@ in 16 bits and the repo has it (SD1.5's UNet: 1.7 GB instead of 3.4 GB), else
 the full file, safetensors before the legacy ``.bin``. bfloat16 takes the fp16
 file too: half the download, and the cast from fp16 to bf16 loses nothing the
 cast from fp32 would keep at bf16's 8 bits of mantissa.
+
+A checkpoint too big for one file is sharded: an index (``model.safetensors.index.json``)
+names the shards that hold each weight. The index is the candidate picked; the
+shards it names are fetched with it (``shards``), and from_pretrained reads them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -25,36 +30,43 @@ HALF = ("float16", "bfloat16")
 class Weights:
     """One weight file a loader reads, as the candidates a repo may hold."""
 
-    fp16: tuple[str, ...]  # the fp16 variant files, best first
-    full: tuple[str, ...]  # the full-precision files, best first
+    fp16: tuple[str, ...]  # the fp16 variant files (or their shards' index), best first
+    full: tuple[str, ...]  # the full files (or their shards' index), best first
     keep_fp32: bool = False  # runs in float32 whatever the dtype (the controlnet_aux networks)
+    full_is_16_bit: bool = False  # the full files hold 16-bit weights (today's LLMs ship bfloat16)
 
     def candidates(self, dtype: str) -> tuple[str, ...]:
         """Files to look for, best first: the variant that matches the dtype, then the other one."""
         return self.fp16 + self.full if dtype in HALF and not self.keep_fp32 else self.full + self.fp16
 
     def loaded_bytes(self, filename: str, size: int, dtype: str) -> int:
-        """Bytes ``filename`` (``size`` bytes on disk) takes once loaded at ``dtype``.
-
-        Full files of the seed's repos are float32; variant files are float16.
+        """Bytes a file picked as ``filename`` (``size`` bytes on disk; a shard of it when it is an index)
+        takes once loaded at ``dtype``. Full files of the seed's repos are float32; variant files are float16.
         """
-        file_bytes_per_weight = 2 if filename in self.fp16 else 4
+        file_bytes_per_weight = 2 if filename in self.fp16 or self.full_is_16_bit else 4
         weight_bytes = 4 if self.keep_fp32 or dtype == "float32" else 2
         return size * weight_bytes // file_bytes_per_weight
 
 
+def _files(p: str, safetensors: str, pickled: str, **kw) -> Weights:
+    """A checkpoint in folder prefix ``p``: one file or an index of shards, each in safetensors (named
+    ``safetensors``.safetensors) or .bin (``pickled``.bin), the fp16 variant named as diffusers and transformers
+    name it (``_add_variant``: model.fp16.safetensors, model.safetensors.index.fp16.json)."""
+    def forms(variant: str) -> tuple[str, ...]:
+        return (f"{p}{safetensors}{variant}.safetensors", f"{p}{safetensors}.safetensors.index{variant}.json",
+                f"{p}{pickled}{variant}.bin", f"{p}{pickled}.bin.index{variant}.json")
+
+    return Weights(forms(".fp16"), forms(""), **kw)
+
+
 def diffusers(sub: str) -> Weights:
     """A diffusers model's weights in ``sub`` ("unet", "vae", or "" for a ControlNet repo)."""
-    p = f"{sub}/" if sub else ""
-    return Weights((f"{p}diffusion_pytorch_model.fp16.safetensors", f"{p}diffusion_pytorch_model.fp16.bin"),
-                   (f"{p}diffusion_pytorch_model.safetensors", f"{p}diffusion_pytorch_model.bin"))
+    return _files(f"{sub}/" if sub else "", "diffusion_pytorch_model", "diffusion_pytorch_model")
 
 
-def transformers(sub: str = "") -> Weights:
+def transformers(sub: str = "", full_is_16_bit: bool = False) -> Weights:
     """A transformers model's weights in ``sub`` ("text_encoder", or "" for the repo's root)."""
-    p = f"{sub}/" if sub else ""
-    return Weights((f"{p}model.fp16.safetensors", f"{p}pytorch_model.fp16.bin"),
-                   (f"{p}model.safetensors", f"{p}pytorch_model.bin"))
+    return _files(f"{sub}/" if sub else "", "model", "pytorch_model", full_is_16_bit=full_is_16_bit)
 
 
 def raw(filename: str) -> Weights:
@@ -76,7 +88,12 @@ class Want:
 
 
 # Configs and tokenizer/processor files a transformers repo may hold; the loaders read those present.
+# A processor reads its chat template from chat_template.jinja, or the legacy chat_template.json
+# (Qwen/Qwen3-VL-2B-Instruct's): without it a chat model cannot chat. A video-capable processor
+# (Qwen3-VL's) reads video_preprocessor_config.json; without it transformers falls back to the
+# image processor's settings, which are not Qwen3-VL's for video.
 TRANSFORMERS_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                      "video_preprocessor_config.json", "chat_template.jinja", "chat_template.json",
                       "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json",
                       "vocab.txt", "vocab.json", "merges.txt")
 # The parts of a Stable Diffusion 1.5 repo the shared base reads: not the safety checker, its
@@ -118,11 +135,26 @@ def plan(name: str, source: str, base: str) -> list[Want]:
         return [Want(source, (), (raw("ControlNetHED.pth"),))]
     if name == "Image2Pose":
         return [Want(source, (), tuple(raw(f) for f in OPENPOSE))]
-    # The transformers models, and any model added later that is laid out like one.
+    if name == "LLM":  # today's LLMs ship bfloat16 weights, not float32
+        return [Want(source, TRANSFORMERS_FILES, (transformers(full_is_16_bit=True),))]
+    # The transformers models (SafetyChecker, Text2Box and Segmenting among them), and any model
+    # added later that is laid out like one.
     return [Want(source, TRANSFORMERS_FILES, (transformers(),))]
 
 
 # --- in a local folder --------------------------------------------------------------------
+
+
+def is_index(name: str) -> bool:
+    """Whether a weight file is the index of a sharded checkpoint (model.safetensors.index[.fp16].json)."""
+    return ".index." in os.path.basename(name) and name.endswith(".json")
+
+
+def shards(index_path: str, index_name: str) -> list[str]:
+    """The shard files the index ``index_name`` (read from ``index_path``) names, as paths in its repo."""
+    folder = os.path.dirname(index_name)
+    with open(index_path) as f:
+        return [os.path.join(folder, s) if folder else s for s in dict.fromkeys(json.load(f)["weight_map"].values())]
 
 
 class MissingWeights(FileNotFoundError):

@@ -178,3 +178,90 @@ async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_
     assert sorted(f for f in hub.downloaded() if "fp16" in f) == [
         f"{SD15}/text_encoder/model.fp16.safetensors", f"{SD15}/unet/diffusion_pytorch_model.fp16.safetensors",
         f"{SD15}/vae/diffusion_pytorch_model.fp16.safetensors"]
+
+
+# --- the models added since the seed: their own repos, chat templates, shards ----------------------
+
+LATER = '''
+[models.Text2Box]
+device = "cpu"
+[models.Segmenting]
+device = "cpu"
+[models.SafetyChecker]
+device = "cpu"
+[models.LLM]
+device = "cpu"
+'''
+QWEN2B, QWEN4B = "Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"
+QWEN_FILES = ["chat_template.json", "config.json", "generation_config.json", "merges.txt", "preprocessor_config.json",
+              "tokenizer.json", "tokenizer_config.json", "video_preprocessor_config.json", "vocab.json"]
+
+
+def fetch(cfg: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpu_pool.fetch", "--config", str(cfg)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def fetched_later(hub_repos, tmp_path_factory):
+    """--fetch for LATER (the LLM's default, Qwen3-VL-2B), then for the LLM from Qwen3-VL-4B (sharded), one cache."""
+    folder = tmp_path_factory.mktemp("fetch-later")
+    (folder / "4b").mkdir()
+    hub = FakeHub(hub_repos).start()
+    try:
+        cfg, cfg_4b = config(folder, LATER), config(folder / "4b", LATER + f'source = "{QWEN4B}"\n')
+        runs = [fetch(cfg, hub_env(hub, folder / "hf")), fetch(cfg_4b, hub_env(hub, folder / "hf"))]
+    finally:
+        hub.stop()
+    return cfg, cfg_4b, folder / "hf", runs, hub
+
+
+def test_fetch_gets_the_later_models_from_their_own_repos_with_chat_templates_and_shards(fetched_later):
+    cfg, cfg_4b, home, runs, hub = fetched_later
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert not hub.unknown
+    got = hub.downloaded()
+    assert len(got) == len(set(got))  # nothing twice (a sharded checkpoint's index is read before the fetch)
+    assert sorted(hub.downloaded("IDEA-Research/grounding-dino-tiny")) == [
+        f"IDEA-Research/grounding-dino-tiny/{f}" for f in (
+            "added_tokens.json", "config.json", "model.safetensors", "preprocessor_config.json",
+            "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")]  # not the .bin
+    assert sorted(hub.downloaded("facebook/sam-vit-huge")) == [
+        "facebook/sam-vit-huge/config.json", "facebook/sam-vit-huge/model.safetensors",
+        "facebook/sam-vit-huge/preprocessor_config.json"]  # not the .bin, nor TensorFlow's
+    assert sorted(hub.downloaded("CompVis/stable-diffusion-safety-checker")) == [  # its own repo: a .bin only
+        "CompVis/stable-diffusion-safety-checker/config.json",
+        "CompVis/stable-diffusion-safety-checker/preprocessor_config.json",
+        "CompVis/stable-diffusion-safety-checker/pytorch_model.bin"]
+    assert not [f for f in got if "safety_checker/" in f or f.startswith(SD15)]  # never the SD repo's copy
+    assert sorted(hub.downloaded(QWEN2B)) == [f"{QWEN2B}/{f}" for f in sorted([*QWEN_FILES, "model.safetensors"])]
+    assert sorted(hub.downloaded(QWEN4B)) == [f"{QWEN4B}/{f}" for f in sorted([
+        *QWEN_FILES, "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors"])]
+
+    again = fetch(cfg_4b, hub_env(hub, home, offline=True))  # offline: the index and its shards from the cache
+    assert again.returncode == 0, again.stderr
+    assert f"{QWEN4B}: 12 files, " in again.stdout and "B to download" in again.stdout
+    assert re.search(r"; 0 B to download", again.stdout), again.stdout
+
+
+async def test_after_fetch_the_later_models_load_offline_and_the_llm_chats(fetched_later):
+    """The pool finds every file it reads in the cache: the chat works (its template came too), boxes come back."""
+    cfg, _, home, _, hub = fetched_later
+    pool = start_pool(cfg, hub_env(hub, home, offline=True))
+    try:
+        await _wait_ready(pool.url, pool.proc, pool.log)  # fails on a model that did not load
+        client = pool.client()
+        chat = await client.result(JobRequest("LLM", {"messages": [{"role": "user", "content": "a cat?"}],
+                                                      "max_tokens": 4, "seed": 0}, []))
+        cat = RawImage.from_pil(Image.new("RGB", (64, 48), (200, 120, 40)))
+        boxes = await client.result(JobRequest("Text2Box", {"prompt": "the cat"}, [cat]))
+        infos = {m.name: m for m in await client.models()}
+        await client.close()
+    finally:
+        stop_pool(pool)
+    assert chat.kind == "done", chat.message
+    assert chat.text.startswith('{"content": ') and '"completion_tokens": ' in chat.text
+    assert boxes.kind == "done" and boxes.data["boxes"], boxes.message
+    assert {n: m.state for n, m in infos.items()} == {n: "ready" for n in ("Text2Box", "Segmenting", "SafetyChecker",
+                                                                          "LLM")}

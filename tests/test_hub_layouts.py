@@ -75,17 +75,27 @@ def run_once(model: PoolModel):
         params["question"] = "what is on the sofa?"
     if "detect_resolution" in model.params:
         params["detect_resolution"] = 64
+    if model.name == "LLM":
+        params.update(messages=[{"role": "user", "content": "what is on the sofa?"}], max_tokens=4)
     image = Image.new("RGB", (48, 32), (200, 120, 40))
     mask = Image.new("L", (48, 32), 0)
     mask.paste(255, (0, 0, 24, 16))
-    images = [image, mask][:model.n_images]
+    images = [image, mask][:model.n_images or 0]
     with torch.inference_mode():
-        return model.run(check_params(model, params, LIMITS), images, lambda i, n: None)
+        return model.run(check_params(model, params, LIMITS), images, lambda step, total, text=None: None)
 
 
 def check_output(name: str, out) -> None:
     if name in ("ImageCaptioning", "VisualQuestionAnswering"):
         assert isinstance(out.text, str) and not out.images
+    elif name == "SafetyChecker":  # the tiny checker's thresholds flag nothing
+        assert out.text.startswith("not flagged (score ") and not out.images
+    elif name == "Text2Box":  # the tiny detector sees cats: one box per query, inside the image
+        boxes = out.data["boxes"]
+        assert boxes and all(0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 32 for x0, y0, x1, y1 in boxes)
+    elif name == "LLM":
+        answer = json.loads(out.text)
+        assert answer["completion_tokens"] > 0 and answer["finish_reason"] in ("stop", "length")
     else:
         expected = (64, 64) if name == "Text2Image" else (96, 64) if name == "Upscale" else (48, 32)
         assert [im.size for im in out.images] == [expected]
@@ -146,26 +156,33 @@ def test_a_unet_loads_from_whichever_file_the_folder_has(hub, tmp_path, keep):
 
 
 def _prefixed(src: Path, dst: Path, weights: str) -> None:
-    """A copy of a repo whose checkpoint's keys carry a prefix the network does not expect."""
+    """A copy of a repo whose checkpoint's keys carry a prefix the network does not expect (as DataParallel saves)."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(src, dst)
+    if weights.endswith(".bin"):  # the repo's only checkpoint
+        state = torch.load(dst / weights, weights_only=True)
+        torch.save({f"module.{k}": v for k, v in state.items()}, dst / weights)
+        return
     state = load_file(dst / weights)
-    save_file({f"model.{k}": v for k, v in state.items()}, dst / weights, metadata={"format": "pt"})
+    save_file({f"module.{k}": v for k, v in state.items()}, dst / weights, metadata={"format": "pt"})
     for f in dst.glob("*.bin"):
         f.unlink()
 
 
-@pytest.mark.parametrize("name, repo, weights", [
-    ("CannyText2Image", "lllyasviel/sd-controlnet-canny", "diffusion_pytorch_model.safetensors"),
-    ("ImageCaptioning", "Salesforce/blip-image-captioning-base", "model.safetensors"),
+@pytest.mark.parametrize("name, repo, weights, network", [
+    ("CannyText2Image", "lllyasviel/sd-controlnet-canny", "diffusion_pytorch_model.safetensors", "ControlNetModel"),
+    ("ImageCaptioning", "Salesforce/blip-image-captioning-base", "model.safetensors", "BlipForConditionalGeneration"),
+    ("Text2Box", "IDEA-Research/grounding-dino-tiny", "model.safetensors", "GroundingDinoForObjectDetection"),
+    ("SafetyChecker", "CompVis/stable-diffusion-safety-checker", "pytorch_model.bin", "StableDiffusionSafetyChecker"),
+    ("LLM", "Qwen/Qwen3-VL-2B-Instruct", "model.safetensors", "Qwen3VLForConditionalGeneration"),
 ])
-def test_a_checkpoint_whose_keys_do_not_match_fails_the_load(hub, tmp_path, name, repo, weights):
+def test_a_checkpoint_whose_keys_do_not_match_fails_the_load(hub, tmp_path, name, repo, weights, network):
     _prefixed(hub / repo, tmp_path / "bad", weights)
     with pytest.raises(WeightsMismatch) as e:
         loader(name)(spec(hub, name, torch.float32, str(tmp_path / "bad")), SharedBases(load_sd_base))
     message = str(e.value)
-    assert message.startswith(f"{tmp_path / 'bad'} is not a ")
+    assert message.startswith(f"{tmp_path / 'bad'} is not a {network} checkpoint: ")
     assert "weights are missing" in message and "Check the model's source in config.toml" in message
 
 
@@ -184,3 +201,26 @@ def test_the_pool_never_asks_a_hub_space_to_convert_bin_checkpoints():
                          env={k: v for k, v in os.environ.items() if k != "DISABLE_SAFETENSORS_CONVERSION"},
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "1"
+
+
+# --- the built-in LLM's repo -----------------------------------------------------------------
+
+
+def test_a_sharded_checkpoint_loads_every_shard_its_index_names(load, hub):
+    """Qwen3-VL-4B's layout: model.safetensors.index.json and two shards (the tiny 2B's weights split in two)."""
+    folder = hub / "Qwen/Qwen3-VL-4B-Instruct"
+    index = "model.safetensors.index.json"
+    assert w.pick(str(folder), w.transformers(), "bfloat16") == index
+    assert w.shards(str(folder / index), index) == ["model-00001-of-00002.safetensors",
+                                                    "model-00002-of-00002.safetensors"]
+    sharded = loader("LLM")(spec(hub, "LLM", torch.bfloat16, str(folder)), SharedBases(load_sd_base))
+    check_output("LLM", run_once(sharded))
+    whole = load("LLM", "bfloat16").model.state_dict()
+    assert all(torch.equal(t, whole[k]) for k, t in sharded.model.state_dict().items())
+
+
+def test_an_llm_without_a_chat_template_fails_the_load_saying_so(hub, tmp_path):
+    shutil.copytree(hub / "Qwen/Qwen3-VL-2B-Instruct", tmp_path / "qwen")
+    (tmp_path / "qwen" / "chat_template.json").unlink()  # what a fetch without it left
+    with pytest.raises(ValueError, match=r"qwen has no chat template \(chat_template.jinja, chat_template.json"):
+        loader("LLM")(spec(hub, "LLM", torch.float32, str(tmp_path / "qwen")), SharedBases(load_sd_base))

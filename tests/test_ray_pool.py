@@ -1,5 +1,5 @@
 """The pool on Ray Serve (``[pool] backend = "ray"``): a local Ray instance on the CPU, two replicas, tiny models
-(the built-in LLM among them).
+(the built-in LLM among them, and the safety checker, which every replica holds).
 
 One ``python -m gpu_pool`` for the whole module (starting Ray costs half a minute), in its own process
 group so that nothing of Ray outlives the module. The tests run in order: the kill test leaves a
@@ -81,6 +81,10 @@ source = "{tiny}/blip-caption"
 [models.LLM]
 device = "cpu"
 source = "{tiny}/llm"
+
+[models.SafetyChecker]
+device = "cpu"
+source = "{tiny}/safety-flags-none"
 """)
     return path
 
@@ -155,6 +159,7 @@ async def events(client: PoolClient, model: str, params: dict, images=()) -> lis
 
 async def test_jobs_land_on_the_replica_holding_their_model_with_their_progress(client):
     held = await holders(client)
+    assert held.pop("SafetyChecker") == {r["replica"] for r in await replicas(client)}  # on every replica
     assert set(held) == {"Text2Image", "ImageCaptioning", "LLM"}
     assert all(len(r) == 1 for r in held.values()) and held["Text2Image"] != held["ImageCaptioning"]  # one each
     before = {r["replica"]: r for r in await replicas(client)}
@@ -164,6 +169,7 @@ async def test_jobs_land_on_the_replica_holding_their_model_with_their_progress(
         assert [e.kind for e in drawn] == ["queued", "progress", "progress", "progress", "done"]
         assert drawn[0].position == 0 and [(e.step, e.total) for e in drawn[1:4]] == [(1, 3), (2, 3), (3, 3)]
         assert drawn[-1].images[0].width == 64
+        assert [v.flagged for v in drawn[-1].safety] == [False]  # checked on the replica that drew it
         captioned = await events(client, "ImageCaptioning", {}, [IMG])
         assert captioned[-1].kind == "done" and isinstance(captioned[-1].text, str)
         for evs, model in ((drawn, "Text2Image"), (captioned, "ImageCaptioning")):
@@ -174,7 +180,7 @@ async def test_jobs_land_on_the_replica_holding_their_model_with_their_progress(
     assert {r: after[r]["jobs"] - before[r]["jobs"] for r in after} == {r: 2 for r in after}
     assert {r: after[r]["warm"] - before[r]["warm"] for r in after} == {r: 2 for r in after}
     assert {r: after[r]["loads"] for r in after} == {r: len(after[r]["models"]) for r in after}  # none loaded twice
-    listed = {m.name: m.device for m in await client.models()}
+    listed = {m.name: m.device for m in await client.models() if m.name != "SafetyChecker"}
     for model, (replica,) in held.items():
         assert listed[model].startswith("cpu of replica " + replica)
 
@@ -270,6 +276,34 @@ async def test_reload_reaches_every_replica_and_models_lists_each(client):
     assert {r["replica"]: r["reloads"] - before[r["replica"]] for r in await replicas(client)} == {r: 1 for r in copies}
     drawn = await events(client, "Text2Image", {"prompt": "after the reload", "steps": 2})
     assert drawn[-1].kind == "done"
+
+
+async def checkers(client: PoolClient) -> dict[str, str]:
+    """Replica -> the state of its SafetyChecker, as /models lists it."""
+    return {m.device.split()[3]: m.state for m in await client.models() if m.name == "SafetyChecker"}
+
+
+async def test_the_safety_checker_is_on_every_replica_and_unload_load_reload_reach_each(client):
+    """The admin's /unload, /load and /reload of the checker reach every replica (the one Serve started in
+    place of the killed one too); without it drawn images come back unchecked, and the core withholds them."""
+    everyone = {r["replica"] for r in await replicas(client)}
+    assert await checkers(client) == {r: "ready" for r in everyone}
+
+    assert (await client.unload("SafetyChecker"))["ok"]
+    assert await checkers(client) == {}
+    drawn = await events(client, "Text2Image", {"prompt": "unchecked", "steps": 2})
+    (verdict,) = drawn[-1].safety
+    assert verdict.flagged is None and "SafetyChecker" in verdict.note
+
+    reply = await client.load("SafetyChecker")
+    assert reply["ok"] and reply["message"].count("of replica") == 2, reply
+    assert await checkers(client) == {r: "ready" for r in everyone}
+    before = {r["replica"]: r["reloads"] for r in await replicas(client)}
+    assert (await client.reload("SafetyChecker"))["message"] == "Reloaded SafetyChecker."
+    after = {r["replica"]: r["reloads"] for r in await replicas(client)}
+    assert {r: after[r] - before[r] for r in after} == {r: 1 for r in everyone}
+    drawn = await events(client, "Text2Image", {"prompt": "checked again", "steps": 2})
+    assert [v.flagged for v in drawn[-1].safety] == [False]
 
 
 # --- the bot, unchanged, on Ray --------------------------------------------------------------------

@@ -17,7 +17,10 @@ import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
+from gpu_pool import weights as w
+
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
+from .loading import checked
 
 # The seed's padding as a fraction of the map's side, whatever its resolution.
 SEED_PADDING = 20 / 352
@@ -38,7 +41,7 @@ class Text2Mask(PoolModel):
     def __init__(self, spec: LoadSpec):
         super().__init__(spec)
         self.processor = CLIPSegProcessor.from_pretrained(spec.source)
-        model = CLIPSegForImageSegmentation.from_pretrained(spec.source, dtype=spec.dtype)
+        model = checked(CLIPSegForImageSegmentation, spec.source, spec.dtype, w.transformers())
         self.model = model.to(spec.load_device).eval()
 
     def modules(self) -> dict[str, torch.nn.Module]:

@@ -15,7 +15,10 @@ import torch
 from PIL import Image
 from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
+from gpu_pool import weights as w
+
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
+from .loading import checked
 
 
 def seed_caption(prompt: str) -> str:
@@ -37,7 +40,7 @@ class Text2Box(PoolModel):
     def __init__(self, spec: LoadSpec):
         super().__init__(spec)
         self.processor = GroundingDinoProcessor.from_pretrained(spec.source)
-        model = GroundingDinoForObjectDetection.from_pretrained(spec.source, dtype=spec.dtype)
+        model = checked(GroundingDinoForObjectDetection, spec.source, spec.dtype, w.transformers())
         self.model = model.to(spec.load_device).eval()
 
     def modules(self) -> dict[str, torch.nn.Module]:

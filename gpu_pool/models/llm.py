@@ -26,8 +26,11 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from gpu_pool import weights as w
+
 from . import grammar
 from .base import BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases
+from .loading import checked
 
 log = logging.getLogger(__name__)
 IMAGE_PIXELS = 512 * 512  # the most pixels of one image the model looks at (about 256 image tokens for Qwen3-VL)
@@ -71,7 +74,7 @@ class ChatModel(PoolModel):
             self.processor = None
             self.tokenizer = AutoTokenizer.from_pretrained(spec.source)
             auto = AutoModelForCausalLM
-        self.model = auto.from_pretrained(spec.source, dtype=spec.dtype).to(spec.load_device).eval()
+        self.model = checked(auto, spec.source, spec.dtype, w.transformers()).to(spec.load_device).eval()
         self.format = grammar.ToolFormat.of(self.tokenizer)
         stops = self.model.generation_config.eos_token_id
         stops = [stops] if isinstance(stops, int) else list(stops or [])
@@ -80,6 +83,9 @@ class ChatModel(PoolModel):
         vocab = self.model.get_output_embeddings().out_features
         self.lltokenizer = grammar.tokenizer_for(self.tokenizer, vocab)
         template = (self.processor or self.tokenizer).chat_template or ""
+        if not template:  # every chat would fail: fail the load instead, saying why
+            raise ValueError(f"{spec.source} has no chat template (chat_template.jinja, chat_template.json, or one in "
+                             "tokenizer_config.json), so the model cannot chat. Check the LLM's source in config.toml.")
         self.template_has_tools = "tools" in template
         if not self.template_has_tools:
             log.warning("%s: its chat template does not show tools; they go in a system note instead", spec.source)

@@ -43,6 +43,6 @@ def checked(cls: type, folder: str, dtype: torch.dtype, weights: w.Weights, subf
         total = len(model.state_dict())
         what = (f"{len(missing)} of its {total} weights are missing (e.g. {', '.join(missing[:3])})" if missing
                 else f"{len(mismatched)} weights have the wrong shape (e.g. {mismatched[0]})")
-        raise WeightsMismatch(f"{where} is not a {cls.__name__} checkpoint: {what}. Check the model's source in "
-                              "config.toml; running it would give noise.")
+        raise WeightsMismatch(f"{where} is not a {type(model).__name__} checkpoint: {what}. Check the model's source "
+                              "in config.toml; running it would give noise.")
     return model

@@ -25,9 +25,11 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from PIL import Image
 from transformers import CLIPImageProcessor
 
+from gpu_pool import weights as w
 from gpu_pool.protocol import Verdict
 
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
+from .loading import checked
 
 SPECIAL_CARE_ADJUSTMENT = 0.01  # what diffusers adds to every concept score once a special-care concept matched
 
@@ -50,7 +52,7 @@ class SafetyChecker(PoolModel):
     def __init__(self, spec: LoadSpec):
         super().__init__(spec)
         self.processor = CLIPImageProcessor.from_pretrained(spec.source)
-        model = StableDiffusionSafetyChecker.from_pretrained(spec.source, dtype=spec.dtype)
+        model = checked(StableDiffusionSafetyChecker, spec.source, spec.dtype, w.transformers())
         self.model = model.to(spec.load_device).eval()
         # Device threads of other devices call check too: one image batch at a time.
         self._lock = threading.Lock()

@@ -24,7 +24,10 @@ import torch
 from PIL import Image
 from transformers import SamModel, SamProcessor
 
+from gpu_pool import weights as w
+
 from .base import BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases
+from .loading import checked
 
 MAX_PROMPTS = 64  # boxes per job: GroundingDINO's surest few are what a flow sends
 # SamAutomaticMaskGenerator's batch of points at 512x512; fewer on larger images, since each point's three
@@ -47,7 +50,7 @@ class Segmenting(PoolModel):
     def __init__(self, spec: LoadSpec):
         super().__init__(spec)
         self.processor = SamProcessor.from_pretrained(spec.source)
-        self.model = SamModel.from_pretrained(spec.source, dtype=spec.dtype).to(spec.load_device).eval()
+        self.model = checked(SamModel, spec.source, spec.dtype, w.transformers()).to(spec.load_device).eval()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}

@@ -3,10 +3,12 @@
 Start: join the cluster (or start a Ray instance here), deploy the replicas,
 listen, then place every configured model on one replica in the background
 (``/health`` answers at once; early jobs wait for their model, as locally).
-Jobs stream from the replica that ``router.HotModelRouter`` picks. Admin
-calls reach every replica. A replica that dies mid-job ends the job with
-code ``unavailable`` and the words the bot uses for a pool that died; Serve
-starts a new replica, and the next job for that model loads it again.
+Jobs stream from the replica that ``router.HotModelRouter`` picks; each job
+and placement names the models every replica holds (the safety checker), which
+the replica loads where it lacks them. Admin calls reach every replica. A
+replica that dies mid-job ends the job with code ``unavailable`` and the words
+the bot uses for a pool that died; Serve starts a new replica, and the next
+job for that model loads it again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gpu_pool import openai_api
 from gpu_pool.protocol import (UNAVAILABLE, Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame,
                                request_from_frame)
 from gpu_pool.ray import router
+from gpu_pool.ray.placement import EVERY_REPLICA
 from gpu_pool.ray.replica import PoolReplica, Spec
 
 log = logging.getLogger(__name__)
@@ -48,11 +51,16 @@ class Front:
         self.allowed: dict[str, Spec] = {name: (None, None) for name in config.models}  # what users may run
         self._placing: dict[str, asyncio.Task] = {}
 
+    @property
+    def helpers(self) -> dict[str, Spec]:
+        """The allowed models every replica holds, with their device and dtype."""
+        return {name: self.allowed[name] for name in EVERY_REPLICA if name in self.allowed}
+
     async def run(self, request: JobRequest) -> AsyncIterator[Event]:
         """A job's events from its replica; the last one is done or failed."""
         spec = self.allowed.get(request.model)  # None: the replica answers why it cannot run it
         model = request.model if spec is not None else ""
-        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(request, spec)
+        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(request, spec, self.helpers)
         job_id = ""
         try:
             async for ev in stream:
@@ -90,7 +98,7 @@ class Front:
 
     async def place(self, name: str) -> dict[str, Any]:
         """Load ``name`` on the replica the router picks; its listing there."""
-        return await self.handle.options(multiplexed_model_id=name).place.remote(self.allowed[name])
+        return await self.handle.options(multiplexed_model_id=name).place.remote(self.allowed[name], self.helpers)
 
     def place_soon(self, names) -> None:
         """Place each of ``names`` in the background, once at a time each."""

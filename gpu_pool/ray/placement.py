@@ -7,6 +7,11 @@ job goes to the least busy of those, which loads the model. A model nobody
 holds goes to the least busy replica, the one with the fewest models among
 equals (so the configured models spread over the replicas at startup).
 
+A few models are no one's to place: every replica holds them (``EVERY_REPLICA``),
+because the replica's own jobs need them. The safety checker looks at each
+image a drawing model makes before it leaves the replica that drew it, so
+each replica loads one (one per device, as the local pool holds one per device).
+
 Ray Serve's own multiplexing never copies a hot model while its replica
 accepts more requests (ray-project/ray#48741); and it counts models, not
 bytes, which is why the replicas' residency budget, not Ray, decides what
@@ -16,6 +21,8 @@ stays on each GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+EVERY_REPLICA = ("SafetyChecker",)  # loaded on each replica, with its first job or placement there
 
 
 @dataclass(frozen=True)

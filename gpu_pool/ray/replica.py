@@ -6,6 +6,11 @@ replica holds the model; the Registry loads it, and the residency budget of
 ``[residency]`` decides, in bytes, which loaded models stay on the GPU.
 Serve's count limit is set to every model there is, so Serve never evicts.
 
+Every job and placement also names the models every replica holds (the
+safety checker, ``placement.EVERY_REPLICA``) with their device and dtype: the
+replica loads those it lacks, so the images it draws are checked where they
+are drawn, also on a replica Serve started in place of one that died.
+
 Admin calls take the replica id they were meant for (``expect``) and answer
 None when it is not this one: the router sends a call for a replica that is
 gone to another replica (see ``router.py``).
@@ -26,6 +31,7 @@ from ray import serve
 
 import settings
 from gpu_pool.protocol import Event, JobRequest
+from gpu_pool.ray.placement import EVERY_REPLICA
 
 # The Registry and Scheduler (torch, diffusers) are imported in the replica only, not in the
 # pool process that deploys this class.
@@ -59,22 +65,28 @@ class PoolReplica:
         return model  # Serve now reports this replica as holding ``model``; the Registry does the loading
 
     async def _ensure(self, name: str, spec: Spec) -> None:
-        """Hold ``name`` and have it loaded or loading (a job then waits for it, as in the local pool)."""
-        await self._hold(name)
-        if name not in self.registry.entries:
+        """Have ``name`` loaded or loading (a job then waits for it, as in the local pool), and hold it."""
+        if name not in self.registry.entries:  # no await before the entry exists: concurrent calls load it once
             self.stats["loads"] += 1
-            task = asyncio.create_task(self.registry.load(name, *spec), name=f"load-{name}")
+            task = self.registry.start_load(name, *spec)
             self._loading.add(task)
             task.add_done_callback(self._loading.discard)
-            await asyncio.sleep(0)  # the load has begun: its entry exists, in state "loading"
+        await self._hold(name)
 
-    async def run(self, request: JobRequest, spec: Spec | None) -> AsyncIterator[Event]:
+    async def _everywhere(self, helpers: dict[str, Spec]) -> None:
+        """Have the models every replica holds (``helpers``: name -> spec) loaded or loading here."""
+        for name, spec in helpers.items():
+            if name not in self.registry.entries:
+                await self._ensure(name, spec)
+
+    async def run(self, request: JobRequest, spec: Spec | None, helpers: dict[str, Spec]) -> AsyncIterator[Event]:
         """A job's events, streamed back to the pool process; ``spec`` None: a model not offered to users."""
         if spec is not None:
             name = serve.get_multiplexed_model_id() or request.model
             entry = self.registry.entries.get(name)
             self.stats.update(jobs=1, warm=int(entry is not None and entry.state == "ready"))
             await self._ensure(name, spec)
+        await self._everywhere(helpers)  # a drawing job's images wait for this replica's checker
         job = self.scheduler.submit(request)
         try:
             while True:
@@ -88,12 +100,13 @@ class PoolReplica:
         finally:
             self.scheduler.forget(job)
 
-    async def place(self, spec: Spec) -> dict[str, Any]:
+    async def place(self, spec: Spec, helpers: dict[str, Spec]) -> dict[str, Any]:
         """Load the model of the multiplexed id here; its listing once loaded (or failed)."""
         from gpu_pool.registry import NotLoaded
 
         name = serve.get_multiplexed_model_id()
         await self._ensure(name, spec)
+        await self._everywhere(helpers)
         entry = self.registry.entries.get(name)
         if entry is not None:
             try:
@@ -118,7 +131,8 @@ class PoolReplica:
                 **counts}
 
     async def reload(self, expect: str, name: str | None) -> dict[str, Any] | None:
-        """Re-read the config, then reload ``name`` (or every model) where this replica holds it."""
+        """Re-read the config, then reload ``name`` (or every model) where this replica holds it; a model every
+        replica holds is loaded where it is missing."""
         from gpu_pool.models import load_sd_base
         from gpu_pool.models.base import SharedBases
 
@@ -138,6 +152,7 @@ class PoolReplica:
             for gone in [n for n in held if n not in config.models]:
                 await self.registry.unload(gone)
         names = [n for n in held if n in config.models] if name is None else [n for n in held if n == name]
+        names += [n for n in EVERY_REPLICA if n in config.models and n not in held and name in (None, n)]
         for n in names:  # one at a time: each old copy is released before the next model loads
             await self.registry.load(n)
             self.stats["reloads"] += 1
@@ -145,11 +160,13 @@ class PoolReplica:
         return {"reloaded": names, "failed": failed}
 
     async def load(self, expect: str, name: str, spec: Spec) -> dict[str, Any] | None:
-        """Load ``name`` again with an admin's device/dtype, where this replica holds it ({} where not)."""
+        """Load ``name`` again with an admin's device/dtype, where this replica holds it ({} where not;
+        a model every replica holds is loaded here either way)."""
         if expect != self.id:
             return None
-        if name not in self.registry.entries:
+        if name not in self.registry.entries and name not in EVERY_REPLICA:
             return {}
+        await self._hold(name)
         await self.registry.load(name, *spec)
         return self._infos([name])[0]
 

@@ -80,7 +80,8 @@ def _grounding_dino(folder: Path) -> None:
     _sees_everything_but_unicorns(model, [t in UNSEEN or t.startswith("[unused") for t in vocab])
     model.save_pretrained(folder)
     # The hub's layout: preprocessor_config.json, vocab.txt and the tokenizer's files (no processor_config.json).
-    GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(folder)
+    # 128 px: a square image still has 2x2 cells at the last feature level (1x1 breaks its GroupNorm)
+    GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192}).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 

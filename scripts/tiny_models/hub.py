@@ -11,7 +11,12 @@ first run on real weights meets what they hold:
 - ``fp16`` variant files beside the full ones (``diffusion_pytorch_model.fp16.safetensors``);
 - ``.bin`` checkpoints, and a repo with nothing else (openmmlab/upernet-convnext-small);
 - a checkpoint without weights its network never uses (Intel/dpt-hybrid-midas's first fusion residual);
-- big files the pool must never fetch (single-file checkpoints, TF/Flax weights, other annotators).
+- big files the pool must never fetch (single-file checkpoints, TF/Flax weights, other annotators);
+- the models added since the seed (safety checker, GroundingDINO, SAM, Qwen3-VL), with the files
+  their repos hold: a 2022 safety checker (.bin only, ``*_config_dict`` keys, a CLIPFeatureExtractor),
+  processor configs without processor_config.json, Qwen's legacy chat_template.json, a
+  video_preprocessor_config.json, bfloat16 weights with tied embeddings (no lm_head), and
+  Qwen3-VL-4B's two shards and index.
 
 ``tests/fakes/hub_server.py`` serves this folder as the hub; the loaders also read it directly.
 Built from the tiny folders next to it (``build`` runs after sd.py and vision.py).
@@ -39,6 +44,12 @@ ROOTS = {  # repo -> tiny folder it is made from
     "Intel/dpt-large": "dpt",
     "Intel/dpt-hybrid-midas": "dpt",
     "lllyasviel/Annotators": "annotators",
+    "CompVis/stable-diffusion-safety-checker": "safety-flags-none",
+    "IDEA-Research/grounding-dino-tiny": "grounding-dino",
+    "facebook/sam-vit-huge": "sam",
+    "facebook/sam-vit-base": "sam",
+    "Qwen/Qwen3-VL-2B-Instruct": "llm",
+    "Qwen/Qwen3-VL-4B-Instruct": "llm",  # the next size up: the same files, its weights in two shards
     "stabilityai/sd-x2-latent-upscaler": "upscaler",
 }
 # Repos whose UNet (or whole pipeline) ships an fp16 variant; the others are full precision only.
@@ -63,6 +74,8 @@ def build(out: Path) -> None:
                 shutil.copy(f, folder / f.name)
             (folder / "ZoeD_M12_N.pt").write_bytes(JUNK)  # the repo holds many detectors' files
             (folder / "sk_model.pth").write_bytes(JUNK)
+        elif tiny in LATER:
+            LATER[tiny](out / tiny, folder, repo)
         else:
             _transformers_repo(out / tiny, folder, repo)
 
@@ -200,3 +213,129 @@ def _bert_tokenizer(src: Path, folder: Path) -> None:
 def _write_json(path: Path, data: dict) -> None:
     os.makedirs(path.parent, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
+
+
+# --- the models added since the seed ---------------------------------------------------------
+# Their file lists: grounding-dino-tiny from a published manifest of its snapshot (a2bb814) plus
+# its pytorch_model.bin; Qwen3-VL-2B-Instruct from published listings of its snapshot (one
+# 4.26 GB model.safetensors, chat_template.json, no chat_template.jinja nor processor_config.json);
+# Qwen3-VL-4B-Instruct's model-0000{1,2}-of-00002.safetensors from published paths. Not verified
+# file for file (no stored copy of the repos): that the safety checker's main branch still holds
+# no model.safetensors (tools fetch one from its refs/pr/41), its config's *_config_dict keys, SAM's
+# tf_model.h5, GroundingDINO's added_tokens.json content, and whether Qwen's tokenizer_config.json
+# also carries a chat template (here it does not, so the chat needs chat_template.json).
+
+
+def _state(src: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(src / "model.safetensors")
+
+
+def _safety_checker(src: Path, folder: Path, repo: str) -> None:
+    """Saved in 2022: pytorch_model.bin only, a CLIPFeatureExtractor, the config as transformers 4.22 wrote it."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    config = json.loads((src / "config.json").read_text())
+    config["torch_dtype"] = config.pop("dtype", "float32")
+    config["transformers_version"] = None
+    # what differs from the defaults, which transformers applies over text_config and vision_config
+    for part, cls in (("text", CLIPTextConfig), ("vision", CLIPVisionConfig)):
+        default = cls().to_dict()
+        config[f"{part}_config_dict"] = {k: v for k, v in config[f"{part}_config"].items() if default.get(k) != v}
+    _write_json(folder / "config.json", config)
+    torch.save(_state(src), folder / "pytorch_model.bin")
+    side = json.loads((src / "preprocessor_config.json").read_text())["size"]["shortest_edge"]
+    _write_json(folder / "preprocessor_config.json", {
+        "crop_size": side, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+        "resample": 3, "size": side})
+
+
+def _weights_and_processor(src: Path, folder: Path, processor: str) -> None:
+    """config.json, model.safetensors beside pytorch_model.bin, and preprocessor_config.json naming its processor."""
+    shutil.copy(src / "config.json", folder / "config.json")
+    shutil.copy(src / "model.safetensors", folder / "model.safetensors")
+    torch.save(_state(src), folder / "pytorch_model.bin")
+    config = json.loads((src / "preprocessor_config.json").read_text())
+    if processor == "SamProcessor":  # SAM's 2023 config predates the mask sizes
+        config = {k: v for k, v in config.items() if k not in ("mask_size", "mask_pad_size")}
+    _write_json(folder / "preprocessor_config.json", {**config, "processor_class": processor})
+
+
+def _grounding_dino(src: Path, folder: Path, repo: str) -> None:
+    """Weights both ways, a BERT tokenizer as vocab.txt and tokenizer.json, the 2024 tokenizer configs."""
+    _weights_and_processor(src, folder, "GroundingDinoProcessor")
+    shutil.copy(src / "vocab.txt", folder / "vocab.txt")
+    shutil.copy(src / "tokenizer.json", folder / "tokenizer.json")
+    vocab = (src / "vocab.txt").read_text().split("\n")
+    special = {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]",
+               "unk_token": "[UNK]"}
+    ids = {t: vocab.index(t) for t in special.values()}
+    _write_json(folder / "special_tokens_map.json", special)
+    _write_json(folder / "added_tokens.json", ids)
+    model_max_length = json.loads((src / "tokenizer_config.json").read_text())["model_max_length"]
+    _write_json(folder / "tokenizer_config.json", {
+        "added_tokens_decoder": {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                          "single_word": False, "special": True} for t, i in ids.items()},
+        "clean_up_tokenization_spaces": True, "do_basic_tokenize": True, "do_lower_case": True,
+        "model_max_length": model_max_length, "never_split": None, "strip_accents": None,
+        "tokenize_chinese_chars": True, "tokenizer_class": "BertTokenizer", **special})
+
+
+def _sam(src: Path, folder: Path, repo: str) -> None:
+    """Weights three ways (TensorFlow's never read) and SamImageProcessor's 2023 config."""
+    _weights_and_processor(src, folder, "SamProcessor")
+    (folder / "tf_model.h5").write_bytes(JUNK * 4)
+
+
+def _qwen3_vl(src: Path, folder: Path, repo: str) -> None:
+    """Qwen's layout: bfloat16 weights with the output layer tied to the embeddings (no lm_head), the
+    config as transformers 4.57 wrote it (rope_scaling), the chat template in the legacy
+    chat_template.json, separate image and video processor configs, vocab.json + merges.txt beside
+    tokenizer.json; the 4B's weights in two shards named by an index."""
+    from safetensors.torch import save_file
+
+    config = json.loads((src / "config.json").read_text())
+    text = config["text_config"]
+    rope = text.pop("rope_parameters")
+    text.update(rope_theta=rope.pop("rope_theta"), rope_scaling=rope, tie_word_embeddings=True, dtype="bfloat16")
+    config["vision_config"].pop("rope_parameters", None)
+    config.update(tie_word_embeddings=True, dtype="bfloat16", transformers_version="4.57.0.dev0")
+    _write_json(folder / "config.json", config)
+    shutil.copy(src / "generation_config.json", folder / "generation_config.json")
+    state = {k: v.to(torch.bfloat16) for k, v in _state(src).items() if k != "lm_head.weight"}
+    if repo.endswith("-2B-Instruct"):
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    else:
+        names = sorted(state)
+        halves = {f"model-0000{i}-of-00002.safetensors": names[(i - 1) * len(names) // 2: i * len(names) // 2]
+                  for i in (1, 2)}
+        for shard, keys in halves.items():
+            save_file({k: state[k] for k in keys}, folder / shard, metadata={"format": "pt"})
+        _write_json(folder / "model.safetensors.index.json", {
+            "metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+            "weight_map": {k: shard for shard, keys in halves.items() for k in keys}})
+    _write_json(folder / "chat_template.json", {"chat_template": (src / "chat_template.jinja").read_text()})
+    processor = json.loads((src / "processor_config.json").read_text())
+    _write_json(folder / "preprocessor_config.json", {**processor["image_processor"],
+                                                      "image_processor_type": "Qwen2VLImageProcessorFast",
+                                                      "processor_class": "Qwen3VLProcessor"})
+    _write_json(folder / "video_preprocessor_config.json", {**processor["video_processor"],
+                                                            "processor_class": "Qwen3VLProcessor"})
+    tokenizer = json.loads((src / "tokenizer.json").read_text())
+    shutil.copy(src / "tokenizer.json", folder / "tokenizer.json")
+    _write_json(folder / "vocab.json", tokenizer["model"]["vocab"])
+    merges = tokenizer["model"]["merges"]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(
+        f"{' '.join(m) if isinstance(m, list) else m}\n" for m in merges))
+    added = {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+             for t in tokenizer["added_tokens"]}
+    _write_json(folder / "tokenizer_config.json", {
+        "add_prefix_space": False, "added_tokens_decoder": added, "bos_token": None,
+        "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>", "errors": "replace",
+        "model_max_length": 262144, "pad_token": "<|endoftext|>", "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer", "unk_token": None})
+
+
+LATER = {"safety-flags-none": _safety_checker, "grounding-dino": _grounding_dino, "sam": _sam, "llm": _qwen3_vl}
