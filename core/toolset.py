@@ -35,6 +35,7 @@ GROUPS["objects"] = ("remove_object", "replace_object", "find_object", "inpaint_
                      "segment_object", "segment_everything")
 GROUPS["extend"] = ("extend_image",)
 GROUPS["caption"] = ("caption_image",)
+GROUPS["show"] = ("show_image",)
 _GROUPED = {t for names in GROUPS.values() for t in names} | set(CORE)
 GROUPS["other"] = tuple(t.name for t in TOOLS if t.name not in _GROUPED)  # tools added later land here
 GROUP_OF = {t: g for g, names in GROUPS.items() for t in names}
@@ -53,6 +54,7 @@ ROUTES = {
                 r"|detect|find|locate|where|count|box|segment)"),
     "extend": r"extend|outpaint|expand|wider|taller|larger|bigger|\b\d{2,4} ?x ?\d{2,4}\b",
     "caption": r"caption|describe",
+    "show": r"\b(show|display|again|repost|resend)\b",
 }
 
 
@@ -75,7 +77,8 @@ def hidden_groups(available: list[Tool], offered: list[Tool]) -> list[str]:
 
 
 _SAYS = {"objects": "objects (find, detect, segment, remove, replace, mask, repaint)",
-         "extend": "extend (outpaint to a larger size)", "caption": "caption", "other": "other"}
+         "extend": "extend (outpaint to a larger size)", "caption": "caption",
+         "show": "show (post an existing image again)", "other": "other"}
 
 
 def more_tools_schema(groups: list[str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from core.pool_client import UNAVAILABLE, PoolClient
 from core.pool_process import PoolProcess
 from core.store import Store
 from tests.conftest import ROOT
-from tests.fakes.openai_server import FakeLLM
+from tests.fakes.openai_server import FakeLLM, text_of
 from tests.test_agent import RecordingReply, photo, turn
 
 pytestmark = pytest.mark.slow
@@ -72,6 +72,7 @@ class BotProcess:
         self.config, self.args, self.log = config, args, config.parent / "bot.log"
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **(env or {}))
         self.proc: asyncio.subprocess.Process | None = None
+        self._pool: int | None = None
 
     async def __aenter__(self) -> BotProcess:
         with self.log.open("w") as log:
@@ -88,17 +89,32 @@ class BotProcess:
         await self.proc.wait()
 
     def pool_pid(self, wait: float = 120) -> int | None:
-        """The pid of the pool this bot started (from its log line), waiting up to ``wait`` seconds."""
+        """The pid of the pool this bot started (its child running gpu_pool), waiting up to ``wait``
+        seconds; remembered, so it can be killed after the bot is gone."""
         deadline = time.monotonic() + wait
-        while True:
-            found = re.findall(r"started the pool \(pid (\d+)\)", self.log.read_text())
-            if found or time.monotonic() >= deadline:
-                return int(found[-1]) if found else None
+        while self._pool is None:
+            self._pool = child_running(self.proc.pid, "gpu_pool")
+            if self._pool is not None or time.monotonic() >= deadline:
+                break
             time.sleep(0.1)
+        return self._pool
 
     async def read_until(self, text: str, timeout: float = 180) -> str:
         """Standard output up to and including ``text``."""
         return (await asyncio.wait_for(self.proc.stdout.readuntil(text.encode()), timeout)).decode()
+
+
+def child_running(parent: int, module: str) -> int | None:
+    """A child process of ``parent`` whose command line runs ``python -m module``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == parent and module.encode() in cmd:
+            return int(stat.parent.name)
+    return None
 
 
 def alive(pid: int) -> bool:
@@ -136,7 +152,8 @@ async def test_terminal_chat_through_a_pipe(tiny_dir, tmp_path):
     assert Image.open(written).size == (64, 64)
     assert "bot: config.toml is not an image: it looks like a text file." in out  # the bad input
     assert "bot: A house with a red roof." in out  # the words after the path are the message
-    assert llm.requests[-1]["messages"][-1]["content"].startswith('what\'s in this picture?\n[uploaded img3 "my photo.jpg"')
+    said = text_of(llm.requests[-1]["messages"][-1]["content"])  # the text beside the image parts
+    assert said.startswith('what\'s in this picture?\n[uploaded img3 "my photo.jpg"')
     assert "Traceback" not in out
     # the terminal shows the conversation only: the bot's and the pool's log lines are in files
     log_line = re.compile(r"\d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) ")
