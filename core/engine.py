@@ -270,8 +270,10 @@ class Core:
 
         async def work(progress: Progress) -> Outcome:
             row = self._pressed(turn.session_key, image_id, tag)
-            if row is None:
-                return Outcome(actions.STALE, error=True)
+            # checked again in the conversation's turn: reset away, or its model unloaded, since the press
+            again = actions.press(self.store, row, action, await self.loaded_models(), self.config.limits)
+            if row is None or again.kind == "private":
+                return Outcome(again.text, error=True)
             said = f"[pressed {actions.LABELS.get(action, action)} under {image_id}" + (
                 f": {instruction}]" if instruction else "]")
             self.store.add_message(turn.session_key, "user", said, user=turn.user_name)
