@@ -329,7 +329,7 @@ async def test_discord_mention_with_an_image_is_answered_with_a_drawing(fake, ra
         answer = await fake.wait_for_request("POST", ANSWER, where=with_files, timeout=60)
         assert answer.content == "Here it is: img2" and [f.filename for f in answer.files] == ["img2.png"]
         said = text_of(llm_server.requests[0]["messages"][1]["content"])  # the text beside the image parts
-        assert said.startswith("draw one like it\n[uploaded img1 (house.jpg)")
+        assert said.startswith('draw one like it\n[uploaded img1 "house.jpg"')
         session = "discord:channel:" + answer.path.split("/")[2]
         ran = {(j["model"], j["state"]) for j in ray_core.store.db["jobs"].rows_where("session = ?", [session])}
         assert ran == {("ImageCaptioning", "done"), ("Text2Image", "done")}  # the upload was captioned, on Ray
