@@ -47,6 +47,10 @@ MODEL_DEFAULTS: dict[str, str] = {
     "SegText2Image": "lllyasviel/sd-controlnet-seg",
     "DepthText2Image": "lllyasviel/sd-controlnet-depth",
     "NormalText2Image": "lllyasviel/sd-controlnet-normal",
+    # Not the seed's: the buttons under an image. Variations is img2img on the shared base ([pool] sd_base,
+    # no weights of its own: ""); Upscale is Stability AI's 2x latent upscaler (its own UNet, VAE, text encoder).
+    "Variations": "",
+    "Upscale": "stabilityai/sd-x2-latent-upscaler",
     # Not a tool: checks every image the others draw (the SD1.5 repo's safety_checker, with its CLIP image processor).
     "SafetyChecker": "CompVis/stable-diffusion-safety-checker",
     # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.

@@ -257,6 +257,7 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
         save(f"{name}/unet", lambda c=channels: real.unet(c))
         scheduler(**SD15_SCHEDULE).save_pretrained(scratch / name / "scheduler")
     save("controlnet", real.controlnet)  # one real-size ControlNet: each of the eight tools loads its own copy
+    save("upscaler", lambda: real.upscaler_pipeline(tokenizer))  # its own UNet, VAE and text encoder
     blip_processor = BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}),
                                    BlipProcessor.from_pretrained(tiny / "blip-caption").tokenizer)
     save("blip-caption", lambda: real.blip("caption"), blip_processor)
@@ -282,7 +283,7 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
     write_real_llm(scratch / "llm", tiny / "llm", device)
     s.update({"SafetyChecker": str(scratch / "safety-checker"), "Text2Box": str(scratch / "grounding-dino"),
               "Segmenting": str(scratch / "sam"), "LLM": str(scratch / "llm")})
-    s["Image2Canny"] = ""
+    s.update({"Image2Canny": "", "Variations": "", "Upscale": str(scratch / "upscaler")})  # Variations: the base
     for name in ("Image2Line", "Image2Hed", "Image2Scribble", "Image2Pose"):
         s[name] = str(tiny / "annotators")  # the tiny annotators are the real networks (compact files)
     for name in real.CONTROLNET_TOOLS:

@@ -17,6 +17,9 @@ itself uses: each parameter/buffer once, at its dtype's size.
 
 - safety checker (CLIP ViT-L/14): the seed loaded one into every SD-family
   pipeline; the pool holds one per device, which checks every drawn image.
+- the buttons' models (not the seed's, so outside the comparison): Variations
+  runs on the shared base (no bytes of its own); Upscale holds the latent
+  upscaler's own UNet, VAE and text encoder.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/memory.py [--no-cuda]
 
@@ -29,7 +32,8 @@ listings; the pool itself decides from the live listing.
 
 With a CUDA GPU it also builds the pool placement there with random fp16
 weights and prints ``torch.cuda.max_memory_allocated``. Ends with
-``safety_checker_fp16_mib=``, ``download_fp16_mib=``, ``seed_tool_set_fp16_mib=<pool total>`` and
+``safety_checker_fp16_mib=``, ``buttons_fp16_mib=``, ``download_fp16_mib=``,
+``seed_tool_set_fp16_mib=<pool total>`` and
 ``shared_over_seed_ratio=<pool / seed>``.
 """
 
@@ -125,6 +129,16 @@ SAM_VIT_HUGE = dict(vision_config=dict(hidden_size=1280, num_hidden_layers=32, n
 SAFETY_CHECKER = dict(vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                          num_attention_heads=16, image_size=224, patch_size=14),
                       projection_dim=768)
+# stabilityai/sd-x2-latent-upscaler/unet: converted from k-diffusion's config (depths 4 x 4, channels
+# 384/384/768/768, mapping_cond_dim 896 = a 128 noise-level embedding + CLIP-L's 768 pooled output, cross 768,
+# has_variance: 5 output channels); its vae and text_encoder are SD's VAE and CLIP ViT-L/14 text tower
+UPSCALER_UNET = dict(in_channels=8, out_channels=5, block_out_channels=[384, 384, 768, 768], layers_per_block=4,
+                     down_block_types=["KDownBlock2D"] + ["KCrossAttnDownBlock2D"] * 3, mid_block_type=None,
+                     up_block_types=["KCrossAttnUpBlock2D"] * 3 + ["KUpBlock2D"], act_fn="gelu", norm_num_groups=None,
+                     cross_attention_dim=768, attention_head_dim=64, time_cond_proj_dim=896,
+                     resnet_time_scale_shift="scale_shift", time_embedding_type="fourier", timestep_post_act="gelu",
+                     conv_in_kernel=1, conv_out_kernel=1)
+BUTTONS = ("Variations", "Upscale")  # the models of the buttons under an image (not the seed's)
 # SD1.5 scheduler numbers (no weights; the pipelines just need one)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  prediction_type="epsilon", steps_offset=1)
@@ -165,6 +179,11 @@ def controlnet():
 def vae():
     from diffusers import AutoencoderKL
     return half(AutoencoderKL(**SD15_VAE))
+
+
+def upscaler_unet():
+    from diffusers import UNet2DConditionModel
+    return half(UNet2DConditionModel(**UPSCALER_UNET))
 
 
 def text_encoder():
@@ -278,6 +297,20 @@ def pool_placement() -> dict[str, list]:
     return models | gpu_extras() | {"SafetyChecker": [safety_checker()]}  # one for the device
 
 
+def upscaler_pipeline(tokenizer):
+    """The latent upscaler's repo at real size (bench/gpu_check.py saves it): its three networks, SD's schedule."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline
+    with torch.device("cpu"):  # the scheduler computes its tables at construction
+        scheduler = EulerDiscreteScheduler(**dict(SCHEDULER, prediction_type="sample"))
+    return StableDiffusionLatentUpscalePipeline(vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer,
+                                                unet=upscaler_unet(), scheduler=scheduler)
+
+
+def button_models(pool: dict[str, list]) -> dict[str, list]:
+    """Variations is the pool's base (img2img over its modules); Upscale brings its own three."""
+    return {"Variations": pool["Text2Image"], "Upscale": [upscaler_unet(), vae(), text_encoder()]}
+
+
 def n_params(mods: list) -> int:
     return sum(p.numel() for p in {id(p): p for m in mods for p in m.parameters()}.values())
 
@@ -288,7 +321,7 @@ def report(seed: dict, pool: dict, cpu: dict) -> tuple[float, float]:
     pool_total = unique_bytes(m for mods in pool.values() for m in mods)
     assert seed_total == sum(b for b, _ in seed_b.values()), "seed copies must not share storage"
     print(f"{'model':<24}{'device':>7}{'params M':>10}{'seed MiB':>10}{'pool own MiB':>14}{'pool shared MiB':>17}")
-    for name in MODEL_NAMES:
+    for name in (n for n in MODEL_NAMES if n not in BUTTONS):
         if name in cpu:
             mods, s, own, sh, dev = cpu[name], 0, 0, 0, "cpu"
         else:
@@ -307,7 +340,7 @@ def report(seed: dict, pool: dict, cpu: dict) -> tuple[float, float]:
 # The seed's repos that publish fp16 variant files (model.fp16.safetensors /
 # diffusion_pytorch_model.fp16.safetensors) next to the full ones, per their hub file listings:
 # SD1.5 (unet, vae, text_encoder) and SD1.5-inpainting (unet). timbrooks/instruct-pix2pix, the
-# lllyasviel ControlNets and the transformers repos publish float32 only.
+# lllyasviel ControlNets, stabilityai/sd-x2-latent-upscaler and the transformers repos publish float32 only.
 HAS_FP16 = {SD15, "stable-diffusion-v1-5/stable-diffusion-inpainting"}
 
 
@@ -339,7 +372,7 @@ def report_downloads(pool: dict, cpu: dict) -> float:
         kind = "fp16" if fetched < full else "fp32"
         print(f"{repo:<52}{kind:>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
     fetched, full = sum(f for f, _ in rows.values()), sum(f for _, f in rows.values())
-    print(f"{'total, every seed model':<52}{'':>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
+    print(f"{'total, every model':<52}{'':>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
     shipped = rows[SD15][0] + rows[MODEL_DEFAULTS["ImageCaptioning"]][0]
     print(f"the shipped config.toml (ImageCaptioning + Text2Image): {shipped / MIB:.1f} MiB")
     return fetched / MIB
@@ -365,9 +398,10 @@ def main() -> None:
     with fp16_on("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # controlnet_aux imports all its detectors; timm/mediapipe notices
         seed, pool, cpu = seed_placement(), pool_placement(), annotators()
-    assert set(pool) | set(cpu) == set(MODEL_NAMES) and set(seed) == set(pool)
+        buttons = button_models(pool)
+    assert set(pool) | set(cpu) | set(buttons) == set(MODEL_NAMES) and set(seed) == set(pool)
     ours, seeds = report(seed, pool, cpu)
-    fetched = report_downloads(pool, cpu)
+    fetched = report_downloads(pool | {"Upscale": buttons["Upscale"]}, cpu)  # Variations: the base's files
     print(f"built and counted on meta in {time.perf_counter() - started:.1f} s")
     if torch.cuda.is_available() and not args.no_cuda:
         peak, accounted = cuda_peak_mib()
@@ -375,7 +409,14 @@ def main() -> None:
               f"(accounted {accounted:.1f} MiB); seed published {SEED_PUBLISHED_MB:,} MB")
     checker = unique_bytes(pool["SafetyChecker"]) / MIB
     print(f"safety checker: {checker:.1f} MiB, once per device in the pool, once per SD-family tool in the seed")
+    extra = unique_bytes(m for mods in (*pool.values(), *buttons.values()) for m in mods) - unique_bytes(
+        m for mods in pool.values() for m in mods)
+    for name, mods in buttons.items():
+        own = unique_bytes(mods) if name == "Upscale" else 0
+        print(f"button model {name}: {n_params(mods) / 1e6:.1f} M params, {own / MIB:.1f} MiB of its own in fp16"
+              + (" (the shared base)" if name == "Variations" else ""))
     print(f"safety_checker_fp16_mib={checker:.1f}")
+    print(f"buttons_fp16_mib={extra / MIB:.1f}")
     print(f"download_fp16_mib={fetched:.1f}")
     print(f"seed_tool_set_fp16_mib={ours:.1f}")
     print(f"shared_over_seed_ratio={ours / seeds:.4f}")

@@ -62,7 +62,7 @@ def describe(config: settings.Config) -> str:
             dev = m.resolved_device()
             dev_text = f"{dev} (auto)" if m.device == "auto" else dev
             lines.append(f"  {m.name:<{width}}  device={dev_text:<12} dtype={m.resolved_dtype():<9} "
-                         f"source={m.source or '(no weights)'}")
+                         f"source={m.source or _no_source(m.name)}")
     else:
         lines.append("Models: none (the bot can chat but not see or draw)")
     lines.append(_safety(config))
@@ -76,6 +76,10 @@ def describe(config: settings.Config) -> str:
     return "\n".join(lines)
 
 
+def _no_source(name: str) -> str:
+    return "(the Stable Diffusion base)" if name == "Variations" else "(no weights)"
+
+
 def _safety(config: settings.Config) -> str:
     s = config.safety
     if not s.enabled:
@@ -83,7 +87,8 @@ def _safety(config: settings.Config) -> str:
     allowed = [n for n, on in (("age-restricted Discord channels", s.allow_in_nsfw_channels), ("DMs", s.allow_in_dms))
                if on] + [f"Slack {c}" for c in s.allow_in_slack_channels]
     line = "Safety: on; flagged images are withheld everywhere" + (f" except {', '.join(allowed)}" if allowed else "")
-    draws = [n for n in config.models if n.endswith("Text2Image") or n in ("InstructPix2Pix", "Inpainting")]
+    draws = [n for n in config.models if n.endswith("Text2Image") or n in ("InstructPix2Pix", "Inpainting",
+                                                                             "Variations", "Upscale")]
     if draws and "SafetyChecker" not in config.models:
         line += ("\n  warning: no [models.SafetyChecker], so every drawn image will be withheld where the filter "
                  "applies; add the section, or set [safety] enabled = false")

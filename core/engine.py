@@ -2,8 +2,10 @@
 
 Adapters build a Turn and a Reply and call ``Core.handle`` (a message for the
 agent), ``Core.direct`` (a slash command that runs one tool, no LLM needed),
-``Core.reset`` or ``Core.admin``. Errors never escape to the adapter: users
-get a message, the log gets the traceback.
+``Core.reset`` or ``Core.admin``; a button under an image is ``Core.press``
+(what it does) then, for the buttons that make an image, ``Core.act``.
+Errors never escape to the adapter: users get a message, the log gets the
+traceback.
 
 A message takes its place in its conversation the moment ``handle`` is called
 (before its files are downloaded), and the conversation's messages run one at a
@@ -20,6 +22,7 @@ import time
 from typing import Any
 
 import settings
+from core import actions
 from core.agent import images_to_post, run_turn
 from core.errors import GENERIC, NotAllowed, UserFacingError
 from core.fairness import UserQueue
@@ -32,7 +35,7 @@ from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, Store
 from core.tools import BY_NAME
 from core.tools.base import ToolContext, bytes_pair, bytes_text, call, duration_text
-from core.turn import OutImage, Outcome, Reply, Turn, quoted
+from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
 
 log = logging.getLogger(__name__)
 HELP = """I can talk about, draw and edit images. Mention me with a request, with or without an image:
@@ -90,13 +93,16 @@ class Core:
         return ToolContext(turn.session_key, turn.user_id, self.images, self.jobs, self.config.limits, status,
                            policy=policy_for(self.config.safety, turn))
 
-    def _out(self, ids: list[str], session: str) -> list[OutImage]:
-        rows = [self.store.image(session, i) for i in ids]
-        return [OutImage(r.image_id, self.images.path(r), f"{r.image_id}.png") for r in rows if r]
+    def _out(self, ids: list[str], session: str, loaded: set[str]) -> list[OutImage]:
+        """The images to post, each with its buttons (core/actions.py)."""
+        rows = [r for r in (self.store.image(session, i) for i in ids) if r]
+        return [OutImage(r.image_id, self.images.path(r), f"{r.image_id}.png",
+                         actions.offered(r, loaded, self.config.limits), session, r.tag) for r in rows]
 
     async def _finish(self, reply: Reply, outcome: Outcome, session: str) -> Outcome:
         try:
-            await reply.send(outcome.text, self._out(outcome.images, session))
+            loaded = await self.loaded_models() if outcome.images else set()
+            await reply.send(outcome.text, self._out(outcome.images, session, loaded))
         except Exception:  # the platform refused the answer; the session already holds it
             log.exception("could not post the answer in %s", session)
         return outcome
@@ -248,6 +254,41 @@ class Core:
             return Outcome(text, ctx.made, error=not result.ok)
 
         return await self._guarded(turn, reply, work)
+
+    # --- buttons under images -------------------------------------------------
+
+    async def press(self, session: str, image_id: str, tag: str, action: str) -> Press:
+        """What pressing ``action`` under an image does; quick enough to answer before the platform's ack."""
+        return actions.press(self.store, self._pressed(session, image_id, tag), action, await self.loaded_models(),
+                             self.config.limits)
+
+    async def act(self, turn: Turn, reply: Reply, image_id: str, tag: str, action: str,
+                  instruction: str | None = None) -> Outcome:
+        """Run a pressed button (Reroll, Variations, Upscale, a submitted Edit form) for the presser, in
+        ``turn.session_key``: its jobs count against the presser's job cap; progress and the result (with its
+        buttons) are posted like any request's, in the conversation's order."""
+
+        async def work(progress: Progress) -> Outcome:
+            row = self._pressed(turn.session_key, image_id, tag)
+            # checked again in the conversation's turn: reset away, or its model unloaded, since the press
+            again = actions.press(self.store, row, action, await self.loaded_models(), self.config.limits)
+            if row is None or again.kind == "private":
+                return Outcome(again.text, error=True)
+            said = f"[pressed {actions.LABELS.get(action, action)} under {image_id}" + (
+                f": {instruction}]" if instruction else "]")
+            self.store.add_message(turn.session_key, "user", said, user=turn.user_name)
+            ctx = self._context(turn, progress)
+            result = await actions.run(ctx, row, action, instruction)
+            text = ctx.withheld[0] if ctx.withheld else actions.answer(action, row, turn.user_name, result, instruction)
+            self.store.add_message(turn.session_key, "assistant", text, kind=None if result.ok else NOTE)
+            return Outcome(text, ctx.made, error=not result.ok)
+
+        return await self._guarded(turn, reply, work)
+
+    def _pressed(self, session: str, image_id: str, tag: str):
+        """The image a button was made for; None when it is gone (reset away: a new image has its id)."""
+        row = self.store.image(session, image_id)
+        return row if row is not None and row.tag == tag else None
 
     async def reset(self, session_key: str) -> str:
         self.store.reset(session_key)

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import BadImage, UnknownImage
-from core.store import ImageRow, Store
+from core.store import ImageRow, Provenance, Store
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^img[1-9][0-9]{0,6}$")
@@ -139,8 +139,8 @@ class ImageStore:
         return self.add(session, img, parent=None, operation="upload", params={"filename": filename})
 
     def add(self, session: str, img: Image.Image, *, parent: str | None, operation: str,
-            params: dict[str, Any], png: bytes | None = None) -> ImageRow:
-        """Store an image (an upload or a tool's output) and give it the session's next id.
+            params: dict[str, Any], png: bytes | None = None, made: Provenance = Provenance()) -> ImageRow:
+        """Store an image (an upload or a tool's output, with how it was made) and give it the session's next id.
         ``png``: the image already encoded by ``encode`` (off the event loop)."""
         data = png if png is not None else encode(img)
         digest = hashlib.sha256(data).hexdigest()
@@ -157,8 +157,8 @@ class ImageStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         row = ImageRow(session, self.store.new_image_id(session), rel, digest, parent, operation, params,
-                       img.width, img.height, img.mode, None)
-        self.store.add_image(row)
+                       img.width, img.height, img.mode, None, made)
+        row = self.store.add_image(row)
         log.info("session %s: %s %s (%dx%d %s)", session, row.image_id, operation, img.width, img.height, img.mode)
         return row
 

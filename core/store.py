@@ -7,6 +7,7 @@ loses nothing. Schema changes are ordered, named migrations.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -40,7 +41,18 @@ def m003_threads(db: sqlite_utils.Database) -> None:
     db["threads"].create({"key": str, "session": str, "created": float}, pk="key")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind, m003_threads]
+def m004_provenance(db: sqlite_utils.Database) -> None:
+    """How each image was made, for the buttons under it and their Info: the tool's arguments, the pool
+    job that made its pixels (model, source, parameters as run, the seed, the prompts the model was really
+    sent, seconds inside the model), and the button press that asked for it (which, on which image, by whom)."""
+    for column, kind in (("args", str), ("model", str), ("source", str), ("model_params", str), ("seed", int),
+                         ("prompt", str), ("negative_prompt", str), ("seconds", float), ("action", str),
+                         ("action_of", str), ("user", str)):
+        db["images"].add_column(column, kind)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind, m003_threads,
+                                                               m004_provenance]
 NOTE = "note"  # messages.kind of the bot's own failure messages
 
 
@@ -56,6 +68,36 @@ def migrate(db: sqlite_utils.Database) -> None:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """How an image was made; None where it does not apply (an upload ran no job, a map has no seed)."""
+
+    args: dict[str, Any] | None = None  # the tool's arguments as called: what a reroll calls it with again
+    model: str | None = None  # the pool model whose job made the pixels (the last job of the tool)
+    source: str | None = None  # that model's weights: a hub id or folder, "" for none
+    model_params: dict[str, Any] | None = None  # every parameter as the pool ran it, defaults filled in
+    seed: int | None = None
+    prompt: str | None = None  # as the model really got it (quality words added)
+    negative_prompt: str | None = None
+    seconds: float | None = None  # inside the model
+    action: str | None = None  # the button that asked for it: reroll, variations, upscale, edit
+    action_of: str | None = None  # the image whose button it was
+    user: str | None = None  # who asked for it (the presser, for a button)
+
+    def columns(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in Provenance.__dataclass_fields__}
+        for key in ("args", "model_params"):
+            out[key] = None if out[key] is None else json.dumps(out[key])
+        return out
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Provenance:
+        values = {k: r.get(k) for k in cls.__dataclass_fields__}
+        for key in ("args", "model_params"):
+            values[key] = json.loads(values[key]) if values[key] else None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ImageRow:
     session: str
     image_id: str
@@ -68,11 +110,19 @@ class ImageRow:
     height: int
     mode: str
     caption: str | None
+    made: Provenance = Provenance()
+    created: float | None = None  # set by the store
+
+    @property
+    def tag(self) -> str:
+        """Tells this image from a later one with the same id (ids start again after /reset)."""
+        return format(int((self.created or 0) * 1000) % 16**8, "08x")
 
     @classmethod
     def from_row(cls, r: dict[str, Any]) -> ImageRow:
         return cls(r["session"], r["image_id"], r["path"], r["sha256"], r["parent"], r["operation"],
-                   json.loads(r["params"] or "{}"), r["width"], r["height"], r["mode"], r["caption"])
+                   json.loads(r["params"] or "{}"), r["width"], r["height"], r["mode"], r["caption"],
+                   Provenance.from_row(r), r["created"])
 
 
 class Store:
@@ -134,10 +184,13 @@ class Store:
             n = self.db.execute("SELECT image_counter FROM sessions WHERE key = ?", [session]).fetchone()[0]
         return f"img{n}"
 
-    def add_image(self, row: ImageRow) -> None:
-        data = {k: getattr(row, k) for k in ImageRow.__dataclass_fields__}
+    def add_image(self, row: ImageRow) -> ImageRow:
+        """Store ``row``; returns it with its creation time (and so its tag)."""
+        data = {k: getattr(row, k) for k in ImageRow.__dataclass_fields__ if k not in ("made", "created")}
         data["params"] = json.dumps(row.params)
-        self.db["images"].insert(dict(data, created=time.time()))
+        created = time.time()
+        self.db["images"].insert(dict(data, **row.made.columns(), created=created))
+        return dataclasses.replace(row, created=created)
 
     def set_caption(self, session: str, image_id: str, caption: str) -> None:
         self.db["images"].update((session, image_id), {"caption": caption})

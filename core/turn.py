@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 NAME_LIMIT = 80  # characters kept of a platform-supplied name (file name, display name)
 
@@ -72,10 +72,23 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class ImageAction:
+    """A button under a posted image (core/actions.py decides which); the adapter renders it and hands
+    a press back to ``Core.press`` with the image's session, id and tag."""
+
+    name: str  # "reroll", "variations", "upscale", "edit", "info"
+    label: str  # e.g. "Upscale ×2"
+    enabled: bool = True  # False: its model is not loaded now (shown disabled where the platform can)
+
+
+@dataclass(frozen=True)
 class OutImage:
     image_id: str
     path: Path  # a PNG on disk, read by the adapter to upload
     filename: str  # e.g. "img3.png"
+    actions: tuple[ImageAction, ...] = ()  # the buttons to show under it
+    session: str = ""  # the conversation it belongs to (a button press names it)
+    tag: str = ""  # tells it from a later image with the same id (ids start again after /reset)
 
 
 class EditBudget:
@@ -133,3 +146,15 @@ class Outcome:
     images: list[str] = field(default_factory=list)
     error: bool = False
 
+
+@dataclass(frozen=True)
+class Press:
+    """What the core decided a button press does (``Core.press``); the adapter carries it out:
+    "private": answer only the presser with ``text``; "form": open a form titled ``text`` with one
+    text field ``field`` (``hint`` as its placeholder), and hand what is typed to ``Core.act``; "run": acknowledge, then
+    ``Core.act`` answers in the conversation like any request."""
+
+    kind: Literal["private", "form", "run"]
+    text: str = ""
+    field: str = ""  # form: the field's label (short: Discord allows 45 characters)
+    hint: str = ""  # form: an example shown in the empty field

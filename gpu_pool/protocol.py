@@ -4,7 +4,7 @@
     POST /jobs     frame(JobRequest) + raw pixels  ─▶ check, queue on the model's device
                    ◀─ frames, one per event, on the same response:
                       queued(job_id, position) · progress(step, total[, text]) ·
-                      done(text, data, safety) + raw pixels | failed(message, code, detail)
+                      done(text, data, safety, provenance) + raw pixels | failed(message, code, detail)
                       (progress step 0 of 0: waiting for the model, with its
                        download or load progress, about once a second)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
@@ -20,6 +20,12 @@ Before a job's images leave the pool, the safety checker looks at every image a
 drawing model made: done.safety holds one Verdict per image (None for models
 that only analyse their input: maps, masks, text). The core applies the
 conversation's policy to them.
+
+done.provenance says how the output was made, for the image's record: the
+model, its source, every parameter as run (defaults filled in, and the seed
+the pool picked when the job gave none), and the prompt and negative prompt
+the model was really sent (the pool's models add quality words and a default
+negative prompt to what the user asked).
 
 A frame is a 4-byte big-endian header length, a UTF-8 JSON header, then the
 raw pixel bytes of the images the header lists, back to back. Pixels travel
@@ -104,6 +110,7 @@ class Event:
     code: str | None = None  # failed: a FailCode
     detail: str | None = None  # failed: remote traceback, for the log only
     safety: list[Verdict] | None = None  # done: one per image of a drawing model; None for analyses
+    provenance: dict[str, Any] | None = None  # done: {"model", "source", "params", "prompt"?, "negative_prompt"?}
 
 
 @dataclass

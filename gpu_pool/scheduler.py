@@ -15,6 +15,10 @@ resident first, each queued job being passed at most ``max_overtakes`` times.
 
 The images of a drawing model go to the SafetyChecker before the done event,
 on the same device thread; the event carries its verdicts (``Event.safety``).
+
+A job for a model that takes a seed and gave none gets one picked here, so
+the done event can say which seed made the image (``Event.provenance``) and a
+user can make it again, or another one like it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 import traceback
 from collections import deque
@@ -206,6 +211,8 @@ class Scheduler:
             model = await self.registry.get(req.model)
             params = check_params(model, req.params, self.limits)
             _check_count(model, req.images)
+            if "seed" in model.params and params["seed"] is None:
+                params["seed"] = secrets.randbelow(2**32)  # SEED's range; returned in the provenance
         except BadRequest as e:
             return job.fail(str(e), "bad_request")
         except NotLoaded as e:
@@ -242,8 +249,9 @@ class Scheduler:
                             "in the pool log.", "internal", detail)
         safety = await self._check(out.images, thread) if model.draws and out.images else None
         images = [RawImage.from_pil(im) for im in out.images]
+        provenance = {"model": req.model, "source": model.source, "params": params, **model.prompts(params)}
         job.emit(Event("done", job.id, text=out.text, images=images, data=out.data, seconds=round(seconds, 6),
-                       safety=safety))
+                       safety=safety, provenance=provenance))
 
     async def _check(self, images: list, thread: ThreadPoolExecutor) -> list[Verdict]:
         """The safety checker's verdict on each drawn image. One it could not check says why

@@ -118,8 +118,10 @@ def plan(name: str, source: str, base: str) -> list[Want]:
     OpenPose's hand and face networks are fetched with the body network (so a
     request for hands never waits for a download) but loaded only when asked for.
     """
-    if name == "Text2Image":
+    if name in ("Text2Image", "Variations"):  # the base itself (Variations: img2img over it)
         return [sd_base(source or base)]
+    if name == "Upscale":  # the latent upscaler's repo is laid out like SD's, with its own networks
+        return [sd_base(source)]
     if name in ("InstructPix2Pix", "Inpainting"):  # their own UNet and schedule on the base's VAE and text encoder
         return [sd_base(base), Want(source, ("unet/config.json", "scheduler/scheduler_config.json"),
                                     (diffusers("unet"),))]

@@ -38,7 +38,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     if stamp.exists() and stamp.read_text() == digest:
         return out
     sys.path.insert(0, str(ROOT))
-    from scripts.tiny_models import detect, hub, llm, safety, sd, vision
+    from scripts.tiny_models import detect, hub, llm, safety, sd, upscale, vision
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +47,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     vision.build(tmp)
     detect.build(tmp)
     safety.build(tmp)
+    upscale.build(tmp)
     llm.build(tmp)
     hub.build(tmp)  # from the folders above, laid out as the real hub repos
     (tmp / ".stamp").write_text(digest)

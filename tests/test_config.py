@@ -29,7 +29,9 @@ def test_shipped_config_is_valid_and_mirrors_the_seed_advice(monkeypatch):
     for var in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     cfg = settings.load(ROOT / "config.toml")
-    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "SafetyChecker", "LLM"]  # the seed's advice, checked
+    # the seed's advice, checked, the built-in LLM, and the models of the buttons under every image
+    assert list(cfg.models) == ["ImageCaptioning", "Text2Image", "SafetyChecker", "Variations", "Upscale", "LLM"]
+    assert (cfg.models["Variations"].source, cfg.models["Upscale"].source) == ("", "stabilityai/sd-x2-latent-upscaler")
     assert cfg.models["SafetyChecker"].source == "CompVis/stable-diffusion-safety-checker"
     assert cfg.safety == settings.SafetyConfig(enabled=True, allow_in_nsfw_channels=False, allow_in_slack_channels=(),
                                                allow_in_dms=False)
@@ -152,6 +154,10 @@ def test_check_config_lists_models_and_devices():
     assert out.returncode == 0, out.stderr
     assert re.search(r"ImageCaptioning +device=cpu \(auto\) +dtype=float32", out.stdout)
     assert re.search(r"Text2Image +device=cpu \(auto\) +dtype=float32 +source=stable-diffusion-v1-5/", out.stdout)
+    assert re.search(r"Variations +device=cpu \(auto\) +dtype=float32 +source=\(the Stable Diffusion base\)$",
+                     out.stdout, re.M)
+    assert re.search(r"Upscale +device=cpu \(auto\) +dtype=float32 +source=stabilityai/sd-x2-latent-upscaler$",
+                     out.stdout, re.M)
     assert re.search(r"LLM +device=cpu \(auto\) +dtype=float32 +source=Qwen/Qwen3-VL-2B-Instruct", out.stdout)
     assert "LLM: built in, Qwen/Qwen3-VL-2B-Instruct served by the pool" in out.stdout
 

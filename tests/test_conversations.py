@@ -38,12 +38,13 @@ def texts(slack, channel: str) -> list[str]:
 
 
 def answers(slack, channel: str) -> list[str]:
-    """The answers the bot left in ``channel``, in order: posts never deleted (not status messages), uploads."""
+    """The answers the bot left in ``channel``, in order: posts never deleted (not status messages) and not
+    the buttons under images, uploads."""
     deleted = {c["ts"] for c in slack.called("chat.delete")}
     return [c.get("text") or c.get("initial_comment") or "" for c in slack.calls
             if c.get("channel", c.get("channel_id")) == channel
             and (c.method == "files.completeUploadExternal"
-                 or c.method == "chat.postMessage" and c.response.get("ts") not in deleted)]
+                 or c.method == "chat.postMessage" and c.response.get("ts") not in deleted and not c.get("blocks"))]
 
 
 # --- order --------------------------------------------------------------------------------------

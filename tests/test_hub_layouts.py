@@ -97,7 +97,8 @@ def check_output(name: str, out) -> None:
         answer = json.loads(out.text)
         assert answer["completion_tokens"] > 0 and answer["finish_reason"] in ("stop", "length")
     else:
-        assert [im.size for im in out.images] == [(64, 64) if name == "Text2Image" else (48, 32)]
+        expected = (64, 64) if name == "Text2Image" else (96, 64) if name == "Upscale" else (48, 32)
+        assert [im.size for im in out.images] == [expected]
 
 
 @pytest.mark.parametrize("name, dtype", CASES)

@@ -58,6 +58,8 @@ CASES = {
     **{name: ({"prompt": "a house", "steps": 2}, [IMG]) for name in (
         "CannyText2Image", "LineText2Image", "HedText2Image", "ScribbleText2Image", "PoseText2Image",
         "SegText2Image", "DepthText2Image", "NormalText2Image")},
+    "Variations": ({"steps": 2}, [IMG]),
+    "Upscale": ({"steps": 2}, [IMG]),
     "SafetyChecker": ({}, [IMG]),  # as a job of its own it answers in words
     "LLM": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, []),  # the built-in LLM, as a job
 }
@@ -82,7 +84,7 @@ async def test_every_model_runs_through_the_pool(client, name):
         return
     assert len(last.images) == 1
     out = last.images[0].to_pil()
-    expected = (64, 96) if name == "Text2Image" else IMG.size
+    expected = (64, 96) if name == "Text2Image" else (2 * IMG.width, 2 * IMG.height) if name == "Upscale" else IMG.size
     assert out.size == expected
     assert out.mode == ("L" if name in ("Text2Mask", "Segmenting") else "RGB")
 
@@ -105,6 +107,26 @@ async def test_progress_is_reported_per_diffusion_step(client):
     steps = [(e.step, e.total) for e in evs if e.kind == "progress"]
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert evs[-1].kind == "done" and evs[-1].seconds > 0
+
+
+async def test_done_says_how_the_image_was_made_and_the_seed_makes_it_again(client):
+    """The pool picks a seed when the job gives none and returns it, with the prompts the model really got."""
+    asked = {"prompt": "a tree", "steps": 2, "width": 64, "height": 64}
+    first = (await events_of(client, "Text2Image", asked))[-1]
+    made = first.provenance
+    assert made["model"] == "Text2Image" and made["source"].endswith("tiny-models/sd15")
+    seed = made["params"]["seed"]
+    assert isinstance(seed, int) and 0 <= seed < 2**32
+    assert made["params"] == {**asked, "negative_prompt": "", "guidance": 7.5, "seed": seed}
+    assert made["prompt"] == "a tree, best quality, extremely detailed"  # the seed's quality words
+    assert made["negative_prompt"].startswith("longbody, lowres, bad anatomy")  # its default negative prompt
+    again = (await events_of(client, "Text2Image", {**asked, "seed": seed}))[-1]
+    assert again.images[0].data == first.images[0].data and again.provenance == made
+    other = (await events_of(client, "Text2Image", asked))[-1]
+    assert other.provenance["params"]["seed"] != seed and other.images[0].data != first.images[0].data
+    annotated = (await events_of(client, "Image2Canny", {}, [IMG]))[-1].provenance
+    assert (annotated["model"], annotated["source"], annotated["params"]["low_threshold"]) == ("Image2Canny", "", 100)
+    assert "seed" not in annotated["params"] and "prompt" not in annotated  # a map: nothing random, no prompt
 
 
 async def test_queue_positions_on_one_device(client):

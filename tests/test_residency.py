@@ -227,6 +227,7 @@ class Holder(PoolModel):
 
     def __init__(self, name: str, mods: list[torch.nn.Module]):
         self.name, self._mods = name, mods
+        self.spec = LoadSpec(name, "", "cpu", torch.float32, "")  # no weights: what its provenance says
 
     def modules(self):
         return dict(enumerate(self._mods))

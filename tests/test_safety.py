@@ -86,12 +86,13 @@ async def test_every_drawing_model_s_images_carry_a_verdict_and_maps_none(pool):
             "InstructPix2Pix": ({"prompt": "snow", "steps": 2}, [img]),
             "Inpainting": ({"prompt": "a dog", "steps": 2}, [img, mask]),
             "CannyText2Image": ({"prompt": "a house", "steps": 2}, [img]),
+            "Variations": ({"steps": 2}, [img]), "Upscale": ({"steps": 2}, [img]),  # the buttons' models draw too
             "Image2Canny": ({}, [img]), "Text2Mask": ({"prompt": "the sky"}, [img])}
     try:
         done = {m: await client.result(JobRequest(m, p, ims)) for m, (p, ims) in jobs.items()}
     finally:
         await client.close()
-    for model in ("Text2Image", "InstructPix2Pix", "Inpainting", "CannyText2Image"):
+    for model in ("Text2Image", "InstructPix2Pix", "Inpainting", "CannyText2Image", "Variations", "Upscale"):
         [verdict] = done[model].safety
         assert verdict.flagged is False and verdict.score < 0 and verdict.note is None, model
     assert done["Image2Canny"].safety is None and done["Text2Mask"].safety is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import settings
-from gpu_pool.models.base import Output, Param, PoolModel
+from gpu_pool.models.base import LoadSpec, Output, Param, PoolModel
 from gpu_pool.registry import Entry, Registry
 from gpu_pool.scheduler import Scheduler
 from gpu_pool.protocol import JobRequest
@@ -25,6 +25,7 @@ class Stand(PoolModel):
 
     def __init__(self, name: str):
         self.name = name
+        self.spec = LoadSpec(name, "", "cpu", torch.float32, "")  # no weights: what its provenance says
 
     def run(self, params, images, progress):
         if params["oom"]:

@@ -81,9 +81,9 @@ def in_thread(channel: str, thread_ts: str | None):
 
 
 def answer(channel: str, thread_ts: str | None):
-    """A posted message that is not the status line."""
+    """A posted message that is neither the status line nor the buttons under images."""
     where = in_thread(channel, thread_ts)
-    return lambda c: where(c) and c.get("text") != WORKING
+    return lambda c: where(c) and c.get("text") != WORKING and not c.get("blocks")
 
 
 def uploaded_image(slack: FakeSlack, complete: Call) -> Image.Image:

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 import settings
 from core.images import ImageStore
 from core.store import Store
-from core.tools import BY_NAME, TOOLS, available
+from core.tools import BUTTONS, BY_NAME, TOOLS, available
 from core.tools.base import ToolContext, call
 
 
@@ -180,9 +180,10 @@ async def test_a_model_that_is_not_loaded(ctx, pool):
 
 
 def test_every_tool_has_a_description_a_valid_schema_and_known_models():
-    names = [t.name for t in TOOLS]
+    names = [t.name for t in [*TOOLS, *BUTTONS.values()]]
     assert len(names) == len(set(names))
-    for tool in TOOLS:
+    assert not set(BUTTONS) & {t.name for t in available(set(settings.MODEL_NAMES))}  # never offered to the LLM
+    for tool in [*TOOLS, *BUTTONS.values()]:
         assert tool.description.endswith(".") and len(tool.description) < 200, tool.name
         schema = tool.schema(["img1", "img2"])["function"]
         params = schema["parameters"]
@@ -193,8 +194,8 @@ def test_every_tool_has_a_description_a_valid_schema_and_known_models():
         assert set(tool.models) <= set(settings.MODEL_NAMES), tool.name
         assert tool.models or tool.read_only, tool.name  # only a tool that makes nothing may need no model
         assert all(group and set(group) <= set(settings.MODEL_NAMES) for group in tool.any_of), tool.name
-    covered = {m for t in TOOLS for m in t.models}
-    assert covered == set(settings.SEED_MODELS) - {"SafetyChecker"}  # every seed model is reachable by a tool
+    covered = {m for t in [*TOOLS, *BUTTONS.values()] for m in t.models}
+    assert covered == set(settings.SEED_MODELS) - {"SafetyChecker"}  # every visual model is reachable by a tool
 
 
 def test_image_parameters_are_enums_of_the_session_ids():

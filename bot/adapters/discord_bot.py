@@ -10,6 +10,9 @@ as its event arrives, its attachments fetched in its turn, so a conversation kee
 order messages were sent. Slash commands are deferred at once, then answered with
 followups; admin commands, and /help, only to the asker (ephemeral). Status edits of a
 guild share one budget.
+
+The buttons under posted images (``discord_buttons.py``) are answered by ``on_button``
+and ``on_form``: the core decides, this side acknowledges and carries it out.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from core.engine import HELP, Core
 from core.errors import GENERIC, BadImage, UserFacingError
 from core.turn import Attachment, EditBudget, Turn, clean_name
 
+from bot.adapters.discord_buttons import ActionButton, EditForm, custom_id, form_of
 from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_MINUTE, ChannelReply,
                                         InteractionReply)
 
 log = logging.getLogger(__name__)
 ANSWERED = (discord.MessageType.default, discord.MessageType.reply)  # not joins, pins, thread notices
+ELSEWHERE = "This button belongs to another conversation."
 
 
 class DiscordRejected(RuntimeError):
@@ -63,6 +68,9 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.bot.on_message(message)
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        await self.bot.on_form(interaction)  # the Edit form's submission; buttons go to ActionButton
+
     async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
         log.exception("Discord event handler %s failed", event_method)
 
@@ -80,6 +88,7 @@ class DiscordBot:
                               guild_ready_timeout=guild_ready_timeout)
         self.client.tree.on_error = self._on_command_error
         self._add_commands(self.client.tree)
+        self.client.add_dynamic_items(ActionButton)  # every image button, however old its message
         self._connection: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._budgets: dict[int | None, EditBudget] = {}  # per guild (None: DMs)
@@ -306,6 +315,58 @@ class DiscordBot:
                 await interaction.response.send_message(GENERIC, ephemeral=True)
         except discord.HTTPException:
             log.warning("could not tell the user about the failed /%s either", name)
+
+
+    # --- buttons under images (discord_buttons.py) ------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction, action: str, image: str, tag: str,
+                        session: str) -> None:
+        """A press: answered at once, only to the presser (Info, a stale or disabled button), with the Edit
+        form (a modal), or acknowledged without a message (type 6) and run, the result a new reply."""
+        if session != self._session(interaction):
+            return await interaction.response.send_message(ELSEWHERE, ephemeral=True)
+        press = await self.core.press(session, image, tag, action)
+        if press.kind == "private":
+            await interaction.response.send_message(press.text, ephemeral=True)
+        elif press.kind == "form":
+            form_id = custom_id("vcform", action, image, tag, session)
+            await interaction.response.send_modal(EditForm(press.text, press.field, press.hint, form_id))
+        else:
+            await interaction.response.defer()
+            await self._act(interaction, session, image, tag, action)
+
+    async def on_form(self, interaction: discord.Interaction) -> None:
+        """A submitted Edit form (MODAL_SUBMIT), read from its custom_id: nothing about it is kept in memory."""
+        found = form_of(interaction)
+        if found is None:
+            return
+        fields, instruction = found
+        session, image, tag, action = fields["session"], fields["image"], fields["tag"], fields["action"]
+        if session != self._session(interaction):
+            return await interaction.response.send_message(ELSEWHERE, ephemeral=True)
+        press = await self.core.press(session, image, tag, action)
+        if press.kind == "private":  # reset away while the form was open
+            return await interaction.response.send_message(press.text, ephemeral=True)
+        await interaction.response.defer()
+        await self._act(interaction, session, image, tag, action, instruction.strip())
+
+    async def _act(self, interaction: discord.Interaction, session: str, image: str, tag: str, action: str,
+                   instruction: str | None = None) -> None:
+        """Run the press for the presser; status and result go to the image's channel, replying to its message."""
+        self._track()
+        reply = ChannelReply(interaction.message, interaction.filesize_limit, self.budget(interaction.guild_id))
+        try:
+            user = interaction.user
+            turn = Turn("discord", session, str(user.id), user.display_name, "", (),
+                        self._is_admin(user.id, interaction.permissions),
+                        nsfw_channel=_age_restricted(interaction.channel))
+            await self.core.act(turn, reply, image, tag, action, instruction)
+        except discord.Forbidden as e:
+            log.warning("no permission to answer a button in %s: %s", session, e)
+        except Exception:
+            await self._failed(reply, session)
+        finally:
+            await reply.close()
 
 
 async def run(core: Core, config) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import discord
 from PIL import Image
 
+from bot.adapters.discord_buttons import BUTTON_ROWS, buttons_for
 from core.turn import EditBudget, OutImage
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,18 @@ async def prepare_images(images: Sequence[OutImage], limit: int) -> tuple[list[t
     return ready, note
 
 
-def plan_messages(text: str, files: list[tuple[bytes, str]]) -> list[tuple[str | None, list[tuple[bytes, str]]]]:
-    """(content, files) per message: the text in pieces, the files with the last piece, ten at most each."""
+def plan_messages(text: str, files: list[tuple[bytes, str]],
+                  per_message: int = FILES_PER_MESSAGE) -> list[tuple[str | None, list[tuple[bytes, str]]]]:
+    """(content, files) per message: the text in pieces, the files with the last piece, ten at most each
+    (five with buttons: one row of buttons per image)."""
     pieces: list[str | None] = split_text(text) or [None]
-    groups = [files[i:i + FILES_PER_MESSAGE] for i in range(0, len(files), FILES_PER_MESSAGE)] or [[]]
+    groups = [files[i:i + per_message] for i in range(0, len(files), per_message)] or [[]]
     plan = [(p, []) for p in pieces[:-1]] + [(pieces[-1], groups[0])] + [(None, g) for g in groups[1:]]
     return [(content, group) for content, group in plan if content or group]  # Discord refuses empty ones
+
+
+def _per_message(images: Sequence[OutImage]) -> int:
+    return BUTTON_ROWS if any(im.actions for im in images) else FILES_PER_MESSAGE
 
 
 def _files(group: list[tuple[bytes, str]]) -> list[discord.File]:
@@ -155,9 +162,9 @@ class ChannelReply:
     async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
         self.stop_typing()
         files, note = await prepare_images(images, self.upload_limit)
-        for i, (content, group) in enumerate(plan_messages(text + note, files)):
+        for i, (content, group) in enumerate(plan_messages(text + note, files, _per_message(images))):
             reference = self._reference if i == 0 else None
-            await self.channel.send(content, files=_files(group), reference=reference)
+            await self.channel.send(content, files=_files(group), reference=reference, **buttons_for(group, images))
 
     def stop_typing(self) -> None:
         self._done = True
@@ -189,9 +196,10 @@ class InteractionReply:
 
     async def send(self, text: str, images: Sequence[OutImage] = ()) -> None:
         files, note = await prepare_images(images, self.upload_limit)
-        for content, group in plan_messages(text + note, files):
+        for content, group in plan_messages(text + note, files, _per_message(images)):
             kwargs = {"content": content} if content else {}
-            await self.interaction.followup.send(**kwargs, files=_files(group), ephemeral=self.ephemeral)
+            await self.interaction.followup.send(**kwargs, files=_files(group), ephemeral=self.ephemeral,
+                                                 **buttons_for(group, images))
 
     async def close(self) -> None:
         """Nothing left: the core removed the status line."""

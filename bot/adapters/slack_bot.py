@@ -16,6 +16,10 @@ arrives, its files fetched in its turn, so a conversation keeps the order messag
 Progress is one status message per turn (Slack shows bots no typing indicator). Its edits
 (``chat.update``, a rate-limited Tier 3 method) share one budget for the workspace, and a
 429's Retry-After pauses them; answers are retried after a 429's Retry-After.
+
+The buttons under posted images (``slack_buttons.py``) are block actions and an
+Edit modal, acknowledged at once (``_on_button``, ``_on_form``); the core decides
+what a press does, and its result is posted as new messages in the thread.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.slack_buttons import EDIT_VIEW, belongs, blocks_for, edit_view, parse, submitted
 from core.engine import HELP, Core
 from core.errors import GENERIC, BadImage, RateLimited, UserFacingError
 from core.turn import Attachment, EditBudget, OutImage, Turn, clean_name
@@ -50,6 +55,7 @@ ANSWERED = {None, "file_share", "thread_broadcast"}  # message subtypes that are
 DIRECT = {"/imagine": ("generate_image", ("prompt",), "PROMPT"),
           "/caption": ("caption_image", ("image",), "IMAGE_ID"),
           "/edit": ("edit_image", ("image", "instruction"), "IMAGE_ID INSTRUCTION")}
+ELSEWHERE = "This button belongs to another conversation."
 ADMIN = {"/models": (0, 0, ""), "/reload": (0, 1, " [MODEL]"), "/load": (1, 2, " MODEL [DEVICE]"),
          "/unload": (1, 1, " MODEL"), "/safety": (0, 0, "")}  # command -> (fewest words, most words, usage)
 
@@ -109,6 +115,10 @@ class SlackReply:
                                               initial_comment=_mrkdwn(text), file_uploads=files)
         else:
             await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=_mrkdwn(text))
+        if blocks := blocks_for(list(images)):  # files carry no blocks: the buttons come right below them
+            ids = ", ".join(im.image_id for im in images if im.actions)
+            await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, blocks=blocks,
+                                               text=f"Buttons for {ids}")
 
 
 def _retry_after(headers) -> float:
@@ -146,6 +156,8 @@ class SlackBot:
         self.app.event("message")(self._on_message)
         for name in (*DIRECT, *ADMIN, "/reset", "/help"):
             self.app.command(name)(self._on_command)
+        self.app.action(re.compile(r"^vc:"))(self._on_button)
+        self.app.view(EDIT_VIEW)(self._on_form)
         self.app.error(self._on_error)
 
     # --- connection -----------------------------------------------------------
@@ -355,6 +367,54 @@ class SlackBot:
         except Exception:
             log.warning("could not tell the user in %s either", where)
 
+    # --- buttons under images (slack_buttons.py) --------------------------------------
+
+    async def _on_button(self, ack, body: dict, action: dict) -> None:
+        await ack()  # within Slack's 3 s; the trigger_id for a form stays valid 3 s too, so the press goes on now
+        self._spawn(self._button(body, action))
+
+    async def _button(self, body: dict, action: dict) -> None:
+        """A press: answered only to the presser (Info, a stale or disabled button, ephemeral), with the
+        Edit form, or run, the result new messages in the thread of the buttons."""
+        pressed = parse(action)
+        if pressed is None:
+            return log.warning("unknown Slack button %s", action.get("action_id"))
+        name, image, tag, session = pressed
+        channel, user = body["channel"]["id"], body["user"]
+        thread = (body.get("container") or {}).get("thread_ts") or (body.get("message") or {}).get("thread_ts")
+        if not belongs(session, channel, user["id"]):
+            return await self._private(channel, user["id"], thread, ELSEWHERE)
+        press = await self.core.press(session, image, tag, name)
+        meta = meta_of(session, image, tag, name, channel, thread)
+        if press.kind == "private":
+            await self._private(channel, user["id"], thread, press.text)
+        elif press.kind == "form":
+            await self.app.client.views_open(trigger_id=body["trigger_id"], view=edit_view(press, meta))
+        else:
+            await self._act(meta, user)
+
+    async def _on_form(self, ack, body: dict, view: dict) -> None:
+        """The Edit form submitted: refused inside the form when the image is gone, else closed and run."""
+        meta, instruction = submitted(view)
+        press = await self.core.press(meta["session"], meta["image"], meta["tag"], meta["action"])
+        if press.kind == "private":
+            return await ack(response_action="errors", errors={"instruction": press.text})
+        await ack()
+        self._spawn(self._act(meta, body["user"], instruction))
+
+    async def _act(self, meta: dict, user: dict, instruction: str | None = None) -> None:
+        reply = self._reply(meta["channel"], meta["thread"])
+        try:
+            name = user.get("username") or user.get("name") or user["id"]
+            # is_admin from the config and earlier lookups only: no await may come before act() (the order)
+            turn = Turn("slack", meta["session"], user["id"], name, "", is_admin=self._admin_now(user["id"]))
+            await self.core.act(turn, reply, meta["image"], meta["tag"], meta["action"], instruction)
+        except Exception:
+            await self._failed(reply, meta["session"])
+
+    async def _private(self, channel: str, user: str, thread: str | None, text: str) -> None:
+        await self.app.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread, text=_mrkdwn(text))
+
     # --- who and where -----------------------------------------------------------
 
     def _command_session(self, command: dict) -> str:
@@ -383,6 +443,11 @@ class SlackBot:
             return False
         self._admins[user] = bool(info.get("is_admin") or info.get("is_owner"))
         return self._admins[user]
+
+
+def meta_of(session: str, image: str, tag: str, action: str, channel: str, thread: str | None) -> dict:
+    """Where a press answers and what it acts on (an Edit form carries it as its private_metadata)."""
+    return {"session": session, "image": image, "tag": tag, "action": action, "channel": channel, "thread": thread}
 
 
 async def run(core: Core, config, *, base_url: str | None = None) -> None:

@@ -1,7 +1,8 @@
 """Every tool the agent and the slash commands can call, in one visible list.
 
 ``available(loaded)`` is what the LLM is offered: the tools whose pool models
-are all loaded right now.
+are all loaded right now. ``BUTTONS`` are run only by the buttons under an
+image (core/actions.py), never offered to the LLM.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from core.tools.question import AnswerQuestion
 from core.tools.segment_everything import SegmentEverything
 from core.tools.segment_object import SegmentObject
 from core.tools.show import ShowImage
+from core.tools.upscale import UpscaleImage
+from core.tools.variations import MakeVariation
 
 TOOLS: list[Tool] = [
     CaptionImage(),
@@ -43,6 +46,7 @@ TOOLS: list[Tool] = [
     RemoveBackground(),
 ]
 BY_NAME: dict[str, Tool] = {t.name: t for t in TOOLS}
+BUTTONS: dict[str, Tool] = {t.name: t for t in (MakeVariation(), UpscaleImage())}
 
 
 def available(loaded: set[str]) -> list[Tool]:

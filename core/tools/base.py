@@ -4,7 +4,9 @@ A tool never sees a file path: image arguments are the session's ids
 (``img3``), offered to the LLM as an ``enum`` and checked again here. A tool
 that fails returns an error result the LLM can act on; it never raises.
 A job's images pass the conversation's safety policy (core/safety.py) before
-a tool can store them.
+a tool can store them. Every image a tool stores records how it was made
+(``Provenance``): the tool's arguments, and the last pool job the tool ran,
+which made its pixels (model, parameters as run with the seed, prompts sent).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from core.errors import BadArguments, PoolFailed, UserFacingError, Withheld
 from core.images import ImageStore
 from core.pool_client import PoolClient
 from core.safety import FOR_LLM, NO_RETRY, Policy, judge
-from core.store import ImageRow
+from core.store import ImageRow, Provenance
 from gpu_pool.protocol import Event, JobRequest, RawImage
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,10 @@ class ToolContext:
     deadline: asyncio.Timeout | None = None  # the turn's deadline (set by the agent loop); see Waits
     waits: Waits = field(default_factory=Waits)
     shown: list[str] = field(default_factory=list)  # existing image ids the user asked to see again
+    seeds: dict[str, int] = field(default_factory=dict)  # pool model -> the seed its jobs use (a reroll's new one)
+    action: tuple[str, str] | None = None  # (button, image id) when a button press runs the tool
+    calling: dict[str, Any] | None = None  # the arguments of the tool call running now (set by ``call``)
+    last_job: JobOutput | None = None  # the last job of that call: it made the pixels the tool stores
 
 
 @dataclass
@@ -155,7 +161,10 @@ async def call(tool: Tool, ctx: ToolContext, args: Any) -> ToolResult:
     if ctx.withheld and not tool.read_only:  # trying again is the user's choice, not the LLM's
         return ToolResult(NO_RETRY, ok=False)
     try:
-        return await tool.run(ctx, check_args(tool, ctx, args))
+        args = check_args(tool, ctx, args)
+        if not tool.read_only:  # read-only calls may run side by side; they store nothing
+            ctx.calling, ctx.last_job = dict(args), None
+        return await tool.run(ctx, args)
     except Withheld as e:
         log.warning("session %s: %s: image withheld by the safety filter (%s)", ctx.session, tool.name, e.why)
         ctx.withheld.append(str(e))
@@ -178,6 +187,7 @@ class JobOutput:
     text: str | None
     images: list[Image.Image]
     data: dict[str, Any] = field(default_factory=dict)  # structured results, e.g. Text2Box's boxes
+    provenance: dict[str, Any] = field(default_factory=dict)  # the pool's account of the job, plus "seconds"
 
 
 async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: list[Image.Image] = (),
@@ -187,6 +197,8 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
     Time spent waiting for the model to download or load does not count against the turn's deadline.
     """
     label = label or model
+    if model in ctx.seeds:
+        params = dict(params, seed=ctx.seeds[model])
     request = JobRequest(model, params, [RawImage.from_pil(im) for im in images], user=ctx.user)
     job = ctx.images.store.start_job(ctx.session, ctx.user, model)
     held = False
@@ -208,7 +220,10 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
                 ctx.images.store.finish_job(job, "withheld" if withheld else "done", withheld and withheld.why)
                 if withheld:
                     raise withheld
-                return JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {})
+                out = JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {},
+                                dict(ev.provenance or {"model": model}, seconds=ev.seconds))
+                ctx.last_job = out
+                return out
             elif ev.kind == "failed":
                 ctx.images.store.finish_job(job, "failed", ev.message)
                 raise PoolFailed(ev.message or "The image engine failed.", ev.code or "internal")
@@ -260,7 +275,18 @@ def duration_text(seconds: float) -> str:
 
 def save(ctx: ToolContext, img: Image.Image, *, parent: str | None, operation: str,
          params: dict[str, Any]) -> ImageRow:
-    """Record a tool's output image in the session, with its lineage."""
-    row = ctx.images.add(ctx.session, img, parent=parent, operation=operation, params=params)
+    """Record a tool's output image in the session, with its lineage and how it was made."""
+    row = ctx.images.add(ctx.session, img, parent=parent, operation=operation, params=params, made=provenance(ctx))
     ctx.made.append(row.image_id)
     return row
+
+
+def provenance(ctx: ToolContext) -> Provenance:
+    """The running call's arguments and its last job; the button press, if a button asked for it."""
+    job = ctx.last_job.provenance if ctx.last_job else {}
+    run = job.get("params")
+    action, action_of = ctx.action or (None, None)
+    return Provenance(args=ctx.calling, model=job.get("model"), source=job.get("source"), model_params=run,
+                      seed=(run or {}).get("seed"), prompt=job.get("prompt"),
+                      negative_prompt=job.get("negative_prompt"), seconds=job.get("seconds"), action=action,
+                      action_of=action_of, user=ctx.user)

@@ -43,6 +43,8 @@ MODEL_TABLE: dict[str, str] = {
     "SegText2Image": "sd:load_controlnet",
     "DepthText2Image": "sd:load_controlnet",
     "NormalText2Image": "sd:load_controlnet",
+    "Variations": "variations:load_variations",
+    "Upscale": "upscale:load_upscale",
     "SafetyChecker": "safety:load_safety_checker",
     "LLM": "llm:load_llm",
 }

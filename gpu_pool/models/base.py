@@ -82,8 +82,18 @@ class PoolModel:
         self.device = spec.device
         self.dtype = spec.dtype
 
+    @property
+    def source(self) -> str:
+        """Where its weights came from (a hub id or folder; "" for none), for the images' provenance."""
+        return self.spec.source
+
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules this model holds (shared ones included), by component name."""
+        return {}
+
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The prompt and negative prompt the model really gives its pipeline for ``params`` (the SD family adds
+        the seed's quality words and default negative prompt), for the images' provenance; {} for none."""
         return {}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:

@@ -149,10 +149,11 @@ class Text2Image(_Diffusion):
     params = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": steps(50), "guidance": guidance(7.5),
               "width": size(512), "height": size(512), "seed": SEED}
 
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"] + QUALITY, "negative_prompt": params["negative_prompt"] or SEED_NEGATIVE}
+
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
-        image = self._run_pipe(params, progress, params["width"], params["height"],
-                               prompt=params["prompt"] + QUALITY,
-                               negative_prompt=params["negative_prompt"] or SEED_NEGATIVE)
+        image = self._run_pipe(params, progress, params["width"], params["height"], **self.prompts(params))
         return Output(images=[image])
 
 
@@ -164,11 +165,14 @@ class InstructPix2Pix(_Diffusion):
     n_images = 1
     sized = False  # its size is its image's
 
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"]}
+
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original = images[0].convert("RGB")
         image = self._fit(original, Image.Resampling.LANCZOS)
-        out = self._run_pipe(params, progress, image.width, image.height, prompt=params["prompt"], image=image,
-                             image_guidance_scale=params["image_guidance"])
+        out = self._run_pipe(params, progress, image.width, image.height, image=image,
+                             image_guidance_scale=params["image_guidance"], **self.prompts(params))
         return self._back(out, original.size)
 
 
@@ -178,6 +182,9 @@ class Inpainting(_Diffusion):
     n_images = 2
     image_names = ("image", "mask")
 
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"], "negative_prompt": params["negative_prompt"] or None}
+
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original, mask = images[0].convert("RGB"), images[1].convert("L")  # mask: white = repaint
         if mask.size != original.size:
@@ -186,8 +193,8 @@ class Inpainting(_Diffusion):
                              "make the mask from the same image.")
         image = self._fit(original, Image.Resampling.LANCZOS)
         mask = self._fit(mask, Image.Resampling.NEAREST)  # a mask stays black and white
-        out = self._run_pipe(params, progress, image.width, image.height, prompt=params["prompt"],
-                             negative_prompt=params["negative_prompt"] or None, image=image, mask_image=mask)
+        out = self._run_pipe(params, progress, image.width, image.height, image=image, mask_image=mask,
+                             **self.prompts(params))
         return self._back(out, original.size)
 
 
@@ -198,12 +205,15 @@ class ControlNetText2Image(_Diffusion):
               "seed": SEED}
     n_images = 1
 
+    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": params["prompt"] + QUALITY, "negative_prompt": params["negative_prompt"] or SEED_NEGATIVE}
+
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original = images[0].convert("RGB")
         # Edge, line and scribble maps are black and white, as ControlNet was trained on: no grey when scaling.
         condition = self._fit(original, Image.Resampling.NEAREST if _is_binary(original) else Image.Resampling.BILINEAR)
-        out = self._run_pipe(params, progress, condition.width, condition.height, prompt=params["prompt"] + QUALITY,
-                             negative_prompt=params["negative_prompt"] or SEED_NEGATIVE, image=condition, eta=0.0)
+        out = self._run_pipe(params, progress, condition.width, condition.height, image=condition, eta=0.0,
+                             **self.prompts(params))
         return self._back(out, original.size)
 
 

@@ -50,6 +50,7 @@ ROOTS = {  # repo -> tiny folder it is made from
     "facebook/sam-vit-base": "sam",
     "Qwen/Qwen3-VL-2B-Instruct": "llm",
     "Qwen/Qwen3-VL-4B-Instruct": "llm",  # the next size up: the same files, its weights in two shards
+    "stabilityai/sd-x2-latent-upscaler": "upscaler",
 }
 # Repos whose UNet (or whole pipeline) ships an fp16 variant; the others are full precision only.
 HAS_FP16 = {"stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-inpainting"}
@@ -64,6 +65,8 @@ def build(out: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if tiny in ("sd15", "pix2pix", "inpaint"):
             _pipeline(out / tiny, folder, fp16=repo in HAS_FP16)
+        elif tiny == "upscaler":
+            _upscaler(out / tiny, folder)
         elif tiny.startswith("controlnet-"):
             _diffusers_model(out / tiny, folder, "", fp16=False)
         elif tiny == "annotators":
@@ -100,6 +103,16 @@ def _pipeline(src: Path, folder: Path, fp16: bool) -> None:
     (folder / "safety_checker" / "model.safetensors").write_bytes(JUNK)  # unreadable: reading it fails the load
     (folder / "safety_checker" / "pytorch_model.bin").write_bytes(JUNK)
     (folder / "v1-5-pruned-emaonly.safetensors").write_bytes(JUNK * 8)  # single-file checkpoints at the root
+
+
+def _upscaler(src: Path, folder: Path) -> None:
+    """stabilityai/sd-x2-latent-upscaler: a pipeline repo with no safety checker, full precision only."""
+    shutil.copy(src / "model_index.json", folder / "model_index.json")
+    shutil.copytree(src / "scheduler", folder / "scheduler", dirs_exist_ok=True)
+    _diffusers_model(src / "unet", folder, "unet", fp16=False)
+    _diffusers_model(src / "vae", folder, "vae", fp16=False)
+    _text_encoder(src / "text_encoder", folder / "text_encoder", fp16=False)
+    _clip_tokenizer(src / "tokenizer", folder / "tokenizer")
 
 
 def _diffusers_model(src: Path, repo: Path, sub: str, fp16: bool) -> None:

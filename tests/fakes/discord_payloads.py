@@ -74,7 +74,7 @@ class Message(TypedDict):
 class Interaction(TypedDict):
     id: str
     application_id: str
-    type: int  # 2 application command
+    type: int  # 2 application command, 3 message component (a button), 5 modal submit
     token: str
     version: int
     data: dict
@@ -89,6 +89,7 @@ class Interaction(TypedDict):
     authorizing_integration_owners: dict
     context: int  # 0 guild, 1 bot DM
     attachment_size_limit: int
+    message: NotRequired[dict]  # types 3 and 5: the message whose component was used
 
 
 def user(user_id: str, name: str = "", *, bot: bool = False) -> User:

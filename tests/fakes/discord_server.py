@@ -19,6 +19,18 @@ Payloads are built from Discord's real JSON shapes: ``tests/fakes/discord_payloa
 Message edits are rate-limited per channel as on Discord (5 per 5 s): beyond that the
 fake answers 429 with ``retry_after`` and ``Retry-After``, as Discord does; ``rate_limited``
 keeps those requests and ``edit_limit`` changes the limit.
+
+Buttons: every message the bot posts is kept (``messages``, by id) with its components,
+as Discord keeps them, so a test presses one as a user would, even on a restarted bot:
+
+    posted = await discord_fake.wait_for_request("POST", ANSWER, where=with_files)
+    await discord_fake.push("INTERACTION_CREATE", discord_fake.press(posted, "vc:reroll:img1:...", author=bob))
+    form = await discord_fake.wait_for_request("POST", r"/interactions/.*/callback",
+                                               where=lambda r: r.json["type"] == 9)
+    await discord_fake.push("INTERACTION_CREATE", discord_fake.submit(form, {"instruction": "make it winter"}))
+
+The interaction callback answers as Discord does for each response type: 4 (a message,
+ephemeral with flag 64), 5 (deferred, "thinking"), 6 (deferred update: no message), 9 (a modal).
 """
 
 from __future__ import annotations
@@ -107,6 +119,8 @@ class FakeDiscord:
         self.identified = asyncio.Event()
         self.base = ""
         self._files: dict[str, tuple[bytes, str, float]] = {}  # CDN path -> (bytes, content type, delay)
+        self.messages: dict[str, dict] = {}  # id -> every message the bot posted, with its components
+        self._interactions: dict[str, dict] = {}  # id -> the interactions built here (their callbacks echo them)
         self._arrived = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
         self._ws_lock = asyncio.Lock()
@@ -179,6 +193,33 @@ class FakeDiscord:
             payload["member"] = member(author, permissions)
         else:
             payload["user"] = author
+        return payload
+
+    def press(self, posted: Request | dict, custom_id: str, *, author: User | None = None,
+              guild_id: str | None = GUILD_ID, permissions: int = 0) -> Interaction:
+        """A MESSAGE_COMPONENT interaction (type 3): ``author`` clicks the button ``custom_id`` on a message the
+        bot posted (a recorded request, or the message object); Discord sends the whole message along."""
+        message = posted.response if isinstance(posted, Request) else posted
+        buttons = [c for row in message["components"] for c in row["components"]]
+        assert any(b.get("custom_id") == custom_id for b in buttons), f"no button {custom_id} on {message['id']}"
+        payload = self.interaction("", author=author, channel_id=message["channel_id"], guild_id=guild_id,
+                                   permissions=permissions)
+        payload.update(type=3, message=message, data={"custom_id": custom_id, "component_type": 2})
+        self._interactions[payload["id"]] = payload
+        return payload
+
+    def submit(self, form: Request, values: dict[str, str], *, author: User | None = None) -> Interaction:
+        """A MODAL_SUBMIT interaction (type 5) for the modal the bot opened with callback ``form`` (type 9),
+        with ``values`` typed into its text inputs (by custom_id); the message of the button comes along."""
+        opened = self._interactions[form.path.split("/")[2]]
+        modal = form.json["data"]
+        rows = [{"type": 1, "components": [{"type": 4, "custom_id": c["custom_id"], "value": values[c["custom_id"]]}
+                                           for c in row["components"] if c["custom_id"] in values]}
+                for row in modal["components"]]
+        payload = self.interaction("", author=author or (opened.get("member") or {}).get("user") or opened["user"],
+                                   channel_id=opened["channel_id"], guild_id=opened.get("guild_id"))
+        payload.update(type=5, message=opened["message"], data={"custom_id": modal["custom_id"], "components": rows})
+        self._interactions[payload["id"]] = payload
         return payload
 
     def patch(self, monkeypatch) -> None:
@@ -389,7 +430,7 @@ class FakeDiscord:
                "channel_id": channel_id, "author": self.bot_user, "content": body.get("content") or "",
                "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False, "mention_everyone": False,
                "mentions": [], "mention_roles": [], "attachments": atts, "embeds": [], "pinned": False,
-               "flags": int(body.get("flags") or 0), "components": []}
+               "flags": int(body.get("flags") or 0), "components": body.get("components") or []}
         if body.get("message_reference"):
             out["message_reference"] = body["message_reference"]
         return out
@@ -397,6 +438,7 @@ class FakeDiscord:
     async def _create_message(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         rec.response = self._message_out(rec, request.match_info["channel"])
+        self.messages[rec.response["id"]] = rec.response
         return _json(rec.response)
 
     async def _edit_message(self, request: web.Request) -> web.Response:
@@ -417,10 +459,14 @@ class FakeDiscord:
     async def _callback(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         kind, data = rec.json["type"], rec.json.get("data") or {}
+        interaction = {"id": request.match_info["id"],
+                       "type": self._interactions.get(request.match_info["id"], {}).get("type", 2)}
+        if kind in (6, 9):  # deferred update (no message of its own) or a modal
+            return _json({"interaction": interaction, "resource": {"type": kind}})
         message_id = snowflake()
         message = {**self._message_out(rec, CHANNEL_ID, message_id), "content": data.get("content") or "",
                    "flags": int(data.get("flags") or 0) | (128 if kind == 5 else 0)}  # 128: loading
-        return _json({"interaction": {"id": request.match_info["id"], "type": 2, "response_message_id": message_id,
+        return _json({"interaction": {**interaction, "response_message_id": message_id,
                                       "response_message_loading": kind == 5,
                                       "response_message_ephemeral": bool(message["flags"] & EPHEMERAL)},
                       "resource": {"type": kind, "message": message}})
@@ -428,6 +474,7 @@ class FakeDiscord:
     async def _followup(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         rec.response = {**self._message_out(rec, CHANNEL_ID), "webhook_id": APP_ID}
+        self.messages[rec.response["id"]] = rec.response
         return _json(rec.response)
 
     async def _edit_original(self, request: web.Request) -> web.Response:

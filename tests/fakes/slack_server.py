@@ -9,7 +9,12 @@
 
 Every Web API call is recorded in ``slack.calls`` (JSON and form bodies both parsed);
 ``response_url`` posts appear as method "response_url". Envelopes pushed over the
-websocket and the client's acks are kept by envelope id. Leaving the ``async with``
+websocket and the client's acks are kept by envelope id.
+
+Buttons: ``press`` clicks a button of a message the bot posted (a block_actions payload
+in an "interactive" envelope, as Socket Mode delivers it); ``views.open`` opens a
+modal (its trigger_id must come from an interaction of the last 3 seconds, as on
+Slack) and ``submit`` sends its view_submission with what the user typed. Leaving the ``async with``
 block fails the test if the client hit a method or route the fake does not serve,
 broke Slack's thread rules, or an envelope was not acknowledged within 3 seconds.
 
@@ -211,6 +216,8 @@ class FakeSlack:
         self.uploads: dict[str, bytes] = {}  # file id -> bytes the client uploaded
         self.envelopes: dict[str, Envelope] = {}
         self.users: dict[str, dict[str, Any]] = {}
+        self.views: list[dict[str, Any]] = []  # modals the client opened, as views.open answered them
+        self._triggers: dict[str, float] = {}  # trigger_id -> when its interaction was sent
         self.unimplemented: list[str] = []
         self.base_url = self.origin = ""
         self._files: dict[str, StoredFile] = {}
@@ -229,6 +236,7 @@ class FakeSlack:
             "chat.update": self._update,
             "chat.delete": self._delete,
             "chat.postEphemeral": lambda b: {"ok": True, "message_ts": new_ts()},
+            "views.open": self._views_open,
             "users.info": self._users_info,
             "files.getUploadURLExternal": self._upload_url,
             "files.completeUploadExternal": self._complete_upload,
@@ -297,8 +305,52 @@ class FakeSlack:
             "token": "verification-token", "team_id": TEAM, "team_domain": "fake", "channel_id": channel,
             "channel_name": channel_name, "user_id": user, "user_name": user.lower(), "command": command,
             "text": text, "api_app_id": APP_ID, "is_enterprise_install": "false",
-            "response_url": f"{self.origin}/commands/{TEAM}/{n}/hook", "trigger_id": f"trigger.{n}"}
+            "response_url": f"{self.origin}/commands/{TEAM}/{n}/hook", "trigger_id": self._trigger()}
         return await self.push("slash_commands", dict(payload))
+
+    async def press(self, posted: Call, action_id: str, *, user: str = "U1") -> str:
+        """``user`` clicks the button ``action_id`` on the message the bot posted with ``posted`` (a recorded
+        chat.postMessage): a block_actions payload in an "interactive" envelope; returns its id."""
+        blocks = posted.get("blocks") or []
+        blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+        found = [(b, e) for b in blocks if b.get("type") == "actions" for e in b["elements"]
+                 if e.get("action_id") == action_id]
+        assert found, f"no button {action_id} in {blocks}"
+        block, button = found[0]
+        channel, ts, thread = posted["channel"], posted.response["ts"], posted.get("thread_ts")
+        container = {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False}
+        message = {**posted.response["message"], "blocks": blocks}
+        if thread:
+            container["thread_ts"] = thread
+        n = next(self._ids)
+        payload = {"type": "block_actions", "user": self._user(user), "api_app_id": APP_ID,
+                   "token": "verification-token", "container": container, "trigger_id": self._trigger(), "team": {"id": TEAM, "domain": "fake"},
+                   "enterprise": None, "is_enterprise_install": False,
+                   "channel": {"id": channel, "name": "directmessage" if channel.startswith("D") else "general"},
+                   "message": message, "state": {"values": {}},
+                   "response_url": f"{self.origin}/actions/{TEAM}/{n}/hook",
+                   "actions": [{**button, "block_id": block.get("block_id", ""), "action_ts": new_ts()}]}
+        return await self.push("interactive", payload)
+
+    async def submit(self, view: dict[str, Any], values: dict[str, dict[str, str]], *, user: str = "U1") -> str:
+        """``user`` submits the modal ``view`` (as views.open answered it) with ``values``
+        ({block_id: {action_id: text}}): a view_submission in an "interactive" envelope; returns its id."""
+        state = {block: {action: {"type": "plain_text_input", "value": text} for action, text in inputs.items()}
+                 for block, inputs in values.items()}
+        payload = {"type": "view_submission", "team": {"id": TEAM, "domain": "fake"}, "user": self._user(user),
+                   "api_app_id": APP_ID, "token": "verification-token", "trigger_id": self._trigger(),
+                   "view": {**view, "state": {"values": state}}, "response_urls": [],
+                   "is_enterprise_install": False, "enterprise": None}
+        return await self.push("interactive", payload)
+
+    def _trigger(self) -> str:
+        trigger = f"{next(self._ids)}.{TEAM}.trigger"
+        self._triggers[trigger] = time.monotonic()
+        return trigger
+
+    def _user(self, user: str) -> dict[str, str]:
+        name = (self.users.get(user) or {}).get("name") or user.lower()
+        return {"id": user, "username": name, "name": name, "team_id": TEAM}
 
     # -- looking at what happened
 
@@ -352,6 +404,7 @@ class FakeSlack:
         app.router.add_get("/files-pri/{team_file}/{name}", self._download)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_post("/commands/{team}/{n}/hook", self._response_url)
+        app.router.add_post("/actions/{team}/{n}/hook", self._response_url)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
@@ -441,9 +494,23 @@ class FakeSlack:
         ts = new_ts()
         self._place(body["channel"], ts, body.get("thread_ts"), "chat.postMessage")
         message = {"type": "message", "text": body.get("text", ""), "user": BOT_USER, "bot_id": BOT_ID, "ts": ts}
+        if body.get("blocks"):
+            message["blocks"] = json.loads(body["blocks"]) if isinstance(body["blocks"], str) else body["blocks"]
         if body.get("thread_ts"):
             message["thread_ts"] = body["thread_ts"]
         return {"ok": True, "channel": body["channel"], "ts": ts, "message": message}
+
+    def _views_open(self, body: dict) -> dict:
+        issued = self._triggers.get(body.get("trigger_id", ""))
+        if issued is None:
+            return {"ok": False, "error": "invalid_trigger_id"}
+        if time.monotonic() - issued > ACK_LIMIT_S:
+            return {"ok": False, "error": "expired_trigger_id"}
+        view = json.loads(body["view"]) if isinstance(body["view"], str) else body["view"]
+        opened = {**view, "id": f"V{next(self._ids):08d}", "team_id": TEAM, "state": {"values": {}}, "hash": "h1",
+                  "app_id": APP_ID, "bot_id": BOT_ID, "private_metadata": view.get("private_metadata", "")}
+        self.views.append(opened)
+        return {"ok": True, "view": opened}
 
     def _update(self, body: dict) -> dict:
         if body.get("ts") not in self.messages.get(body.get("channel", ""), {}):

@@ -1,0 +1,106 @@
+"""Buttons under the images the bot posts on Discord, alive after restarts and days later.
+
+Each button's ``custom_id`` names everything a press needs (at most 100 characters):
+
+    vc:<action>:<image id>:<tag>:<session>      e.g. vc:reroll:img3:0192ab3f:discord:channel:3000
+
+``ActionButton`` is a discord.py ``DynamicItem``: registered once at start-up
+(``client.add_dynamic_items``), it matches such a custom_id on any message,
+however old, so no view has to live in memory. The Edit form (a modal) has a
+custom_id of the same shape (``vcform:...``) and its submission is read from
+the raw interaction (``form_of``): discord.py keeps open modals only in memory,
+and a restart between opening and submitting must lose nothing.
+
+What a press does is the core's decision (``Core.press``); ``DiscordBot.on_button``
+and ``on_form`` carry it out.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import discord
+
+from core.turn import OutImage
+
+log = logging.getLogger(__name__)
+_FIELDS = r"(?P<action>[a-z]+):(?P<image>img[0-9]+):(?P<tag>[0-9a-f]{8}):(?P<session>discord:[a-z]+:[0-9]+)"
+BUTTON = "vc:" + _FIELDS
+FORM = re.compile("vcform:" + _FIELDS)
+INSTRUCTION = "instruction"  # the custom_id of the Edit form's text input
+BUTTON_ROWS = 5  # Discord allows five rows of components per message: one image's buttons each
+
+
+def custom_id(prefix: str, action: str, image: str, tag: str, session: str) -> str:
+    return f"{prefix}:{action}:{image}:{tag}:{session}"
+
+
+class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=BUTTON):
+    """One button under an image; pressing it calls ``DiscordBot.on_button`` (the client's ``bot``)."""
+
+    def __init__(self, action: str, image: str, tag: str, session: str, *, label: str = "", enabled: bool = True,
+                 row: int | None = None):
+        self.action, self.image, self.tag, self.session = action, image, tag, session
+        button = discord.ui.Button(label=label or action, custom_id=custom_id("vc", action, image, tag, session),
+                                   style=discord.ButtonStyle.secondary, disabled=not enabled)
+        super().__init__(button, row=row)
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str], /):
+        return cls(match["action"], match["image"], match["tag"], match["session"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.bot.on_button(interaction, self.action, self.image, self.tag, self.session)
+
+
+class EditForm(discord.ui.Modal):
+    """The Edit form: one text field. Its submission is handled from the raw interaction (see ``form_of``),
+    so ``on_submit`` stays discord.py's no-op and the form works across a restart."""
+
+    def __init__(self, title: str, field: str, hint: str, form_id: str):
+        super().__init__(title=title[:45], custom_id=form_id, timeout=900)  # forgotten after 15 min; see above
+        self.add_item(discord.ui.TextInput(label=field[:45], custom_id=INSTRUCTION, placeholder=hint[:100] or None,
+                                           max_length=300))
+
+
+def view_for(images: Sequence[OutImage]) -> discord.ui.View | None:
+    """One row of buttons per image (labels carry the id when there are several); None without buttons."""
+    view = discord.ui.View(timeout=None)
+    several = sum(1 for im in images if im.actions) > 1
+    for row, im in enumerate(im for im in images if im.actions):
+        for a in im.actions:
+            button = ActionButton(a.name, im.image_id, im.tag, im.session, label=f"{a.label} {im.image_id}"
+                                  if several else a.label, enabled=a.enabled, row=row)
+            if len(button.item.custom_id) > 100:  # Discord's limit; a session key never gets this long
+                log.warning("no %s button for %s: custom_id too long", a.name, im.image_id)
+                continue
+            view.add_item(button)
+    return view if view.children else None
+
+
+def buttons_for(group: Sequence[tuple[bytes, str]], images: Sequence[OutImage]) -> dict[str, Any]:
+    """``view=`` for a message carrying the files of ``group`` (named ``<image id>.<ext>``), or nothing."""
+    by_id = {im.image_id: im for im in images}
+    view = view_for([by_id[i] for _, name in group if (i := name.rsplit(".", 1)[0]) in by_id])
+    return {"view": view} if view else {}
+
+
+def form_of(interaction: discord.Interaction) -> tuple[re.Match[str], str] | None:
+    """(the custom_id's fields, the instruction typed) of a submitted Edit form; None for other interactions."""
+    data = interaction.data or {}
+    if interaction.type is not discord.InteractionType.modal_submit:
+        return None
+    match = FORM.fullmatch(data.get("custom_id", ""))
+    if match is None:
+        return None
+    values = [c.get("value") for c in _walk(data.get("components", [])) if c.get("custom_id") == INSTRUCTION]
+    return match, (values[0] if values else "") or ""
+
+
+def _walk(components: list[dict]):
+    for c in components:
+        yield c
+        yield from _walk(c.get("components", []) + ([c["component"]] if "component" in c else []))
