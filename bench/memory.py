@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from gpu_pool.accounting import model_bytes, unique_bytes  # noqa: E402
+import settings  # noqa: E402
 from settings import MODEL_DEFAULTS, SD15  # noqa: E402
 from settings import SEED_MODELS as MODEL_NAMES  # noqa: E402
 
@@ -365,6 +366,10 @@ def downloads(pool: dict, cpu: dict) -> dict[str, tuple[int, int]]:
     return out
 
 
+# Qwen/Qwen3-VL-2B-Instruct's one weight file (bf16), as the hub lists it: the built-in LLM is not built here
+QWEN3_VL_2B_BYTES = 4_255_140_312
+
+
 def report_downloads(pool: dict, cpu: dict) -> float:
     rows = downloads(pool, cpu)
     print(f"\n{'what ./scripts/run --fetch downloads (float16)':<52}{'file':>6}{'MiB':>9}{'fp32 MiB':>10}")
@@ -373,8 +378,11 @@ def report_downloads(pool: dict, cpu: dict) -> float:
         print(f"{repo:<52}{kind:>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
     fetched, full = sum(f for f, _ in rows.values()), sum(f for _, f in rows.values())
     print(f"{'total, every model':<52}{'':>6}{fetched / MIB:>9.1f}{full / MIB:>10.1f}")
-    shipped = rows[SD15][0] + rows[MODEL_DEFAULTS["ImageCaptioning"]][0]
-    print(f"the shipped config.toml (ImageCaptioning + Text2Image): {shipped / MIB:.1f} MiB")
+    shipped_models = settings.load(ROOT / "config.toml", env_check=False).models
+    repos = {MODEL_DEFAULTS[n] or (SD15 if n == "Text2Image" else "") for n in shipped_models} & set(rows)
+    shipped = sum(rows[r][0] for r in repos) + (QWEN3_VL_2B_BYTES if "LLM" in shipped_models else 0)
+    print(f"the shipped config.toml ({', '.join(shipped_models)}): {shipped / MIB:.1f} MiB "
+          f"({shipped / 1e9:.1f} GB) on a GPU in float16")
     return fetched / MIB
 
 
