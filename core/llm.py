@@ -131,6 +131,11 @@ class LLM:
                     raise  # for the caller: a message, or the JSON format
                 if has_images(messages) and self.cfg.vision == "auto" and any(w in text for w in _IMAGE_WORDS):
                     messages, images_cut = without_images(messages), True
+                elif (history_cut and has_images(messages) and self.cfg.vision == "auto"
+                      and any(w in text for w in _CONTEXT_WORDS)):
+                    # the current turn alone overflows: a server that reads image parts as text
+                    # (llama-cpp-python's function-calling formats inline their data: URLs) fills its context
+                    messages, images_cut = without_images(messages), True
                 elif "response_format" in kw and any(w in text for w in ("response_format", "json_schema", "grammar")):
                     self.response_format = "json_object" if self.response_format == "json_schema" else None
                     log.warning("%s refused response_format (%s); trying %s", self.cfg.model, e,
@@ -146,7 +151,8 @@ class LLM:
                 continue
             if images_cut:
                 self.vision = False
-                log.warning("%s rejects image input; vision is off for this model from now on", self.cfg.model)
+                log.warning("%s rejects image input (it failed requests with images, answered without); vision is "
+                            "off for this model from now on", self.cfg.model)
             return msg
 
     async def _create(self, messages: list[dict], **kw: Any) -> _Message:
