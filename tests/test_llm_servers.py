@@ -15,7 +15,7 @@ from core.store import NOTE
 from core.turn import Attachment
 from core.vision import has_images
 from tests.conftest import make_core
-from tests.fakes.openai_server import FakeLLM, text_of
+from tests.fakes.openai_server import FakeLLM, offered_tools, text_of
 from tests.test_agent import RecordingReply, photo, turn
 
 
@@ -213,6 +213,21 @@ def _noise() -> Attachment:
     buf = io.BytesIO()
     Image.effect_noise((96, 64), 80).convert("RGB").save(buf, "PNG")
     return Attachment("noise.png", "image/png", buf.getvalue())
+
+
+async def test_the_tools_offered_follow_the_users_words_not_the_upload_line(pool, tmp_path):
+    """An upload's line ("[uploaded img1 ...: 64x40, shows: ...]") must not bring the extend tools
+    ("1024x512") nor any other group the user did not ask for."""
+    async with FakeLLM() as server:
+        core = make_core(pool, tmp_path, server)
+        server.on(user="what is in this picture").reply("A house.")
+        server.on(user="extend it to 1024x512").reply("Which image?")
+        await core.handle(turn("what is in this picture?", "w", photo()), RecordingReply())
+        await core.handle(turn("extend it to 1024x512", "w"), RecordingReply())
+        await _closed(core)
+    first, second = (offered_tools(r) for r in server.requests)
+    assert "answer_question" in first and "extend_image" not in first
+    assert "extend_image" in second
 
 
 async def test_a_huge_prompt_does_not_break_later_turns(pool, tmp_path):
