@@ -47,6 +47,15 @@ class LLMFailed(UserFacingError):
     """The LLM could not give an answer; the message says why, for the chat."""
 
 
+class LLMLoading(LLMFailed):
+    """The built-in model is still downloading or loading; ``progress`` says how far (the pool's
+    ModelInfo fields: phase, downloaded, download_total, eta_s). Worth waiting for."""
+
+    def __init__(self, message: str, progress: dict[str, Any]):
+        super().__init__(message)
+        self.progress = progress
+
+
 @dataclass
 class ToolCall:
     id: str
@@ -96,6 +105,11 @@ class LLM:
             async with asyncio.timeout(self.cfg.timeout_s):
                 return await self._ask(messages, tools)
         except TimeoutError as e:
+            raise LLMFailed(self._describe(e)) from e
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            if self.builtin and e.status_code == 503 and body.get("code") == "model_loading":
+                raise LLMLoading(self._describe(e), body.get("progress") or {}) from e
             raise LLMFailed(self._describe(e)) from e
         except openai.OpenAIError as e:
             raise LLMFailed(self._describe(e)) from e
