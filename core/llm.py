@@ -8,8 +8,8 @@ Servers differ; this client adapts to what one does, once, with a log line:
 - Constraints (``[llm] constrain``): strict function schemas on OpenAI's API;
   in the JSON format a ``response_format`` JSON schema, then plain JSON mode,
   then nothing, as the server refuses each. Answers are validated either way.
-- Images (``[llm] vision = "auto"``): a server that rejects image parts gets
-  none from then on.
+- Images (``[llm] vision = "auto"``): a server that rejects image parts, or
+  fails the current turn with them and answers it without, gets none from then on.
 - History: a request the server fails (HTTP 400/413/422/500) is sent once more
   with the history cut to the current turn, so one bad stored message never
   breaks a session.
@@ -146,9 +146,11 @@ class LLM:
                 if has_images(messages) and self.cfg.vision == "auto" and any(w in text for w in _IMAGE_WORDS):
                     messages, images_cut = without_images(messages), True
                 elif (history_cut and has_images(messages) and self.cfg.vision == "auto"
-                      and any(w in text for w in _CONTEXT_WORDS)):
-                    # the current turn alone overflows: a server that reads image parts as text
-                    # (llama-cpp-python's function-calling formats inline their data: URLs) fills its context
+                      and (e.status_code in _HISTORY_ERRORS or any(w in text for w in _CONTEXT_WORDS))):
+                    # the current turn alone still fails, and it has images: a server that reads image parts
+                    # as text (llama-cpp-python's function-calling formats inline their data: URLs, and
+                    # overflow), or one that cannot take a list of parts at all (a GGUF's own Jinja template
+                    # in llama-cpp-python: HTTP 500, "can only concatenate str (not "list") to str")
                     messages, images_cut = without_images(messages), True
                 elif "response_format" in kw and any(w in text for w in ("response_format", "json_schema", "grammar")):
                     self.response_format = "json_object" if self.response_format == "json_schema" else None

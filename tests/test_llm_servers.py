@@ -208,6 +208,25 @@ async def test_a_server_that_reads_images_as_text_overflows_once_then_gets_none(
     assert [has_images(r["messages"]) for r in server.requests] == [True, True, False, False]
 
 
+async def test_a_server_whose_template_takes_only_text_answers_every_turn_without_images(pool, tmp_path, caplog):
+    """llama-cpp-python with a GGUF's own chat template fails any message made of parts (HTTP 500, a Jinja
+    TypeError, no word about images). Seen with SmolLM2: every turn after a photo failed, for good."""
+    async with FakeLLM(text_only_500=True) as server:
+        core = make_core(pool, tmp_path, server)
+        server.on(user="what is in this picture").reply("A house.")
+        server.on(user="make it look like winter").reply("Which image?")
+        first, second = RecordingReply(), RecordingReply()
+        with caplog.at_level(logging.WARNING):
+            await core.handle(turn("what is in this picture?", "g", photo()), first)
+            await core.handle(turn("make it look like winter", "g"), second)
+        await _closed(core)
+    assert (first.text, second.text) == ("A house.", "Which image?") and core.llm.vision is False
+    assert caplog.text.count("vision is off for this model") == 1
+    # the photo's turn: failed with the history, then alone, answered as text; the next turn is text from the start
+    assert [has_images(r["messages"]) for r in server.requests] == [True, True, False, False]
+    assert all(isinstance(m["content"], str) for r in server.requests[2:] for m in r["messages"])
+
+
 def _noise() -> Attachment:
     """A photo of noise: it compresses badly, as a real photo's thumbnail does at a real working size."""
     buf = io.BytesIO()

@@ -24,6 +24,8 @@ Real servers' quirks, each switched on by a constructor flag, so tests catch wha
 - ``ignore_tools``: ``tools`` and ``tool_choice`` are silently dropped, rules match as if none
   were sent (a model whose chat template has no tool support);
 - ``reject_images``: HTTP 500 for any ``image_url`` part (a model without a vision projector);
+- ``text_only_500``: HTTP 500 for any message whose ``content`` is a list of parts, with no word
+  about images (llama-cpp-python rendering a GGUF's own Jinja chat template);
 - ``reject_response_format``: HTTP 400 for any ``response_format``;
 - ``context_tokens``: HTTP 400 when the request is larger than this (4 characters a token).
 The bot's one-time tool probe (a request whose only tool is ``tool_check``) is answered by the
@@ -272,8 +274,10 @@ class FakeLLM:
 
     def __init__(self, *, model: str = "fake-model", api_key: str | None = None, strict: bool = True,
                  null_content_500: bool = False, ignore_tools: bool = False, reject_images: bool = False,
-                 reject_response_format: bool = False, context_tokens: int | None = None):
+                 reject_response_format: bool = False, context_tokens: int | None = None,
+                 text_only_500: bool = False):
         self.model = model
+        self.text_only_500 = text_only_500
         self.null_content_500, self.ignore_tools, self.reject_images = null_content_500, ignore_tools, reject_images
         self.reject_response_format, self.context_tokens = reject_response_format, context_tokens
         self.probes: list[Request] = []  # tool probes, answered by the fake itself
@@ -421,6 +425,8 @@ class FakeLLM:
         if self.null_content_500 and any("content" in m and m["content"] is None for m in messages):
             return _json_error(500, "'NoneType' object has no attribute 'strip'", type="server_error")
         parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
+        if self.text_only_500 and any(isinstance(m.get("content"), list) for m in messages):
+            return _json_error(500, 'can only concatenate str (not "list") to str')
         if self.reject_images and any(p.get("type") == "image_url" for p in parts):
             return _json_error(500, "image input is not supported - hint: if this is unexpected, you may need "
                                "to provide the mmproj")
