@@ -45,7 +45,8 @@ from tests.conftest import start_pool_with, stop_pool  # noqa: E402
 from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord  # noqa: E402
 from tests.fakes.openai_server import FakeLLM  # noqa: E402
-from tests.fakes.slack_server import BOT_USER, FakeSlack, mention  # noqa: E402
+from tests.fakes.slack_payloads import BOT_USER, mention  # noqa: E402
+from tests.fakes.slack_server import FakeSlack  # noqa: E402
 
 REPLY = "Here is your cat: img1"
 

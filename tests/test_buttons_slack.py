@@ -15,7 +15,9 @@ from bot.adapters.slack_bot import SlackBot
 from core.actions import STALE
 from core.turn import Turn
 from tests.conftest import make_core
-from tests.fakes.slack_server import BOT_USER, Call, FakeSlack, LoggedErrors, mention
+from tests.fakes.logged_errors import LoggedErrors
+from tests.fakes.slack_payloads import BOT_USER, mention
+from tests.fakes.slack_server import Call, FakeSlack
 
 AT = f"<@{BOT_USER}>"
 
