@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from bot.adapters.slack_bot import WORKING
+from bot.adapters.slack_reply import WORKING
 from core.turn import EditBudget
 from tests.fakes.slack_payloads import dm, mention
 from tests.test_agent import image_enum

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from bot.adapters import slack_bot
-from bot.adapters.slack_bot import THREADS_NOTE, WORKING, SlackBot
+from bot.adapters.slack_bot import THREADS_NOTE, SlackBot
+from bot.adapters.slack_reply import WORKING
 from core.engine import HELP
 from tests.fakes.logged_errors import LoggedErrors
 from tests.fakes.slack_payloads import BOT_USER, dm, event_callback, mention, signed_headers
