@@ -38,6 +38,33 @@ def write_tiny_config(folder: Path, extra: str = "") -> Path:
     return path
 
 
+# --- pool models in this process (no pool) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bases():
+    """The shared SD bases of one test module's pool models."""
+    from gpu_pool.models import load_sd_base
+    from gpu_pool.models.base import SharedBases
+
+    return SharedBases(load_sd_base)
+
+
+def loaded_once(make_spec, bases):
+    """load(name) -> pool model ``name``, loaded by its loader from ``make_spec(name)`` on ``bases`` the
+    first time, the same object after that (a module-scoped ``load`` fixture returns this)."""
+    from gpu_pool.models import loader
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = loader(name)(make_spec(name), bases)
+        return cache[name]
+
+    return get
+
+
 # --- a real pool process -------------------------------------------------------
 
 
