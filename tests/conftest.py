@@ -133,8 +133,6 @@ def pool(tiny_dir, tmp_path_factory):
     stop_pool(p)
 
 
-
-
 # --- a core wired to the pool and a scripted LLM ------------------------------------
 
 
@@ -171,3 +169,29 @@ async def core(pool, tmp_path, llm_server):
     yield c
     await c.pool.close()
     await c.llm.close()
+
+
+class RestartingBots:
+    """Starts a chat bot, and restarts it: each start a new Core and bot over the same data directory.
+    A platform's subclass builds its bot (``make_bot``)."""
+
+    def __init__(self, pool, tmp_path, llm_server):
+        self.args, self.core, self.bot = (pool, tmp_path, llm_server), None, None
+
+    def make_bot(self, core):
+        raise NotImplementedError
+
+    async def start(self):
+        await self.stop()
+        self.core = make_core(*self.args)
+        self.bot = self.make_bot(self.core)
+        await self.bot.start()
+        return self.bot
+
+    async def stop(self) -> None:
+        if self.bot is not None:
+            await self.bot.idle()
+            await self.bot.close()
+            await self.core.pool.close()
+            await self.core.llm.close()
+            self.bot = None
