@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -101,13 +102,30 @@ def start_pool(folder: Path, extra: str = "") -> Pool:
     return start_pool_with(write_tiny_config(folder, extra))
 
 
+def spawn_pool(config: Path, *args: str, env: dict[str, str] | None = None,
+               group: bool = False) -> subprocess.Popen:
+    """``python -m gpu_pool --config CONFIG ARGS``, its output in pool.log beside the config. ``env``: instead
+    of this process's, offline, with the project on the path; ``group``: in a process group of its own,
+    which Ray's processes join (``kill_group`` ends what is left of them)."""
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with (config.parent / "pool.log").open("w") as out:  # the child keeps its own copy of the handle
+        return subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config), *args], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=group)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left in the process group ``spawn_pool(group=True)`` started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def start_pool_with(config: Path) -> Pool:
     """A pool process for ``config``, once every model it names is ready; its log beside the config."""
     log = config.parent / "pool.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    with log.open("w") as out:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+    proc = spawn_pool(config)
     pool = Pool(config, proc, log)
     try:
         asyncio.run(_wait_ready(pool.url, proc, log))
