@@ -35,10 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-
-from bench.harness import build_core, shut_down  # noqa: E402
-from bot.adapters.discord_bot import DiscordBot  # noqa: E402
+from bench.harness import build_core, discord_bot  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from tests.conftest import start_pool, stop_pool  # noqa: E402
 from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
@@ -111,19 +108,12 @@ async def main(n: int, folder: Path, pool) -> None:
     await fake.start()
     for c in [warm, *channels]:
         fake.add_channel(c)
-    with pytest.MonkeyPatch.context() as patched:
-        fake.patch(patched)  # discord.py's REST and gateway URLs point at the fake
-        os.environ[TOKEN_ENV] = fake.token
-        bot = DiscordBot(core, core.config, guild_ready_timeout=0.05)
-        try:
-            await bot.start()
-            await ask(fake, [warm], users)  # the pool's first job is slower: not measured
-            wall = time.perf_counter()
-            pushed, answers = await ask(fake, channels, users)
-            wall = time.perf_counter() - wall
-            await bot.idle()
-        finally:
-            await shut_down(bot, fake, llm, core)
+    async with discord_bot(core, fake, llm, TOKEN_ENV) as bot:
+        await ask(fake, [warm], users)  # the pool's first job is slower: not measured
+        wall = time.perf_counter()
+        pushed, answers = await ask(fake, channels, users)
+        wall = time.perf_counter() - wall
+        await bot.idle()
 
     first, total, llm_s, model_s, queue_s, overhead, overhead_nq = [], [], [], [], [], [], []
     errors = len(fake.logged_errors) + len(fake.unimplemented) + len(llm.unmatched)

@@ -1,12 +1,17 @@
 """What the chat benches share (status_edits.py, discord_e2e.py): the real Core with its production
-pacing over the tiny-model pool, and the order everything is shut down in."""
+pacing over the tiny-model pool, the Discord bot on the fake, and the order everything is shut down in."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from pathlib import Path
 
+import pytest
+
 import settings
+from bot.adapters.discord_bot import DiscordBot
 from core.engine import Core
 from core.images import ImageStore
 from core.llm import LLM
@@ -36,3 +41,18 @@ async def shut_down(bot, fake, llm, core: Core) -> None:
     await llm.stop()
     await core.pool.close()
     await core.llm.close()
+
+
+@contextlib.asynccontextmanager
+async def discord_bot(core: Core, fake, llm, token_env: str):
+    """The Discord bot started against ``fake`` (discord.py pointed at it for the while); on leaving,
+    everything shut down (``shut_down``) and discord.py pointed back."""
+    with pytest.MonkeyPatch.context() as patched:
+        fake.patch(patched)
+        os.environ[token_env] = fake.token
+        bot = DiscordBot(core, core.config, guild_ready_timeout=0.05)
+        try:
+            await bot.start()
+            yield bot
+        finally:
+            await shut_down(bot, fake, llm, core)

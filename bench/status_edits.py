@@ -29,10 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-
-from bench.harness import build_core, shut_down  # noqa: E402
-from bot.adapters.discord_bot import DiscordBot  # noqa: E402
+from bench.harness import build_core, discord_bot, shut_down  # noqa: E402
 from bot.adapters.slack_bot import SlackBot  # noqa: E402
 from tests.conftest import start_pool_with, stop_pool  # noqa: E402
 from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
@@ -86,22 +83,15 @@ async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float,
     channels = [str(3100 + i) for i in range(n)]
     for c in channels:
         fake.add_channel(c)
-    with pytest.MonkeyPatch.context() as patched:
-        fake.patch(patched)  # discord.py's REST and gateway URLs point at the fake
-        os.environ[TOKEN_ENV] = fake.token
-        bot = DiscordBot(core, core.config, guild_ready_timeout=0.05)
-        try:
-            await bot.start()
-            started = time.monotonic()
-            asks = [message(c, f"<@{BOT_ID}> draw a cat {i}", user(str(7000 + i)), mentions=[fake.bot_user])
-                    for i, c in enumerate(channels)]
-            await asyncio.gather(*(fake.push("MESSAGE_CREATE", m) for m in asks))
-            await fake.wait_for_requests("POST", r"^/channels/31\d\d/messages$", n, timeout=120 + 60 * n,
-                                         where=lambda r: bool(r.files))
-            await bot.idle()
-            seconds = time.monotonic() - started
-        finally:
-            await shut_down(bot, fake, llm, core)
+    async with discord_bot(core, fake, llm, TOKEN_ENV) as bot:
+        started = time.monotonic()
+        asks = [message(c, f"<@{BOT_ID}> draw a cat {i}", user(str(7000 + i)), mentions=[fake.bot_user])
+                for i, c in enumerate(channels)]
+        await asyncio.gather(*(fake.push("MESSAGE_CREATE", m) for m in asks))
+        await fake.wait_for_requests("POST", r"^/channels/31\d\d/messages$", n, timeout=120 + 60 * n,
+                                     where=lambda r: bool(r.files))
+        await bot.idle()
+        seconds = time.monotonic() - started
     edits = len(fake.matching("PATCH", r"^/channels/\d+/messages/\d+$"))
     return edits / (seconds / 60), edits, len(getattr(fake, "rate_limited", [])), seconds
 
@@ -124,7 +114,9 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         config, tiny = Path(tmp) / "config.toml", ROOT / "build" / "tiny-models"
         config.write_text(f'''[pool]\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"\n[storage]\ndata_dir = "data"
-[limits]\nworking_size = 64\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n''')
+[limits]\nworking_size = 64\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n
+# Safety is on by default: the drawings pass the tiny checker that flags none, as a real one would.
+[models.SafetyChecker]\ndevice = "cpu"\nsource = "{tiny}/safety-flags-none"\n''')
         running = start_pool_with(config)
         try:
             asyncio.run(main(args.drawings, Path(tmp), running, args.enforce_limits))
