@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import history, tokens, toolset, vision
-from core.llm import LLM, LLMFailed, ToolCall
+from core.llm import LLM, LLMAnswer, LLMFailed, LLMLoading, ToolCall
 from core.store import NOTE
 from core.tools import BY_NAME, Tool, available
-from core.tools.base import ToolContext, ToolResult, call
+from core.tools.base import ToolContext, ToolResult, call, waiting_text
+from gpu_pool.protocol import Event
 
 log = logging.getLogger(__name__)
+LOADING_POLL_S = 3.0  # how often a turn asks again while the built-in LLM loads
 ARG_CHARS = 1000  # of one text argument of a stored tool call
 RESULT_CHARS = 1500  # of a stored tool result
 
@@ -50,7 +52,8 @@ async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: 
        and image parts of this request.
     2. Offer the core tools, the groups the user's words or the history point
        at, and ``more_tools`` for the rest; image ids listed once.
-    3. Ask the LLM. Text is the final answer: store it, stop.
+    3. Ask the LLM (while the built-in one still loads: say how far, wait, ask again). Text is the
+       final answer: store it, stop.
     4. Tool calls are stored (arguments bounded), run (read-only ones side by
        side, image-making ones in order, at most ``limits.images_per_turn``
        images), and their results stored; go to 1.
@@ -90,7 +93,7 @@ async def _round(llm: LLM, ctx: ToolContext, loaded: set[str], state: _TurnState
     parts = await vision.parts(ctx.images, rows, ctx.made, llm.cfg.vision_images) if llm.vision else []
     spare = budget - tokens.tools(schemas) - tokens.IMAGE_TOKENS * (len(parts) // 2)
     messages = vision.attach(history.build(store, ctx.session, rows, spare), parts)
-    answer = await llm.ask(messages, schemas)
+    answer = await _ask_when_ready(llm, ctx, messages, schemas)
     if not answer.tool_calls:
         return Final((answer.text or "").strip() or "(no answer)")
     calls = answer.tool_calls
@@ -104,6 +107,29 @@ async def _round(llm: LLM, ctx: ToolContext, loaded: set[str], state: _TurnState
     if gone:
         return Final(gone[0].text.removeprefix("Error: "), error=True)
     return RunAgain(results)
+
+
+async def _ask_when_ready(llm: LLM, ctx: ToolContext, messages: list[dict], schemas: list[dict]) -> LLMAnswer:
+    """Ask; while the built-in model is still downloading or loading (its first start), say how far it got
+    and ask again, the wait not counting against the turn's deadline, as for an image model's (``Waits``)."""
+    held = False
+    try:
+        while True:
+            try:
+                return await llm.ask(messages, schemas)
+            except LLMLoading as e:
+                if not held:
+                    ctx.waits.hold(ctx.deadline)
+                    held = True
+                p = e.progress
+                waiting = Event("progress", "", step=0, total=0, phase=p.get("phase") or "loading",
+                                downloaded=p.get("downloaded"), download_total=p.get("download_total"),
+                                eta_s=p.get("eta_s"))
+                await ctx.status(waiting_text("The language model", waiting))
+                await asyncio.sleep(LOADING_POLL_S)
+    finally:
+        if held:
+            ctx.waits.release(ctx.deadline)
 
 
 def _offer(usable: list[Tool], ids: list[str], state: _TurnState, shown: list[dict[str, Any]]) -> list[dict]:

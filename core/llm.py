@@ -47,6 +47,15 @@ class LLMFailed(UserFacingError):
     """The LLM could not give an answer; the message says why, for the chat."""
 
 
+class LLMLoading(LLMFailed):
+    """The built-in model is still downloading or loading; ``progress`` says how far (the pool's
+    ModelInfo fields: phase, downloaded, download_total, eta_s). Worth waiting for."""
+
+    def __init__(self, message: str, progress: dict[str, Any]):
+        super().__init__(message)
+        self.progress = progress
+
+
 @dataclass
 class ToolCall:
     id: str
@@ -97,6 +106,11 @@ class LLM:
                 return await self._ask(messages, tools)
         except TimeoutError as e:
             raise LLMFailed(self._describe(e)) from e
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            if self.builtin and e.status_code == 503 and body.get("code") == "model_loading":
+                raise LLMLoading(self._describe(e), body.get("progress") or {}) from e
+            raise LLMFailed(self._describe(e)) from e
         except openai.OpenAIError as e:
             raise LLMFailed(self._describe(e)) from e
 
@@ -131,6 +145,11 @@ class LLM:
                     raise  # for the caller: a message, or the JSON format
                 if has_images(messages) and self.cfg.vision == "auto" and any(w in text for w in _IMAGE_WORDS):
                     messages, images_cut = without_images(messages), True
+                elif (history_cut and has_images(messages) and self.cfg.vision == "auto"
+                      and any(w in text for w in _CONTEXT_WORDS)):
+                    # the current turn alone overflows: a server that reads image parts as text
+                    # (llama-cpp-python's function-calling formats inline their data: URLs) fills its context
+                    messages, images_cut = without_images(messages), True
                 elif "response_format" in kw and any(w in text for w in ("response_format", "json_schema", "grammar")):
                     self.response_format = "json_object" if self.response_format == "json_schema" else None
                     log.warning("%s refused response_format (%s); trying %s", self.cfg.model, e,
@@ -146,7 +165,8 @@ class LLM:
                 continue
             if images_cut:
                 self.vision = False
-                log.warning("%s rejects image input; vision is off for this model from now on", self.cfg.model)
+                log.warning("%s rejects image input (it failed requests with images, answered without); vision is "
+                            "off for this model from now on", self.cfg.model)
             return msg
 
     async def _create(self, messages: list[dict], **kw: Any) -> _Message:

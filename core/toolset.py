@@ -59,9 +59,10 @@ ROUTES = {
 
 
 def route(text: str) -> set[str]:
-    """Groups the user's message points at."""
-    low = text.lower()
-    return {g for g, pattern in ROUTES.items() if re.search(pattern, low)}
+    """Groups the user's own words point at (not the bot's "[uploaded img1 ...: 64x40 ...]" lines, whose
+    sizes and captions would bring groups nobody asked for)."""
+    words = "\n".join(line for line in text.lower().splitlines() if not line.startswith("[uploaded "))
+    return {g for g, pattern in ROUTES.items() if re.search(pattern, words)}
 
 
 def select(available: list[Tool], groups: Iterable[str]) -> list[Tool]:

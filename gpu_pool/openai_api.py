@@ -53,13 +53,14 @@ class Backend(Protocol):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 **extra: Any):
         super().__init__(message)
-        self.status, self.param, self.code = status, param, code
+        self.status, self.param, self.code, self.extra = status, param, code, extra
 
     def response(self) -> web.Response:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
-        body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+        body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code, **self.extra}}
         return web.json_response(body, status=self.status)
 
 
@@ -113,9 +114,11 @@ def _ready(info: ModelInfo | None) -> str:
     if info is None:
         raise ApiError(404, "This pool serves no language model: add a [models.LLM] section to config.toml, "
                             "or set [llm] base_url to an OpenAI-compatible server.", "model", "model_not_found")
-    if info.state == "loading":
-        raise ApiError(503, f"The built-in language model ({info.source}) is still loading (the first start "
-                            "downloads it). Try again in a minute.", code="model_loading")
+    if info.state == "loading":  # how far it got, for a client that waits (the core says so in the chat)
+        progress = {"phase": info.phase, "downloaded": info.downloaded, "download_total": info.download_total,
+                    "eta_s": info.eta_s}
+        raise ApiError(503, "The built-in language model is still loading (the first start downloads it). "
+                            "Try again in a minute.", code="model_loading", progress=progress)
     if info.state == "failed":
         raise ApiError(503, f"The built-in language model could not be loaded: {info.error}", code="model_failed")
     return info.source

@@ -74,10 +74,7 @@ class LocalJobs:
             self.scheduler.forget(job)
 
     async def llm_info(self) -> ModelInfo | None:
-        e = self.registry.entries.get(openai_api.MODEL)
-        if e is None:
-            return None
-        return ModelInfo(e.name, e.device, e.dtype, e.source, e.state, error=e.error)
+        return next((m for m in self.registry.infos() if m.name == openai_api.MODEL), None)
 
 
 async def health(request: web.Request) -> web.Response:

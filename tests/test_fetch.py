@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from core import local_llm
+from core.llm import LLM
 from gpu_pool.protocol import JobRequest, RawImage
 from scripts.tiny_models.hub import ROOTS
 from tests.conftest import ROOT, Pool, _wait_ready, make_core, spawn_pool, stop_pool
@@ -260,3 +262,39 @@ async def test_after_fetch_the_later_models_load_offline_and_the_llm_chats(fetch
     assert boxes.kind == "done" and boxes.data["boxes"], boxes.message
     assert {n: m.state for n, m in infos.items()} == {n: "ready" for n in ("Text2Box", "Segmenting", "SafetyChecker",
                                                                           "LLM")}
+
+
+async def test_a_first_message_waits_for_the_built_in_llm_to_download_and_is_answered(hub_repos, tmp_path):
+    """`./scripts/run` on a fresh machine: the first words typed while the LLM is still downloading are
+    answered once it is ready, longer than the turn's deadline, and the chat says how far it got."""
+    hub = FakeHub(hub_repos, bytes_per_s=150_000).start()  # the tiny Qwen3-VL (about 1 MB) takes a few seconds
+    pool = start_pool(config(tmp_path, '[models.LLM]\ndevice = "cpu"\n'), hub_env(hub, tmp_path / "hf"))
+    try:
+        client = pool.client()
+        deadline = time.monotonic() + 60
+        while not await client.health():
+            assert pool.proc.poll() is None and time.monotonic() < deadline, pool.log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+        await client.close()
+
+        class BuiltIn:  # make_core's LLM is a scripted server; this core talks to the pool's own model
+            base_url = ""
+
+        core = make_core(pool, tmp_path, BuiltIn, turn_timeout_s=3)
+        await core.llm.close()
+        core.llm = LLM(core.config.llm, max_retries=0, **local_llm.connection(core.config.pool.url))
+        reply = RecordingReply()
+        started = time.monotonic()
+        out = await asyncio.wait_for(core.handle(turn("hello there", "first"), reply), 120)
+        elapsed = time.monotonic() - started
+        await core.pool.close()
+        await core.llm.close()
+    finally:
+        stop_pool(pool)
+        hub.stop()
+    waiting = [s for s in reply.statuses if s and "The language model is still" in s]
+    assert waiting and re.fullmatch(r"The language model is still (downloading|loading)( \(.*\))?; I'll answer when "
+                                    r"it is ready", waiting[0]), reply.statuses
+    assert not out.error and reply.text and "try again" not in reply.text.lower(), reply.text  # the model's words
+    assert elapsed > 3  # longer than the turn's deadline, and still answered
+    assert any(f.startswith(QWEN2B) for f in hub.downloaded())

@@ -4,13 +4,18 @@ server with real servers' quirks switched on, and the tiny-model pool running th
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import time
 
+from PIL import Image
+
 from core.store import NOTE
+from core.turn import Attachment
+from core.vision import has_images
 from tests.conftest import make_core
-from tests.fakes.openai_server import FakeLLM, text_of
+from tests.fakes.openai_server import FakeLLM, offered_tools, text_of
 from tests.test_agent import RecordingReply, photo, turn
 
 
@@ -125,7 +130,7 @@ async def test_vision_sends_thumbnails_and_turns_off_for_a_server_that_rejects_t
                 await core.handle(turn("what is in this picture?", "b"), reply)
         await _closed(core)
     assert [r.text for r in replies] == ["A house.", "A house."] and core.llm.vision is False
-    assert caplog.text.count("rejects image input; vision is off") == 1
+    assert caplog.text.count("rejects image input (it failed requests with images, answered without); vision is off") == 1
     assert len(blind.requests) == 3  # one refused with images, then two without
 
 
@@ -183,6 +188,46 @@ async def test_a_tool_hidden_for_want_of_an_image_says_so(core, llm_server):
     await core.handle(turn("make it winter", "h"), reply)
     assert reply.text == "Please upload an image first."
     assert "edit_image" not in [t["function"]["name"] for t in llm_server.requests[0]["tools"]]
+
+
+async def test_a_server_that_reads_images_as_text_overflows_once_then_gets_none(pool, tmp_path, caplog):
+    """llama-cpp-python's function-calling formats put an image part's data: URL into the prompt as text:
+    no error about images, only a context that overflows. Without images the same turn fits."""
+    async with FakeLLM(context_tokens=1000) as server:  # the turn fits in it; with the photo's bytes it does not
+        core = make_core(pool, tmp_path, server)
+        await core.handle(turn("", "t", _noise()), RecordingReply())
+        server.on(user="what is in this picture", times=2).reply("A house.")
+        replies = [RecordingReply(), RecordingReply()]
+        with caplog.at_level(logging.WARNING):
+            for reply in replies:
+                await core.handle(turn("what is in this picture?", "t"), reply)
+        await _closed(core)
+    assert [r.text for r in replies] == ["A house.", "A house."] and core.llm.vision is False
+    assert caplog.text.count("vision is off for this model") == 1
+    # refused with the image (whole history, then this turn), answered without it; the next turn sends none
+    assert [has_images(r["messages"]) for r in server.requests] == [True, True, False, False]
+
+
+def _noise() -> Attachment:
+    """A photo of noise: it compresses badly, as a real photo's thumbnail does at a real working size."""
+    buf = io.BytesIO()
+    Image.effect_noise((96, 64), 80).convert("RGB").save(buf, "PNG")
+    return Attachment("noise.png", "image/png", buf.getvalue())
+
+
+async def test_the_tools_offered_follow_the_users_words_not_the_upload_line(pool, tmp_path):
+    """An upload's line ("[uploaded img1 ...: 64x40, shows: ...]") must not bring the extend tools
+    ("1024x512") nor any other group the user did not ask for."""
+    async with FakeLLM() as server:
+        core = make_core(pool, tmp_path, server)
+        server.on(user="what is in this picture").reply("A house.")
+        server.on(user="extend it to 1024x512").reply("Which image?")
+        await core.handle(turn("what is in this picture?", "w", photo()), RecordingReply())
+        await core.handle(turn("extend it to 1024x512", "w"), RecordingReply())
+        await _closed(core)
+    first, second = (offered_tools(r) for r in server.requests)
+    assert "answer_question" in first and "extend_image" not in first
+    assert "extend_image" in second
 
 
 async def test_a_huge_prompt_does_not_break_later_turns(pool, tmp_path):
