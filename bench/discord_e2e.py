@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -36,16 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import discord  # noqa: E402
-import yarl  # noqa: E402
-
-import settings  # noqa: E402
-from bot.adapters.discord_bot import DiscordBot  # noqa: E402
-from core.engine import Core  # noqa: E402
-from core.images import ImageStore  # noqa: E402
-from core.llm import LLM  # noqa: E402
+from bench.harness import build_core, discord_bot  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
-from core.store import Store  # noqa: E402
 from tests.conftest import start_pool, stop_pool  # noqa: E402
 from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord  # noqa: E402
@@ -92,18 +83,6 @@ class TimedPool(PoolClient):
             yield ev
 
 
-def build_core(pool, data: Path, llm_url: str) -> Core:
-    cfg = settings.load(pool.config, env_check=False)
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, base_url=llm_url),
-                              storage=settings.StorageConfig(data),
-                              discord=settings.DiscordConfig(True, TOKEN_ENV, ()))
-    store = Store(data / "bot.db")
-    lim = cfg.limits
-    images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
-                        working_size=lim.working_size)
-    return Core(cfg, store, images, TimedPool(cfg.pool.url), LLM(cfg.llm, max_retries=0))
-
-
 async def ask(fake: FakeDiscord, channels: list[str], users: dict[str, str]) -> tuple[dict[str, float], dict]:
     """Every channel mentions the bot at once; returns push times and the answers by channel."""
     asks = [message(c, f"<@{BOT_ID}> draw a cat for channel {c}", user(users[c]), mentions=[fake.bot_user])
@@ -121,7 +100,7 @@ async def main(n: int, folder: Path, pool) -> None:
     await llm.start()
     llm.on(user="draw a cat", after_tool=False, times=None).call("generate_image", {"prompt": "a cat"})
     llm.on(after_tool="generate_image", times=None).reply(REPLY)
-    core = build_core(pool, folder / "data", llm.base_url)
+    core = build_core(pool, folder / "data", llm.base_url, TOKEN_ENV, TimedPool)
     warm = "2999"
     channels = [str(3100 + i) for i in range(n)]
     users = {c: str(7000 + i) for i, c in enumerate([warm, *channels])}
@@ -129,25 +108,12 @@ async def main(n: int, folder: Path, pool) -> None:
     await fake.start()
     for c in [warm, *channels]:
         fake.add_channel(c)
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    discord.http.Route.BASE = f"{fake.base}/api/v10"
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"{fake.ws_base}/gateway")
-    os.environ[TOKEN_ENV] = fake.token
-    bot = DiscordBot(core, core.config, guild_ready_timeout=0.05)
-    try:
-        await bot.start()
+    async with discord_bot(core, fake, llm, TOKEN_ENV) as bot:
         await ask(fake, [warm], users)  # the pool's first job is slower: not measured
         wall = time.perf_counter()
         pushed, answers = await ask(fake, channels, users)
         wall = time.perf_counter() - wall
         await bot.idle()
-    finally:
-        await bot.close()
-        await fake.stop()
-        await llm.stop()
-        await core.pool.close()
-        await core.llm.close()
-        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
     first, total, llm_s, model_s, queue_s, overhead, overhead_nq = [], [], [], [], [], [], []
     errors = len(fake.logged_errors) + len(fake.unimplemented) + len(llm.unmatched)

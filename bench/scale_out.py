@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from bench.residency import SEED, make_trace  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from gpu_pool.protocol import JobRequest, RawImage  # noqa: E402
+from tests.conftest import kill_group, spawn_pool  # noqa: E402
 
 RAY = """
 [pool.ray]
@@ -98,10 +97,7 @@ def configs(folder: Path) -> tuple[Path, Path]:
 
 
 def start(config: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    with (config.parent / "pool.log").open("w") as log:
-        return subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config), "--log-level", "WARNING"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return spawn_pool(config, "--log-level", "WARNING", group=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -110,10 +106,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # anything of Ray still in its process group
-    except ProcessLookupError:
-        pass
+    kill_group(proc)  # anything of Ray still in its process group
 
 
 async def ready(client: PoolClient, proc: subprocess.Popen, timeout: float = 600) -> None:

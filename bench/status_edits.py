@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -30,36 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import discord  # noqa: E402
-import yarl  # noqa: E402
-
-import settings  # noqa: E402
-from bot.adapters.discord_bot import DiscordBot  # noqa: E402
+from bench.harness import build_core, discord_bot, shut_down  # noqa: E402
 from bot.adapters.slack_bot import SlackBot  # noqa: E402
-from core.engine import Core  # noqa: E402
-from core.images import ImageStore  # noqa: E402
-from core.llm import LLM  # noqa: E402
-from core.pool_client import PoolClient  # noqa: E402
-from core.store import Store  # noqa: E402
 from tests.conftest import start_pool_with, stop_pool  # noqa: E402
 from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
 from tests.fakes.discord_server import FakeDiscord  # noqa: E402
 from tests.fakes.openai_server import FakeLLM  # noqa: E402
-from tests.fakes.slack_server import BOT_USER, FakeSlack, mention  # noqa: E402
+from tests.fakes.slack_payloads import BOT_USER, mention  # noqa: E402
+from tests.fakes.slack_server import FakeSlack  # noqa: E402
 
+TOKEN_ENV = "BENCH_DISCORD_TOKEN"
 REPLY = "Here is your cat: img1"
-
-
-def build_core(pool, data: Path, llm_url: str) -> Core:
-    cfg = settings.load(pool.config, env_check=False)
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, base_url=llm_url),
-                              storage=settings.StorageConfig(data),
-                              discord=settings.DiscordConfig(True, "BENCH_DISCORD_TOKEN", ()))
-    store = Store(data / "bot.db")
-    lim = cfg.limits
-    images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
-                        working_size=lim.working_size)
-    return Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0))  # production pacing
 
 
 def scripted_llm() -> FakeLLM:
@@ -72,7 +52,7 @@ def scripted_llm() -> FakeLLM:
 async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
     """(edits per minute, edits, 429s, seconds) for n drawings at once on Slack."""
     llm = await scripted_llm().start()
-    core = build_core(pool, folder / "slack", llm.base_url)
+    core = build_core(pool, folder / "slack", llm.base_url, TOKEN_ENV)
     fake = await FakeSlack().start()
     if not enforce:
         getattr(fake, "rate_limits", {}).clear()
@@ -87,11 +67,7 @@ async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, i
         await bot.idle()
         seconds = time.monotonic() - started
     finally:
-        await bot.close()
-        await fake.stop()
-        await llm.stop()
-        await core.pool.close()
-        await core.llm.close()
+        await shut_down(bot, fake, llm, core)
     edits = len(fake.called("chat.update"))
     limited = len(getattr(fake, "rate_limited", []))
     return edits / (seconds / 60), edits, limited, seconds
@@ -100,20 +76,14 @@ async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, i
 async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
     """(edits per minute, edits, 429s, seconds) for n drawings at once in one Discord guild."""
     llm = await scripted_llm().start()
-    core = build_core(pool, folder / "discord", llm.base_url)
+    core = build_core(pool, folder / "discord", llm.base_url, TOKEN_ENV)
     fake = await FakeDiscord().start()
     if not enforce and hasattr(fake, "edit_limit"):
         fake.edit_limit = (10**9, 1.0)
     channels = [str(3100 + i) for i in range(n)]
     for c in channels:
         fake.add_channel(c)
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    discord.http.Route.BASE = f"{fake.base}/api/v10"
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"{fake.ws_base}/gateway")
-    os.environ["BENCH_DISCORD_TOKEN"] = fake.token
-    bot = DiscordBot(core, core.config, guild_ready_timeout=0.05)
-    try:
-        await bot.start()
+    async with discord_bot(core, fake, llm, TOKEN_ENV) as bot:
         started = time.monotonic()
         asks = [message(c, f"<@{BOT_ID}> draw a cat {i}", user(str(7000 + i)), mentions=[fake.bot_user])
                 for i, c in enumerate(channels)]
@@ -122,13 +92,6 @@ async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float,
                                      where=lambda r: bool(r.files))
         await bot.idle()
         seconds = time.monotonic() - started
-    finally:
-        await bot.close()
-        await fake.stop()
-        await llm.stop()
-        await core.pool.close()
-        await core.llm.close()
-        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
     edits = len(fake.matching("PATCH", r"^/channels/\d+/messages/\d+$"))
     return edits / (seconds / 60), edits, len(getattr(fake, "rate_limited", [])), seconds
 
@@ -151,7 +114,9 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         config, tiny = Path(tmp) / "config.toml", ROOT / "build" / "tiny-models"
         config.write_text(f'''[pool]\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"\n[storage]\ndata_dir = "data"
-[limits]\nworking_size = 64\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n''')
+[limits]\nworking_size = 64\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n
+# Safety is on by default: the drawings pass the tiny checker that flags none, as a real one would.
+[models.SafetyChecker]\ndevice = "cpu"\nsource = "{tiny}/safety-flags-none"\n''')
         running = start_pool_with(config)
         try:
             asyncio.run(main(args.drawings, Path(tmp), running, args.enforce_limits))

@@ -9,7 +9,6 @@ at once and early jobs wait for their model.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 import settings
-from gpu_pool import openai_api
+from gpu_pool import openai_api, routes
 from gpu_pool.protocol import Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame, request_from_frame
 from gpu_pool.registry import NotLoaded, Registry
 from gpu_pool.scheduler import Scheduler
@@ -27,18 +26,12 @@ log = logging.getLogger(__name__)
 REGISTRY = web.AppKey("registry", Registry)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 LLM_JOBS = web.AppKey("llm_jobs", openai_api.Backend)
-MAX_REQUEST = 256 * 1024 * 1024
 
 
 def make_app(config: settings.Config) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST)
-    app.router.add_get("/health", health)
-    app.router.add_post("/jobs", submit)
-    app.router.add_delete("/jobs/{job_id}", cancel)
-    app.router.add_get("/models", models)
-    app.router.add_post("/models/reload", reload)
-    app.router.add_post("/models/load", load)
-    app.router.add_post("/models/unload", unload)
+    app = web.Application(client_max_size=routes.MAX_REQUEST)
+    routes.add_routes(app, health=health, submit=submit, cancel=cancel, models=models, reload=reload, load=load,
+                      unload=unload)
     openai_api.add_routes(app, LLM_JOBS)  # the built-in LLM, for OpenAI clients
 
     async def lifespan(app: web.Application):
@@ -124,21 +117,12 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"models": [m.to_json() for m in request.app[REGISTRY].infos()]})
 
 
-async def _body(request: web.Request) -> dict:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
-        raise web.HTTPBadRequest(text="body must be JSON") from None
-    return body if isinstance(body, dict) else {}
-
-
 def _admin_reply(request: web.Request, message: str, ok: bool = True) -> web.Response:
-    infos = [m.to_json() for m in request.app[REGISTRY].infos()]
-    return web.json_response({"ok": ok, "message": message, "models": infos}, status=200 if ok else 400)
+    return routes.admin_reply(message, [m.to_json() for m in request.app[REGISTRY].infos()], ok)
 
 
 async def reload(request: web.Request) -> web.Response:
-    name = (await _body(request)).get("model")
+    name = (await routes.json_body(request)).get("model")
     registry = request.app[REGISTRY]
     try:
         names = await registry.reload(name)
@@ -150,14 +134,10 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await routes.json_body(request)
     name, device, dtype = body.get("model"), body.get("device"), body.get("dtype")
-    if not isinstance(name, str):
-        return _admin_reply(request, "Say which model to load.", ok=False)
-    if device is not None and settings.device_problem(device):
-        return _admin_reply(request, f"{device!r} is not a device; use auto, cpu, cuda or cuda:N.", ok=False)
-    if dtype is not None and dtype not in settings.DTYPES:
-        return _admin_reply(request, f"{dtype!r} is not a dtype; use {', '.join(settings.DTYPES)}.", ok=False)
+    if problem := routes.load_problem(name, device, dtype):
+        return _admin_reply(request, problem, ok=False)
     try:
         entry = await request.app[REGISTRY].load(name, device, dtype)
     except NotLoaded as e:
@@ -168,7 +148,7 @@ async def load(request: web.Request) -> web.Response:
 
 
 async def unload(request: web.Request) -> web.Response:
-    name = (await _body(request)).get("model")
+    name = (await routes.json_body(request)).get("model")
     try:
         await request.app[REGISTRY].unload(str(name))
     except NotLoaded as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,33 @@ def write_tiny_config(folder: Path, extra: str = "") -> Path:
     path = folder / "config.toml"
     path.write_text(text + "\n" + extra)
     return path
+
+
+# --- pool models in this process (no pool) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bases():
+    """The shared SD bases of one test module's pool models."""
+    from gpu_pool.models import load_sd_base
+    from gpu_pool.models.base import SharedBases
+
+    return SharedBases(load_sd_base)
+
+
+def loaded_once(make_spec, bases):
+    """load(name) -> pool model ``name``, loaded by its loader from ``make_spec(name)`` on ``bases`` the
+    first time, the same object after that (a module-scoped ``load`` fixture returns this)."""
+    from gpu_pool.models import loader
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = loader(name)(make_spec(name), bases)
+        return cache[name]
+
+    return get
 
 
 # --- a real pool process -------------------------------------------------------
@@ -74,13 +102,30 @@ def start_pool(folder: Path, extra: str = "") -> Pool:
     return start_pool_with(write_tiny_config(folder, extra))
 
 
+def spawn_pool(config: Path, *args: str, env: dict[str, str] | None = None,
+               group: bool = False) -> subprocess.Popen:
+    """``python -m gpu_pool --config CONFIG ARGS``, its output in pool.log beside the config. ``env``: instead
+    of this process's, offline, with the project on the path; ``group``: in a process group of its own,
+    which Ray's processes join (``kill_group`` ends what is left of them)."""
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with (config.parent / "pool.log").open("w") as out:  # the child keeps its own copy of the handle
+        return subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config), *args], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=group)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left in the process group ``spawn_pool(group=True)`` started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def start_pool_with(config: Path) -> Pool:
     """A pool process for ``config``, once every model it names is ready; its log beside the config."""
     log = config.parent / "pool.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    with log.open("w") as out:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+    proc = spawn_pool(config)
     pool = Pool(config, proc, log)
     try:
         asyncio.run(_wait_ready(pool.url, proc, log))
@@ -104,8 +149,6 @@ def pool(tiny_dir, tmp_path_factory):
     p = start_pool(tmp_path_factory.mktemp("pool"))
     yield p
     stop_pool(p)
-
-
 
 
 # --- a core wired to the pool and a scripted LLM ------------------------------------
@@ -144,3 +187,29 @@ async def core(pool, tmp_path, llm_server):
     yield c
     await c.pool.close()
     await c.llm.close()
+
+
+class RestartingBots:
+    """Starts a chat bot, and restarts it: each start a new Core and bot over the same data directory.
+    A platform's subclass builds its bot (``make_bot``)."""
+
+    def __init__(self, pool, tmp_path, llm_server):
+        self.args, self.core, self.bot = (pool, tmp_path, llm_server), None, None
+
+    def make_bot(self, core):
+        raise NotImplementedError
+
+    async def start(self):
+        await self.stop()
+        self.core = make_core(*self.args)
+        self.bot = self.make_bot(self.core)
+        await self.bot.start()
+        return self.bot
+
+    async def stop(self) -> None:
+        if self.bot is not None:
+            await self.bot.idle()
+            await self.bot.close()
+            await self.core.pool.close()
+            await self.core.llm.close()
+            self.bot = None

@@ -163,7 +163,8 @@ async def test_terminal_chat_through_a_pipe(tiny_dir, tmp_path):
 
 
 async def test_sigterm_answers_the_turn_in_flight_clears_its_status_stops_the_pool_and_exits_0(tiny_dir, tmp_path):
-    from tests.fakes.slack_server import BOT_USER, FakeSlack, mention
+    from tests.fakes.slack_payloads import BOT_USER, mention
+    from tests.fakes.slack_server import FakeSlack
 
     async with FakeLLM() as llm, FakeSlack() as slack:
         llm.on(user="think it over").hang()  # the turn is in flight when the signal comes

@@ -14,7 +14,7 @@ import settings
 from bot.adapters.discord_bot import DiscordBot
 from core.actions import STALE
 from core.turn import Turn
-from tests.conftest import make_core
+from tests.conftest import RestartingBots
 from tests.fakes.discord_payloads import APP_ID, CHANNEL_ID, EPHEMERAL, option, user
 from tests.fakes.discord_server import FakeDiscord, Request
 
@@ -32,27 +32,12 @@ async def fake(monkeypatch):
         yield server
 
 
-class Bots:
-    """Starts the bot, and restarts it: a new Core and DiscordBot over the same data directory."""
+class Bots(RestartingBots):
+    """The Discord bot, restarted at will over the same data directory and the same fake Discord."""
 
-    def __init__(self, pool, tmp_path, llm_server):
-        self.args, self.core, self.bot = (pool, tmp_path, llm_server), None, None
-
-    async def start(self) -> DiscordBot:
-        await self.stop()
-        self.core = make_core(*self.args)
-        config = dataclasses.replace(self.core.config, discord=settings.DiscordConfig(True, TOKEN_ENV, ()))
-        self.bot = DiscordBot(self.core, config, guild_ready_timeout=0.05)
-        await self.bot.start()
-        return self.bot
-
-    async def stop(self) -> None:
-        if self.bot is not None:
-            await self.bot.idle()
-            await self.bot.close()
-            await self.core.pool.close()
-            await self.core.llm.close()
-            self.bot = None
+    def make_bot(self, core) -> DiscordBot:
+        config = dataclasses.replace(core.config, discord=settings.DiscordConfig(True, TOKEN_ENV, ()))
+        return DiscordBot(core, config, guild_ready_timeout=0.05)
 
 
 @pytest.fixture

@@ -14,8 +14,10 @@ from PIL import Image
 from bot.adapters.slack_bot import SlackBot
 from core.actions import STALE
 from core.turn import Turn
-from tests.conftest import make_core
-from tests.fakes.slack_server import BOT_USER, Call, FakeSlack, LoggedErrors, mention
+from tests.conftest import RestartingBots
+from tests.fakes.logged_errors import LoggedErrors
+from tests.fakes.slack_payloads import BOT_USER, mention
+from tests.fakes.slack_server import Call, FakeSlack
 
 AT = f"<@{BOT_USER}>"
 
@@ -28,27 +30,20 @@ async def slack(monkeypatch):
         yield fake
 
 
-class Bots:
-    """Starts the bot, and restarts it: a new Core and SlackBot over the same data directory."""
+class Bots(RestartingBots):
+    """The Slack bot, restarted at will over the same data directory and the same fake Slack."""
 
     def __init__(self, slack: FakeSlack, pool, tmp_path, llm_server):
-        self.slack, self.args, self.core, self.bot = slack, (pool, tmp_path, llm_server), None, None
+        super().__init__(pool, tmp_path, llm_server)
+        self.slack = slack
+
+    def make_bot(self, core) -> SlackBot:
+        return SlackBot(core, core.config, base_url=self.slack.base_url, host="127.0.0.1")
 
     async def start(self) -> SlackBot:
-        await self.stop()
-        self.core = make_core(*self.args)
-        self.bot = SlackBot(self.core, self.core.config, base_url=self.slack.base_url, host="127.0.0.1")
-        await self.bot.start()
+        bot = await super().start()
         await self.slack.connected()
-        return self.bot
-
-    async def stop(self) -> None:
-        if self.bot is not None:
-            await self.bot.idle()
-            await self.bot.close()
-            await self.core.pool.close()
-            await self.core.llm.close()
-            self.bot = None
+        return bot
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from bot.adapters.slack_bot import WORKING
+from bot.adapters.slack_reply import WORKING
 from core.turn import EditBudget
-from tests.fakes.slack_server import dm, mention
+from tests.fakes.slack_payloads import dm, mention
 from tests.test_agent import image_enum
 from tests.test_slack import (AT, answer, bot, errors, in_thread, jpeg, make_bot, slack,  # noqa: F401 (fixtures)
                               uploaded_image)

@@ -8,7 +8,6 @@ import dataclasses
 import io
 import json
 import logging
-import time
 
 import pytest
 from PIL import Image

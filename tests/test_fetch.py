@@ -23,7 +23,7 @@ from core import local_llm
 from core.llm import LLM
 from gpu_pool.protocol import JobRequest, RawImage
 from scripts.tiny_models.hub import ROOTS
-from tests.conftest import ROOT, Pool, _wait_ready, make_core, stop_pool
+from tests.conftest import ROOT, Pool, _wait_ready, make_core, spawn_pool, stop_pool
 from tests.fakes.hub_server import FakeHub
 from tests.test_agent import RecordingReply, turn
 
@@ -62,12 +62,14 @@ def hub_env(hub: FakeHub, home: Path, offline: bool = False) -> dict[str, str]:
     return env
 
 
+def fetch(cfg: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """`./scripts/run --fetch`: python -m gpu_pool.fetch for ``cfg``."""
+    return subprocess.run([sys.executable, "-m", "gpu_pool.fetch", "--config", str(cfg)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def start_pool(cfg: Path, env: dict[str, str]) -> Pool:
-    log = cfg.parent / "pool.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(cfg)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    return Pool(cfg, proc, log)
+    return Pool(cfg, spawn_pool(cfg, env=env), cfg.parent / "pool.log")
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +84,7 @@ def fetched(hub_repos, tmp_path_factory):
     hub = FakeHub(hub_repos).start()
     try:
         cfg = config(folder)
-        run = subprocess.run([sys.executable, "-m", "gpu_pool.fetch", "--config", str(cfg)], cwd=ROOT,
-                             env=hub_env(hub, folder / "hf"), capture_output=True, text=True, timeout=300)
+        run = fetch(cfg, hub_env(hub, folder / "hf"))
     finally:
         hub.stop()
     return cfg, folder / "hf", run, hub
@@ -118,8 +119,7 @@ def test_fetch_downloads_only_the_files_the_loaders_read(fetched):
     assert f"Total: {total / 1e6:.0f} MB in 5 repos; {total / 1e6:.0f} MB to download into {home / 'hub'}" in lines
     assert re.search(r"Fetching: 100%.*\| ?[0-9.]+M/[0-9.]+M", run.stderr)  # the progress bar, over the total
 
-    again = subprocess.run([sys.executable, "-m", "gpu_pool.fetch", "--config", str(cfg)], cwd=ROOT,
-                           env=hub_env(hub, home, offline=True), capture_output=True, text=True, timeout=120)
+    again = fetch(cfg, hub_env(hub, home, offline=True), timeout=120)
     assert again.returncode == 0, again.stderr  # offline, from the cache: nothing left to fetch
     assert f"Total: {total / 1e6:.0f} MB in 5 repos; 0 B to download into {home / 'hub'}" in again.stdout
 
@@ -197,11 +197,6 @@ device = "cpu"
 QWEN2B, QWEN4B = "Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"
 QWEN_FILES = ["chat_template.json", "config.json", "generation_config.json", "merges.txt", "preprocessor_config.json",
               "tokenizer.json", "tokenizer_config.json", "video_preprocessor_config.json", "vocab.json"]
-
-
-def fetch(cfg: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gpu_pool.fetch", "--config", str(cfg)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

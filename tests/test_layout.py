@@ -62,5 +62,6 @@ def test_adapters_only_use_the_core_s_entry_points(path):
     assert ours <= {"core.turn", "core.engine", "core.errors"}, ours
 
 
-def test_settings_imports_nothing_of_the_project():
-    assert not {top(m) for m in imports_of(ROOT / "settings.py")} & {"bot", "core", "gpu_pool"}
+@pytest.mark.parametrize("path", files("settings"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_settings_imports_nothing_of_the_project(path):
+    assert not {top(m) for m in imports_of(path)} & {"bot", "core", "gpu_pool"}

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from gpu_pool.models import load_sd_base, loader
 from gpu_pool.models.base import JobCancelled, LoadSpec, PoolModel, SharedBases, check_params
+from tests.conftest import loaded_once
 
 LIMITS = {"max_steps": 50, "max_output_size": 256}
 
@@ -19,20 +20,8 @@ def spec(tiny_dir, name: str, dtype: torch.dtype = torch.float32) -> LoadSpec:
 
 
 @pytest.fixture(scope="module")
-def bases() -> SharedBases:
-    return SharedBases(load_sd_base)
-
-
-@pytest.fixture(scope="module")
 def load(tiny_dir, bases):
-    cache: dict[str, PoolModel] = {}
-
-    def get(name: str) -> PoolModel:
-        if name not in cache:
-            cache[name] = loader(name)(spec(tiny_dir, name), bases)
-        return cache[name]
-
-    return get
+    return loaded_once(lambda name: spec(tiny_dir, name), bases)
 
 
 def picture(w: int = 64, h: int = 96) -> Image.Image:

@@ -9,6 +9,7 @@ from PIL import Image
 from gpu_pool import accounting
 from gpu_pool.models import load_sd_base, loader
 from gpu_pool.models.base import BadRequest, JobCancelled, LoadSpec, PoolModel, SharedBases, check_params
+from tests.conftest import loaded_once
 
 # name -> folder under tiny_dir
 FOLDERS = {
@@ -36,21 +37,9 @@ def spec(tiny_dir, name: str, dtype: torch.dtype = torch.float32, working_size: 
 
 
 @pytest.fixture(scope="module")
-def bases() -> SharedBases:
-    return SharedBases(load_sd_base)
-
-
-@pytest.fixture(scope="module")
 def load(tiny_dir, bases):
     """load(name) -> the model, loaded once per module on the shared float32 base."""
-    cache: dict[str, PoolModel] = {}
-
-    def get(name: str) -> PoolModel:
-        if name not in cache:
-            cache[name] = loader(name)(spec(tiny_dir, name), bases)
-        return cache[name]
-
-    return get
+    return loaded_once(lambda name: spec(tiny_dir, name), bases)
 
 
 def inputs(name: str, size: tuple[int, int] = (W, H)) -> list[Image.Image]:

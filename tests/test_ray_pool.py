@@ -13,8 +13,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,7 +30,7 @@ from core import local_llm  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from core.tools import BY_NAME  # noqa: E402
 from gpu_pool.protocol import UNAVAILABLE, JobRequest, RawImage  # noqa: E402
-from tests.conftest import ROOT, Pool, _wait_ready, make_core  # noqa: E402
+from tests.conftest import Pool, _wait_ready, kill_group, make_core, spawn_pool  # noqa: E402
 from tests.test_agent import RecordingReply, photo, turn  # noqa: E402
 from tests.fakes.discord_payloads import CHANNEL_ID  # noqa: E402
 from tests.fakes.openai_server import text_of  # noqa: E402
@@ -106,10 +104,7 @@ def _group(pgid: int) -> list[int]:
 def ray_pool(tiny_dir, tmp_path_factory):
     config = ray_config(tmp_path_factory.mktemp("ray-pool"), tiny_dir)
     log = config.parent / "pool.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = spawn_pool(config, group=True)
     try:
         pool = Pool(config, proc, log)
         asyncio.run(_wait_ready(pool.url, proc, log, timeout=400))
@@ -124,10 +119,7 @@ def ray_pool(tiny_dir, tmp_path_factory):
     finally:
         if proc.poll() is None:
             proc.kill()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of Ray is still there
-        except ProcessLookupError:
-            pass
+        kill_group(proc)  # whatever of Ray is still there
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from tests.conftest import make_core, start_pool_with, stop_pool
 from tests.fakes.discord_payloads import CHANNEL_ID, option, user
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import tool_results
-from tests.fakes.slack_server import mention as slack_mention
+from tests.fakes.slack_payloads import mention as slack_mention
 from tests.test_agent import RecordingReply, photo, turn
 from tests.test_discord import ADMIN_ID, ANSWER, answered, bot, mention, with_files  # noqa: F401 (fixture)
 from tests.test_slack import ADMIN, AT, answer, errors, jpeg, make_bot, slack, uploaded_image  # noqa: F401 (fixtures)

@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 
 from bot.adapters import slack_bot
-from bot.adapters.slack_bot import THREADS_NOTE, WORKING, SlackBot
+from bot.adapters.slack_bot import THREADS_NOTE, SlackBot
+from bot.adapters.slack_reply import WORKING
 from core.engine import HELP
-from tests.fakes.slack_server import (BOT_USER, Call, FakeSlack, LoggedErrors, dm, event_callback, mention,
-                                      signed_headers)
+from tests.fakes.logged_errors import LoggedErrors
+from tests.fakes.slack_payloads import BOT_USER, dm, event_callback, mention, signed_headers
+from tests.fakes.slack_server import Call, FakeSlack
 from tests.fakes.openai_server import text_of
 from tests.test_agent import image_enum, photo
 

@@ -13,9 +13,8 @@ a DM is ``slack:dm:U1``. Slash commands carry no thread (Slack sends none): they
 the channel's conversation, and say so. A message is handed to the core as its event
 arrives, its files fetched in its turn, so a conversation keeps the order messages were sent.
 
-Progress is one status message per turn (Slack shows bots no typing indicator). Its edits
-(``chat.update``, a rate-limited Tier 3 method) share one budget for the workspace, and a
-429's Retry-After pauses them; answers are retried after a 429's Retry-After.
+Progress is one status message per turn, and answers are posted in the thread (or the DM)
+by ``SlackReply`` (``slack_reply.py``); answers are retried after a 429's Retry-After.
 
 The buttons under posted images (``slack_buttons.py``) are block actions and an
 Edit modal, acknowledged at once (``_on_button``, ``_on_form``); the core decides
@@ -39,15 +38,14 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack_buttons import EDIT_VIEW, belongs, blocks_for, edit_view, parse, submitted
+from bot.adapters.slack_buttons import EDIT_VIEW, belongs, edit_view, parse, submitted
+from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, SlackReply, mrkdwn
 from core.engine import HELP, Core
-from core.errors import GENERIC, BadImage, RateLimited, UserFacingError
-from core.turn import Attachment, EditBudget, OutImage, Turn, clean_name
+from core.errors import GENERIC, BadImage, UserFacingError
+from core.turn import Attachment, EditBudget, Turn, clean_name
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 8.0  # connect_async() alone retries a refused connection forever
-WORKING = "Working on it…"
-EDITS_PER_MINUTE, EDIT_BURST = 40, 5  # chat.update is Tier 3: about 50 a minute per workspace, for all our turns
 THREADS_NOTE = ("Slash commands act on the channel's conversation, also when typed in a thread: Slack does not tell "
                 "me the thread. In a thread, mention me instead; mention me there with \"reset\" to start it over.")
 ANSWERED = {None, "file_share", "thread_broadcast"}  # message subtypes that are someone talking to us
@@ -64,71 +62,9 @@ class SlackRejected(RuntimeError):
     """Slack refused a token or the connection; the message says which and where to look."""
 
 
-def _mrkdwn(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _plain(text: str) -> str:
     """Slack escapes these three in what users type; the core wants the words."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
-
-
-class SlackReply:
-    """The answer in the thread (or the DM), and one status message: posted, updated, deleted."""
-
-    waiting_text = WORKING  # Slack shows bots no typing indicator: the core shows this after a second
-
-    def __init__(self, client: AsyncWebClient, status_client: AsyncWebClient, channel: str,
-                 thread_ts: str | None, budget: EditBudget | None = None):
-        self.client, self.status_client, self.channel, self.thread_ts = client, status_client, channel, thread_ts
-        self.edit_budget = budget
-        self._status_ts: str | None = None
-
-    async def typing(self) -> None:
-        """Nothing to call: see ``waiting_text``."""
-
-    async def status(self, text: str | None) -> None:
-        """Raw calls; the core paces them. A 429 becomes RateLimited with Slack's Retry-After."""
-        try:
-            if text is None and self._status_ts:
-                await self.status_client.chat_delete(channel=self.channel, ts=self._status_ts)
-                self._status_ts = None
-            elif text is not None and self._status_ts:
-                await self.status_client.chat_update(channel=self.channel, ts=self._status_ts, text=_mrkdwn(text))
-            elif text is not None:
-                resp = await self.status_client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
-                                                                 text=_mrkdwn(text))
-                self._status_ts = resp["ts"]
-        except SlackApiError as e:
-            if e.response.status_code == 429:
-                raise RateLimited(_retry_after(e.response.headers)) from None
-            if e.response.get("error") == "message_not_found":  # someone deleted it: post anew next time
-                self._status_ts = None
-                if text is None:
-                    return
-            raise
-
-    async def send(self, text: str, images: list[OutImage] = ()) -> None:
-        if images:
-            files = [{"file": str(im.path), "filename": im.filename, "title": im.image_id} for im in images]
-            await self.client.files_upload_v2(channel=self.channel, thread_ts=self.thread_ts,
-                                              initial_comment=_mrkdwn(text), file_uploads=files)
-        else:
-            await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=_mrkdwn(text))
-        if blocks := blocks_for(list(images)):  # files carry no blocks: the buttons come right below them
-            ids = ", ".join(im.image_id for im in images if im.actions)
-            await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, blocks=blocks,
-                                               text=f"Buttons for {ids}")
-
-
-def _retry_after(headers) -> float:
-    for key, value in (headers or {}).items():
-        if key.lower() == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                break
-    return 1.0
 
 
 class SlackBot:
@@ -413,7 +349,7 @@ class SlackBot:
             await self._failed(reply, meta["session"])
 
     async def _private(self, channel: str, user: str, thread: str | None, text: str) -> None:
-        await self.app.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread, text=_mrkdwn(text))
+        await self.app.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread, text=mrkdwn(text))
 
     # --- who and where -----------------------------------------------------------
 

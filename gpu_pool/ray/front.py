@@ -14,7 +14,6 @@ job for that model loads it again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -29,7 +28,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 import settings
-from gpu_pool import openai_api
+from gpu_pool import openai_api, routes
 from gpu_pool.protocol import (UNAVAILABLE, Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame,
                                request_from_frame)
 from gpu_pool.ray import router
@@ -39,7 +38,6 @@ from gpu_pool.ray.replica import PoolReplica, Spec
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 APP, DEPLOYMENT = "visual-chatgpt-pool", "PoolReplica"
-MAX_REQUEST = 256 * 1024 * 1024
 FRONT = web.AppKey("front", "Front")
 
 
@@ -141,19 +139,14 @@ class Front:
             task.cancel()
 
 
-# --- the routes (the same as gpu_pool/server.py) ----------------------------------------
+# --- the routes (gpu_pool/routes.py: the same as gpu_pool/server.py) --------------------------
 
 
 def make_app(front: Front) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST)
+    app = web.Application(client_max_size=routes.MAX_REQUEST)
     app[FRONT] = front
-    app.router.add_get("/health", health)
-    app.router.add_post("/jobs", submit)
-    app.router.add_delete("/jobs/{job_id}", cancel)
-    app.router.add_get("/models", models)
-    app.router.add_post("/models/reload", reload)
-    app.router.add_post("/models/load", load)
-    app.router.add_post("/models/unload", unload)
+    routes.add_routes(app, health=health, submit=submit, cancel=cancel, models=models, reload=reload, load=load,
+                      unload=unload)
     app.router.add_get("/replicas", replicas)  # Ray only: each replica's models and counters
     openai_api.add_routes(app, FRONT)  # the built-in LLM, for OpenAI clients
     return app
@@ -202,17 +195,8 @@ async def replicas(request: web.Request) -> web.Response:
     return web.json_response({"replicas": list((await request.app[FRONT].each("info")).values())})
 
 
-async def _body(request: web.Request) -> dict:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
-        raise web.HTTPBadRequest(text="body must be JSON") from None
-    return body if isinstance(body, dict) else {}
-
-
 async def _admin_reply(request: web.Request, message: str, ok: bool = True) -> web.Response:
-    infos = await request.app[FRONT].infos()
-    return web.json_response({"ok": ok, "message": message, "models": infos}, status=200 if ok else 400)
+    return routes.admin_reply(message, await request.app[FRONT].infos(), ok)
 
 
 def _not_allowed(name: Any) -> str:
@@ -223,7 +207,7 @@ def _not_allowed(name: Any) -> str:
 
 async def reload(request: web.Request) -> web.Response:
     """Re-read config.toml, reload on every replica that holds the model(s), place what nobody holds."""
-    name = (await _body(request)).get("model")
+    name = (await routes.json_body(request)).get("model")
     front = request.app[FRONT]
     if name is not None and name not in front.allowed:
         return await _admin_reply(request, _not_allowed(name), ok=False)
@@ -254,16 +238,12 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await routes.json_body(request)
     name, device, dtype = body.get("model"), body.get("device"), body.get("dtype")
-    if not isinstance(name, str):
-        return await _admin_reply(request, "Say which model to load.", ok=False)
-    if name not in settings.MODEL_NAMES:
+    if isinstance(name, str) and name not in settings.MODEL_NAMES:
         return await _admin_reply(request, _not_allowed(name), ok=False)
-    if device is not None and settings.device_problem(device):
-        return await _admin_reply(request, f"{device!r} is not a device; use auto, cpu, cuda or cuda:N.", ok=False)
-    if dtype is not None and dtype not in settings.DTYPES:
-        return await _admin_reply(request, f"{dtype!r} is not a dtype; use {', '.join(settings.DTYPES)}.", ok=False)
+    if problem := routes.load_problem(name, device, dtype):
+        return await _admin_reply(request, problem, ok=False)
     front = request.app[FRONT]
     front.allowed[name] = (device, dtype)
     listed = [a for a in (await front.each("load", name, (device, dtype))).values() if a]
@@ -277,7 +257,7 @@ async def load(request: web.Request) -> web.Response:
 
 
 async def unload(request: web.Request) -> web.Response:
-    name = (await _body(request)).get("model")
+    name = (await routes.json_body(request)).get("model")
     front = request.app[FRONT]
     if name not in front.allowed:
         return await _admin_reply(request, _not_allowed(name), ok=False)

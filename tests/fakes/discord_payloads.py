@@ -1,5 +1,5 @@
 """Discord's JSON shapes for the fake (see discord.py's ``discord/types``): ids, users, members,
-messages, interactions, and small builders of each."""
+messages, guilds, threads, interactions, and small builders of each."""
 
 from __future__ import annotations
 
@@ -119,6 +119,51 @@ def message(channel_id: str, content: str, author: User, *, guild_id: str | None
         msg["guild_id"] = guild_id
         msg["member"] = {k: v for k, v in member(author).items() if k != "user"}  # type: ignore[assignment]
     return msg
+
+
+def guild_create(guild_id: str, name: str, channel_ids: list[str], bot: User) -> dict:
+    """A GUILD_CREATE's guild: text channels ``channel_ids``, the @everyone role, ``bot`` as its one member."""
+    channels = [{"id": c, "type": 0, "name": f"chan-{c}", "position": i, "guild_id": guild_id,
+                 "permission_overwrites": [], "nsfw": False, "parent_id": None}
+                for i, c in enumerate(channel_ids)]
+    return {
+        "id": guild_id, "name": name, "icon": None, "owner_id": "1", "member_count": 2, "large": False,
+        "premium_tier": 0, "features": [], "emojis": [], "stickers": [], "threads": [],
+        "roles": [{"id": guild_id, "name": "@everyone", "permissions": "0", "position": 0, "color": 0,
+                   "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
+        "channels": channels, "members": [member(bot)], "voice_states": [], "presences": [],
+    }
+
+
+def thread(thread_id: str, parent_id: str, guild_id: str) -> dict:
+    """A public thread under ``parent_id``, as a guild lists it."""
+    return {
+        "id": thread_id, "type": 11, "guild_id": guild_id, "parent_id": parent_id, "name": f"thread-{thread_id}",
+        "owner_id": "42", "member_count": 2, "message_count": 1, "rate_limit_per_user": 0, "flags": 0,
+        "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": TIMESTAMP,
+                            "locked": False}}
+
+
+def command_interaction(name: str, options: list[dict] = (), *, author: User, channel_id: str = CHANNEL_ID,
+                        guild_id: str | None = GUILD_ID, permissions: int = 0, attachments: list[Attachment] = (),
+                        size_limit: int = 10 * 2**20) -> Interaction:
+    """An INTERACTION_CREATE for the slash command ``name`` (guild_id=None: in a DM)."""
+    iid = snowflake()
+    data: dict[str, Any] = {"id": snowflake(), "name": name, "type": 1, "options": list(options)}
+    if attachments:
+        data["resolved"] = {"attachments": {a["id"]: a for a in attachments}}
+    channel = {"id": channel_id, "type": 0 if guild_id else 1, "name": f"chan-{channel_id}"}
+    payload: Interaction = {
+        "id": iid, "application_id": APP_ID, "type": 2, "token": f"itoken-{iid}", "version": 1, "data": data,
+        "channel": channel, "channel_id": channel_id, "app_permissions": str(ALL_PERMISSIONS), "locale": "en-US",
+        "entitlements": [], "authorizing_integration_owners": {"0": guild_id} if guild_id else {"1": author["id"]},
+        "context": 0 if guild_id else 1, "attachment_size_limit": size_limit}
+    if guild_id:
+        channel["guild_id"] = data["guild_id"] = payload["guild_id"] = guild_id
+        payload["member"] = member(author, permissions)
+    else:
+        payload["user"] = author
+    return payload
 
 
 def option(name: str, value: Any, kind: int = 3) -> dict:

@@ -47,8 +47,8 @@ import discord
 import yarl
 from aiohttp import WSMsgType, web
 
-from tests.fakes.discord_payloads import (ALL_PERMISSIONS, API, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, GUILD_ID,
-                                          TIMESTAMP, Attachment, Interaction, User, member, snowflake, user)
+from tests.fakes.discord_payloads import (API, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, GUILD_ID, TIMESTAMP, Attachment,
+                                          Interaction, User, command_interaction, guild_create, snowflake, thread, user)
 
 
 # --- the recorder ---------------------------------------------------------------------
@@ -135,16 +135,7 @@ class FakeDiscord:
     # -- setup
 
     def add_guild(self, guild_id: str, name: str, channel_ids: list[str]) -> None:
-        channels = [{"id": c, "type": 0, "name": f"chan-{c}", "position": i, "guild_id": guild_id,
-                     "permission_overwrites": [], "nsfw": False, "parent_id": None}
-                    for i, c in enumerate(channel_ids)]
-        self.guilds[guild_id] = {
-            "id": guild_id, "name": name, "icon": None, "owner_id": "1", "member_count": 2, "large": False,
-            "premium_tier": 0, "features": [], "emojis": [], "stickers": [], "threads": [],
-            "roles": [{"id": guild_id, "name": "@everyone", "permissions": "0", "position": 0, "color": 0,
-                       "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
-            "channels": channels, "members": [member(self.bot_user)], "voice_states": [], "presences": [],
-        }
+        self.guilds[guild_id] = guild_create(guild_id, name, channel_ids, self.bot_user)
 
     def add_channel(self, channel_id: str, guild_id: str = GUILD_ID, *, nsfw: bool = False) -> None:
         """A text channel; ``nsfw``: marked age-restricted."""
@@ -154,11 +145,7 @@ class FakeDiscord:
 
     def add_thread(self, thread_id: str, parent_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> None:
         """A public thread under ``parent_id`` (threads are channels with their own id)."""
-        self.guilds[guild_id]["threads"].append({
-            "id": thread_id, "type": 11, "guild_id": guild_id, "parent_id": parent_id, "name": f"thread-{thread_id}",
-            "owner_id": "42", "member_count": 2, "message_count": 1, "rate_limit_per_user": 0, "flags": 0,
-            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": TIMESTAMP,
-                                "locked": False}})
+        self.guilds[guild_id]["threads"].append(thread(thread_id, parent_id, guild_id))
 
     def add_file(self, data: bytes, filename: str, content_type: str | None = None, *,
                  channel_id: str = CHANNEL_ID, size: int | None = None, delay_s: float = 0.0) -> Attachment:
@@ -177,23 +164,9 @@ class FakeDiscord:
                     channel_id: str = CHANNEL_ID, guild_id: str | None = GUILD_ID, permissions: int = 0,
                     attachments: list[Attachment] = (), size_limit: int = 10 * 2**20) -> Interaction:
         """An INTERACTION_CREATE for the slash command ``name`` (guild_id=None: in a DM)."""
-        author = author or user("4000")
-        iid = snowflake()
-        data: dict[str, Any] = {"id": snowflake(), "name": name, "type": 1, "options": list(options)}
-        if attachments:
-            data["resolved"] = {"attachments": {a["id"]: a for a in attachments}}
-        channel = {"id": channel_id, "type": 0 if guild_id else 1, "name": f"chan-{channel_id}"}
-        payload: Interaction = {
-            "id": iid, "application_id": APP_ID, "type": 2, "token": f"itoken-{iid}", "version": 1, "data": data,
-            "channel": channel, "channel_id": channel_id, "app_permissions": str(ALL_PERMISSIONS), "locale": "en-US",
-            "entitlements": [], "authorizing_integration_owners": {"0": guild_id} if guild_id else {"1": author["id"]},
-            "context": 0 if guild_id else 1, "attachment_size_limit": size_limit}
-        if guild_id:
-            channel["guild_id"] = data["guild_id"] = payload["guild_id"] = guild_id
-            payload["member"] = member(author, permissions)
-        else:
-            payload["user"] = author
-        return payload
+        return command_interaction(name, options, author=author or user("4000"), channel_id=channel_id,
+                                   guild_id=guild_id, permissions=permissions, attachments=attachments,
+                                   size_limit=size_limit)
 
     def press(self, posted: Request | dict, custom_id: str, *, author: User | None = None,
               guild_id: str | None = GUILD_ID, permissions: int = 0) -> Interaction:

@@ -11,6 +11,9 @@ Every Web API call is recorded in ``slack.calls`` (JSON and form bodies both par
 ``response_url`` posts appear as method "response_url". Envelopes pushed over the
 websocket and the client's acks are kept by envelope id.
 
+Payloads are built from Slack's real JSON shapes: ``tests/fakes/slack_payloads.py``; a test's
+``LoggedErrors`` (``tests/fakes/logged_errors.py``) fails it on the bot's logged errors.
+
 Buttons: ``press`` clicks a button of a message the bot posted (a block_actions payload
 in an "interactive" envelope, as Socket Mode delivers it); ``views.open`` opens a
 modal (its trigger_id must come from an interaction of the last 3 seconds, as on
@@ -32,128 +35,22 @@ As strict as Slack where the bot could go wrong:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import json
-import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.slack_payloads import (APP_ID, BOT_ID, BOT_USER, TEAM, Event, File, UserRef, block_actions,
+                                        event_callback, hosted_file, new_ts, slash_command, user_info, user_ref,
+                                        view_submission)
+
 ACK_LIMIT_S = 3.0
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
-
-
-# --- wire shapes (what Slack sends; only the fields the bot reads, plus the ones bolt needs) ---
-
-
-class File(TypedDict):
-    id: str
-    name: str
-    title: str
-    mimetype: str
-    filetype: str
-    size: int
-    mode: str
-    url_private: str
-    url_private_download: str
-
-
-class Event(TypedDict):
-    type: str  # "app_mention", "message"
-    user: str
-    text: str
-    ts: str
-    channel: str
-    event_ts: str
-    team: str
-    thread_ts: NotRequired[str]
-    channel_type: NotRequired[str]  # message events: "channel", "im", ...
-    subtype: NotRequired[str]  # "file_share", "message_changed", "channel_join", "bot_message"
-    bot_id: NotRequired[str]
-    files: NotRequired[list[File]]
-
-
-class EventCallback(TypedDict):
-    token: str
-    team_id: str
-    api_app_id: str
-    event: Event
-    type: Literal["event_callback"]
-    event_id: str
-    event_time: int
-    authorizations: list[dict[str, Any]]
-    is_ext_shared_channel: bool
-
-
-class SlashCommand(TypedDict):
-    token: str
-    team_id: str
-    team_domain: str
-    channel_id: str
-    channel_name: str
-    user_id: str
-    user_name: str
-    command: str
-    text: str
-    api_app_id: str
-    is_enterprise_install: str
-    response_url: str
-    trigger_id: str
-
-
-TEAM, APP_ID, BOT_USER, BOT_ID = "T0FAKE", "A0FAKE", "U0BOT", "B0BOT"
-_ts = itertools.count(100)
-
-
-def new_ts() -> str:
-    return f"1700000000.{next(_ts):06d}"
-
-
-def message_event(kind: str, channel: str, user: str, text: str, *, thread_ts: str | None = None,
-                  files: Iterable[File] = (), **extra: Any) -> Event:
-    ts = new_ts()
-    event: Event = {"type": kind, "user": user, "text": text, "ts": ts, "channel": channel, "event_ts": ts,
-                    "team": TEAM, **extra}
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    if files:
-        event["files"] = list(files)
-    return event
-
-
-def mention(channel: str, user: str, text: str, *, thread_ts: str | None = None,
-            files: Iterable[File] = ()) -> Event:
-    """An ``app_mention``; ``text`` should contain ``<@U0BOT>`` as Slack writes it."""
-    return message_event("app_mention", channel, user, text, thread_ts=thread_ts, files=files)
-
-
-def dm(channel: str, user: str, text: str, *, files: Iterable[File] = (), **extra: Any) -> Event:
-    """A ``message`` in the bot's direct-message channel (``file_share`` subtype with files)."""
-    if files:
-        extra.setdefault("subtype", "file_share")
-    return message_event("message", channel, user, text, files=files, channel_type="im", **extra)
-
-
-def event_callback(event: Event, event_id: str) -> EventCallback:
-    return {"token": "verification-token", "team_id": TEAM, "api_app_id": APP_ID, "event": event,
-            "type": "event_callback", "event_id": event_id, "event_time": int(time.time()),
-            "authorizations": [{"enterprise_id": None, "team_id": TEAM, "user_id": BOT_USER, "is_bot": True,
-                                "is_enterprise_install": False}],
-            "is_ext_shared_channel": False}
-
-
-def signed_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """Headers Slack sends with an HTTP-mode request: ``v0=HMAC_SHA256(secret, "v0:ts:body")``."""
-    ts = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
-            "Content-Type": "application/json"}
 
 
 # --- records --------------------------------------------------------------------------
@@ -245,9 +142,7 @@ class FakeSlack:
     # -- set up by tests
 
     def add_user(self, user_id: str, *, is_admin: bool = False, is_owner: bool = False) -> None:
-        self.users[user_id] = {"id": user_id, "team_id": TEAM, "name": user_id.lower(), "deleted": False,
-                               "is_admin": is_admin, "is_owner": is_owner, "is_bot": False,
-                               "profile": {"display_name": user_id.lower()}}
+        self.users[user_id] = user_info(user_id, is_admin=is_admin, is_owner=is_owner)
 
     def add_file(self, name: str, data: bytes, mimetype: str, *,
                  serve: Literal["file", "login_page"] = "file", delay_s: float = 0.0) -> File:
@@ -255,9 +150,7 @@ class FakeSlack:
         ``delay_s`` makes its download that slow."""
         file_id = f"F{next(self._ids):06d}"
         self._files[file_id] = StoredFile(data, serve, delay_s)
-        url = f"{self.origin}/files-pri/{TEAM}-{file_id}/{name}"
-        return {"id": file_id, "name": name, "title": name, "mimetype": mimetype, "filetype": name.rsplit(".")[-1],
-                "size": len(data), "mode": "hosted", "url_private": url, "url_private_download": f"{url}?download=1"}
+        return hosted_file(file_id, name, len(data), mimetype, f"{self.origin}/files-pri/{TEAM}-{file_id}/{name}")
 
     async def push(self, kind: str, payload: dict[str, Any], *, envelope_id: str | None = None,
                    retry_attempt: int = 0, retry_reason: str = "") -> str:
@@ -301,11 +194,8 @@ class FakeSlack:
     async def push_command(self, command: str, text: str, *, user: str = "U1", channel: str = "C1",
                            channel_name: str = "general") -> str:
         n = next(self._ids)
-        payload: SlashCommand = {
-            "token": "verification-token", "team_id": TEAM, "team_domain": "fake", "channel_id": channel,
-            "channel_name": channel_name, "user_id": user, "user_name": user.lower(), "command": command,
-            "text": text, "api_app_id": APP_ID, "is_enterprise_install": "false",
-            "response_url": f"{self.origin}/commands/{TEAM}/{n}/hook", "trigger_id": self._trigger()}
+        payload = slash_command(command, text, user=user, channel=channel, channel_name=channel_name,
+                                response_url=f"{self.origin}/commands/{TEAM}/{n}/hook", trigger_id=self._trigger())
         return await self.push("slash_commands", dict(payload))
 
     async def press(self, posted: Call, action_id: str, *, user: str = "U1") -> str:
@@ -317,30 +207,17 @@ class FakeSlack:
                  if e.get("action_id") == action_id]
         assert found, f"no button {action_id} in {blocks}"
         block, button = found[0]
-        channel, ts, thread = posted["channel"], posted.response["ts"], posted.get("thread_ts")
-        container = {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False}
         message = {**posted.response["message"], "blocks": blocks}
-        if thread:
-            container["thread_ts"] = thread
         n = next(self._ids)
-        payload = {"type": "block_actions", "user": self._user(user), "api_app_id": APP_ID,
-                   "token": "verification-token", "container": container, "trigger_id": self._trigger(), "team": {"id": TEAM, "domain": "fake"},
-                   "enterprise": None, "is_enterprise_install": False,
-                   "channel": {"id": channel, "name": "directmessage" if channel.startswith("D") else "general"},
-                   "message": message, "state": {"values": {}},
-                   "response_url": f"{self.origin}/actions/{TEAM}/{n}/hook",
-                   "actions": [{**button, "block_id": block.get("block_id", ""), "action_ts": new_ts()}]}
+        payload = block_actions(self._user(user), posted["channel"], message, button, block.get("block_id", ""),
+                                thread_ts=posted.get("thread_ts"), trigger_id=self._trigger(),
+                                response_url=f"{self.origin}/actions/{TEAM}/{n}/hook")
         return await self.push("interactive", payload)
 
     async def submit(self, view: dict[str, Any], values: dict[str, dict[str, str]], *, user: str = "U1") -> str:
         """``user`` submits the modal ``view`` (as views.open answered it) with ``values``
         ({block_id: {action_id: text}}): a view_submission in an "interactive" envelope; returns its id."""
-        state = {block: {action: {"type": "plain_text_input", "value": text} for action, text in inputs.items()}
-                 for block, inputs in values.items()}
-        payload = {"type": "view_submission", "team": {"id": TEAM, "domain": "fake"}, "user": self._user(user),
-                   "api_app_id": APP_ID, "token": "verification-token", "trigger_id": self._trigger(),
-                   "view": {**view, "state": {"values": state}}, "response_urls": [],
-                   "is_enterprise_install": False, "enterprise": None}
+        payload = view_submission(self._user(user), view, values, trigger_id=self._trigger())
         return await self.push("interactive", payload)
 
     def _trigger(self) -> str:
@@ -348,9 +225,8 @@ class FakeSlack:
         self._triggers[trigger] = time.monotonic()
         return trigger
 
-    def _user(self, user: str) -> dict[str, str]:
-        name = (self.users.get(user) or {}).get("name") or user.lower()
-        return {"id": user, "username": name, "name": name, "team_id": TEAM}
+    def _user(self, user: str) -> UserRef:
+        return user_ref(user, (self.users.get(user) or {}).get("name") or user.lower())
 
     # -- looking at what happened
 
@@ -587,39 +463,3 @@ class FakeSlack:
     async def _unknown(self, request: web.Request) -> web.Response:
         self.unimplemented.append(f"{request.method} {request.path}")
         return web.Response(status=404, text="not served by FakeSlack")
-
-
-# --- the bot's logged errors fail the test ----------------------------------------------
-
-
-class LoggedErrors(logging.Handler):
-    """Collects ERROR records (bolt's @app.error, listener failures) and bolt's "Unhandled request"
-    warnings from the given loggers, for a fixture to assert on at teardown."""
-
-    def __init__(self, *names: str):
-        super().__init__(logging.WARNING)
-        self.names, self.records = names, []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR or "Unhandled request" in record.getMessage():
-            self.records.append(record)
-
-    def __enter__(self) -> LoggedErrors:
-        for name in self.names:
-            logging.getLogger(name).addHandler(self)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        for name in self.names:
-            logging.getLogger(name).removeHandler(self)
-
-    def take(self, needle: str) -> list[logging.LogRecord]:
-        """Remove and return the records whose message contains ``needle`` (errors a test expects)."""
-        taken = [r for r in self.records if needle in r.getMessage()]
-        self.records = [r for r in self.records if r not in taken]
-        return taken
-
-    def assert_none(self) -> None:
-        assert not self.records, "the bot logged errors:\n" + "\n".join(
-            f"{r.name}: {r.getMessage()}" + (f"\n{logging.Formatter().formatException(r.exc_info)}"
-                                              if r.exc_info else "") for r in self.records)

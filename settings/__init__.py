@@ -1,0 +1,157 @@
+"""Load and validate ``config.toml``.
+
+Every part of the bot reads the same file: the bot process (LLM, platforms,
+storage, limits) and the pool process (pool, models, limits). This package
+imports nothing of the project so both sides can use it.
+
+Validation errors are :class:`ConfigError` whose message names the key and
+the accepted values, meant to be read by the person editing the file.
+
+- ``settings.models``: the seed's model names, their default sources, dtypes, devices.
+- ``settings.sections``: the typed sections of a validated config (``Config`` and its parts).
+- ``settings.schema``: the table of sections and keys, and the checks that validate them.
+- here: ``load`` and ``parse``, which build a ``Config`` from the checked tables.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from settings.models import ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SD15, SEED_MODELS, resolve_device
+from settings.schema import MODEL_KEYS, SCHEMA, SECTIONS, Check, ConfigError, check_table, device_problem, parse_size
+from settings.sections import (
+    BotConfig,
+    Config,
+    DiscordConfig,
+    LimitsConfig,
+    LLMConfig,
+    ModelConfig,
+    PoolConfig,
+    RayConfig,
+    ResidencyConfig,
+    SafetyConfig,
+    SlackConfig,
+    StorageConfig,
+)
+
+__all__ = [
+    "ANNOTATORS", "DTYPES", "MODEL_DEFAULTS", "MODEL_NAMES", "SD15", "SEED_MODELS", "resolve_device",
+    "MODEL_KEYS", "SCHEMA", "SECTIONS", "Check", "ConfigError", "device_problem", "parse_size",
+    "BotConfig", "Config", "DiscordConfig", "LimitsConfig", "LLMConfig", "ModelConfig", "PoolConfig", "RayConfig",
+    "ResidencyConfig", "SafetyConfig", "SlackConfig", "StorageConfig",
+    "load", "parse",
+]
+
+
+def _table(data: dict[str, Any], name: str) -> Any:
+    """The table of section ``name``; "pool.ray" is the [pool.ray] table inside [pool]."""
+    outer, _, inner = name.partition(".")
+    table = data.get(outer, {})
+    if inner:
+        return table.get(inner, {}) if isinstance(table, dict) else {}
+    if isinstance(table, dict) and any(f"{name}.{k}" in SCHEMA for k in table):
+        table = {k: v for k, v in table.items() if f"{name}.{k}" not in SCHEMA}  # checked as their own sections
+    return table
+
+
+def _source(raw: str, base_dir: Path) -> str:
+    if raw.startswith(("/", "./", "../")):
+        return str((base_dir / raw).resolve())
+    return raw
+
+
+def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
+    """Validate parsed TOML ``data``; ``path`` anchors relative paths."""
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section; known sections: {', '.join(SECTIONS)}")
+    sec = {name: check_table(name, _table(data, name), keys) for name, keys in SCHEMA.items()}
+    base_dir = path.parent.resolve()
+
+    models_raw = data.get("models", {})
+    if not isinstance(models_raw, dict):
+        raise ConfigError("models: must be a table of [models.NAME] sections")
+    models: dict[str, ModelConfig] = {}
+    for name, table in models_raw.items():
+        if name not in MODEL_DEFAULTS:
+            raise ConfigError(f"models.{name}: unknown model; known models: {', '.join(MODEL_NAMES)}")
+        m = check_table(f"models.{name}", table, MODEL_KEYS)
+        source = m["source"]
+        if source is None:  # as Config.default_source
+            source = sec["pool"]["sd_base"] if name == "Text2Image" else MODEL_DEFAULTS[name]
+        models[name] = ModelConfig(name, m["device"], m["dtype"], _source(source, base_dir))
+
+    p = sec["pool"]
+    socket = None if p["host"] else (base_dir / sec["storage"]["data_dir"] / p["socket"]).resolve()
+    if p["host"] and not p["port"]:
+        raise ConfigError('pool.port: must be set (1-65535) when pool.host is set; leave host "" to use a unix socket')
+    r = sec["pool.ray"]
+    ray = RayConfig(r["address"], r["replicas"], r["gpus_per_replica"], r["cpus_per_replica"], r["spread_after"],
+                    r["num_cpus"], parse_size(r["object_store_memory"]) or 0)
+    pool = PoolConfig(p["start"], socket, p["host"], p["port"], _source(p["sd_base"], base_dir), p["startup_timeout_s"],
+                      p["backend"], ray)
+    if pool.backend == "ray":
+        for m in models.values():
+            if m.device.startswith("cuda:") and m.device != "cuda:0":
+                raise ConfigError(f'models.{m.name}.device: {m.device!r} is not valid with pool.backend = "ray": each '
+                                  'replica has one GPU of its own; use "auto" or "cuda"')
+
+    d = sec["discord"]
+    discord = DiscordConfig(d["enabled"], d["token_env"], tuple(str(x) for x in d["admin_ids"]))
+    s = sec["slack"]
+    slack = SlackConfig(s["enabled"], s["mode"], s["bot_token_env"], s["app_token_env"], s["signing_secret_env"],
+                        s["http_port"], tuple(str(x) for x in s["admin_ids"]), s["workspace_admins"], s["api_url"])
+    if env_check:
+        if discord.enabled is True and not discord.token:
+            raise ConfigError(f"discord.token_env: Discord is enabled but the environment variable {discord.token_env} "
+                              'is not set; set it to the bot token, or set discord.enabled = "auto"')
+        if slack.enabled is True:
+            for key, name in (("bot_token_env", slack.bot_token_env),
+                              ("app_token_env" if slack.mode == "socket" else "signing_secret_env",
+                               slack.required_env()[1])):
+                if not slack.env(name):
+                    raise ConfigError(f"slack.{key}: Slack is enabled but the environment variable {name} is not set; "
+                                      'set it, or set slack.enabled = "auto"')
+
+    lim, safety = sec["limits"], sec["safety"]
+    return Config(
+        path=path,
+        llm=LLMConfig(**sec["llm"]),
+        pool=pool,
+        models=models,
+        discord=discord,
+        slack=slack,
+        storage=StorageConfig((base_dir / sec["storage"]["data_dir"]).resolve()),
+        limits=LimitsConfig(**lim),
+        residency=_residency(sec["residency"]),
+        safety=SafetyConfig(**dict(safety, allow_in_slack_channels=tuple(safety["allow_in_slack_channels"]))),
+        bot=BotConfig(float(sec["bot"]["shutdown_grace_s"])),
+        raw=data,
+    )
+
+
+def _residency(r: dict[str, Any]) -> ResidencyConfig:
+    budget = parse_size(r["budget"]) or 0
+    reserve = (parse_size(r["reserve"]) or 0) if budget else 0  # no budget: nothing to reserve from
+    if budget and reserve >= budget:
+        raise ConfigError(f"residency.reserve: {r['reserve']!r} is not valid; must be smaller than "
+                          f"residency.budget ({r['budget']!r}) so that some of the budget is left for weights")
+    devices = tuple(resolve_device(d) if d == "cuda" else d for d in r["devices"])
+    return ResidencyConfig(budget, reserve, r["max_overtakes"], devices)
+
+
+def load(path: str | os.PathLike[str], env_check: bool = True) -> Config:
+    """Read and validate a config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, path, env_check=env_check)

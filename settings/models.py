@@ -1,0 +1,57 @@
+"""The seed's model names, their default sources, and the dtypes and devices a model may run on."""
+
+from __future__ import annotations
+
+# The seed's model names and their default sources (the checkpoints the seed
+# used, as they are named on the Hugging Face hub today). A source that starts
+# with "/", "./" or "../" is a local folder, resolved against the config file.
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+ANNOTATORS = "lllyasviel/Annotators"
+MODEL_DEFAULTS: dict[str, str] = {
+    "ImageCaptioning": "Salesforce/blip-image-captioning-base",
+    "VisualQuestionAnswering": "Salesforce/blip-vqa-base",
+    "Text2Image": SD15,  # unless config.toml says otherwise: [pool] sd_base (see Config.default_source)
+    "InstructPix2Pix": "timbrooks/instruct-pix2pix",
+    "Inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    "Text2Mask": "CIDAS/clipseg-rd64-refined",
+    "Text2Box": "IDEA-Research/grounding-dino-tiny",
+    "Segmenting": "facebook/sam-vit-huge",  # facebook/sam-vit-base: 0.2 GiB instead of 1.2 (fp16), coarser masks
+    "Image2Canny": "",  # OpenCV Canny: no weights
+    "Image2Line": ANNOTATORS,
+    "Image2Hed": ANNOTATORS,
+    "Image2Scribble": ANNOTATORS,
+    "Image2Pose": ANNOTATORS,
+    "Image2Seg": "openmmlab/upernet-convnext-small",
+    "Image2Depth": "Intel/dpt-large",
+    "Image2Normal": "Intel/dpt-hybrid-midas",
+    "CannyText2Image": "lllyasviel/sd-controlnet-canny",
+    "LineText2Image": "lllyasviel/sd-controlnet-mlsd",
+    "HedText2Image": "lllyasviel/sd-controlnet-hed",
+    "ScribbleText2Image": "lllyasviel/sd-controlnet-scribble",
+    "PoseText2Image": "lllyasviel/sd-controlnet-openpose",
+    "SegText2Image": "lllyasviel/sd-controlnet-seg",
+    "DepthText2Image": "lllyasviel/sd-controlnet-depth",
+    "NormalText2Image": "lllyasviel/sd-controlnet-normal",
+    # Not the seed's: the buttons under an image. Variations is img2img on the shared base ([pool] sd_base,
+    # no weights of its own: ""); Upscale is Stability AI's 2x latent upscaler (its own UNet, VAE, text encoder).
+    "Variations": "",
+    "Upscale": "stabilityai/sd-x2-latent-upscaler",
+    # Not a tool: checks every image the others draw (the SD1.5 repo's safety_checker, with its CLIP image processor).
+    "SafetyChecker": "CompVis/stable-diffusion-safety-checker",
+    # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.
+    "LLM": "Qwen/Qwen3-VL-2B-Instruct",
+}
+MODEL_NAMES = tuple(MODEL_DEFAULTS)
+SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")  # the seed's visual models, each used by a tool
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is the first GPU when there is one, else the CPU; ``cuda`` is ``cuda:0``."""
+    if device == "cuda":
+        return "cuda:0"
+    if device != "auto":
+        return device
+    import torch  # late: torch takes seconds to import and the bot side rarely needs it
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"

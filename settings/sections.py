@@ -1,0 +1,189 @@
+"""The typed sections of a validated config: what the rest of the project reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from settings.models import MODEL_DEFAULTS, resolve_device
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str
+    model: str
+    api_key_env: str
+    timeout_s: float
+    turn_timeout_s: float
+    max_tool_rounds: int
+    history_tokens: int
+    stream: bool
+    max_tokens: int = 1024
+    tools: str = "auto"  # "auto", "native" or "json"
+    constrain: str = "auto"  # "auto", "strict" or "off"
+    vision: bool | str = "auto"  # True, False or "auto"
+    vision_images: int = 4
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+    @property
+    def built_in(self) -> bool:
+        """No server named: the pool hosts the model ([models.LLM]) and serves it on its socket."""
+        return not self.base_url
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """The pool on Ray Serve (``pool.backend = "ray"``, see gpu_pool/ray/)."""
+
+    address: str = ""  # "" starts a local Ray instance; "auto" or "HOST:PORT" joins a cluster
+    replicas: int = 1
+    gpus_per_replica: float = 1  # 0: CPU replicas
+    cpus_per_replica: float = 1
+    spread_after: int = 2  # jobs in flight on every replica holding a model before another loads it; 0: never
+    num_cpus: int = 0  # local instance only; 0: every CPU
+    object_store_memory: int = 0  # local instance only, bytes; 0: Ray's default
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    start: bool
+    socket: Path | None  # unix socket path, when host is empty
+    host: str
+    port: int
+    sd_base: str
+    startup_timeout_s: float
+    backend: str = "local"  # "local": the pool runs the models itself; "ray": on Ray Serve replicas
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}" if self.host else f"unix:{self.socket}"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    device: str  # as written: auto, cpu, cuda, cuda:N, mps
+    dtype: str  # as written: auto, float16, bfloat16, float32
+    source: str  # hub id or absolute local folder ("" = no weights)
+
+    def resolved_device(self) -> str:
+        return resolve_device(self.device)
+
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float16" if self.resolved_device().startswith("cuda") else "float32"
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    enabled: bool | str  # True, False or "auto" (on when the token is set)
+    token_env: str
+    admin_ids: tuple[str, ...]
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env) or None
+
+    @property
+    def active(self) -> bool:
+        return self.enabled is True or (self.enabled == "auto" and self.token is not None)
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    enabled: bool | str
+    mode: str  # "socket" or "http"
+    bot_token_env: str
+    app_token_env: str
+    signing_secret_env: str
+    http_port: int
+    admin_ids: tuple[str, ...]
+    workspace_admins: bool
+    api_url: str = "https://slack.com/api/"
+
+    def env(self, name: str) -> str | None:
+        return os.environ.get(name) or None
+
+    def required_env(self) -> list[str]:
+        second = self.app_token_env if self.mode == "socket" else self.signing_secret_env
+        return [self.bot_token_env, second]
+
+    @property
+    def active(self) -> bool:
+        have_all = all(self.env(n) for n in self.required_env())
+        return self.enabled is True or (self.enabled == "auto" and have_all)
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    shutdown_grace_s: float = 5.0  # seconds turns in flight get to finish on SIGTERM / SIGINT
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_image_pixels: int
+    max_upload_bytes: int
+    working_size: int
+    max_output_size: int
+    max_steps: int
+    per_user_jobs: int
+    images_per_turn: int = 8
+    llm_max_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class ResidencyConfig:
+    """A weight budget per accelerator device (see gpu_pool/residency.py). budget 0: no budget."""
+
+    budget: int = 0  # bytes
+    reserve: int = 0  # bytes of the budget kept free for working memory (activations)
+    max_overtakes: int = 3
+    devices: tuple[str, ...] = ()  # the budgeted devices; () = every GPU (cuda:N, mps)
+
+    def applies_to(self, device: str) -> bool:
+        if not self.budget:
+            return False
+        return device in self.devices if self.devices else device.startswith(("cuda", "mps"))
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Where images the safety checker flags are withheld (see core/safety.py)."""
+
+    enabled: bool = True
+    allow_in_nsfw_channels: bool = False  # Discord channels marked age-restricted
+    allow_in_slack_channels: tuple[str, ...] = ()  # Slack channel ids
+    allow_in_dms: bool = False  # DMs, and the terminal chat
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    llm: LLMConfig
+    pool: PoolConfig
+    models: dict[str, ModelConfig]
+    discord: DiscordConfig
+    slack: SlackConfig
+    storage: StorageConfig
+    limits: LimitsConfig
+    residency: ResidencyConfig = field(default_factory=ResidencyConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    bot: BotConfig = field(default_factory=BotConfig)
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def default_source(self, name: str) -> str:
+        """Where model ``name`` loads from when its section names no source. Text2Image is the shared
+        SD base itself, so a local or custom ``sd_base`` never loads a second base from the hub."""
+        return self.pool.sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
