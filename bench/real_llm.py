@@ -49,6 +49,7 @@ from core.images import ImageStore  # noqa: E402
 from core.llm import LLM  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from core.store import Store  # noqa: E402
+from core import toolset  # noqa: E402
 from core.tools import BY_NAME  # noqa: E402
 from core.turn import Attachment, Turn  # noqa: E402
 from tests.conftest import start_pool_with, stop_pool, write_tiny_config  # noqa: E402
@@ -123,11 +124,15 @@ def calls_since(store: Store, session: str, after_id: int) -> list[tuple[str, st
 
 
 def valid(name: str, arguments: str, ids: list[str]) -> bool:
-    tool = BY_NAME.get(name)
-    if tool is None:
+    """Whether the call names a tool (or the ``more_tools`` meta-tool) and its arguments fit the schema."""
+    if name == toolset.MORE_TOOLS:
+        parameters = toolset.more_tools_schema(list(toolset.GROUPS))["function"]["parameters"]
+    elif name in BY_NAME:
+        parameters = BY_NAME[name].schema(ids)["function"]["parameters"]
+    else:
         return False
     try:
-        jsonschema.validate(json.loads(arguments or "{}"), tool.schema(ids)["function"]["parameters"])
+        jsonschema.validate(json.loads(arguments or "{}"), parameters)
     except (json.JSONDecodeError, jsonschema.ValidationError):
         return False
     return True

@@ -26,7 +26,7 @@ from core.tools.controlnet import CONTROLS
 MORE_TOOLS = "more_tools"
 CORE = ("generate_image", "edit_image", "answer_question", "remove_background")
 ENUM_IDS = 4  # image ids listed in enums up to this many; more cost more tokens than they protect
-ID_PATTERN = r"^img\d+$"
+ID_PATTERN = r"^img[0-9]+$"  # a bracket class: llama-cpp-python writes \d into a grammar that fails to parse
 
 # group -> its tools: a condition map and drawing from one, in pairs; masks; anything else new
 GROUPS: dict[str, tuple[str, ...]] = {

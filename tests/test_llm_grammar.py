@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from transformers import AutoTokenizer
 
+from core import toolset
 from core.tools import TOOLS
 from gpu_pool.models import grammar
 from gpu_pool.models.base import BadRequest
@@ -79,6 +81,28 @@ def test_response_format_json_schema_is_enforced(tok):
     assert accepts(tok, lark, '{"reply": "hi"}')
     assert not accepts(tok, lark, "hi")
     assert not accepts(tok, lark, '{"tool": "x"}')
+
+
+MANY = [f"img{i}" for i in range(1, 31)]  # more than toolset.ENUM_IDS: ids go as a pattern, not an enum
+
+
+def test_with_many_images_a_call_may_name_only_an_image_id(tok):
+    lark = grammar.grammar([toolset.schema(t, MANY) for t in TOOLS], "auto", "", None, True, tok[1])
+    assert accepts(tok, lark, call("caption_image", image="img27"))
+    assert not accepts(tok, lark, call("caption_image", image="the cat"))
+    assert not accepts(tok, lark, call("caption_image", image="imgX"))
+
+
+def test_id_patterns_use_only_what_llama_cpp_grammars_read():
+    """llama-cpp-python's JSON-schema-to-grammar converter writes ``\\d`` into a quoted literal; the server
+    then fails to parse the grammar and dies (seen in bench/real_llm.py at 5 images). Literals and
+    bracket classes convert correctly."""
+    patterns = {spec["pattern"] for t in TOOLS
+                for spec in toolset.schema(t, MANY)["function"]["parameters"]["properties"].values() if "pattern" in spec}
+    assert patterns, "with this many images the ids go as a pattern"
+    for p in patterns:
+        assert re.fullmatch(r"\^[A-Za-z0-9_]*(\[[^\]\\]+\][+*?]?|[A-Za-z0-9_])*\$", p), p
+        assert re.fullmatch(p, "img30") and not re.fullmatch(p, "img")
 
 
 def test_unbounded_strings_are_capped_to_fit_max_tokens(tok):
