@@ -46,6 +46,7 @@ Images get ids like img1; say them to point at an image. Commands: /imagine, /ca
 Admins: /models, /safety, /reload, /load, /unload."""
 RESTARTING = "I'm restarting; please ask again."
 CLEARED = "This conversation is cleared: I have forgotten its messages and images."
+RESEND = "I did not act on your message: attach an image and send it again."
 DECODING_AT_ONCE = 2  # large uploads decoded side by side (each can take hundreds of MB for a moment)
 _RESET = re.compile(r"/?reset[.!]?", re.IGNORECASE)
 
@@ -177,6 +178,9 @@ class Core:
             self.store.reset(turn.session_key)
             return Outcome(CLEARED)
         uploaded, problems = await self._ingest(turn, ctx)
+        if problems and not uploaded and text:  # the words were about the file: acting on them would guess
+            log.info("session %s: not asking the LLM, no attachment of the message could be used", turn.session_key)
+            return Outcome(" ".join([*problems, RESEND]), error=True)
         lines = [text] if text else []
         for row in uploaded:
             caption = f", shows: {row.caption}" if row.caption else ""

@@ -214,6 +214,18 @@ async def test_bad_upload_is_reported_and_nothing_is_lost(core, llm_server):
     assert [r.image_id for r in core.store.images("s")] == ["img1"]
 
 
+async def test_words_with_an_unusable_upload_are_not_acted_on(core, llm_server):
+    """"make it winter" + a text file: the LLM would edit an older image or guess; the user is told instead."""
+    await core.handle(turn("", "u", photo()), RecordingReply())
+    reply = RecordingReply()
+    await core.handle(turn("make it winter", "u", Attachment("notes.png", "image/png", b"eggs, milk")), reply)
+    assert reply.text == ("notes.png is not an image: it looks like a text file. "
+                          "I did not act on your message: attach an image and send it again.")
+    assert reply.image_ids == [] and not llm_server.requests
+    assert [r.image_id for r in core.store.images("u")] == ["img1"]
+    assert not any("make it winter" in (m["content"] or "") for m in core.store.messages("u"))
+
+
 async def test_direct_command_without_llm(core):
     reply = RecordingReply()
     out = await core.direct(turn("/imagine", "cmd"), reply, "generate_image", {"prompt": "a red house"})
