@@ -130,6 +130,8 @@ class LLM:
         """One completion. Image parts, response_format, max_tokens and the history are each
         dropped or fixed once when the server fails the request because of them."""
         history_cut = images_cut = False
+        if not self.vision and has_images(messages):  # turned off earlier in this turn (its messages were built)
+            messages = without_images(messages)
         while True:
             kw: dict[str, Any] = {self.max_tokens_key: self.cfg.max_tokens}
             if tools:
@@ -165,7 +167,7 @@ class LLM:
                 else:
                     raise
                 continue
-            if images_cut:
+            if images_cut and self.vision:
                 self.vision = False
                 log.warning("%s rejects image input (it failed requests with images, answered without); vision is "
                             "off for this model from now on", self.cfg.model)

@@ -227,6 +227,25 @@ async def test_a_server_whose_template_takes_only_text_answers_every_turn_withou
     assert all(isinstance(m["content"], str) for r in server.requests[2:] for m in r["messages"])
 
 
+async def test_a_text_only_server_that_ignores_tools_is_sent_no_image_again_in_the_same_turn(pool, tmp_path, caplog):
+    """SmolLM2's GGUF in llama-cpp-python, as the bot met it: a list of parts fails (HTTP 500) and tools are
+    ignored. The turn's JSON-format request, built before vision went off, goes without the images."""
+    async with FakeLLM(text_only_500=True, ignore_tools=True) as server:
+        core = make_core(pool, tmp_path, server)
+        server.on(user="what is in this picture", when=no_tools, times=1).reply("It is a picture.")  # prose
+        server.on(user="what is in this picture", when=lambda r: "response_format" in r).reply(
+            '{"reply": "A house."}')
+        reply = RecordingReply()
+        with caplog.at_level(logging.WARNING):
+            await core.handle(turn("what is in this picture?", "s", photo()), reply)
+        await _closed(core)
+    assert reply.text == "A house." and core.llm.json_mode and core.llm.vision is False
+    assert caplog.text.count("vision is off for this model") == 1
+    failed = [has_images(r["messages"]) for r in server.requests].count(True)
+    assert failed == 2  # with the history, then the turn alone; never again
+    assert not has_images(server.requests[-1]["messages"])
+
+
 def _noise() -> Attachment:
     """A photo of noise: it compresses badly, as a real photo's thumbnail does at a real working size."""
     buf = io.BytesIO()
