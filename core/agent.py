@@ -36,9 +36,13 @@ class RunAgain:
     results: list[ToolResult] = field(default_factory=list)
 
 
+_RUNNING = ToolResult("", ok=False)
+
+
 @dataclass
 class _TurnState:
-    seen: set[str] = field(default_factory=set)  # calls made this turn (the repeat guard)
+    seen: dict[str, ToolResult] = field(default_factory=dict)  # calls made this turn, their results (repeat guard)
+    repeated: ToolResult | None = None  # a call repeated after it succeeded: its result ends the turn
     groups: set[str] = field(default_factory=set)  # tool groups unlocked with more_tools
     capped: bool = False  # an image was refused: the per-turn cap was reached
 
@@ -57,9 +61,11 @@ async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: 
     4. Tool calls are stored (arguments bounded), run (read-only ones side by
        side, image-making ones in order, at most ``limits.images_per_turn``
        images), and their results stored; go to 1.
-    5. Stop early on a repeated call, a pool that is gone, the round cap or the
-       turn deadline (retries included), with a short honest message stored as a
-       note the LLM never reads as its own words; what was made is kept.
+    5. A call repeated after it succeeded ends the turn with that call's result as
+       the answer (a small model that has what it asked for but loops instead of
+       answering). Stop early on a pool that is gone, the round cap or the turn
+       deadline (retries included), with a short honest message stored as a note
+       the LLM never reads as its own words; what was made is kept.
     """
     store = ctx.images.store
     state = _TurnState()
@@ -106,6 +112,9 @@ async def _round(llm: LLM, ctx: ToolContext, loaded: set[str], state: _TurnState
     gone = [r for r in results if r.fatal]
     if gone:
         return Final(gone[0].text.removeprefix("Error: "), error=True)
+    if state.repeated is not None:
+        log.info("session %s: the LLM repeated a call that succeeded; its result is the answer", ctx.session)
+        return Final(state.repeated.text)
     return RunAgain(results)
 
 
@@ -196,16 +205,19 @@ async def _one(ctx: ToolContext, c: ToolCall, tool: Tool | None, state: _TurnSta
         args = {k: v for k, v in args.items() if v is not None}
     key = f"{c.name}:{json.dumps(args, sort_keys=True)}"
     if key in state.seen:
+        if state.seen[key].ok:
+            state.repeated = state.seen[key]
         return ToolResult(f"Error: {c.name} was already called with these arguments this turn; its result is "
                           "above. Use it, or answer the user.", ok=False)
-    state.seen.add(key)
     cap = ctx.limits.images_per_turn
     if not tool.read_only and len(ctx.made) >= cap:
         state.capped = True
         return ToolResult(f"Error: not done: {cap} images is the most for one message. Tell the user what you "
                           "made and that they can ask again for more.", ok=False)
     log.info("session %s: %s %s", ctx.session, c.name, c.arguments[:200])
-    return await call(tool, ctx, args)
+    state.seen[key] = _RUNNING  # the same call twice in one round runs once
+    state.seen[key] = result = await call(tool, ctx, args)
+    return result
 
 
 def _more_tools(c: ToolCall, state: _TurnState, usable: set[str]) -> ToolResult:

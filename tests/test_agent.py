@@ -158,15 +158,39 @@ async def test_invented_image_id_and_malformed_arguments(core, llm_server):
     assert tools[1].startswith("Error: the arguments for edit_image were not valid JSON")
 
 
-async def test_endless_loop_is_cut(core, llm_server, caplog):
+async def test_a_model_that_repeats_a_call_that_worked_gets_its_result_as_the_answer(core, llm_server):
+    """A small model loops on the call it already made instead of answering (SmolLM2 did, six times a turn):
+    the second time, the first call's result is the answer, and the image is posted."""
     llm_server.on(times=None, tools_include="generate_image").call("generate_image", {"prompt": "a cat"})
     reply = RecordingReply()
     await core.handle(turn("draw a cat forever", "loop"), reply)
-    assert reply.text == "I stopped after 6 steps without finishing. Here is what I made so far: img1."
-    assert reply.image_ids == ["img1"]
+    assert reply.text == 'Drew img1 (64x64) from "a cat".' and reply.image_ids == ["img1"]
+    assert len(llm_server.requests) == 2
     tools = [m["content"] for m in core.store.messages("loop") if m["role"] == "tool"]
     assert tools[1].startswith("Error: generate_image was already called with these arguments")
+    last = core.store.messages("loop")[-1]
+    assert (last["role"], last["content"]) == ("assistant", reply.text)
+
+
+async def test_endless_loop_is_cut(core, llm_server):
+    await core.handle(turn("", "loop", photo()), RecordingReply())
+    for i in range(6):  # a new question each round: no repeat, the round cap ends it
+        llm_server.on(user="tell me all about it").call("answer_question", {"image": "img1", "question": f"q{i}?"})
+    reply = RecordingReply()
+    await core.handle(turn("tell me all about it", "loop"), reply)
+    assert reply.text == "I stopped after 6 steps without finishing." and reply.image_ids == []
     assert core.store.messages("loop")[-1]["content"] == reply.text
+
+
+async def test_a_failed_call_repeated_is_not_taken_as_the_answer(core, llm_server):
+    await core.handle(turn("", "again", photo()), RecordingReply())
+    llm_server.on(user="edit it", times=2).call("edit_image", {"image": "img7", "instruction": "x"})
+    llm_server.on(after_tool="edit_image").reply("Which image? I only have img1.")
+    reply = RecordingReply()
+    await core.handle(turn("edit it", "again"), reply)
+    assert reply.text == "Which image? I only have img1." and reply.image_ids == []
+    tools = [m["content"] for m in core.store.messages("again") if m["role"] == "tool"]
+    assert tools[0].startswith("Error: 'img7' does not exist") and tools[1].startswith("Error: edit_image was already")
 
 
 @pytest.mark.parametrize("script, message", [
