@@ -37,6 +37,7 @@ class RunAgain:
 
 
 _RUNNING = ToolResult("", ok=False)
+MAX_UNLOCKS = 2  # more_tools calls in one turn; SmolLM2-135M unlocked a new group every round until the cap
 
 
 @dataclass
@@ -143,7 +144,8 @@ async def _ask_when_ready(llm: LLM, ctx: ToolContext, messages: list[dict], sche
 
 def _offer(usable: list[Tool], ids: list[str], state: _TurnState, shown: list[dict[str, Any]]) -> list[dict]:
     """Schemas of the core tools, the groups the user's words, this turn's ``more_tools`` calls
-    or the shown history point at, and ``more_tools`` while some group is still hidden."""
+    or the shown history point at, and ``more_tools`` while some group is still hidden and this turn
+    has unlocked fewer than ``MAX_UNLOCKS``."""
     users = [m for m in shown if m["role"] == "user"]
     said = users[-1]["content"] if users else ""
     groups = state.groups | toolset.route(said if isinstance(said, str) else "")
@@ -151,6 +153,8 @@ def _offer(usable: list[Tool], ids: list[str], state: _TurnState, shown: list[di
     offered = toolset.select(usable, groups)
     schemas = [toolset.schema(t, ids) for t in offered]
     hidden = toolset.hidden_groups(usable, offered)
+    if len(state.groups) >= MAX_UNLOCKS:  # a model browsing group after group must now choose a tool or answer
+        hidden = []
     return [*schemas, toolset.more_tools_schema(hidden)] if hidden else schemas
 
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from core.turn import Attachment, Turn
 from tests.conftest import make_core
-from tests.fakes.openai_server import FakeLLM
+from tests.fakes.openai_server import FakeLLM, offered_tools
 
 
 class RecordingReply:
@@ -180,6 +180,20 @@ async def test_endless_loop_is_cut(core, llm_server):
     await core.handle(turn("tell me all about it", "loop"), reply)
     assert reply.text == "I stopped after 6 steps without finishing." and reply.image_ids == []
     assert core.store.messages("loop")[-1]["content"] == reply.text
+
+
+async def test_after_two_unlocks_the_model_must_choose_a_tool(core, llm_server):
+    """SmolLM2 called more_tools with a new group every round and never a tool: after two, it is not offered."""
+    await core.handle(turn("", "browse", photo()), RecordingReply())
+    for group in ("depth", "pose"):
+        llm_server.on(user="what is in this picture").call("more_tools", {"group": group})
+    llm_server.on(user="what is in this picture").reply("A house.")
+    reply = RecordingReply()
+    await core.handle(turn("what is in this picture?", "browse"), reply)
+    assert reply.text == "A house."
+    offered = [offered_tools(r) for r in llm_server.requests]
+    assert ["more_tools" in o for o in offered] == [True, True, False]
+    assert {"estimate_depth", "detect_pose"} <= set(offered[2])  # what it unlocked stays offered
 
 
 async def test_a_failed_call_repeated_is_not_taken_as_the_answer(core, llm_server):
