@@ -97,8 +97,8 @@ def test_id_patterns_use_only_what_llama_cpp_grammars_read():
     """llama-cpp-python's JSON-schema-to-grammar converter writes ``\\d`` into a quoted literal; the server
     then fails to parse the grammar and dies (seen in bench/real_llm.py at 5 images). Literals and
     bracket classes convert correctly."""
-    patterns = {spec["pattern"] for t in TOOLS
-                for spec in toolset.schema(t, MANY)["function"]["parameters"]["properties"].values() if "pattern" in spec}
+    specs = [spec for t in TOOLS for spec in toolset.schema(t, MANY)["function"]["parameters"]["properties"].values()]
+    patterns = {spec["pattern"] for spec in specs if "pattern" in spec}
     assert patterns, "with this many images the ids go as a pattern"
     for p in patterns:
         assert re.fullmatch(r"\^[A-Za-z0-9_]*(\[[^\]\\]+\][+*?]?|[A-Za-z0-9_])*\$", p), p

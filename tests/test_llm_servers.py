@@ -227,7 +227,7 @@ async def test_a_server_whose_template_takes_only_text_answers_every_turn_withou
     assert all(isinstance(m["content"], str) for r in server.requests[2:] for m in r["messages"])
 
 
-async def test_a_text_only_server_that_ignores_tools_is_sent_no_image_again_in_the_same_turn(pool, tmp_path, caplog):
+async def test_a_text_only_server_that_ignores_tools_gets_no_image_again_in_the_turn(pool, tmp_path, caplog):
     """SmolLM2's GGUF in llama-cpp-python, as the bot met it: a list of parts fails (HTTP 500) and tools are
     ignored. The turn's JSON-format request, built before vision went off, goes without the images."""
     async with FakeLLM(text_only_500=True, ignore_tools=True) as server:
