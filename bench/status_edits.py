@@ -7,7 +7,7 @@ scripted LLM and the tiny-model pool (one CPU device: the drawings queue, as on 
 busy GPU). Counted at the fakes: ``chat.update`` calls (Slack) and message edits
 (Discord, PATCH), per minute of the run, and the 429s the fakes answered.
 
-    .venv/bin/python bench/status_edits.py [--drawings 20] [--steps 50] [--enforce-limits]
+    .venv/bin/python bench/status_edits.py [--drawings 20] [--steps 50] [--size 64] [--enforce-limits]
 
 By default the fakes do not rate-limit, so the figure is what the bot asks for;
 ``--enforce-limits`` turns on Slack's Tier 3 and Discord's edit limits.
@@ -107,14 +107,15 @@ async def main(n: int, folder: Path, pool, enforce: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--drawings", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=50, help="diffusion steps per drawing (longer jobs)")
+    parser.add_argument("--steps", type=int, default=50, help="at most this many diffusion steps (fewer: shorter jobs)")
+    parser.add_argument("--size", type=int, default=64, help="working size in px (larger: longer jobs, a longer run)")
     parser.add_argument("--enforce-limits", action="store_true", help="the fakes answer 429 beyond the limits")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         config, tiny = Path(tmp) / "config.toml", ROOT / "build" / "tiny-models"
         config.write_text(f'''[pool]\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"\n[storage]\ndata_dir = "data"
-[limits]\nworking_size = 64\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n
+[limits]\nworking_size = {args.size}\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n
 # Safety is on by default: the drawings pass the tiny checker that flags none, as a real one would.
 [models.SafetyChecker]\ndevice = "cpu"\nsource = "{tiny}/safety-flags-none"\n''')
         running = start_pool_with(config)
