@@ -43,17 +43,9 @@ from PIL import Image, ImageDraw  # noqa: E402
 from bench.residency import SEED, make_trace  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from gpu_pool.protocol import JobRequest, RawImage  # noqa: E402
-from tests.conftest import kill_group, spawn_pool  # noqa: E402
+from tests.conftest import kill_group, ray_on_cpu, spawn_pool  # noqa: E402
 
-RAY = """
-[pool.ray]
-replicas = 2
-gpus_per_replica = 0
-cpus_per_replica = 1
-spread_after = 2
-num_cpus = 2
-object_store_memory = "200MiB"
-"""
+RAY = "\n" + ray_on_cpu("200MiB")
 USERS = 3
 AT_RESOLUTION = {"Image2Canny", "Image2Line", "Image2Hed", "Image2Scribble", "Image2Pose"}  # detect_resolution
 

@@ -96,10 +96,11 @@ async def _round(llm: LLM, ctx: ToolContext, loaded: set[str], state: _TurnState
     store = ctx.images.store
     rows = store.images(ctx.session)
     usable = [t for t in available(loaded) if not t.needs_image() or rows]
-    schemas = _offer(usable, [r.image_id for r in rows], state, history.build(store, ctx.session, rows, budget))
+    stored = store.messages(ctx.session)  # read once: both fits below are built from it
+    schemas = _offer(usable, [r.image_id for r in rows], state, history.build(store, ctx.session, rows, budget, stored))
     parts = await vision.parts(ctx.images, rows, ctx.made, llm.cfg.vision_images) if llm.vision else []
     spare = budget - tokens.tools(schemas) - tokens.IMAGE_TOKENS * (len(parts) // 2)
-    messages = vision.attach(history.build(store, ctx.session, rows, spare), parts)
+    messages = vision.attach(history.build(store, ctx.session, rows, spare, stored), parts)
     answer = await _ask_when_ready(llm, ctx, messages, schemas)
     if not answer.tool_calls:
         return Final((answer.text or "").strip() or "(no answer)")

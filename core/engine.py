@@ -34,7 +34,7 @@ from core.progress import Progress
 from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, Store
 from core.tools import BY_NAME
-from core.tools.base import ToolContext, bytes_pair, bytes_text, call, duration_text
+from core.tools.base import ToolContext, ToolResult, bytes_pair, bytes_text, call, duration_text
 from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
 
 log = logging.getLogger(__name__)
@@ -215,8 +215,7 @@ class Core:
                     raise got
                 async with self._decoding:
                     img, png = await asyncio.to_thread(self._decode, att.filename, got)
-                rows.append(self.images.add(turn.session_key, img, parent=None, operation="upload",
-                                            params={"filename": att.filename}, png=png))
+                rows.append(self.images.add_upload(turn.session_key, att.filename, img, png))
             except UserFacingError as e:
                 log.info("refused upload %s in %s: %s", quoted(att.filename), turn.session_key, e)
                 problems.append(str(e))
@@ -253,9 +252,7 @@ class Core:
             what = " ".join(f"{k}={v}" for k, v in args.items())
             self.store.add_message(turn.session_key, "user", f"/{tool} {what}", user=turn.user_name)
             result = await call(BY_NAME[tool], ctx, args)
-            text = ctx.withheld[0] if ctx.withheld else result.text.removeprefix("Error: ")
-            self.store.add_message(turn.session_key, "assistant", text, kind=None if result.ok else NOTE)
-            return Outcome(text, ctx.made, error=not result.ok)
+            return self._answer(ctx, result, result.text.removeprefix("Error: "))
 
         return await self._guarded(turn, reply, work)
 
@@ -283,11 +280,16 @@ class Core:
             self.store.add_message(turn.session_key, "user", said, user=turn.user_name)
             ctx = self._context(turn, progress)
             result = await actions.run(ctx, row, action, instruction)
-            text = ctx.withheld[0] if ctx.withheld else actions.answer(action, row, turn.user_name, result, instruction)
-            self.store.add_message(turn.session_key, "assistant", text, kind=None if result.ok else NOTE)
-            return Outcome(text, ctx.made, error=not result.ok)
+            return self._answer(ctx, result, actions.answer(action, row, turn.user_name, result, instruction))
 
         return await self._guarded(turn, reply, work)
+
+    def _answer(self, ctx: ToolContext, result: ToolResult, text: str) -> Outcome:
+        """A command's or a button's answer: ``text``, or the withheld notice in its place; stored, with
+        what was made (a failure as a note the LLM never reads as its own words)."""
+        text = ctx.withheld[0] if ctx.withheld else text
+        self.store.add_message(ctx.session, "assistant", text, kind=None if result.ok else NOTE)
+        return Outcome(text, ctx.made, error=not result.ok)
 
     def _pressed(self, session: str, image_id: str, tag: str):
         """The image a button was made for; None when it is gone (reset away: a new image has its id)."""

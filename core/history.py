@@ -104,14 +104,16 @@ def _complete(turn: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def build(store: Store, session: str, rows: list[ImageRow], budget: int) -> list[dict[str, Any]]:
+def build(store: Store, session: str, rows: list[ImageRow], budget: int,
+          stored: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """System prompt (always, with the image list) plus the newest whole turns that fit ``budget`` tokens.
 
-    The caller takes what else goes with the request (tool schemas, image parts) out of ``budget``."""
+    The caller takes what else goes with the request (tool schemas, image parts) out of ``budget``;
+    ``stored``: the session's messages when the caller has read them already."""
     system = {"role": "system", "content": system_prompt(rows)}
     used = tokens.message(system)
     kept: list[list[dict[str, Any]]] = []
-    for turn in reversed(_turns(store.messages(session))):
+    for turn in reversed(_turns(store.messages(session) if stored is None else stored)):
         msgs = [to_openai(r) for r in _complete(turn)]
         cost = sum(tokens.message(m) for m in msgs)
         if kept and used + cost > budget:

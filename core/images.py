@@ -135,8 +135,11 @@ class ImageStore:
 
     def ingest(self, session: str, filename: str, data: bytes) -> ImageRow:
         """Validate an upload and add it to the session as a new image."""
-        img = self.decode_upload(filename, data)
-        return self.add(session, img, parent=None, operation="upload", params={"filename": filename})
+        return self.add_upload(session, filename, self.decode_upload(filename, data))
+
+    def add_upload(self, session: str, filename: str, img: Image.Image, png: bytes | None = None) -> ImageRow:
+        """Add an upload ``decode_upload`` accepted to the session as a new image (``png``: see ``add``)."""
+        return self.add(session, img, parent=None, operation="upload", params={"filename": filename}, png=png)
 
     def add(self, session: str, img: Image.Image, *, parent: str | None, operation: str,
             params: dict[str, Any], png: bytes | None = None, made: Provenance = Provenance()) -> ImageRow:

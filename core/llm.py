@@ -81,7 +81,7 @@ class LLM:
         """``http_client`` (an httpx2/httpx ``AsyncClient``) and ``base_url`` let the bot reach the
         pool's built-in model, e.g. over its unix socket, when ``cfg.base_url`` is empty."""
         self.cfg = cfg
-        self.builtin = not cfg.base_url
+        self.builtin = cfg.built_in
         self.base_url = base_url or cfg.base_url or BUILTIN_URL
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=cfg.api_key or "not-set",
                                          timeout=cfg.timeout_s, max_retries=max_retries, http_client=http_client)

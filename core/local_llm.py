@@ -12,6 +12,8 @@ from typing import Any
 import httpx2
 import openai
 
+from core.llm import BUILTIN_URL
+
 
 def connection(pool_url: str) -> dict[str, Any]:
     """``base_url`` and ``http_client`` for ``core.llm.LLM`` to reach the pool at ``pool_url``
@@ -19,5 +21,5 @@ def connection(pool_url: str) -> dict[str, Any]:
     if pool_url.startswith("unix:"):
         transport = httpx2.AsyncHTTPTransport(uds=pool_url[len("unix:"):])
         # openai's client class keeps the SDK's defaults (timeouts, connection limits); only the transport differs
-        return {"base_url": "http://pool/v1", "http_client": openai.DefaultAsyncHttpxClient(transport=transport)}
+        return {"base_url": BUILTIN_URL, "http_client": openai.DefaultAsyncHttpxClient(transport=transport)}
     return {"base_url": pool_url.rstrip("/") + "/v1", "http_client": None}

@@ -91,19 +91,19 @@ def more_tools_schema(groups: list[str]) -> dict[str, Any]:
 
 
 def schema(tool: Tool, image_ids: list[str]) -> dict[str, Any]:
-    """The tool's compact function schema (core/llm.py's ``strict`` makes OpenAI's strict subset of it)."""
-    props: dict[str, Any] = {}
-    for key, spec in tool.parameters.items():
-        spec = {k: v for k, v in spec.items() if k not in (IMAGE, "minLength")}  # validated here
-        if spec["type"] != "string" or tool.parameters[key].get(IMAGE):
-            spec.pop("description", None)  # the name, the enum or the range says it
-        if tool.parameters[key].get(IMAGE):
-            if len(image_ids) <= ENUM_IDS:
-                spec["enum"] = list(image_ids) or ["(no images yet)"]
-            else:
-                spec["pattern"] = ID_PATTERN
-        props[key] = spec
-    return _function(tool.name, tool.description, props, list(tool.required))
+    """The tool's schema (``Tool.schema``) made compact (core/llm.py's ``strict`` makes OpenAI's strict
+    subset of it): no descriptions the name, the enum or the range says; image ids as a pattern when
+    listing them costs more than it protects; lengths validated here."""
+    out = tool.schema(image_ids)
+    for key, spec in out["function"]["parameters"]["properties"].items():
+        image = tool.parameters[key].get(IMAGE)
+        spec.pop("minLength", None)
+        if spec["type"] != "string" or image:
+            spec.pop("description", None)
+        if image and len(image_ids) > ENUM_IDS:
+            del spec["enum"]
+            spec["pattern"] = ID_PATTERN
+    return out
 
 
 def _function(name: str, description: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:

@@ -69,6 +69,12 @@ def loaded_once(make_spec, bases):
 # --- a real pool process -------------------------------------------------------
 
 
+def ray_on_cpu(object_store: str = "100MiB") -> str:
+    """The ``[pool.ray]`` section of a local Ray cluster on this machine's CPUs: two replicas, one CPU each."""
+    return (f'[pool.ray]\nreplicas = 2\ngpus_per_replica = 0\ncpus_per_replica = 1\nspread_after = 2\nnum_cpus = 2\n'
+            f'object_store_memory = "{object_store}"\n')
+
+
 class Pool:
     def __init__(self, config: Path, proc: subprocess.Popen, log: Path):
         self.config, self.proc, self.log = config, proc, log

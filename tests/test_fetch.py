@@ -28,20 +28,15 @@ from tests.fakes.hub_server import FakeHub
 from tests.test_agent import RecordingReply, turn
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-MODELS = '''
-[models.Text2Image]
-device = "cpu"
-dtype = "float16"
-[models.InstructPix2Pix]
-device = "cpu"
-dtype = "float16"
-[models.ImageCaptioning]
-device = "cpu"
-[models.Image2Seg]
-device = "cpu"
-[models.Image2Pose]
-device = "cpu"
-'''
+
+
+def on_cpu(*names: str, dtype: str = "") -> str:
+    """``[models.NAME]`` sections on the CPU, each with its default source (a hub id: the fake hub's)."""
+    extra = f'dtype = "{dtype}"\n' if dtype else ""
+    return "".join(f'\n[models.{name}]\ndevice = "cpu"\n{extra}' for name in names)
+
+
+MODELS = on_cpu("Text2Image", "InstructPix2Pix", dtype="float16") + on_cpu("ImageCaptioning", "Image2Seg", "Image2Pose")
 
 
 def config(folder: Path, models: str = MODELS) -> Path:
@@ -189,16 +184,7 @@ async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_
 
 # --- the models added since the seed: their own repos, chat templates, shards ----------------------
 
-LATER = '''
-[models.Text2Box]
-device = "cpu"
-[models.Segmenting]
-device = "cpu"
-[models.SafetyChecker]
-device = "cpu"
-[models.LLM]
-device = "cpu"
-'''
+LATER = on_cpu("Text2Box", "Segmenting", "SafetyChecker", "LLM")  # the LLM last: a test adds its source
 QWEN2B, QWEN4B = "Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"
 QWEN_FILES = ["chat_template.json", "config.json", "generation_config.json", "merges.txt", "preprocessor_config.json",
               "tokenizer.json", "tokenizer_config.json", "video_preprocessor_config.json", "vocab.json"]

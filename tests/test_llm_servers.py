@@ -121,14 +121,7 @@ async def test_vision_sends_thumbnails_and_turns_off_for_a_server_that_rejects_t
     assert sum(p["type"] == "image_url" for p in after_tool) == 2
 
     async with FakeLLM(reject_images=True) as blind:
-        core = make_core(pool, tmp_path / "blind", blind)
-        await core.handle(turn("", "b", photo()), RecordingReply())
-        blind.on(user="what is in this picture", times=2).reply("A house.")
-        replies = [RecordingReply(), RecordingReply()]
-        with caplog.at_level(logging.WARNING):
-            for reply in replies:
-                await core.handle(turn("what is in this picture?", "b"), reply)
-        await _closed(core)
+        core, replies = await _photo_then_two_questions(pool, tmp_path / "blind", blind, photo(), caplog)
     assert [r.text for r in replies] == ["A house.", "A house."] and core.llm.vision is False
     assert caplog.text.count("rejects image input (it failed requests with images, answered without); vision is off") == 1
     assert len(blind.requests) == 3  # one refused with images, then two without
@@ -194,14 +187,7 @@ async def test_a_server_that_reads_images_as_text_overflows_once_then_gets_none(
     """llama-cpp-python's function-calling formats put an image part's data: URL into the prompt as text:
     no error about images, only a context that overflows. Without images the same turn fits."""
     async with FakeLLM(context_tokens=1000) as server:  # the turn fits in it; with the photo's bytes it does not
-        core = make_core(pool, tmp_path, server)
-        await core.handle(turn("", "t", _noise()), RecordingReply())
-        server.on(user="what is in this picture", times=2).reply("A house.")
-        replies = [RecordingReply(), RecordingReply()]
-        with caplog.at_level(logging.WARNING):
-            for reply in replies:
-                await core.handle(turn("what is in this picture?", "t"), reply)
-        await _closed(core)
+        core, replies = await _photo_then_two_questions(pool, tmp_path, server, _noise(), caplog)
     assert [r.text for r in replies] == ["A house.", "A house."] and core.llm.vision is False
     assert caplog.text.count("vision is off for this model") == 1
     # refused with the image (whole history, then this turn), answered without it; the next turn sends none
@@ -244,6 +230,20 @@ async def test_a_text_only_server_that_ignores_tools_gets_no_image_again_in_the_
     failed = [has_images(r["messages"]) for r in server.requests].count(True)
     assert failed == 2  # with the history, then the turn alone; never again
     assert not has_images(server.requests[-1]["messages"])
+
+
+async def _photo_then_two_questions(pool, folder, server: FakeLLM, upload: Attachment, caplog):
+    """A core on ``server``: ``upload`` sent alone, then "what is in this picture?" twice (answered "A house."),
+    its warnings captured; the core and the two replies, once it is closed."""
+    core = make_core(pool, folder, server)
+    await core.handle(turn("", "v", upload), RecordingReply())
+    server.on(user="what is in this picture", times=2).reply("A house.")
+    replies = [RecordingReply(), RecordingReply()]
+    with caplog.at_level(logging.WARNING):
+        for reply in replies:
+            await core.handle(turn("what is in this picture?", "v"), reply)
+    await _closed(core)
+    return core, replies
 
 
 def _noise() -> Attachment:

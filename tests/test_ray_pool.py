@@ -30,7 +30,7 @@ from core import local_llm  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from core.tools import BY_NAME  # noqa: E402
 from gpu_pool.protocol import UNAVAILABLE, JobRequest, RawImage  # noqa: E402
-from tests.conftest import Pool, _wait_ready, kill_group, make_core, spawn_pool  # noqa: E402
+from tests.conftest import Pool, _wait_ready, kill_group, make_core, ray_on_cpu, spawn_pool  # noqa: E402
 from tests.test_agent import RecordingReply, photo, turn  # noqa: E402
 from tests.fakes.discord_payloads import CHANNEL_ID  # noqa: E402
 from tests.fakes.openai_server import text_of  # noqa: E402
@@ -52,14 +52,7 @@ socket = "pool.sock"
 sd_base = "{tiny}/sd15"
 backend = "ray"
 
-[pool.ray]
-replicas = 2
-gpus_per_replica = 0
-cpus_per_replica = 1
-spread_after = 2
-num_cpus = 2
-object_store_memory = "100MiB"
-
+{ray_on_cpu()}
 [storage]
 data_dir = "data"
 

@@ -29,6 +29,7 @@ from discord import app_commands
 
 from core.engine import HELP, Core
 from core.errors import GENERIC, BadImage, UserFacingError
+from core.images import mib
 from core.turn import Attachment, EditBudget, Turn, clean_name
 
 from bot.adapters.discord_buttons import ActionButton, EditForm, custom_id, form_of
@@ -188,7 +189,7 @@ class DiscordBot:
         async def fetch(a: discord.Attachment) -> bytes:
             name = clean_name(a.filename)
             if a.size > limit:  # refused before fetching
-                raise BadImage(f"I could not use {name}: it is larger than the {limit / 2**20:.1f} MiB limit.")
+                raise BadImage(f"I could not use {name}: it is larger than the {mib(limit)} limit.")
             try:
                 return await a.read()
             except (discord.HTTPException, aiohttp.ClientError) as e:

@@ -17,6 +17,7 @@ import discord
 from PIL import Image
 
 from bot.adapters.discord_buttons import BUTTON_ROWS, buttons_for
+from core.images import mib
 from core.turn import EditBudget, OutImage
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ async def prepare_images(images: Sequence[OutImage], limit: int) -> tuple[list[t
     note = ""
     if too_big:
         note = (f"\n({', '.join(too_big)} could not be shrunk under this place's upload limit "
-                f"of {limit / 2**20:.1f} MiB, so I could not post it.)")
+                f"of {mib(limit)}, so I could not post it.)")
     return ready, note
 
 

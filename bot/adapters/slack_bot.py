@@ -42,6 +42,7 @@ from bot.adapters.slack_buttons import EDIT_VIEW, belongs, edit_view, parse, sub
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, SlackReply, mrkdwn
 from core.engine import HELP, Core
 from core.errors import GENERIC, BadImage, UserFacingError
+from core.images import mib
 from core.turn import Attachment, EditBudget, Turn, clean_name
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ class SlackBot:
     async def _fetch(self, file: dict) -> bytes:
         """Download an uploaded file with the bot token; raises BadImage saying what the user can do."""
         name, limit = clean_name(file.get("name") or file.get("id", "the file")), self.limits.max_upload_bytes
-        too_big = BadImage(f"I could not use {name}: it is larger than the {limit / 2**20:.1f} MiB limit.")
+        too_big = BadImage(f"I could not use {name}: it is larger than the {mib(limit)} limit.")
         if file.get("size", 0) > limit:
             raise too_big
         url = file.get("url_private_download") or file.get("url_private")
