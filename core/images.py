@@ -23,16 +23,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import BadImage, UnknownImage
+from core.errors import BadImage, UnknownImage, mib
 from core.store import ImageRow, Provenance, Store
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^img[1-9][0-9]{0,6}$")
-
-
-def mib(n: int) -> str:
-    """Bytes as people read file sizes: "25.0 MiB" (binary megabytes, said as such)."""
-    return f"{n / 2**20:.1f} MiB"
 
 
 def fit_size(width: int, height: int, working: int) -> tuple[int, int]:

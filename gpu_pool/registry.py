@@ -138,13 +138,18 @@ class Registry:
     def infos(self) -> list[ModelInfo]:
         loaded = {n: list(e.model.modules().values()) for n, e in self.entries.items() if e.model is not None}
         sharing = accounting.sharing(loaded)
-        out = []
-        for name, e in self.entries.items():
-            own, shared, peers = sharing.get(name, (0, 0, []))
-            phase, done, total, eta = self.progress(name)
-            out.append(ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
-                                 self.is_resident(name), phase, done, total, None if eta is None else round(eta, 1)))
-        return out
+        return [self._info(name, *sharing.get(name, (0, 0, []))) for name in self.entries]
+
+    def info(self, name: str) -> ModelInfo | None:
+        """``name``'s listing without its memory figures (0): its state and progress, cheap enough for
+        every request (the built-in LLM's); ``infos`` counts every loaded model's bytes."""
+        return self._info(name, 0, 0, []) if name in self.entries else None
+
+    def _info(self, name: str, own: int, shared: int, peers: list[str]) -> ModelInfo:
+        e = self.entries[name]
+        phase, done, total, eta = self.progress(name)
+        return ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
+                         self.is_resident(name), phase, done, total, None if eta is None else round(eta, 1))
 
     # --- changes ------------------------------------------------------------
 

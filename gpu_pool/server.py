@@ -74,7 +74,7 @@ class LocalJobs:
             self.scheduler.forget(job)
 
     async def llm_info(self) -> ModelInfo | None:
-        return next((m for m in self.registry.infos() if m.name == openai_api.MODEL), None)
+        return self.registry.info(openai_api.MODEL)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -104,8 +104,6 @@ SD_BASE_FILES = ("model_index.json", "scheduler/scheduler_config.json", "unet/co
                      "vocab.json", "merges.txt")))
 SD_BASE_WEIGHTS = (diffusers("unet"), diffusers("vae"), transformers("text_encoder"))
 OPENPOSE = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
-TRANSFORMERS_MODELS = ("ImageCaptioning", "VisualQuestionAnswering", "Text2Mask", "Image2Seg", "Image2Depth",
-                       "Image2Normal")
 
 
 def sd_base(source: str) -> Want:

@@ -20,7 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from settings.models import ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SD15, SEED_MODELS, resolve_device
+from settings.models import (ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SD15, SEED_MODELS, default_source,
+                             resolve_device)
 from settings.schema import MODEL_KEYS, SCHEMA, SECTIONS, Check, ConfigError, check_table, device_problem, parse_size
 from settings.sections import (
     BotConfig,
@@ -79,9 +80,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         if name not in MODEL_DEFAULTS:
             raise ConfigError(f"models.{name}: unknown model; known models: {', '.join(MODEL_NAMES)}")
         m = check_table(f"models.{name}", table, MODEL_KEYS)
-        source = m["source"]
-        if source is None:  # as Config.default_source
-            source = sec["pool"]["sd_base"] if name == "Text2Image" else MODEL_DEFAULTS[name]
+        source = m["source"] if m["source"] is not None else default_source(name, sec["pool"]["sd_base"])
         models[name] = ModelConfig(name, m["device"], m["dtype"], _source(source, base_dir))
 
     p = sec["pool"]

@@ -42,6 +42,14 @@ MODEL_DEFAULTS: dict[str, str] = {
     "LLM": "Qwen/Qwen3-VL-2B-Instruct",
 }
 MODEL_NAMES = tuple(MODEL_DEFAULTS)
+
+
+def default_source(name: str, sd_base: str) -> str:
+    """Where model ``name`` loads from when its section names no source. Text2Image is the shared
+    SD base itself, so a local or custom ``sd_base`` never loads a second base from the hub."""
+    return sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
+
+
 SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")  # the seed's visual models, each used by a tool
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from settings.models import MODEL_DEFAULTS, resolve_device
+from settings.models import default_source, resolve_device
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,5 @@ class Config:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def default_source(self, name: str) -> str:
-        """Where model ``name`` loads from when its section names no source. Text2Image is the shared
-        SD base itself, so a local or custom ``sd_base`` never loads a second base from the hub."""
-        return self.pool.sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
+        """``settings.models.default_source`` for this config's ``sd_base``."""
+        return default_source(name, self.pool.sd_base)

@@ -28,8 +28,7 @@ import discord
 from discord import app_commands
 
 from core.engine import HELP, Core
-from core.errors import GENERIC, BadImage, UserFacingError
-from core.images import mib
+from core.errors import GENERIC, BadImage, UserFacingError, mib
 from core.turn import Attachment, EditBudget, Turn, clean_name
 
 from bot.adapters.discord_buttons import ActionButton, EditForm, custom_id, form_of

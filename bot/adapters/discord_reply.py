@@ -17,7 +17,7 @@ import discord
 from PIL import Image
 
 from bot.adapters.discord_buttons import BUTTON_ROWS, buttons_for
-from core.images import mib
+from core.errors import mib
 from core.turn import EditBudget, OutImage
 
 log = logging.getLogger(__name__)

@@ -41,8 +41,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.adapters.slack_buttons import EDIT_VIEW, belongs, edit_view, parse, submitted
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, SlackReply, mrkdwn
 from core.engine import HELP, Core
-from core.errors import GENERIC, BadImage, UserFacingError
-from core.images import mib
+from core.errors import GENERIC, BadImage, UserFacingError, mib
 from core.turn import Attachment, EditBudget, Turn, clean_name
 
 log = logging.getLogger(__name__)

@@ -204,9 +204,7 @@ class ControlNetText2Image(_Diffusion):
     params = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": steps(20), "guidance": guidance(9.0),
               "seed": SEED}
     n_images = 1
-
-    def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"prompt": params["prompt"] + QUALITY, "negative_prompt": params["negative_prompt"] or SEED_NEGATIVE}
+    prompts = Text2Image.prompts
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original = images[0].convert("RGB")
