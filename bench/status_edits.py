@@ -55,7 +55,7 @@ async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, i
     core = build_core(pool, folder / "slack", llm.base_url, TOKEN_ENV)
     fake = await FakeSlack().start()
     if not enforce:
-        getattr(fake, "rate_limits", {}).clear()
+        fake.rate_limits.clear()
     os.environ.update(SLACK_BOT_TOKEN=fake.bot_token, SLACK_APP_TOKEN=fake.app_token)
     bot = SlackBot(core, core.config, base_url=fake.base_url, host="127.0.0.1")
     try:
@@ -69,7 +69,7 @@ async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, i
     finally:
         await shut_down(bot, fake, llm, core)
     edits = len(fake.called("chat.update"))
-    limited = len(getattr(fake, "rate_limited", []))
+    limited = len(fake.rate_limited)
     return edits / (seconds / 60), edits, limited, seconds
 
 
@@ -78,7 +78,7 @@ async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float,
     llm = await scripted_llm().start()
     core = build_core(pool, folder / "discord", llm.base_url, TOKEN_ENV)
     fake = await FakeDiscord().start()
-    if not enforce and hasattr(fake, "edit_limit"):
+    if not enforce:
         fake.edit_limit = (10**9, 1.0)
     channels = [str(3100 + i) for i in range(n)]
     for c in channels:
@@ -93,7 +93,7 @@ async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float,
         await bot.idle()
         seconds = time.monotonic() - started
     edits = len(fake.matching("PATCH", r"^/channels/\d+/messages/\d+$"))
-    return edits / (seconds / 60), edits, len(getattr(fake, "rate_limited", [])), seconds
+    return edits / (seconds / 60), edits, len(fake.rate_limited), seconds
 
 
 async def main(n: int, folder: Path, pool, enforce: bool) -> None:

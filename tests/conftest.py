@@ -187,12 +187,17 @@ def make_core(pool: Pool, tmp_path: Path, llm_server, **llm_overrides):
     return Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0), status_interval=0)
 
 
+async def close_core(core) -> None:
+    """Close what a core from ``make_core`` holds open: its pool and LLM clients."""
+    await core.pool.close()
+    await core.llm.close()
+
+
 @pytest.fixture
 async def core(pool, tmp_path, llm_server):
     c = make_core(pool, tmp_path, llm_server)
     yield c
-    await c.pool.close()
-    await c.llm.close()
+    await close_core(c)
 
 
 class RestartingBots:
@@ -216,6 +221,5 @@ class RestartingBots:
         if self.bot is not None:
             await self.bot.idle()
             await self.bot.close()
-            await self.core.pool.close()
-            await self.core.llm.close()
+            await close_core(self.core)
             self.bot = None

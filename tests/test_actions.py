@@ -11,7 +11,7 @@ from PIL import Image
 
 from core.actions import EDIT_FIELD, EDIT_HINT, STALE
 from core.turn import Press
-from tests.conftest import ROOT, make_core
+from tests.conftest import ROOT, close_core, make_core
 from tests.test_agent import RecordingReply, photo, turn
 
 HERE = "discord:channel:77"
@@ -20,11 +20,6 @@ ROOT_CONFIG = ROOT / "tests" / "config.tiny.toml"
 
 def by(user: str, session: str = HERE):
     return turn("", session, user=user)
-
-
-async def closed(core) -> None:
-    await core.pool.close()
-    await core.llm.close()
 
 
 def buttons(reply: RecordingReply) -> dict[str, bool]:
@@ -56,7 +51,7 @@ async def test_buttons_after_a_restart(pool, tmp_path, llm_server):
     first = make_core(pool, tmp_path, llm_server)
     await first.direct(by("u1"), RecordingReply(), "generate_image", {"prompt": "a red house"})
     original = first.store.image(HERE, "img1")
-    await closed(first)
+    await close_core(first)
 
     core = make_core(pool, tmp_path, llm_server)  # the restarted bot
     tag = original.tag
@@ -99,7 +94,7 @@ async def test_buttons_after_a_restart(pool, tmp_path, llm_server):
     assert reply.text == "Edited img4 for @name-u2 (make it look like winter): img5."
     said = [m["content"] for m in core.store.messages(HERE) if m["role"] == "user"]
     assert said[-1] == "[pressed Edit under img4: make it look like winter]"  # the LLM reads it in the history
-    await closed(core)
+    await close_core(core)
 
 
 async def test_reroll_of_a_variation_is_another_variation_of_the_same_image(core):
@@ -174,7 +169,7 @@ async def test_a_press_counts_against_the_pressers_job_cap(pool, tmp_path, llm_s
     assert first.text == "A variation of img1 for @name-u1: img2."
     assert second.text == "Rerolled img1 for @name-u1: img2."
     assert any(s and "waiting, 1 job(s) ahead" in s for s in first.statuses + second.statuses)
-    await closed(core)
+    await close_core(core)
 
 
 def test_images_stored_before_the_upgrade_get_buttons_too(tmp_path):

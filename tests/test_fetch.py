@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import settings
 from core import local_llm
 from core.llm import LLM
 from gpu_pool.protocol import JobRequest, RawImage
@@ -27,7 +28,7 @@ from tests.conftest import ROOT, Pool, _wait_ready, make_core, spawn_pool, stop_
 from tests.fakes.hub_server import FakeHub
 from tests.test_agent import RecordingReply, turn
 
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15 = settings.SD15  # served by the fake hub, as every hub id here
 
 
 def on_cpu(*names: str, dtype: str = "") -> str:
@@ -166,6 +167,7 @@ async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_
     finally:
         stop_pool(pool)
         hub.stop()
+    assert not hub.unknown
     assert re.match(r"Text2Image: downloading on cpu \(float16\), [0-9] of 2 MB", listing), listing
     waiting = [s for s in reply.statuses if s and "still" in s]
     progress = (r"Text2Image is still downloading \([0-9] of 2 MB(, about [0-9]+ (s|min) left)?\); "
@@ -283,6 +285,7 @@ async def test_a_first_message_waits_for_the_built_in_llm_to_download_and_is_ans
     finally:
         stop_pool(pool)
         hub.stop()
+    assert not hub.unknown
     waiting = [s for s in reply.statuses if s and "The language model is still" in s]
     assert waiting and re.fullmatch(r"The language model is still (downloading|loading)( \(.*\))?; I'll answer when "
                                     r"it is ready", waiting[0]), reply.statuses

@@ -14,14 +14,9 @@ from PIL import Image
 from core.store import NOTE
 from core.turn import Attachment
 from core.vision import has_images
-from tests.conftest import make_core
+from tests.conftest import close_core, make_core
 from tests.fakes.openai_server import FakeLLM, offered_tools, text_of
 from tests.test_agent import RecordingReply, photo, turn
-
-
-async def _closed(core) -> None:
-    await core.pool.close()
-    await core.llm.close()
 
 
 def no_tools(req: dict) -> bool:
@@ -38,7 +33,7 @@ async def test_a_session_survives_a_server_that_500s_on_null_content(pool, tmp_p
         first, second = RecordingReply(), RecordingReply()
         await core.handle(turn("draw a cat", "n"), first)
         await core.handle(turn("make it winter", "n"), second)
-        await _closed(core)
+        await close_core(core)
     assert (first.text, first.image_ids) == ("Here is your cat: img1", ["img1"])
     assert (second.text, second.image_ids) == ("Snowy now: img2", ["img2"])
     calls = [m for r in server.requests for m in r["messages"] if m.get("tool_calls")]
@@ -58,7 +53,7 @@ async def test_one_bad_stored_message_does_not_break_the_session(pool, tmp_path,
         with caplog.at_level(logging.WARNING):
             for reply in replies:
                 await core.handle(turn("hello", "p"), reply)
-        await _closed(core)
+        await close_core(core)
     assert [r.text for r in replies] == ["Hello!", "Hello!"]  # every turn, not only the first after the error
     assert "retrying once with the history cut to this turn" in caplog.text
 
@@ -73,7 +68,7 @@ async def test_a_server_that_ignores_tools_is_detected_and_the_json_format_takes
         reply = RecordingReply()
         with caplog.at_level(logging.WARNING):
             await core.handle(turn("draw a cat", "i"), reply)
-        await _closed(core)
+        await close_core(core)
     assert (reply.text, reply.image_ids) == ("Here is your cat: img1", ["img1"])
     assert core.llm.json_mode and len(server.probes) == 1
     assert "ignores the tools it is sent" in caplog.text
@@ -91,7 +86,7 @@ async def test_a_tool_call_written_as_text_is_used_and_switches_to_json(pool, tm
         server.on(after_tool=False, user="Result: Drew img1").reply('{"reply": "A dog: img1"}')
         reply = RecordingReply()
         await core.handle(turn("draw a dog", "t"), reply)
-        await _closed(core)
+        await close_core(core)
     assert (reply.text, reply.image_ids) == ("A dog: img1", ["img1"])
     assert core.llm.json_mode and not server.probes
 
@@ -102,7 +97,7 @@ async def test_json_format_drops_what_the_server_refuses(pool, tmp_path):
         server.on(user="hi").reply('{"reply": "Hello!"}')
         reply = RecordingReply()
         await core.handle(turn("hi", "r"), reply)
-        await _closed(core)
+        await close_core(core)
     assert reply.text == "Hello!"
     sent = [(r.get("response_format") or {}).get("type") for r in server.requests]
     assert sent == ["json_schema", "json_object", None]
@@ -115,7 +110,7 @@ async def test_vision_sends_thumbnails_and_turns_off_for_a_server_that_rejects_t
         seeing.on(user="make it winter").call("edit_image", {"image": "img1", "instruction": "winter"})
         seeing.on(after_tool="edit_image").reply("Snowy: img2")
         await core.handle(turn("make it winter", "v"), RecordingReply())
-        await _closed(core)
+        await close_core(core)
     after_tool = seeing.requests[-1]["messages"][-3]["content"]  # the user's message, with the images
     assert [p["text"] for p in after_tool if p["type"] == "text"][1:] == ["[img1]", "[img2, just made by edit_image]"]
     assert sum(p["type"] == "image_url" for p in after_tool) == 2
@@ -135,7 +130,7 @@ async def test_the_bots_own_failures_are_not_fed_back(pool, tmp_path):
         await core.handle(turn("hello", "f"), failed)
         server.on(user="again").reply("Hi!")
         await core.handle(turn("again", "f"), RecordingReply())
-        await _closed(core)
+        await close_core(core)
     assert failed.text.startswith("The language model server had an error (HTTP 500)")
     assert [m["kind"] for m in core.store.messages("f") if m["role"] == "assistant"] == [NOTE, None]
     again = server.requests[-1]["messages"]
@@ -152,7 +147,7 @@ async def test_llm_timeout_bounds_the_call_with_its_retries(pool, tmp_path):
         start = time.monotonic()
         await core.handle(turn("hello", "d"), reply)
         took = time.monotonic() - start
-        await _closed(core)
+        await close_core(core)
     assert reply.text == "The language model did not answer in time (1.5 s). Please try again."
     assert len(server.requests) >= 2 and took < 3
 
@@ -168,7 +163,7 @@ async def test_image_jobs_per_turn_are_capped(pool, tmp_path):
         server.on(after_tool="generate_image", result_contains="2 images is the most").reply("I drew img1 and img2.")
         reply = RecordingReply()
         await core.handle(turn("draw four cats", "c"), reply)
-        await _closed(core)
+        await close_core(core)
     assert reply.image_ids == ["img1", "img2"] and len(core.store.images("c")) == 2
     assert reply.text == "I drew img1 and img2. (I made 2 images, the most for one message; ask again for more.)"
 
@@ -205,7 +200,7 @@ async def test_a_server_whose_template_takes_only_text_answers_every_turn_withou
         with caplog.at_level(logging.WARNING):
             await core.handle(turn("what is in this picture?", "g", photo()), first)
             await core.handle(turn("make it look like winter", "g"), second)
-        await _closed(core)
+        await close_core(core)
     assert (first.text, second.text) == ("A house.", "Which image?") and core.llm.vision is False
     assert caplog.text.count("vision is off for this model") == 1
     # the photo's turn: failed with the history, then alone, answered as text; the next turn is text from the start
@@ -224,7 +219,7 @@ async def test_a_text_only_server_that_ignores_tools_gets_no_image_again_in_the_
         reply = RecordingReply()
         with caplog.at_level(logging.WARNING):
             await core.handle(turn("what is in this picture?", "s", photo()), reply)
-        await _closed(core)
+        await close_core(core)
     assert reply.text == "A house." and core.llm.json_mode and core.llm.vision is False
     assert caplog.text.count("vision is off for this model") == 1
     failed = [has_images(r["messages"]) for r in server.requests].count(True)
@@ -242,7 +237,7 @@ async def _photo_then_two_questions(pool, folder, server: FakeLLM, upload: Attac
     with caplog.at_level(logging.WARNING):
         for reply in replies:
             await core.handle(turn("what is in this picture?", "v"), reply)
-    await _closed(core)
+    await close_core(core)
     return core, replies
 
 
@@ -262,7 +257,7 @@ async def test_the_tools_offered_follow_the_users_words_not_the_upload_line(pool
         server.on(user="extend it to 1024x512").reply("Which image?")
         await core.handle(turn("what is in this picture?", "w", photo()), RecordingReply())
         await core.handle(turn("extend it to 1024x512", "w"), RecordingReply())
-        await _closed(core)
+        await close_core(core)
     first, second = (offered_tools(r) for r in server.requests)
     assert "answer_question" in first and "extend_image" not in first
     assert "extend_image" in second
@@ -278,7 +273,7 @@ async def test_a_huge_prompt_does_not_break_later_turns(pool, tmp_path):
         first, later = RecordingReply(), RecordingReply()
         await core.handle(turn("draw this: " + huge[:2000], "x"), first)
         await core.handle(turn("and now a question", "x"), later)
-        await _closed(core)
+        await close_core(core)
     assert first.image_ids == ["img1"] and later.text == "Sure."
     assert len(server.requests) == 3  # no request was refused for its size
     assert len(json.dumps(server.requests[-1])) < 20_000
@@ -289,7 +284,7 @@ async def test_a_context_that_no_longer_fits_says_what_helps(pool, tmp_path):
         core = make_core(pool, tmp_path, server)
         reply = RecordingReply()
         await core.handle(turn("hello", "o"), reply)
-        await _closed(core)
+        await close_core(core)
     assert reply.text == ("This conversation no longer fits the language model's context. Type /reset to start "
                           "afresh, or ask an admin to lower llm.history_tokens.")
 
@@ -302,7 +297,7 @@ async def test_an_unreachable_server_says_what_to_do_and_keeps_the_address_in_th
     reply = RecordingReply()
     with caplog.at_level(logging.WARNING):
         await core.handle(turn("hello", "u"), reply)
-    await _closed(core)
+    await close_core(core)
     assert reply.text == ("I cannot reach the language model server. An admin can start it (for Ollama: `ollama pull "
                           "qwen2.5:7b-instruct` and `ollama serve`) or leave llm.base_url empty to use the built-in "
                           "model.")
@@ -320,7 +315,7 @@ async def test_strict_schemas_and_routing_to_more_tools(pool, tmp_path):
         server.on(after_tool="generate_image").reply("Done: img3 and img4")
         reply = RecordingReply()
         await core.handle(turn("find the edges of img1 and draw a house following them", "s"), reply)
-        await _closed(core)
+        await close_core(core)
     assert reply.image_ids == ["img2", "img3", "img4"]
     offered = [[t["function"]["name"] for t in r["tools"]] for r in server.requests]
     assert {"detect_edges", "generate_from_edges", "more_tools"} <= set(offered[0])  # routed by the user's words

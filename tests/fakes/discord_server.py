@@ -20,8 +20,8 @@ Message edits are rate-limited per channel as on Discord (5 per 5 s): beyond tha
 fake answers 429 with ``retry_after`` and ``Retry-After``, as Discord does; ``rate_limited``
 keeps those requests and ``edit_limit`` changes the limit.
 
-Buttons: every message the bot posts is kept (``messages``, by id) with its components,
-as Discord keeps them, so a test presses one as a user would, even on a restarted bot:
+Buttons: every message the bot posts is answered, and recorded (the request's ``response``), with
+its components, as Discord keeps them, so a test presses one as a user would, even on a restarted bot:
 
     posted = await discord_fake.wait_for_request("POST", ANSWER, where=with_files)
     await discord_fake.push("INTERACTION_CREATE", discord_fake.press(posted, "vc:reroll:img1:...", author=bob))
@@ -119,7 +119,6 @@ class FakeDiscord:
         self.identified = asyncio.Event()
         self.base = ""
         self._files: dict[str, tuple[bytes, str, float]] = {}  # CDN path -> (bytes, content type, delay)
-        self.messages: dict[str, dict] = {}  # id -> every message the bot posted, with its components
         self._interactions: dict[str, dict] = {}  # id -> the interactions built here (their callbacks echo them)
         self._arrived = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
@@ -411,7 +410,6 @@ class FakeDiscord:
     async def _create_message(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         rec.response = self._message_out(rec, request.match_info["channel"])
-        self.messages[rec.response["id"]] = rec.response
         return _json(rec.response)
 
     async def _edit_message(self, request: web.Request) -> web.Response:
@@ -447,7 +445,6 @@ class FakeDiscord:
     async def _followup(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         rec.response = {**self._message_out(rec, CHANNEL_ID), "webhook_id": APP_ID}
-        self.messages[rec.response["id"]] = rec.response
         return _json(rec.response)
 
     async def _edit_original(self, request: web.Request) -> web.Response:
