@@ -3,6 +3,7 @@ into the Hugging Face cache. Loaders then read the local folder, never the hub.
 
     Download(want, dtype)   one repo: ``list`` picks the files (``gpu_pool.weights``) and learns their
                             sizes; ``fetch`` downloads the missing ones, counting bytes as they arrive
+    Listings                the hub's file list of each repo, asked for once (several models read one repo)
     Fetcher                 the pool's downloads: one per repo, shared by every model that reads it
     python -m gpu_pool.fetch --config config.toml      (./scripts/run --fetch)
                             every configured model's files ahead of time, with a progress bar
@@ -38,11 +39,31 @@ class FetchFailed(Exception):
     """A repo's files could not be had; the message says what to do (for the admin's log and /models)."""
 
 
+class Listings:
+    """The hub's file listing of each repo, asked for once however many models read the repo
+    (lllyasviel/Annotators serves three); a failed listing is asked for again next time."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._per_repo: dict[str, threading.Lock] = {}
+        self._got: dict[str, dict[str, int]] = {}
+
+    def get(self, repo: str) -> dict[str, int]:
+        with self._lock:
+            lock = self._per_repo.setdefault(repo, threading.Lock())
+        with lock:  # models of one repo listing side by side wait for the first one's answer
+            if repo not in self._got:
+                self._got[repo] = {f.path: f.size for f in HfApi().list_repo_tree(repo, recursive=True)
+                                   if getattr(f, "size", None) is not None}
+            return self._got[repo]
+
+
 class Download:
     """One hub repo (or local folder) as one model's loader reads it."""
 
-    def __init__(self, want: w.Want, dtype: str):
+    def __init__(self, want: w.Want, dtype: str, listings: Listings | None = None):
         self.want, self.dtype = want, dtype
+        self.listings = listings or Listings()
         self.files: dict[str, int] = {}  # picked file -> bytes on disk
         self.weights: dict[str, tuple[w.Weights, str]] = {}  # weight file (or shard) -> its slot, the candidate picked
         self.done = 0  # bytes present (already cached, or arrived)
@@ -141,8 +162,7 @@ class Download:
         self._online = not constants.HF_HUB_OFFLINE
         if self._online:
             try:
-                return {f.path: f.size for f in HfApi().list_repo_tree(src, recursive=True)
-                        if getattr(f, "size", None) is not None}
+                return self.listings.get(src)
             except OfflineModeIsEnabled:
                 self._online = False
             except (RepositoryNotFoundError, GatedRepoError) as e:
@@ -214,13 +234,14 @@ class Fetcher:
     def __init__(self, parallel: int = 2):
         self._slots = asyncio.Semaphore(parallel)
         self._jobs: dict[tuple[w.Want, bool], tuple[Download, asyncio.Task]] = {}
+        self._listings = Listings()
 
     def get(self, want: w.Want, dtype: str) -> tuple[Download, asyncio.Task]:
         """The download of ``want`` (started now, or already under way) and its task (-> folder)."""
         key = (want, dtype in w.HALF)
         job = self._jobs.get(key)
         if job is None or (job[1].done() and (job[1].cancelled() or job[1].exception() is not None)):
-            d = Download(want, dtype)
+            d = Download(want, dtype, self._listings)
             job = self._jobs[key] = (d, asyncio.create_task(self._run(d)))
         return job
 
@@ -297,12 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     except settings.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    downloads = []
+    downloads, listings = [], Listings()
     for want, dtype in wants_of(config):
         if want.local:
             print(f"{want.source}: a local folder, nothing to fetch")
             continue
-        d = Download(want, dtype)
+        d = Download(want, dtype, listings)
         try:
             d.list()
         except Exception as e:

@@ -8,6 +8,7 @@ cannot tell them apart. Imports neither torch nor Ray, so the Ray front stays li
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,17 @@ def add_routes(app: web.Application, *, health, submit, cancel, models, reload, 
     app.router.add_post("/models/reload", reload)
     app.router.add_post("/models/load", load)
     app.router.add_post("/models/unload", unload)
+
+
+def site(runner: web.AppRunner, pool: settings.PoolConfig) -> web.BaseSite:
+    """Where the pool listens: ``host``:``port``, or its unix socket (a stale one from a pool that died removed)."""
+    if pool.host:
+        return web.TCPSite(runner, pool.host, pool.port)
+    path = Path(pool.socket)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    return web.UnixSite(runner, str(path))
 
 
 async def json_body(request: web.Request) -> dict:

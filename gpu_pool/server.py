@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from pathlib import Path
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -161,17 +160,8 @@ async def serve(config: settings.Config) -> None:
     app = make_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    pool = config.pool
-    if pool.host:
-        site: web.BaseSite = web.TCPSite(runner, pool.host, pool.port)
-    else:
-        path = Path(pool.socket)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()  # a stale socket from a pool that died
-        site = web.UnixSite(runner, str(path))
-    await site.start()
-    log.info("pool listening on %s", pool.url)
+    await routes.site(runner, config.pool).start()
+    log.info("pool listening on %s", config.pool.url)
     try:
         await asyncio.Event().wait()
     finally:

@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants
 from PIL import Image
 
 import settings
+from gpu_pool.fetch import Download, Listings, wants_of
 from core import local_llm
 from core.llm import LLM
 from gpu_pool.protocol import JobRequest, RawImage
@@ -84,6 +86,23 @@ def fetched(hub_repos, tmp_path_factory):
     finally:
         hub.stop()
     return cfg, folder / "hf", run, hub
+
+
+def test_models_that_read_one_repo_list_it_once(hub_repos, tmp_path, monkeypatch):
+    """Image2Line, Image2Hed and Image2Pose read three sets of lllyasviel/Annotators' files: one listing."""
+    cfg = settings.load(config(tmp_path, on_cpu("Image2Line", "Image2Hed", "Image2Pose")), env_check=False)
+    hub = FakeHub(hub_repos).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        listings = Listings()
+        downloads = [Download(want, dtype, listings) for want, dtype in wants_of(cfg)]
+        for d in downloads:
+            d.list()
+    finally:
+        hub.stop()
+    assert len(downloads) == 3 and all(d.files for d in downloads)
+    assert [p for _, p in hub.requests if "/tree/" in p] == ["/api/models/lllyasviel/Annotators/tree/main"]
 
 
 def test_fetch_downloads_only_the_files_the_loaders_read(fetched):

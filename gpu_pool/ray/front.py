@@ -333,7 +333,7 @@ async def serve_on_ray(config: settings.Config) -> None:
         front = Front(config, handle)
         runner = web.AppRunner(make_app(front), handle_signals=False)
         await runner.setup()
-        await _site(runner, config.pool).start()
+        await routes.site(runner, config.pool).start()
         log.info("pool listening on %s; %d replica(s) on Ray", config.pool.url, config.pool.ray.replicas)
         front.place_soon(front.allowed)
         await asyncio.Event().wait()
@@ -343,13 +343,3 @@ async def serve_on_ray(config: settings.Config) -> None:
         if runner:
             await runner.cleanup()
         await asyncio.to_thread(leave, config)
-
-
-def _site(runner: web.AppRunner, pool: settings.PoolConfig) -> web.BaseSite:
-    if pool.host:
-        return web.TCPSite(runner, pool.host, pool.port)
-    path = Path(pool.socket)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()  # a stale socket from a pool that died
-    return web.UnixSite(runner, str(path))
