@@ -70,6 +70,18 @@ def start_pool(cfg: Path, env: dict[str, str]) -> Pool:
     return Pool(cfg, spawn_pool(cfg, env=env), cfg.parent / "pool.log")
 
 
+async def answering(pool: Pool, timeout: float = 60) -> None:
+    """Wait until the pool answers, its models still downloading or loading (not ``_wait_ready``'s all loaded)."""
+    client = pool.client()
+    deadline = time.monotonic() + timeout
+    try:
+        while not await client.health():
+            assert pool.proc.poll() is None and time.monotonic() < deadline, pool.log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
+
+
 @pytest.fixture(scope="module")
 def hub_repos(tiny_dir) -> dict[str, Path]:
     return {repo: tiny_dir / "hub" / repo for repo in ROOTS}
@@ -163,12 +175,7 @@ async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_
     hub = FakeHub(hub_repos, bytes_per_s=300_000).start()  # the fp16 SD base (2.4 MB) takes about 8 s
     pool = start_pool(config(tmp_path, MODELS.split("[models.InstructPix2Pix]")[0]), hub_env(hub, tmp_path / "hf"))
     try:
-        client = pool.client()
-        deadline = time.monotonic() + 60
-        while not await client.health():
-            assert pool.proc.poll() is None and time.monotonic() < deadline, pool.log.read_text()[-3000:]
-            await asyncio.sleep(0.1)
-        await client.close()
+        await answering(pool)
         core = make_core(pool, tmp_path, llm_server, turn_timeout_s=6)
         llm_server.on(user="draw a cat", after_tool=False).call("generate_image", {"prompt": "a cat"})
         llm_server.on(after_tool="generate_image").reply("Here it is: img1")
@@ -282,12 +289,7 @@ async def test_a_first_message_waits_for_the_built_in_llm_to_download_and_is_ans
     hub = FakeHub(hub_repos, bytes_per_s=150_000).start()  # the tiny Qwen3-VL (about 1 MB) takes a few seconds
     pool = start_pool(config(tmp_path, '[models.LLM]\ndevice = "cpu"\n'), hub_env(hub, tmp_path / "hf"))
     try:
-        client = pool.client()
-        deadline = time.monotonic() + 60
-        while not await client.health():
-            assert pool.proc.poll() is None and time.monotonic() < deadline, pool.log.read_text()[-3000:]
-            await asyncio.sleep(0.1)
-        await client.close()
+        await answering(pool)
 
         class BuiltIn:  # make_core's LLM is a scripted server; this core talks to the pool's own model
             base_url = ""

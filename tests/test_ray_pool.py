@@ -30,7 +30,7 @@ from core import local_llm  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from core.tools import BY_NAME  # noqa: E402
 from gpu_pool.protocol import UNAVAILABLE, JobRequest, RawImage  # noqa: E402
-from tests.conftest import Pool, _wait_ready, kill_group, make_core, ray_on_cpu, spawn_pool  # noqa: E402
+from tests.conftest import Pool, _wait_ready, close_core, kill_group, make_core, ray_on_cpu, spawn_pool  # noqa: E402
 from tests.test_agent import RecordingReply, photo, turn  # noqa: E402
 from tests.fakes.discord_payloads import CHANNEL_ID  # noqa: E402
 from tests.fakes.openai_server import text_of  # noqa: E402
@@ -298,8 +298,7 @@ async def test_the_safety_checker_is_on_every_replica_and_unload_load_reload_rea
 async def ray_core(ray_pool, tmp_path, llm_server):
     core = make_core(ray_pool, tmp_path, llm_server)
     yield core
-    await core.pool.close()
-    await core.llm.close()
+    await close_core(core)
 
 
 async def test_discord_mention_with_an_image_is_answered_with_a_drawing(fake, ray_core, llm_server, monkeypatch):

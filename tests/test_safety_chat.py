@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.safety import NO_RETRY, UNCHECKED, WITHHELD
-from tests.conftest import make_core, start_pool_with, stop_pool
+from tests.conftest import start_pool_with, stop_pool
 from tests.fakes.discord_payloads import CHANNEL_ID, option, user
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import tool_results
@@ -28,8 +28,9 @@ FOR_LLM = "withheld by this server's safety filter"
 
 
 @pytest.fixture(scope="module")
-def flag_pool(tiny_dir, tmp_path_factory):
-    """The models of /imagine, edits and the templates, and a checker that flags everything."""
+def pool(tiny_dir, tmp_path_factory):
+    """Here instead of conftest's (its ``core`` fixture runs on this one): the models of /imagine, edits
+    and the templates, and a checker that flags everything."""
     folder = tmp_path_factory.mktemp("flag-pool")
     models = {"ImageCaptioning": "blip-caption", "VisualQuestionAnswering": "blip-vqa", "Text2Image": "sd15",
               "InstructPix2Pix": "pix2pix", "Inpainting": "inpaint", "Text2Mask": "clipseg",
@@ -42,14 +43,6 @@ def flag_pool(tiny_dir, tmp_path_factory):
     pool = start_pool_with(config)
     yield pool
     stop_pool(pool)
-
-
-@pytest.fixture
-async def core(flag_pool, tmp_path, llm_server):
-    c = make_core(flag_pool, tmp_path, llm_server)
-    yield c
-    await c.pool.close()
-    await c.llm.close()
 
 
 @pytest.fixture
