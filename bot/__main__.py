@@ -89,7 +89,7 @@ def _safety(config: settings.Config) -> str:
     line = "Safety: on; flagged images are withheld everywhere" + (f" except {', '.join(allowed)}" if allowed else "")
     draws = [n for n in config.models if n.endswith("Text2Image") or n in ("InstructPix2Pix", "Inpainting",
                                                                              "Variations", "Upscale")]
-    if draws and "SafetyChecker" not in config.models:
+    if draws and settings.SAFETY_CHECKER not in config.models:
         line += ("\n  warning: no [models.SafetyChecker], so every drawn image will be withheld where the filter "
                  "applies; add the section, or set [safety] enabled = false")
     return line

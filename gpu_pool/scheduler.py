@@ -42,10 +42,10 @@ from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, ch
 from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage, Verdict
 from gpu_pool.registry import NotLoaded, Registry, free_memory
 from gpu_pool.residency import DoesNotFit, Residency, warm_first
+from settings import SAFETY_CHECKER
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
-SAFETY_CHECKER = "SafetyChecker"  # the model that sees every drawn image (gpu_pool/models/safety.py)
 
 
 @dataclass

@@ -20,8 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from settings.models import (ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SD15, SEED_MODELS, default_source,
-                             resolve_device)
+from settings.models import (ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SAFETY_CHECKER, SD15, SEED_MODELS,
+                             default_source, resolve_device)
 from settings.schema import MODEL_KEYS, SCHEMA, SECTIONS, Check, ConfigError, check_table, device_problem, parse_size
 from settings.sections import (
     BotConfig,
@@ -39,7 +39,7 @@ from settings.sections import (
 )
 
 __all__ = [
-    "ANNOTATORS", "DTYPES", "MODEL_DEFAULTS", "MODEL_NAMES", "SD15", "SEED_MODELS", "resolve_device",
+    "ANNOTATORS", "DTYPES", "MODEL_DEFAULTS", "MODEL_NAMES", "SAFETY_CHECKER", "SD15", "SEED_MODELS", "resolve_device",
     "MODEL_KEYS", "SCHEMA", "SECTIONS", "Check", "ConfigError", "device_problem", "parse_size",
     "BotConfig", "Config", "DiscordConfig", "LimitsConfig", "LLMConfig", "ModelConfig", "PoolConfig", "RayConfig",
     "ResidencyConfig", "SafetyConfig", "SlackConfig", "StorageConfig",

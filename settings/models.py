@@ -7,6 +7,9 @@ from __future__ import annotations
 # with "/", "./" or "../" is a local folder, resolved against the config file.
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 ANNOTATORS = "lllyasviel/Annotators"
+# The model that checks every image the others draw: the pool runs it after each drawing job (and on every
+# Ray replica), the core reads its verdicts, the bot warns at start when it is not configured.
+SAFETY_CHECKER = "SafetyChecker"
 MODEL_DEFAULTS: dict[str, str] = {
     "ImageCaptioning": "Salesforce/blip-image-captioning-base",
     "VisualQuestionAnswering": "Salesforce/blip-vqa-base",
@@ -37,7 +40,7 @@ MODEL_DEFAULTS: dict[str, str] = {
     "Variations": "",
     "Upscale": "stabilityai/sd-x2-latent-upscaler",
     # Not a tool: checks every image the others draw (the SD1.5 repo's safety_checker, with its CLIP image processor).
-    "SafetyChecker": "CompVis/stable-diffusion-safety-checker",
+    SAFETY_CHECKER: "CompVis/stable-diffusion-safety-checker",
     # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.
     "LLM": "Qwen/Qwen3-VL-2B-Instruct",
 }

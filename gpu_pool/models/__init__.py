@@ -11,6 +11,8 @@ import importlib
 import os
 from typing import Callable
 
+from settings import SAFETY_CHECKER
+
 from .base import LoadSpec, PoolModel, SharedBases
 
 # transformers, given a hub repo with only a .bin checkpoint (openmmlab/upernet-convnext-small),
@@ -45,7 +47,7 @@ MODEL_TABLE: dict[str, str] = {
     "NormalText2Image": "sd:load_controlnet",
     "Variations": "variations:load_variations",
     "Upscale": "upscale:load_upscale",
-    "SafetyChecker": "safety:load_safety_checker",
+    SAFETY_CHECKER: "safety:load_safety_checker",
     "LLM": "llm:load_llm",
 }
 

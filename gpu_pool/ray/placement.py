@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EVERY_REPLICA = ("SafetyChecker",)  # loaded on each replica, with its first job or placement there
+from settings import SAFETY_CHECKER
+
+EVERY_REPLICA = (SAFETY_CHECKER,)  # loaded on each replica, with its first job or placement there
 
 
 @dataclass(frozen=True)
