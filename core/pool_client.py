@@ -2,6 +2,10 @@
 
 Never raises for a job: a pool that is down or dies mid-job yields a final
 ``failed`` event with code ``unavailable`` and a message for the chat user.
+
+The pool's words name models and causes, never a chat command; where a model
+is not loaded (code ``not_loaded``, on a job or an admin call) the words here
+tell the chat user how an admin loads it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ import aiohttp
 from gpu_pool.protocol import UNAVAILABLE, Event, JobRequest, ModelInfo, event_from_frame, read_frame, request_to_frame
 
 log = logging.getLogger(__name__)
+
+
+def not_loaded(model: str) -> str:
+    """What a chat user reads when ``model`` is not loaded on the pool."""
+    return f"{model} is not loaded on this bot; an admin can load it with /load {model}."
 
 
 class PoolUnavailable(Exception):
@@ -54,6 +63,8 @@ class PoolClient:
                 job_id = resp.headers.get("X-Job-Id", "")
                 while (frame := await read_frame(resp.content)) is not None:
                     ev = event_from_frame(*frame)
+                    if ev.code == "not_loaded":
+                        ev.message = not_loaded(request.model)
                     yield ev
                     if ev.kind in ("done", "failed"):
                         return
@@ -81,13 +92,13 @@ class PoolClient:
         return [ModelInfo(**m) for m in (await self._call("GET", "/models"))["models"]]
 
     async def reload(self, model: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", "/models/reload", {"model": model})
+        return _worded(await self._call("POST", "/models/reload", {"model": model}))
 
     async def load(self, model: str, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", "/models/load", {"model": model, "device": device, "dtype": dtype})
+        return _worded(await self._call("POST", "/models/load", {"model": model, "device": device, "dtype": dtype}))
 
     async def unload(self, model: str) -> dict[str, Any]:
-        return await self._call("POST", "/models/unload", {"model": model})
+        return _worded(await self._call("POST", "/models/unload", {"model": model}))
 
     async def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
         try:
@@ -95,3 +106,10 @@ class PoolClient:
                 return await resp.json(content_type=None)
         except (aiohttp.ClientError, ConnectionError, OSError) as e:
             raise PoolUnavailable(UNAVAILABLE) from e
+
+
+def _worded(reply: dict[str, Any]) -> dict[str, Any]:
+    """An admin call's answer, its message worded for the chat where the pool refused for a model not loaded."""
+    if reply.get("code") == "not_loaded" and reply.get("model"):
+        reply["message"] = not_loaded(reply["model"])
+    return reply

@@ -12,8 +12,9 @@ what to fix; an image part sent to a model that cannot see says "cannot see imag
 ``[models.LLM]`` here, 503 the model is loading or failed to load, 500 it failed while answering.
 A client that goes away cancels its job, so a dropped request never keeps the device busy.
 
-Where the job runs is the ``Backend``'s business: this process's Scheduler (``server.LocalJobs``)
-or the Ray replicas (``ray.front.Front``). This module only reads requests and writes answers.
+Where the job runs is the ``Backend``'s business (``gpu_pool/backend.py``): this process's Scheduler
+(``local.LocalPool``) or the Ray replicas (``ray.front.Front``). This module only reads requests and
+writes answers.
 """
 
 from __future__ import annotations
@@ -25,31 +26,19 @@ import io
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 from PIL import Image
 
-import settings
-from gpu_pool.protocol import Event, JobRequest, ModelInfo, RawImage
+from gpu_pool.backend import Backend
+from gpu_pool.protocol import Event, JobId, JobRequest, ModelInfo, RawImage
 
 log = logging.getLogger(__name__)
 MODEL = "LLM"
 ROLES = ("system", "user", "assistant", "tool")
-_CODES = {"bad_request": 400, "not_loaded": 503, "unknown_model": 404, "oom": 503, "cancelled": 499,
-          "internal": 500, "unavailable": 503}
-
-
-class Backend(Protocol):
-    """Where the LLM's jobs run."""
-
-    limits: settings.LimitsConfig
-
-    def run(self, request: JobRequest) -> AsyncIterator[Event]:
-        """A job's events, the last one done or failed; closing the iterator early cancels the job."""
-
-    async def llm_info(self) -> ModelInfo | None:
-        """The LLM's listing (its source and state); None where no [models.LLM] is served."""
+_CODES = {"bad_request": 400, "not_loaded": 503, "load_failed": 503, "unknown_model": 404, "oom": 503,
+          "cancelled": 499, "internal": 500, "unavailable": 503}
 
 
 class ApiError(Exception):
@@ -320,7 +309,7 @@ class _Job:
             if self.request.transport is None or self.request.transport.is_closing():
                 raise ConnectionResetError("the client closed the connection")
         ev, self._next = self._next.result(), None
-        self.id = self.id or ev.job_id.replace(":", "-")  # a Ray job id is replica:job
+        self.id = self.id or JobId.parse(ev.job_id).slug()
         self.ended = ev.kind in ("done", "failed")
         return ev
 

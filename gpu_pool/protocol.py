@@ -8,10 +8,12 @@
                       (progress step 0 of 0: waiting for the model, with its
                        download or load progress, about once a second)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
+                   job_id: a JobId, as the X-Job-Id header and every event name it
     GET  /models                                   ◀─ {"models": [ModelInfo...]}
     POST /models/reload {"model": name | null}     ─▶ re-read config.toml, reload one or all
     POST /models/load   {"model", "device"?, "dtype"?}
-    POST /models/unload {"model"}                  ◀─ {"ok", "message", "models"}
+    POST /models/unload {"model"}                  ◀─ {"ok", "message", "models"[, "code", "model"]}
+                   (refused: "code" a FailCode, "model" the model it is about)
     GET  /health                                   ◀─ {"ok": true, "pid"}
     POST /v1/chat/completions, GET /v1/models      the built-in LLM, OpenAI's wire format
                                                    (gpu_pool/openai_api.py), not these frames
@@ -86,9 +88,32 @@ class Verdict:
     note: str | None = None  # why it was not checked, for the admins
 
 
+@dataclass(frozen=True)
+class JobId:
+    """A job's id on the wire: its scheduler's own id, prefixed with its replica's on Ray ("replica:job")."""
+
+    job: str
+    replica: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> JobId:
+        replica, sep, job = text.partition(":")
+        return cls(job, replica) if sep else cls(text)
+
+    def __str__(self) -> str:
+        return f"{self.replica}:{self.job}" if self.replica else self.job
+
+    def slug(self) -> str:
+        """The id in letters, digits and dashes (for ids of other formats, e.g. OpenAI's "chatcmpl-...")."""
+        return f"{self.replica}-{self.job}" if self.replica else self.job
+
+
 EventKind = Literal["queued", "progress", "done", "failed"]
-# failed.code: why, for the core to map to a message or a retry decision
-FailCode = Literal["bad_request", "unknown_model", "not_loaded", "oom", "cancelled", "internal", "unavailable"]
+# failed.code: why, for the core to map to a message or a retry decision. The message names the model and
+# the cause, never a chat command: "not_loaded" says the model is not loaded here (the core tells its users
+# how an admin loads it); "load_failed" that its load failed, and why.
+FailCode = Literal["bad_request", "unknown_model", "not_loaded", "load_failed", "oom", "cancelled", "internal",
+                   "unavailable"]
 
 
 @dataclass
@@ -209,8 +234,14 @@ def request_from_frame(header: dict[str, Any], images: list[RawImage]) -> JobReq
     return JobRequest(model, params, images, str(header.get("user", "")))
 
 
+_EVENT_FIELDS = tuple(f for f in Event.__dataclass_fields__ if f not in ("images", "safety"))
+
+
 def event_to_frame(ev: Event) -> bytes:
-    header = {k: v for k, v in asdict(ev).items() if v is not None and k != "images"}
+    # the fields as they are (JSON copies them anyway), not asdict's deep copy of every value
+    header = {k: v for k in _EVENT_FIELDS if (v := getattr(ev, k)) is not None}
+    if ev.safety is not None:
+        header["safety"] = [asdict(v) for v in ev.safety]
     return encode_frame(header, ev.images)
 
 

@@ -25,13 +25,14 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 import settings
-from gpu_pool import accounting, fit
+from gpu_pool import accounting, backend, fit
 from gpu_pool import weights as w
+from gpu_pool.backend import Refused
 from gpu_pool.fetch import Download, Fetcher
 from gpu_pool.models import MODEL_TABLE, load_sd_base, loader
 from gpu_pool.models.base import LoadSpec, PoolModel, SharedBases
@@ -43,8 +44,11 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 LOAD_RATE = 300e6  # bytes/s a load is guessed to read until this pool has timed one
 
 
-class NotLoaded(Exception):
-    """The model is not available; the message is meant for the chat user."""
+class NotLoaded(Refused):
+    """The model is not available; the message names it and the cause, ``code`` says which (``Refused``)."""
+
+    def __init__(self, message: str, code: str = "not_loaded", model: str | None = None):
+        super().__init__(message, code, model)
 
 
 @dataclass
@@ -103,10 +107,10 @@ class Registry:
 
     def _entry(self, name: str) -> Entry:
         if name not in MODEL_TABLE:
-            raise NotLoaded(f"There is no model called {name}.")
+            raise _refused(backend.unknown_model(name, listing=False))
         entry = self.entries.get(name)
         if entry is None:  # never loaded, or unloaded (unload forgets the entry)
-            raise NotLoaded(f"{name} is not loaded on this bot; an admin can load it with /load {name}.")
+            raise _refused(backend.not_loaded(name))
         return entry
 
     async def get(self, name: str) -> PoolModel:
@@ -174,7 +178,7 @@ class Registry:
         """A new loading entry for ``name`` in place of the old one, whose copy is released now
         (``release=False``: the caller releases, once for many)."""
         if name not in MODEL_TABLE:
-            raise NotLoaded(f"There is no model called {name}. Known models: {', '.join(MODEL_TABLE)}.")
+            raise _refused(backend.unknown_model(name))
         cfg = self._config_of(name)
         cfg = settings.ModelConfig(name, device or cfg.device, dtype or cfg.dtype, cfg.source)
         old = self.entries.get(name)
@@ -221,7 +225,7 @@ class Registry:
             log.error("loading %s failed:\n%s", name, traceback.format_exc())
             if self.entries.get(name) is entry:
                 entry.state, entry.error = "failed", str(e) if isinstance(e, NotLoaded) else f"{type(e).__name__}: {e}"
-            _fail(entry.ready, NotLoaded(f"{name} could not be loaded: {entry.error}"))
+            _fail(entry.ready, NotLoaded(f"{name} could not be loaded: {entry.error}", "load_failed", name))
             return entry
         self._time_load(entry)
         if self.entries.get(name) is not entry:  # unloaded or replaced while loading
@@ -266,13 +270,14 @@ class Registry:
     async def unload(self, name: str) -> None:
         entry = self._entry(name)
         del self.entries[name]
-        _fail(entry.ready, NotLoaded(f"{name} was unloaded by an admin."))
+        _fail(entry.ready, NotLoaded(f"{name} was unloaded by an admin.", model=name))
         entry.model = None  # a job running on it keeps its own reference until it ends
         self._release()
         log.info("unloaded %s", name)
 
-    async def reload(self, name: str | None = None) -> list[str]:
+    async def reload(self, name: str | None = None, where: Callable[[str], bool] | None = None) -> list[str]:
         """Re-read the config file, then reload ``name`` or every model, one at a time; returns the names.
+        ``where``: which of them to reload (a Ray replica: those it holds, ``placement.reloads_here``).
 
         Every old copy is released before the first new one loads (a single model's before it loads):
         reloading never holds two copies of a model, nor two shared bases.
@@ -284,6 +289,7 @@ class Registry:
             names = list(self.config.models)
         else:
             names = [name]
+        names = [n for n in names if where is None or where(n)]
         entries = [self._begin(n, release=False) for n in names]
         if name is None:
             self.bases = SharedBases(load_sd_base)  # pick up a changed sd_base; the old one goes now
@@ -323,6 +329,10 @@ def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry:
             log.warning("%s needs %s, more than the %s budget of %s", spec.name, size_text(need),
                         size_text(mgr.limit), spec.device)
     return model
+
+
+def _refused(r: Refused) -> NotLoaded:
+    return NotLoaded(str(r), r.code, r.model)
 
 
 def _chain(new: asyncio.Future, old: asyncio.Future) -> None:

@@ -4,8 +4,9 @@ A job is checked when it arrives (model known and configured, images
 decodable and under the pixel limit), queued on its model's device, and run
 on that device's thread, so a job on ``cuda:0`` never waits for one on
 ``cuda:1`` and nothing heavy runs on the event loop. Every step of its life
-is an :class:`Event` pushed to the job's own asyncio queue, which the server
-streams to the client. A job whose model is still downloading or loading
+is an :class:`Event` pushed to the job's own asyncio queue, which
+:meth:`Scheduler.stream` yields (the local pool's routes and a Ray replica
+both stream jobs through it, and nothing else). A job whose model is still downloading or loading
 waits in its queue without holding the device, hearing its model's progress
 about once a second.
 
@@ -31,13 +32,13 @@ import secrets
 import time
 import traceback
 from collections import deque
+from typing import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from threading import Event as ThreadFlag
 
 import torch
 
-from gpu_pool.models import MODEL_TABLE
 from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
 from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage, Verdict
 from gpu_pool.registry import NotLoaded, Registry, free_memory
@@ -168,8 +169,24 @@ class Scheduler:
         return {"max_steps": lim.max_steps, "max_output_size": lim.max_output_size,
                 "max_image_pixels": lim.max_image_pixels, "llm_max_tokens": lim.llm_max_tokens}
 
+    async def stream(self, request: JobRequest) -> AsyncIterator[Event]:
+        """Submit a job and yield its events until done or failed: the one way a job's events leave the
+        scheduler. Closed early (the client left), it cancels the job; either way it forgets the job."""
+        job = self.submit(request)
+        try:
+            while True:
+                ev = await job.events.get()
+                yield ev
+                if ev.kind in ("done", "failed"):
+                    return
+        finally:
+            if not job.finished:  # nobody wants this job any more
+                self.cancel(job.id)
+                log.info("job %s's client left; cancelled it", job.id)
+            self.forget(job)
+
     def submit(self, request: JobRequest) -> Job:
-        """Check and queue a job; a bad one gets its failed event at once."""
+        """Check and queue a job; a bad one gets its failed event at once (``stream`` is the way to run one)."""
         job = Job(request)
         self.jobs[job.id] = job
         try:
@@ -179,7 +196,7 @@ class Scheduler:
             job.fail(str(e), "bad_request")
             return job
         except NotLoaded as e:
-            job.fail(str(e), "not_loaded" if request.model in MODEL_TABLE else "unknown_model")
+            job.fail(str(e), e.code)
             return job
         if job.device not in self.queues:
             self.queues[job.device] = DeviceQueue(job.device, self)
@@ -216,7 +233,7 @@ class Scheduler:
         except BadRequest as e:
             return job.fail(str(e), "bad_request")
         except NotLoaded as e:
-            return job.fail(str(e), "not_loaded")
+            return job.fail(str(e), e.code)
         loop = asyncio.get_running_loop()
 
         def progress(step: int, total: int, text: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The pool process on Ray: the routes of ``gpu_pool/server.py``, each served by the Serve replicas.
+"""The pool process on Ray: the routes of ``gpu_pool/routes.py``, with the Serve replicas behind the ``Front``.
 
 Start: join the cluster (or start a Ray instance here), deploy the replicas,
 listen, then place every configured model on one replica in the background
@@ -28,9 +28,9 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 import settings
-from gpu_pool import openai_api, routes
-from gpu_pool.protocol import (UNAVAILABLE, Event, FrameError, JobRequest, ModelInfo, decode_frame, event_to_frame,
-                               request_from_frame)
+from gpu_pool import backend, openai_api, routes
+from gpu_pool.backend import Refused, Reloaded
+from gpu_pool.protocol import UNAVAILABLE, Event, JobId, JobRequest, ModelInfo
 from gpu_pool.ray import router
 from gpu_pool.ray.placement import EVERY_REPLICA
 from gpu_pool.ray.replica import PoolReplica, Spec
@@ -42,7 +42,7 @@ FRONT = web.AppKey("front", "Front")
 
 
 class Front:
-    """Jobs and admin calls, over the handle to the replicas; the built-in LLM's ``openai_api.Backend``."""
+    """Jobs and admin calls over the handle to the replicas: the pool's ``backend.Backend`` on Ray."""
 
     def __init__(self, config: settings.Config, handle: DeploymentHandle):
         self.config, self.handle = config, handle
@@ -110,6 +110,65 @@ class Front:
         if not task.cancelled() and task.exception() is not None:
             log.warning("placing %s failed: %r (the next /models or job tries again)", name, task.exception())
 
+    # --- the Backend's calls ------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> bool:
+        jid = JobId.parse(job_id)
+        if not jid.replica:
+            return False
+        return bool(await self.handle.options(multiplexed_model_id=router.PIN + jid.replica).cancel.remote(
+            jid.replica, jid.job))
+
+    async def models(self) -> list[ModelInfo]:
+        return [ModelInfo(**m) for m in await self.infos()]
+
+    async def reload(self, name: str | None) -> Reloaded:
+        """Re-read config.toml, reload on every replica that holds the model(s), place what nobody holds."""
+        if name is not None and name not in self.allowed:
+            raise self._not_allowed(name)
+        try:
+            config = settings.load(self.config.path, env_check=False)
+        except settings.ConfigError as e:
+            raise Refused(str(e), "config") from None
+        self.config = config
+        if name is None:
+            self.allowed = {n: (None, None) for n in config.models}
+        else:
+            self.allowed[name] = (None, None)  # an admin's device and dtype last until a reload
+        answers = await self.each("reload", name)
+        if errors := [a["error"] for a in answers.values() if "error" in a]:
+            raise Refused(errors[0], "config")
+        names = {n for a in answers.values() for n in a["reloaded"]}
+        failed = {n for a in answers.values() for n in a["failed"]}
+        held = {m["name"] for a in (await self.each("models")).values() for m in a}
+        for placed in await asyncio.gather(*(self.place(n) for n in self.allowed if n not in held and
+                                             (name is None or n == name))):
+            names.add(placed.get("name"))
+            if placed.get("state") != "ready":
+                failed.add(placed.get("name"))
+        return Reloaded(sorted(n for n in names if n), sorted(n for n in failed if n))
+
+    async def load(self, name: str, device: str | None, dtype: str | None) -> list[ModelInfo]:
+        """Load ``name`` again with the admin's device and dtype where replicas hold it, else place it."""
+        self.allowed[name] = (device, dtype)
+        listed = [a for a in (await self.each("load", name, (device, dtype))).values() if a]
+        if not listed:  # no replica holds it yet
+            listed = [await self.place(name)]
+        return [ModelInfo(**m) for m in listed]
+
+    async def unload(self, name: str) -> None:
+        if name not in self.allowed:
+            raise self._not_allowed(name)
+        del self.allowed[name]
+        await self.each("unload", name)
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "ray"}
+
+    @staticmethod
+    def _not_allowed(name: Any) -> Refused:
+        return backend.not_loaded(name) if name in settings.MODEL_NAMES else backend.unknown_model(name)
+
     async def infos(self) -> list[dict[str, Any]]:
         """Every replica's models, and the allowed ones no replica holds (being placed again)."""
         infos = [m for answer in (await self.each("models")).values() for m in answer]
@@ -139,131 +198,19 @@ class Front:
             task.cancel()
 
 
-# --- the routes (gpu_pool/routes.py: the same as gpu_pool/server.py) --------------------------
+# --- the routes (gpu_pool/routes.py, with this Front as their Backend) ----------------------
 
 
 def make_app(front: Front) -> web.Application:
-    app = web.Application(client_max_size=routes.MAX_REQUEST)
-    app[FRONT] = front
-    routes.add_routes(app, health=health, submit=submit, cancel=cancel, models=models, reload=reload, load=load,
-                      unload=unload)
+    app = routes.make_app()
+    app[routes.BACKEND] = front
     app.router.add_get("/replicas", replicas)  # Ray only: each replica's models and counters
-    openai_api.add_routes(app, FRONT)  # the built-in LLM, for OpenAI clients
     return app
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True, "pid": os.getpid(), "backend": "ray"})
-
-
-async def submit(request: web.Request) -> web.StreamResponse:
-    """Send a job to its replica and stream its events until it is done or failed."""
-    try:
-        req = request_from_frame(*decode_frame(await request.read()))
-    except FrameError as e:
-        return web.json_response({"ok": False, "message": f"Bad job request: {e}"}, status=400)
-    events = request.app[FRONT].run(req)
-    try:
-        first = await anext(events)  # the replica's job id is in it: the header needs it
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Job-Id": first.job_id})
-        await resp.prepare(request)
-        await resp.write(event_to_frame(first))
-        if first.kind not in ("done", "failed"):
-            async for ev in events:
-                await resp.write(event_to_frame(ev))
-    except (ConnectionResetError, asyncio.CancelledError):
-        log.info("client left; cancelling its job")
-        raise
-    finally:
-        await events.aclose()  # cancels the job on its replica if it is still running
-    await resp.write_eof()
-    return resp
-
-
-async def cancel(request: web.Request) -> web.Response:
-    replica, _, job_id = request.match_info["job_id"].partition(":")
-    front = request.app[FRONT]
-    ok = bool(await front.handle.options(multiplexed_model_id=router.PIN + replica).cancel.remote(replica, job_id))
-    return web.json_response({"ok": ok, "message": "cancelling" if ok else "no such running job"})
-
-
-async def models(request: web.Request) -> web.Response:
-    return web.json_response({"models": await request.app[FRONT].infos()})
-
-
 async def replicas(request: web.Request) -> web.Response:
-    return web.json_response({"replicas": list((await request.app[FRONT].each("info")).values())})
-
-
-async def _admin_reply(request: web.Request, message: str, ok: bool = True) -> web.Response:
-    return routes.admin_reply(message, await request.app[FRONT].infos(), ok)
-
-
-def _not_allowed(name: Any) -> str:
-    if name not in settings.MODEL_NAMES:
-        return f"There is no model called {name}. Known models: {', '.join(settings.MODEL_NAMES)}."
-    return f"{name} is not loaded on this bot; an admin can load it with /load {name}."
-
-
-async def reload(request: web.Request) -> web.Response:
-    """Re-read config.toml, reload on every replica that holds the model(s), place what nobody holds."""
-    name = (await routes.json_body(request)).get("model")
-    front = request.app[FRONT]
-    if name is not None and name not in front.allowed:
-        return await _admin_reply(request, _not_allowed(name), ok=False)
-    try:
-        config = settings.load(front.config.path, env_check=False)
-    except settings.ConfigError as e:
-        return await _admin_reply(request, str(e), ok=False)
-    front.config = config
-    if name is None:
-        front.allowed = {n: (None, None) for n in config.models}
-    else:
-        front.allowed[name] = (None, None)  # an admin's /load device and dtype last until a reload
-    answers = await front.each("reload", name)
-    errors = [a["error"] for a in answers.values() if "error" in a]
-    if errors:
-        return await _admin_reply(request, errors[0], ok=False)
-    names = {n for a in answers.values() for n in a["reloaded"]}
-    failed = {n for a in answers.values() for n in a["failed"]}
-    held = {m["name"] for a in (await front.each("models")).values() for m in a}
-    for placed in await asyncio.gather(*(front.place(n) for n in front.allowed if n not in held and
-                                         (name is None or n == name))):
-        names.add(placed.get("name"))
-        if placed.get("state") != "ready":
-            failed.add(placed.get("name"))
-    names, failed = sorted(n for n in names if n), sorted(n for n in failed if n)
-    msg = f"Reloaded {', '.join(names) or 'nothing'}." + (f" Failed: {', '.join(failed)}." if failed else "")
-    return await _admin_reply(request, msg, ok=not failed)
-
-
-async def load(request: web.Request) -> web.Response:
-    body = await routes.json_body(request)
-    name, device, dtype = body.get("model"), body.get("device"), body.get("dtype")
-    if isinstance(name, str) and name not in settings.MODEL_NAMES:
-        return await _admin_reply(request, _not_allowed(name), ok=False)
-    if problem := routes.load_problem(name, device, dtype):
-        return await _admin_reply(request, problem, ok=False)
-    front = request.app[FRONT]
-    front.allowed[name] = (device, dtype)
-    listed = [a for a in (await front.each("load", name, (device, dtype))).values() if a]
-    if not listed:  # no replica holds it yet
-        listed = [await front.place(name)]
-    bad = [m for m in listed if m.get("state") != "ready"]
-    if bad:
-        return await _admin_reply(request, f"{name} could not be loaded: {bad[0].get('error')}", ok=False)
-    where = "; ".join(f"{m['device']} ({m['dtype']})" for m in listed)
-    return await _admin_reply(request, f"{name} is loaded on {where}.")
-
-
-async def unload(request: web.Request) -> web.Response:
-    name = (await routes.json_body(request)).get("model")
-    front = request.app[FRONT]
-    if name not in front.allowed:
-        return await _admin_reply(request, _not_allowed(name), ok=False)
-    del front.allowed[name]
-    await front.each("unload", name)
-    return await _admin_reply(request, f"{name} is unloaded.")
+    front = request.app[routes.BACKEND]
+    return web.json_response({"replicas": list((await front.each("info")).values())})
 
 
 # --- the cluster -------------------------------------------------------------------------

@@ -21,10 +21,18 @@ stays on each GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from settings import SAFETY_CHECKER
 
 EVERY_REPLICA = (SAFETY_CHECKER,)  # loaded on each replica, with its first job or placement there
+
+
+def reloads_here(held: Iterable[str]) -> Callable[[str], bool]:
+    """Which models a replica's reload reloads (``Registry.reload``'s ``where``): those it holds, and those
+    every replica holds (loaded where they are missing)."""
+    held = frozenset(held)
+    return lambda name: name in held or name in EVERY_REPLICA
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ gone to another replica (see ``router.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -30,7 +31,8 @@ import ray
 from ray import serve
 
 import settings
-from gpu_pool.protocol import Event, JobRequest
+from gpu_pool.protocol import Event, JobId, JobRequest
+from gpu_pool.ray import placement
 from gpu_pool.ray.placement import EVERY_REPLICA
 
 # The Registry and Scheduler (torch, diffusers) are imported in the replica only, not in the
@@ -48,8 +50,7 @@ class PoolReplica:
         from gpu_pool.registry import Registry
         from gpu_pool.scheduler import Scheduler
 
-        self.config = settings.load(config_path, env_check=False)
-        self.registry = Registry(self.config)
+        self.registry = Registry(settings.load(config_path, env_check=False))
         self.scheduler = Scheduler(self.registry)
         self.id = serve.get_replica_context().replica_id.unique_id
         self.node = ray.util.get_node_ip_address()
@@ -87,18 +88,10 @@ class PoolReplica:
             self.stats.update(jobs=1, warm=int(entry is not None and entry.state == "ready"))
             await self._ensure(name, spec)
         await self._everywhere(helpers)  # a drawing job's images wait for this replica's checker
-        job = self.scheduler.submit(request)
-        try:
-            while True:
-                ev = await job.events.get()
-                yield dataclasses.replace(ev, job_id=f"{self.id}:{ev.job_id}")
-                if ev.kind in ("done", "failed"):
-                    return
-        except asyncio.CancelledError:  # the caller went away: nobody wants this job any more
-            self.scheduler.cancel(job.id)
-            raise
-        finally:
-            self.scheduler.forget(job)
+        # Serve cancelling this stream (the bot went away) closes the scheduler's, which cancels the job.
+        async with contextlib.aclosing(self.scheduler.stream(request)) as events:
+            async for ev in events:
+                yield dataclasses.replace(ev, job_id=str(JobId(ev.job_id, self.id)))
 
     async def place(self, spec: Spec, helpers: dict[str, Spec]) -> dict[str, Any]:
         """Load the model of the multiplexed id here; its listing once loaded (or failed)."""
@@ -131,31 +124,15 @@ class PoolReplica:
                 **counts}
 
     async def reload(self, expect: str, name: str | None) -> dict[str, Any] | None:
-        """Re-read the config, then reload ``name`` (or every model) where this replica holds it; a model every
+        """``Registry.reload`` of ``name`` (or every model) where this replica holds it; a model every
         replica holds is loaded where it is missing."""
-        from gpu_pool.models import load_sd_base
-        from gpu_pool.models.base import SharedBases
-
         if expect != self.id:
             return None
         try:
-            config = settings.load(self.config.path, env_check=False)
+            names = await self.registry.reload(name, where=placement.reloads_here(self.registry.entries))
         except settings.ConfigError as e:
             return {"error": str(e)}
-        self.config = self.registry.config = config
-        held = list(self.registry.entries)
-        if name is None:  # as Registry.reload: a changed sd_base or [residency] applies; dropped models go
-            self.registry.bases = SharedBases(load_sd_base)
-            for mgr in self.registry.residency.values():
-                mgr.forget(set())
-            self.registry.residency = {}
-            for gone in [n for n in held if n not in config.models]:
-                await self.registry.unload(gone)
-        names = [n for n in held if n in config.models] if name is None else [n for n in held if n == name]
-        names += [n for n in EVERY_REPLICA if n in config.models and n not in held and name in (None, n)]
-        for n in names:  # one at a time: each old copy is released before the next model loads
-            await self.registry.load(n)
-            self.stats["reloads"] += 1
+        self.stats["reloads"] += len(names)
         failed = [n for n in names if self.registry.entries[n].state == "failed"]
         return {"reloaded": names, "failed": failed}
 
