@@ -18,6 +18,7 @@ import signal
 import sys
 
 import settings
+from gpu_pool import heap
 
 PARENT_ENV = "GPU_POOL_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         from gpu_pool.server import serve  # late: imports torch
+
+    heap.keep_freed_buffers()  # each job's image buffers reused, not mapped anew (gpu_pool/heap.py)
 
     async def run() -> None:
         task = asyncio.create_task(serve(config))

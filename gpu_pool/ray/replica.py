@@ -31,6 +31,7 @@ import ray
 from ray import serve
 
 import settings
+from gpu_pool import heap
 from gpu_pool.protocol import Event, JobId, JobRequest
 from gpu_pool.ray import placement
 from gpu_pool.ray.placement import EVERY_REPLICA
@@ -49,6 +50,8 @@ class PoolReplica:
                             format="%(asctime)s %(levelname)s pool replica %(name)s: %(message)s")
         from gpu_pool.registry import Registry
         from gpu_pool.scheduler import Scheduler
+
+        heap.keep_freed_buffers()  # as the local pool's process (gpu_pool/heap.py)
 
         self.registry = Registry(settings.load(config_path, env_check=False))
         self.scheduler = Scheduler(self.registry)
