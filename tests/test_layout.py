@@ -65,3 +65,25 @@ def test_adapters_only_use_the_core_s_entry_points(path):
 @pytest.mark.parametrize("path", files("settings"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_settings_imports_nothing_of_the_project(path):
     assert not {top(m) for m in imports_of(path)} & {"bot", "core", "gpu_pool"}
+
+
+def test_the_pool_names_no_chat_command():
+    """The pool's words name models and causes; the core words them for the chat (its /load advice included).
+    Every string the pool can say or send (docstrings aside, which may name its HTTP routes) is checked for a
+    chat command: a sentence holding /load, /models ... (a route alone, "/models", is no sentence)."""
+    import re
+
+    commands = ("imagine", "caption", "edit", "reset", "help", "models", "safety", "reload", "load", "unload")
+    command = re.compile(rf"(?<![\w/.-])/({'|'.join(commands)})\b(?![/\w])")
+    said = []
+    for path in sorted((ROOT / "gpu_pool").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and " " in node.value.strip() and command.search(node.value)):
+                said.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not said, "\n".join(said)

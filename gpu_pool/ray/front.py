@@ -108,7 +108,7 @@ class Front:
     def _placed(self, name: str, task: asyncio.Task) -> None:
         self._placing.pop(name, None)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("placing %s failed: %r (the next /models or job tries again)", name, task.exception())
+            log.warning("placing %s failed: %r (the next model listing or job tries again)", name, task.exception())
 
     # --- the Backend's calls ------------------------------------------------------------
 
