@@ -38,7 +38,6 @@ from gpu_pool.ray.replica import PoolReplica, Spec
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 APP, DEPLOYMENT = "visual-chatgpt-pool", "PoolReplica"
-FRONT = web.AppKey("front", "Front")
 
 
 class Front:
