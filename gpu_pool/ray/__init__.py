@@ -9,7 +9,7 @@
 The seam: the pool process keeps its place and its protocol, and only what
 runs behind its HTTP face changes. With ``backend = "ray"``,
 ``python -m gpu_pool`` starts (or joins) a Ray cluster, deploys the replicas
-and serves the same routes as ``gpu_pool/server.py``, forwarding each job to
+and serves the same routes (``gpu_pool/routes.py``) as the local pool, forwarding each job to
 a replica through a Serve handle and each event back as a protocol frame. So
 the core, its ``PoolClient`` and the bot's supervision of its pool child stay
 exactly as they are, the pool URL included, and nothing of the bot imports

@@ -40,7 +40,7 @@ from gpu_pool.ray.placement import EVERY_REPLICA
 # pool process that deploys this class.
 
 log = logging.getLogger(__name__)
-Spec = tuple[str | None, str | None]  # the device and dtype an admin chose with /load; (None, None): the config's
+Spec = tuple[str | None, str | None]  # the device and dtype an admin loaded it with; (None, None): the config's
 
 
 @serve.deployment
