@@ -89,8 +89,10 @@ async def test_one_base_and_reloads_that_release_the_old_copy_first(tiny_dir, tm
         registry.close()
 
 
-async def reload_watching(registry: Registry, name: str | None, old: list[weakref.ref]) -> list[tuple[str, int]]:
-    """Reload, noting for each model, as its new load begins, how many of the ``old`` modules are alive."""
+async def reload_watching(registry: Registry, name: str | None, old: list[weakref.ref],
+                          reload=None) -> list[tuple[str, int]]:
+    """Reload (``reload``: a coroutine function that does, e.g. a Ray replica's), noting for each model,
+    as its new load begins, how many of the ``old`` modules are alive."""
     seen: dict[str, int] = {}
 
     async def watch():
@@ -103,7 +105,10 @@ async def reload_watching(registry: Registry, name: str | None, old: list[weakre
 
     watcher = asyncio.create_task(watch())
     try:
-        assert await registry.reload(name) == ([name] if name else list(registry.config.models))
+        if reload is not None:
+            await reload()
+        else:
+            assert await registry.reload(name) == ([name] if name else list(registry.config.models))
     finally:
         watcher.cancel()
     return sorted(seen.items())

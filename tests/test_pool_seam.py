@@ -4,8 +4,6 @@ words (with a code) while the core words it for the chat."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import weakref
 from collections import Counter
 
@@ -19,7 +17,7 @@ from gpu_pool import server
 from gpu_pool.protocol import JobId, JobRequest, RawImage, event_from_frame, read_frame, request_to_frame
 from gpu_pool.registry import Registry
 from gpu_pool.scheduler import Scheduler
-from tests.test_loading import small_config
+from tests.test_loading import reload_watching, small_config
 from tests.test_scheduler import registry_with
 
 IMG = RawImage(64, 64, "RGB", bytes(64 * 64 * 3))
@@ -134,23 +132,15 @@ async def test_a_replica_reloads_what_it_holds_through_the_registry_never_two_ba
         await registry.load("Text2Image")
         await registry.load("CannyText2Image")
         old = [weakref.ref(m) for e in registry.entries.values() for m in e.model.modules().values()]
-        seen: dict[str, int] = {}
+        answers = []
 
-        async def watch():
-            while True:
-                for e in registry.entries.values():
-                    if e.state == "loading" and e.load_started is not None and e.name not in seen:
-                        gc.collect()
-                        seen[e.name] = sum(r() is not None for r in old)
-                await asyncio.sleep(0.002)
+        async def reload():
+            answers.append(await replica_on(registry).reload("r1", None))
 
-        watcher = asyncio.create_task(watch())
-        try:
-            answer = await replica_on(registry).reload("r1", None)
-        finally:
-            watcher.cancel()
+        seen = await reload_watching(registry, None, old, reload)
+        [answer] = answers
         assert answer == {"reloaded": ["Text2Image", "CannyText2Image"], "failed": []}
-        assert seen == {"Text2Image": 0, "CannyText2Image": 0}
+        assert seen == [("CannyText2Image", 0), ("Text2Image", 0)]
         assert set(registry.entries) == {"Text2Image", "CannyText2Image"}  # BLIP is another replica's
         assert {e.state for e in registry.entries.values()} == {"ready"}
         assert await replica_on(registry).reload("other-replica", None) is None  # meant for another one
