@@ -34,8 +34,9 @@ from core.progress import Progress
 from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, Store
 from core.tools import BY_NAME
-from core.tools.base import ToolContext, ToolResult, bytes_pair, bytes_text, call, duration_text
+from core.tools.base import ToolContext, ToolResult, call, duration_text
 from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
+from settings.units import hub_pair, hub_size, mib
 
 log = logging.getLogger(__name__)
 HELP = """I can talk about, draw and edit images. Mention me with a request, with or without an image:
@@ -340,8 +341,8 @@ def format_models(infos) -> str:
     lines = []
     for m in infos:
         where = (", resident" if m.resident else ", offloaded to CPU RAM") if m.state == "ready" else ""
-        size = f"{m.bytes / 2**20:,.0f} MiB" if m.bytes else "no weights"
-        shared = f", {m.shared_bytes / 2**20:,.0f} MiB shared" if m.shared_bytes else ""
+        size = mib(m.bytes, 0) if m.bytes else "no weights"
+        shared = f", {mib(m.shared_bytes, 0)} shared" if m.shared_bytes else ""
         if m.last_used is None:
             used = ", not used yet" if m.state == "ready" else ""
         else:
@@ -353,8 +354,8 @@ def format_models(infos) -> str:
         if m.state == "loading" and m.phase:  # downloading 1.2 of 2.1 GB / loading 2.1 GB of files
             state = m.phase
             if m.download_total:
-                size = (bytes_pair(m.downloaded, m.download_total) if m.phase == "downloading"
-                        else f"{bytes_text(m.download_total)} of files")
+                size = (hub_pair(m.downloaded, m.download_total) if m.phase == "downloading"
+                        else f"{hub_size(m.download_total)} of files")
             size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
         lines.append(f"{m.name}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
     return "\n".join(lines)

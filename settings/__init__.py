@@ -20,8 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from settings.models import (ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SD15, SEED_MODELS, default_source,
-                             resolve_device)
+from settings.models import (ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SAFETY_CHECKER, SD15, SEED_MODELS,
+                             default_source, resolve_device)
 from settings.schema import MODEL_KEYS, SCHEMA, SECTIONS, Check, ConfigError, check_table, device_problem, parse_size
 from settings.sections import (
     BotConfig,

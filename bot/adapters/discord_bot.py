@@ -28,8 +28,9 @@ import discord
 from discord import app_commands
 
 from core.engine import HELP, Core
-from core.errors import GENERIC, BadImage, UserFacingError, mib
+from core.errors import GENERIC, BadImage, UserFacingError
 from core.turn import Attachment, EditBudget, Turn, clean_name
+from settings.units import mib
 
 from bot.adapters.discord_buttons import ActionButton, EditForm, custom_id, form_of
 from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_MINUTE, ChannelReply,

@@ -41,8 +41,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.adapters.slack_buttons import EDIT_VIEW, belongs, edit_view, parse, submitted
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, SlackReply, mrkdwn
 from core.engine import HELP, Core
-from core.errors import GENERIC, BadImage, UserFacingError, mib
+from core.errors import GENERIC, BadImage, UserFacingError
 from core.turn import Attachment, EditBudget, Turn, clean_name
+from settings.units import mib
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 8.0  # connect_async() alone retries a refused connection forever

@@ -25,6 +25,7 @@ from core.pool_client import PoolClient
 from core.safety import FOR_LLM, NO_RETRY, Policy, judge
 from core.store import ImageRow, Provenance
 from gpu_pool.protocol import Event, JobRequest, RawImage
+from settings.units import hub_pair
 
 log = logging.getLogger(__name__)
 IMAGE = "x-image"  # marks a parameter whose value is a session image id
@@ -237,31 +238,12 @@ def waiting_text(model: str, ev: Event) -> str:
     """'Text2Image is still downloading (1.2 of 2.1 GB, about 2 min left); I'll answer when it is ready'."""
     eta = f"about {duration_text(ev.eta_s)} left" if ev.eta_s else ""
     if ev.phase == "downloading":
-        got = f"{bytes_pair(ev.downloaded or 0, ev.download_total)}" if ev.download_total else ""
+        got = hub_pair(ev.downloaded or 0, ev.download_total) if ev.download_total else ""
         detail = ", ".join(p for p in (got, eta) if p)
         what = "still downloading"
     else:
         detail, what = eta, "still loading"
     return f"{model} is {what}" + (f" ({detail})" if detail else "") + "; I'll answer when it is ready"
-
-
-_UNITS = (("GB", 1e9, 1), ("MB", 1e6, 0), ("kB", 1e3, 0))  # decimal, as the hub shows sizes
-
-
-def _unit(n: float) -> tuple[str, float, int]:
-    return next((u for u in _UNITS if n >= u[1]), ("bytes", 1, 0))
-
-
-def bytes_text(n: int) -> str:
-    """2.1 GB, 340 MB."""
-    unit, scale, digits = _unit(n)
-    return f"{n / scale:.{digits}f} {unit}"
-
-
-def bytes_pair(done: int, total: int) -> str:
-    """1.2 of 2.1 GB, 12 of 340 MB: both in the total's unit."""
-    unit, scale, digits = _unit(total)
-    return f"{done / scale:.{digits}f} of {total / scale:.{digits}f} {unit}"
 
 
 def duration_text(seconds: float) -> str:
