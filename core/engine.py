@@ -22,9 +22,10 @@ import time
 from typing import Any
 
 import settings
-from core import actions
+from core import actions, commands
 from core.agent import images_to_post, run_turn
-from core.errors import GENERIC, NotAllowed, UserFacingError
+from core.commands import HELP
+from core.errors import GENERIC, UserFacingError
 from core.fairness import UserQueue
 from core.images import ImageStore, encode
 from core.llm import LLM
@@ -39,12 +40,6 @@ from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
 from settings.units import hub_pair, hub_size, mib
 
 log = logging.getLogger(__name__)
-HELP = """I can talk about, draw and edit images. Mention me with a request, with or without an image:
-- "draw a cat on a sofa"  - "make it look like winter"  - "what breed is this dog?"
-- "find the edges of img2 and draw a house that follows them"  - "remove the car"  - "show me img1 again"
-Mention me with "reset" to start this conversation over.
-Images get ids like img1; say them to point at an image. Commands: /imagine, /caption, /edit, /reset, /help.
-Admins: /models, /safety, /reload, /load, /unload."""
 RESTARTING = "I'm restarting; please ask again."
 CLEARED = "This conversation is cleared: I have forgotten its messages and images."
 RESEND = "I did not act on your message: attach an image and send it again."
@@ -197,7 +192,7 @@ class Core:
             self.store.add_message(turn.session_key, "assistant", text)
             return Outcome(text)
         if self.llm is None:
-            return Outcome("No language model is set up, so I can only run commands: " + HELP.splitlines()[-2],
+            return Outcome(f"No language model is set up, so I can only run commands: {commands.names()}.",
                            error=True)
         llm = self.config.llm
         final = await run_turn(self.llm, ctx, await self.loaded_models(), max_rounds=llm.max_tool_rounds,
@@ -301,13 +296,25 @@ class Core:
         self.store.reset(session_key)
         return CLEARED
 
-    # --- admin --------------------------------------------------------------
+    # --- commands answered with a text ----------------------------------------
+
+    async def command(self, turn: Turn, name: str, args: dict[str, str] | None = None) -> str:
+        """A command of core/commands.py that is answered with a text (/help, /reset, the admins'); a
+        refusal is an answer like any other. Commands that run a tool go to ``direct``."""
+        command = commands.BY_NAME.get(name)
+        if command is None or command.tool:
+            return f"/{name} is not a command I answer this way. {HELP}"
+        if name == "help":
+            return HELP
+        if name == "reset":
+            return await self.reset(turn.session_key)
+        return await self.admin(turn, name, **(args or {}))
 
     async def admin(self, turn: Turn, action: str, model: str | None = None, device: str | None = None) -> str:
-        """/models, /safety, /reload, /load, /unload: refused with a message for non-admins."""
+        """/models, /safety, /reload, /load, /unload: refused, with an answer, for non-admins."""
         if not turn.is_admin:
             log.warning("refused /%s from non-admin %s (%s)", action, turn.user_id, turn.platform)
-            raise NotAllowed(f"Sorry, /{action} is for the bot's admins only.")
+            return f"Sorry, /{action} is for the bot's admins only."
         if action == "safety":
             try:
                 return describe(self.config.safety, turn, await self.pool.models())
@@ -325,7 +332,7 @@ class Core:
             elif action == "unload":
                 reply = await self.pool.unload(model or "")
             else:
-                raise NotAllowed(f"Unknown admin command /{action}.")
+                return f"Unknown admin command /{action}. Admins: {commands.names(admin=True)}."
         except PoolUnavailable as e:
             return str(e)
         self._loaded = (0.0, set())

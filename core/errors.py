@@ -41,10 +41,6 @@ class Withheld(UserFacingError):
         self.why = why
 
 
-class NotAllowed(UserFacingError):
-    """An admin command from someone who is not an admin."""
-
-
 class RateLimited(Exception):
     """A platform refused a call for now (HTTP 429); adapters raise it with the Retry-After seconds."""
 

@@ -45,14 +45,13 @@ def policy_for(cfg: settings.SafetyConfig, turn: Turn) -> Policy:
     """The policy of the conversation a turn comes from."""
     if not cfg.enabled:
         return Policy(False, "the safety filter is off ([safety] enabled = false)")
-    parts = turn.session_key.split(":")
-    if turn.platform == "terminal" or parts[1:2] == ["dm"]:
+    if turn.is_dm or turn.platform == "terminal":
         return Policy(not cfg.allow_in_dms, f"a DM (allow_in_dms = {_toml(cfg.allow_in_dms)})")
     if turn.nsfw_channel:
         return Policy(not cfg.allow_in_nsfw_channels,
                       f"a channel marked age-restricted (allow_in_nsfw_channels = {_toml(cfg.allow_in_nsfw_channels)})")
-    if turn.platform == "slack" and parts[1] in cfg.allow_in_slack_channels:
-        return Policy(False, f"Slack channel {parts[1]} is in allow_in_slack_channels")
+    if turn.platform == "slack" and turn.channel in cfg.allow_in_slack_channels:
+        return Policy(False, f"Slack channel {turn.channel} is in allow_in_slack_channels")
     if turn.platform == "discord":
         return Policy(True, "a channel not marked age-restricted")
     return Policy(True, "a channel not in allow_in_slack_channels" if turn.platform == "slack" else "the default")
