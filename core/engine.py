@@ -1,8 +1,9 @@
 """The core's entry points for adapters: a message, a direct command, an admin command.
 
 Adapters build a Turn and a Reply and call ``Core.handle`` (a message for the
-agent), ``Core.direct`` (a slash command that runs one tool, no LLM needed),
-``Core.reset`` or ``Core.admin``; a button under an image is ``Core.press``
+agent), ``Core.direct`` (a slash command that runs one tool, no LLM needed) or
+``Core.command`` (the other commands of core/commands.py, answered with a text,
+a refusal included); a button under an image is ``Core.press``
 (what it does) then, for the buttons that make an image, ``Core.act``.
 Errors never escape to the adapter: users get a message, the log gets the
 traceback.

@@ -274,7 +274,8 @@ async def test_direct_command_without_llm(core):
 async def test_admin_commands_need_an_admin(core):
     """A refusal is an answer, like any other: nothing is raised to the adapter."""
     assert await core.command(turn("/models"), "models") == "Sorry, /models is for the bot's admins only."
-    assert await core.command(turn("/load"), "load", {"model": "Upscale"}) == "Sorry, /load is for the bot's admins only."
+    refused = await core.command(turn("/load"), "load", {"model": "Upscale"})
+    assert refused == "Sorry, /load is for the bot's admins only."
     admin = dataclasses.replace(turn("/models"), is_admin=True)
     listing = await core.command(admin, "models")
     assert "Text2Image: ready on cpu (float32)" in listing

@@ -20,10 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
-import inspect
 import re
-from inspect import Parameter
 from collections.abc import Sequence
+from inspect import Parameter, Signature
 
 import aiohttp
 import discord
@@ -236,7 +235,7 @@ class DiscordBot:
                 params.append(Parameter(FILE, Parameter.KEYWORD_ONLY, annotation=discord.Attachment | None,
                                         default=None))
                 described[FILE] = f"Or attach the image here instead of naming its id ({arg.name})"
-        callback.__signature__ = inspect.Signature(params)  # what discord.py reads the options from
+        callback.__signature__ = Signature(params)  # what discord.py reads the options from
         return app_commands.describe(**described)(
             app_commands.Command(name=command.name, description=command.summary, callback=callback))
 

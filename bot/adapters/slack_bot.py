@@ -349,9 +349,6 @@ class SlackBot:
 
     # --- who and where -----------------------------------------------------------
 
-    def _command_session(self, command: dict) -> str:
-        return self._session_at(command["channel_id"], command["user_id"], None)
-
     def _session_at(self, channel: str, user: str, thread: str | None) -> str:
         """The conversation of a place: a DM, a thread (its own, or the one its link continues), a channel."""
         if _is_dm(channel):
@@ -364,7 +361,7 @@ class SlackBot:
     async def _command_turn(self, command: dict) -> Turn:
         user = command["user_id"]
         text = f"{command['command']} {command.get('text') or ''}".strip()
-        return Turn("slack", self._command_session(command), user, command.get("user_name") or user, text,
+        return Turn("slack", self._session_at(command["channel_id"], user, None), user, command.get("user_name") or user, text,
                     is_admin=await self._is_admin(user), **_place(command["channel_id"], None))
 
     def _admin_now(self, user: str) -> bool:

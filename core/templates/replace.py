@@ -16,5 +16,5 @@ class ReplaceObject(Tool):
         # 1. mask the object, grown  2. inpaint the mask with the new description
         out, mask = await repaint_object(ctx, args["replacement"], "Replacing")
         params = {"object": args["object"], "replacement": args["replacement"], "mask_by": mask.by}
-        return keep(ctx, out.images[0], out, self.name, params,
-                    lambda made: f"Made {made}: {args['image']} with {args['object']} replaced by {args['replacement']}.")
+        return keep(ctx, out.images[0], out, self.name, params, lambda made: (
+            f"Made {made}: {args['image']} with {args['object']} replaced by {args['replacement']}."))
