@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 import settings
@@ -77,10 +78,10 @@ def press(store: Store, row: ImageRow | None, action: str, loaded: set[str],
 
 async def run(ctx: ToolContext, row: ImageRow, action: str, instruction: str | None = None) -> ToolResult:
     """Run a pressed button as a tool call; the images it stores record the press."""
-    ctx.action = (action, row.image_id)
+    ctx = replace(ctx, action=(action, row.image_id))
     if action == "reroll":
         tool = rerollable(row)
-        ctx.seeds = {row.made.model: new_seed(row.made.seed)}
+        ctx = replace(ctx, seeds={row.made.model: new_seed(row.made.seed)})
         return await call(tool, ctx, dict(row.made.args))
     if action == "variations":
         return await call(BUTTONS["make_variation"], ctx, {"image": row.image_id})

@@ -71,7 +71,7 @@ async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: 
     store = ctx.images.store
     state = _TurnState()
     try:
-        async with asyncio.timeout(turn_timeout) as ctx.deadline:  # jobs pause it while a model downloads
+        async with asyncio.timeout(turn_timeout) as ctx.waits.deadline:  # jobs pause it while a model downloads
             for _ in range(max_rounds):
                 step = await _round(llm, ctx, loaded, state, token_budget)
                 if isinstance(step, Final):
@@ -130,7 +130,7 @@ async def _ask_when_ready(llm: LLM, ctx: ToolContext, messages: list[dict], sche
                 return await llm.ask(messages, schemas)
             except LLMLoading as e:
                 if not held:
-                    ctx.waits.hold(ctx.deadline)
+                    ctx.waits.hold()
                     held = True
                 p = e.progress
                 waiting = Event("progress", "", step=0, total=0, phase=p.get("phase") or "loading",
@@ -140,7 +140,7 @@ async def _ask_when_ready(llm: LLM, ctx: ToolContext, messages: list[dict], sche
                 await asyncio.sleep(LOADING_POLL_S)
     finally:
         if held:
-            ctx.waits.release(ctx.deadline)
+            ctx.waits.release()
 
 
 def _offer(usable: list[Tool], ids: list[str], state: _TurnState, shown: list[dict[str, Any]]) -> list[dict]:

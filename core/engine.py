@@ -1,8 +1,9 @@
 """The core's entry points for adapters: a message, a direct command, an admin command.
 
 Adapters build a Turn and a Reply and call ``Core.handle`` (a message for the
-agent), ``Core.direct`` (a slash command that runs one tool, no LLM needed),
-``Core.reset`` or ``Core.admin``; a button under an image is ``Core.press``
+agent), ``Core.direct`` (a slash command that runs one tool, no LLM needed) or
+``Core.command`` (the other commands of core/commands.py, answered with a text,
+a refusal included); a button under an image is ``Core.press``
 (what it does) then, for the buttons that make an image, ``Core.act``.
 Errors never escape to the adapter: users get a message, the log gets the
 traceback.
@@ -22,9 +23,10 @@ import time
 from typing import Any
 
 import settings
-from core import actions
+from core import actions, commands
 from core.agent import images_to_post, run_turn
-from core.errors import GENERIC, NotAllowed, UserFacingError
+from core.commands import HELP
+from core.errors import GENERIC, UserFacingError
 from core.fairness import UserQueue
 from core.images import ImageStore, encode
 from core.llm import LLM
@@ -34,16 +36,11 @@ from core.progress import Progress
 from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, Store
 from core.tools import BY_NAME
-from core.tools.base import ToolContext, ToolResult, bytes_pair, bytes_text, call, duration_text
+from core.tools.base import ToolContext, ToolResult, call, duration_text
 from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
+from settings.units import hub_pair, hub_size, mib
 
 log = logging.getLogger(__name__)
-HELP = """I can talk about, draw and edit images. Mention me with a request, with or without an image:
-- "draw a cat on a sofa"  - "make it look like winter"  - "what breed is this dog?"
-- "find the edges of img2 and draw a house that follows them"  - "remove the car"  - "show me img1 again"
-Mention me with "reset" to start this conversation over.
-Images get ids like img1; say them to point at an image. Commands: /imagine, /caption, /edit, /reset, /help.
-Admins: /models, /safety, /reload, /load, /unload."""
 RESTARTING = "I'm restarting; please ask again."
 CLEARED = "This conversation is cleared: I have forgotten its messages and images."
 RESEND = "I did not act on your message: attach an image and send it again."
@@ -196,7 +193,7 @@ class Core:
             self.store.add_message(turn.session_key, "assistant", text)
             return Outcome(text)
         if self.llm is None:
-            return Outcome("No language model is set up, so I can only run commands: " + HELP.splitlines()[-2],
+            return Outcome(f"No language model is set up, so I can only run commands: {commands.names()}.",
                            error=True)
         llm = self.config.llm
         final = await run_turn(self.llm, ctx, await self.loaded_models(), max_rounds=llm.max_tool_rounds,
@@ -300,13 +297,25 @@ class Core:
         self.store.reset(session_key)
         return CLEARED
 
-    # --- admin --------------------------------------------------------------
+    # --- commands answered with a text ----------------------------------------
+
+    async def command(self, turn: Turn, name: str, args: dict[str, str] | None = None) -> str:
+        """A command of core/commands.py that is answered with a text (/help, /reset, the admins'); a
+        refusal is an answer like any other. Commands that run a tool go to ``direct``."""
+        command = commands.BY_NAME.get(name)
+        if command is None or command.tool:
+            return f"/{name} is not a command I answer this way. {HELP}"
+        if name == "help":
+            return HELP
+        if name == "reset":
+            return await self.reset(turn.session_key)
+        return await self.admin(turn, name, **(args or {}))
 
     async def admin(self, turn: Turn, action: str, model: str | None = None, device: str | None = None) -> str:
-        """/models, /safety, /reload, /load, /unload: refused with a message for non-admins."""
+        """/models, /safety, /reload, /load, /unload: refused, with an answer, for non-admins."""
         if not turn.is_admin:
             log.warning("refused /%s from non-admin %s (%s)", action, turn.user_id, turn.platform)
-            raise NotAllowed(f"Sorry, /{action} is for the bot's admins only.")
+            return f"Sorry, /{action} is for the bot's admins only."
         if action == "safety":
             try:
                 return describe(self.config.safety, turn, await self.pool.models())
@@ -324,7 +333,7 @@ class Core:
             elif action == "unload":
                 reply = await self.pool.unload(model or "")
             else:
-                raise NotAllowed(f"Unknown admin command /{action}.")
+                return f"Unknown admin command /{action}. Admins: {commands.names(admin=True)}."
         except PoolUnavailable as e:
             return str(e)
         self._loaded = (0.0, set())
@@ -340,8 +349,8 @@ def format_models(infos) -> str:
     lines = []
     for m in infos:
         where = (", resident" if m.resident else ", offloaded to CPU RAM") if m.state == "ready" else ""
-        size = f"{m.bytes / 2**20:,.0f} MiB" if m.bytes else "no weights"
-        shared = f", {m.shared_bytes / 2**20:,.0f} MiB shared" if m.shared_bytes else ""
+        size = mib(m.bytes, 0) if m.bytes else "no weights"
+        shared = f", {mib(m.shared_bytes, 0)} shared" if m.shared_bytes else ""
         if m.last_used is None:
             used = ", not used yet" if m.state == "ready" else ""
         else:
@@ -353,8 +362,8 @@ def format_models(infos) -> str:
         if m.state == "loading" and m.phase:  # downloading 1.2 of 2.1 GB / loading 2.1 GB of files
             state = m.phase
             if m.download_total:
-                size = (bytes_pair(m.downloaded, m.download_total) if m.phase == "downloading"
-                        else f"{bytes_text(m.download_total)} of files")
+                size = (hub_pair(m.downloaded, m.download_total) if m.phase == "downloading"
+                        else f"{hub_size(m.download_total)} of files")
             size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
         lines.append(f"{m.name}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
     return "\n".join(lines)

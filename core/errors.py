@@ -9,11 +9,6 @@ from __future__ import annotations
 GENERIC = "Sorry, something went wrong on my side. The bot's admins can find the details in its log."
 
 
-def mib(n: int) -> str:
-    """Bytes as people read file sizes: "25.0 MiB" (binary megabytes, said as such)."""
-    return f"{n / 2**20:.1f} MiB"
-
-
 class UserFacingError(Exception):
     """The message is shown in the chat as it is."""
 
@@ -44,10 +39,6 @@ class Withheld(UserFacingError):
     def __init__(self, message: str, why: str):
         super().__init__(message)
         self.why = why
-
-
-class NotAllowed(UserFacingError):
-    """An admin command from someone who is not an admin."""
 
 
 class RateLimited(Exception):

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import BadImage, UnknownImage, mib
+from core.errors import BadImage, UnknownImage
 from core.store import ImageRow, Provenance, Store
+from settings.units import mib
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^img[1-9][0-9]{0,6}$")

@@ -20,12 +20,12 @@ import logging
 from dataclasses import dataclass
 
 import settings
+from settings import SAFETY_CHECKER
 from core.errors import Withheld
 from core.turn import Turn
 from gpu_pool.protocol import ModelInfo, Verdict
 
 log = logging.getLogger(__name__)
-CHECKER = "SafetyChecker"
 WITHHELD = "The image was withheld by this server's safety filter."
 UNCHECKED = ("The image was withheld: this server's safety filter is not running right now, so I cannot post "
              "drawn images here. The bot's admins can see why with /safety.")
@@ -45,14 +45,13 @@ def policy_for(cfg: settings.SafetyConfig, turn: Turn) -> Policy:
     """The policy of the conversation a turn comes from."""
     if not cfg.enabled:
         return Policy(False, "the safety filter is off ([safety] enabled = false)")
-    parts = turn.session_key.split(":")
-    if turn.platform == "terminal" or parts[1:2] == ["dm"]:
+    if turn.is_dm or turn.platform == "terminal":
         return Policy(not cfg.allow_in_dms, f"a DM (allow_in_dms = {_toml(cfg.allow_in_dms)})")
     if turn.nsfw_channel:
         return Policy(not cfg.allow_in_nsfw_channels,
                       f"a channel marked age-restricted (allow_in_nsfw_channels = {_toml(cfg.allow_in_nsfw_channels)})")
-    if turn.platform == "slack" and parts[1] in cfg.allow_in_slack_channels:
-        return Policy(False, f"Slack channel {parts[1]} is in allow_in_slack_channels")
+    if turn.platform == "slack" and turn.channel in cfg.allow_in_slack_channels:
+        return Policy(False, f"Slack channel {turn.channel} is in allow_in_slack_channels")
     if turn.platform == "discord":
         return Policy(True, "a channel not marked age-restricted")
     return Policy(True, "a channel not in allow_in_slack_channels" if turn.platform == "slack" else "the default")
@@ -85,17 +84,17 @@ def summary(cfg: settings.SafetyConfig, models: list[ModelInfo]) -> str:
     """One line for /models."""
     if not cfg.enabled:
         return "Safety filter: off ([safety] enabled = false)."
-    checker = next((m for m in models if m.name == CHECKER), None)
+    checker = _checker(models)
     if checker is None or checker.state == "failed":
-        return (f"Safety filter: on, but {CHECKER} is not {'loaded' if checker is None else 'working'}, so drawn "
-                "images are withheld wherever it applies. /safety says more.")
-    return f"Safety filter: on, {CHECKER} {checker.state}. /safety shows where flagged images are withheld."
+        return (f"Safety filter: on, but {SAFETY_CHECKER} is not {'loaded' if checker is None else 'working'}, so "
+                "drawn images are withheld wherever it applies. /safety says more.")
+    return f"Safety filter: on, {SAFETY_CHECKER} {checker.state}. /safety shows where flagged images are withheld."
 
 
 def describe(cfg: settings.SafetyConfig, turn: Turn, models: list[ModelInfo] | None) -> str:
     """/safety: the policy, the checker, and this conversation's case."""
     if cfg.enabled:
-        lines = ["Safety filter: on. The pool's SafetyChecker looks at every image the bot draws (generate, edit, "
+        lines = [f"Safety filter: on. The pool's {SAFETY_CHECKER} looks at every image the bot draws (generate, edit, "
                  "ControlNet, inpaint, extend, remove, replace); where the filter applies, a flagged image is "
                  "withheld: never stored or posted. Uploads are not blocked."]
     else:
@@ -117,17 +116,22 @@ def describe(cfg: settings.SafetyConfig, turn: Turn, models: list[ModelInfo] | N
 def _checker_line(cfg: settings.SafetyConfig, models: list[ModelInfo] | None) -> str:
     if models is None:
         return "Checker: the image engine is not reachable right now."
-    checker = next((m for m in models if m.name == CHECKER), None)
+    checker = _checker(models)
     if checker is None:
         if not cfg.enabled:
-            return f"Checker: {CHECKER} is not loaded."
-        return (f"Checker: {CHECKER} is not loaded, so drawn images are withheld wherever the filter applies. "
-                f"Add [models.{CHECKER}] to config.toml, or /load {CHECKER}.")
+            return f"Checker: {SAFETY_CHECKER} is not loaded."
+        return (f"Checker: {SAFETY_CHECKER} is not loaded, so drawn images are withheld wherever the filter applies. "
+                f"Add [models.{SAFETY_CHECKER}] to config.toml, or /load {SAFETY_CHECKER}.")
     error = f": {checker.error}" if checker.error else ""
-    line = f"Checker: {CHECKER} {checker.state} on {checker.device} ({checker.dtype}), from {checker.source}{error}."
+    line = (f"Checker: {SAFETY_CHECKER} {checker.state} on {checker.device} ({checker.dtype}), "
+            f"from {checker.source}{error}.")
     if checker.state == "failed" and cfg.enabled:
-        line += f" Until it loads (/reload {CHECKER}), drawn images are withheld wherever the filter applies."
+        line += f" Until it loads (/reload {SAFETY_CHECKER}), drawn images are withheld wherever the filter applies."
     return line
+
+
+def _checker(models: list[ModelInfo]) -> ModelInfo | None:
+    return next((m for m in models if m.name == SAFETY_CHECKER), None)
 
 
 def _rule(allowed: bool) -> str:

@@ -58,6 +58,11 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Turn:
+    """A message, command or button press, with where it comes from.
+
+    ``session_key`` names the conversation and is opaque to the core: the adapter builds it, the core
+    only stores and compares it. What the core needs to know about the place is in the fields below it."""
+
     platform: str  # "discord", "slack", "terminal"
     session_key: str  # the conversation: "discord:channel:123", "slack:C1", "slack:C1:169.2", "discord:dm:42"
     user_id: str
@@ -66,6 +71,9 @@ class Turn:
     attachments: tuple[Attachment, ...] = ()
     is_admin: bool = False
     nsfw_channel: bool = False  # Discord: the channel (a thread: its parent) is marked age-restricted
+    channel: str = ""  # the platform's id of the channel or DM it came from ("C1", "3000", "D1")
+    is_dm: bool = False  # a direct message with the bot (the terminal counts as one)
+    thread: str | None = None  # Slack: the thread's ts, when in a thread (a Discord thread is its own channel)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_name", clean_name(self.user_name))

@@ -31,6 +31,7 @@ from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, Reposit
 from tqdm.auto import tqdm
 
 from gpu_pool import weights as w
+from settings.units import hub_size as size_text  # decimal, as the hub shows sizes
 
 log = logging.getLogger(__name__)
 
@@ -284,14 +285,6 @@ def _in_thread(fn: Callable[[], object]) -> asyncio.Future:
 
 
 # --- ./scripts/run --fetch ----------------------------------------------------------------
-
-
-def size_text(n: float) -> str:
-    """Decimal units, as the hub shows sizes: 2.1 GB, 340 MB, 12 kB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n / scale:.0f} {unit}"
-    return f"{int(n)} B"
 
 
 def wants_of(config) -> list[tuple[w.Want, str]]:

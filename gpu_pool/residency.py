@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import torch
 
 from gpu_pool import accounting
+from settings.units import memory_size as size_text  # binary, as memory is counted
 
 Modules = Iterable[torch.nn.Module]
 Slot = tuple[dict, str]  # (a module's _parameters or _buffers, key)
@@ -310,11 +311,3 @@ def _union_bytes(comps: Iterable[Component]) -> int:
     for c in comps:
         seen.update(c.storages)
     return sum(seen.values())
-
-
-def size_text(n: int) -> str:
-    """2254857830 -> '2.1 GiB'; smaller sizes in MiB or KiB."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale or unit == "KiB":
-            break
-    return f"{n / scale:.1f}".removesuffix(".0") + " " + unit

@@ -10,6 +10,7 @@ import re
 from typing import Any, Callable
 
 from settings.models import DTYPES, SD15
+from settings.units import parse_size
 
 
 class ConfigError(ValueError):
@@ -46,19 +47,6 @@ def _env_name(v: str) -> str | None:
 
 def _ids(v: list) -> str | None:
     return None if all(isinstance(x, (str, int)) for x in v) else "must be a list of user ids"
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.I)
-
-
-def parse_size(v: str) -> int | None:
-    """Bytes in a size like "8GiB", "512MiB", "1.5GB" or "0" ("" is 0); None when it is not a size."""
-    if not v.strip():
-        return 0
-    m = _SIZE_RE.match(v)
-    return None if m is None else int(float(m[1]) * _UNITS[(m[2] or "").lower()])
 
 
 def _size(v: str) -> str | None:

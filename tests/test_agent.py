@@ -272,13 +272,12 @@ async def test_direct_command_without_llm(core):
 
 
 async def test_admin_commands_need_an_admin(core):
-    from core.errors import NotAllowed
-
-    with pytest.raises(NotAllowed) as e:
-        await core.admin(turn("/models"), "models")
-    assert str(e.value) == "Sorry, /models is for the bot's admins only."
+    """A refusal is an answer, like any other: nothing is raised to the adapter."""
+    assert await core.command(turn("/models"), "models") == "Sorry, /models is for the bot's admins only."
+    refused = await core.command(turn("/load"), "load", {"model": "Upscale"})
+    assert refused == "Sorry, /load is for the bot's admins only."
     admin = dataclasses.replace(turn("/models"), is_admin=True)
-    listing = await core.admin(admin, "models")
+    listing = await core.command(admin, "models")
     assert "Text2Image: ready on cpu (float32)" in listing
 
 

@@ -16,6 +16,7 @@ import settings
 from bot.adapters import discord_bot
 from bot.adapters.discord_bot import DiscordBot, DiscordRejected
 from bot.adapters.discord_reply import split_text
+from core.commands import COMMANDS, IMAGE
 from core.engine import HELP
 from tests.fakes.discord_payloads import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                           message, option, user)
@@ -226,18 +227,24 @@ async def test_imagine_posts_the_image_as_a_followup(fake, bot):
     assert not followup.flags & EPHEMERAL
 
 
-async def test_caption_and_edit_take_the_uploaded_image(fake, bot, core):
+async def test_caption_and_edit_take_an_image_id_or_an_uploaded_image(fake, bot, core):
+    """The same arguments as on Slack and in the terminal (core/commands.py): an image id, or here an
+    attached file in its place."""
     att = fake.add_file(photo().data, "house.jpg", "image/jpeg")
-    _, said = await answered(fake, fake.interaction("caption", [option("image", att["id"], 11)], attachments=[att]))
+    _, said = await answered(fake, fake.interaction("caption", [option("file", att["id"], 11)], attachments=[att]))
     assert said.content.startswith(("img1 shows: ", "The captioning model found nothing to say about img1"))
 
     att = fake.add_file(photo(sky=(30, 30, 90)).data, "night.jpg", "image/jpeg")
-    edit = fake.interaction("edit", [option("image", att["id"], 11), option("instruction", "make it winter")],
+    edit = fake.interaction("edit", [option("file", att["id"], 11), option("instruction", "make it winter")],
                             attachments=[att])
     _, made = await answered(fake, edit)
     assert made.content == "Made img3 from img2: make it winter."
     row = core.store.image(f"discord:channel:{CHANNEL_ID}", "img3")
     assert decoded(made.files[0].data).size == (row.width, row.height) and row.parent == "img2"
+
+    edit = fake.interaction("edit", [option("image", "img1"), option("instruction", "make it night")])
+    _, made = await answered(fake, edit)
+    assert made.content == "Made img4 from img1: make it night."
 
 
 async def test_reset_clears_only_this_channel(fake, bot, core):
@@ -283,12 +290,16 @@ async def test_an_image_over_the_upload_limit_is_reencoded_under_it(fake, bot, c
 
 
 async def test_every_command_is_registered_with_descriptions(fake, bot):
+    """Discord's commands are core/commands.py's, each argument an option (an image's id beside a file)."""
     [synced] = fake.matching("PUT", rf"^/applications/{APP_ID}/commands$")
-    assert {c["name"] for c in synced.json} == {"imagine", "caption", "edit", "reset", "help", "models", "safety",
-                                                "reload", "load", "unload"}
-    for command in synced.json:
-        assert command["description"]
+    assert [c["name"] for c in synced.json] == [c.name for c in COMMANDS]
+    for command, row in zip(synced.json, COMMANDS):
+        assert command["description"] == row.summary
         assert all(o["description"] and o["description"] != "…" for o in command.get("options", [])), command
+        names = [a.name for a in row.args] + (["file"] if any(a.kind == IMAGE for a in row.args) else [])
+        assert sorted(o["name"] for o in command.get("options", [])) == sorted(names)
+        assert {o["name"] for o in command.get("options", []) if o.get("required")} == {
+            a.name for a in row.args if a.required and a.kind != IMAGE}
 
 
 # --- load, connection ---------------------------------------------------------------------------------

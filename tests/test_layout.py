@@ -59,7 +59,7 @@ def test_the_core_reaches_the_pool_only_through_its_protocol(path):
 @pytest.mark.parametrize("path", files("bot/adapters"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_adapters_only_use_the_core_s_entry_points(path):
     ours = {m for m in imports_of(path) if top(m) in ("core", "gpu_pool", "settings")}
-    assert ours <= {"core.turn", "core.engine", "core.errors"}, ours
+    assert ours <= {"core.turn", "core.engine", "core.errors", "core.commands", "settings.units"}, ours
 
 
 @pytest.mark.parametrize("path", files("settings"), ids=lambda p: str(p.relative_to(ROOT)))
@@ -87,3 +87,26 @@ def test_the_pool_names_no_chat_command():
                     and " " in node.value.strip() and command.search(node.value)):
                 said.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not said, "\n".join(said)
+
+
+@pytest.mark.parametrize("path", files("bot/adapters") + files("core"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_adapters_do_not_parse_session_keys(path):
+    """A session key is opaque once built: what the core or a button needs (the channel, a DM or not,
+    the thread) travels on the Turn or comes from the platform's payload, never from splitting the key."""
+    keys = {"session", "session_key", "key", "sessions", "where"}
+
+    def named(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Attribute):
+            return node.attr
+        if isinstance(node, ast.Subscript):  # meta["session"]
+            index = node.slice
+            return index.value if isinstance(index, ast.Constant) and isinstance(index.value, str) else None
+        return None
+
+    parsed = [f"line {node.lineno}: {ast.unparse(node)}" for node in ast.walk(ast.parse(path.read_text(), str(path)))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("split", "rsplit", "partition", "rpartition", "removeprefix", "startswith")
+              and named(node.func.value) in keys]
+    assert not parsed, parsed

@@ -158,19 +158,20 @@ def test_verdicts_survive_the_wire():
 # --- the policy ------------------------------------------------------------------------------------
 
 
-def place(platform: str, session: str, nsfw: bool = False) -> Turn:
-    return Turn(platform, session, "u1", "u1", "draw", nsfw_channel=nsfw)
+def place(platform: str, session: str, channel: str, nsfw: bool = False, dm: bool = False,
+          thread: str | None = None) -> Turn:
+    return Turn(platform, session, "u1", "u1", "draw", nsfw_channel=nsfw, channel=channel, is_dm=dm, thread=thread)
 
 
 @pytest.mark.parametrize("turn, exempt", [
-    (place("discord", "discord:channel:3000"), False),
-    (place("discord", "discord:channel:3001", nsfw=True), True),
-    (place("discord", "discord:dm:42"), True),
-    (place("slack", "slack:C1"), False),
-    (place("slack", "slack:C7"), True),
-    (place("slack", "slack:C7:1700000000.000100"), True),  # a thread of an exempt channel
-    (place("slack", "slack:dm:U1"), True),
-    (place("terminal", "terminal:local"), True),
+    (place("discord", "discord:channel:3000", "3000"), False),
+    (place("discord", "discord:channel:3001", "3001", nsfw=True), True),
+    (place("discord", "discord:dm:42", "4200", dm=True), True),
+    (place("slack", "slack:C1", "C1"), False),
+    (place("slack", "slack:C7", "C7"), True),
+    (place("slack", "slack:C7:1700000000.000100", "C7", thread="1700000000.000100"), True),  # a thread of it
+    (place("slack", "slack:dm:U1", "D1", dm=True), True),
+    (place("terminal", "terminal:local", "local", dm=True), True),
 ])
 def test_who_filters(turn, exempt):
     """On by default everywhere; each exemption opens only its own place; off, nowhere."""

@@ -11,7 +11,7 @@ import settings
 from core.images import ImageStore
 from core.store import Store
 from core.tools import BUTTONS, BY_NAME, TOOLS, available
-from core.tools.base import ToolContext, call
+from core.tools.base import Tool, ToolContext, ToolResult, call, run_job, save, text_param
 
 
 def photo_bytes(w: int = 96, h: int = 64) -> bytes:
@@ -24,6 +24,13 @@ def photo_bytes(w: int = 96, h: int = 64) -> bytes:
     return buf.getvalue()
 
 
+class Statuses(list):
+    """A ToolContext's ``status``: keeps what the chat would show."""
+
+    async def __call__(self, text: str) -> None:
+        self.append(text)
+
+
 @pytest.fixture
 async def ctx(pool, tmp_path):
     cfg = settings.load(pool.config, env_check=False)
@@ -31,13 +38,7 @@ async def ctx(pool, tmp_path):
     images = ImageStore(tmp_path / "images", store, max_pixels=cfg.limits.max_image_pixels,
                         max_bytes=cfg.limits.max_upload_bytes, working_size=cfg.limits.working_size)
     client = pool.client()
-    statuses: list[str] = []
-
-    async def status(text: str) -> None:
-        statuses.append(text)
-
-    c = ToolContext("test:chan", "u1", images, client, cfg.limits, status)
-    c.statuses = statuses
+    c = ToolContext("test:chan", "u1", images, client, cfg.limits, Statuses())
     # working_size is 64 in the tiny config: uploads become 64x40 (96x64 scaled, multiples of 8)
     assert images.ingest(c.session, "photo.png", photo_bytes()).image_id == "img1"
     yield c
@@ -82,7 +83,7 @@ async def test_tools_that_make_an_image(ctx, name):
     assert row.parent == parent and row.operation == name
     assert Image.open(ctx.images.path(row)).size == size
     if BY_NAME[name].models[0].endswith("Text2Image") or name in ("generate_image", "edit_image"):
-        assert any("step" in s for s in ctx.statuses)  # progress reached the chat
+        assert any("step" in s for s in ctx.status)  # progress reached the chat
 
 
 async def test_find_object_then_inpaint(ctx):
@@ -201,3 +202,24 @@ def test_every_tool_has_a_description_a_valid_schema_and_known_models():
 def test_image_parameters_are_enums_of_the_session_ids():
     spec = BY_NAME["edit_image"].schema(["img1", "img4"])["function"]["parameters"]["properties"]["image"]
     assert spec["enum"] == ["img1", "img4"]
+
+
+class DrawThenCaption(Tool):
+    """Draws, then captions what it drew: the captioning job runs last, the drawing job made the pixels."""
+
+    name = "draw_then_caption"
+    parameters = {"prompt": text_param("what to draw")}
+
+    async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
+        drawn = await run_job(ctx, "Text2Image", {"prompt": args["prompt"], "width": 64, "height": 64})
+        await run_job(ctx, "ImageCaptioning", {}, drawn.images)
+        row = save(ctx, drawn.images[0], drawn, parent=None, operation=self.name, params={})
+        return ToolResult(f"Made {row.image_id}.", [row.image_id])
+
+
+async def test_a_saved_image_records_the_job_that_made_its_pixels_not_the_last_one(ctx):
+    result = await call(DrawThenCaption(), ctx, {"prompt": "a red boat"})
+    made = only_row(ctx, result.images[0]).made
+    assert (made.model, made.model_params["prompt"]) == ("Text2Image", "a red boat")
+    assert made.args == {"prompt": "a red boat"}
+    assert made.seed is not None and made.seconds is not None

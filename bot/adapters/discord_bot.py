@@ -22,14 +22,17 @@ import logging
 import mimetypes
 import re
 from collections.abc import Sequence
+from inspect import Parameter, Signature
 
 import aiohttp
 import discord
 from discord import app_commands
 
-from core.engine import HELP, Core
-from core.errors import GENERIC, BadImage, UserFacingError, mib
+from core.commands import COMMANDS, IMAGE, Command
+from core.engine import Core
+from core.errors import GENERIC, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
+from settings.units import mib
 
 from bot.adapters.discord_buttons import ActionButton, EditForm, custom_id, form_of
 from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_MINUTE, ChannelReply,
@@ -38,6 +41,7 @@ from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_M
 log = logging.getLogger(__name__)
 ANSWERED = (discord.MessageType.default, discord.MessageType.reply)  # not joins, pins, thread notices
 ELSEWHERE = "This button belongs to another conversation."
+FILE = "file"  # the option of a command with an image argument that takes an attached image instead
 
 
 class DiscordRejected(RuntimeError):
@@ -171,7 +175,8 @@ class DiscordBot:
         author = message.author
         is_admin = self._is_admin(author.id, getattr(author, "guild_permissions", None))
         turn = Turn("discord", session, str(author.id), author.display_name, text,
-                    self._attachments(message.attachments), is_admin, nsfw_channel=_age_restricted(message.channel))
+                    self._attachments(message.attachments), is_admin, nsfw_channel=_age_restricted(message.channel),
+                    channel=str(message.channel.id), is_dm=message.guild is None)
         try:
             await self.core.handle(turn, reply)  # the first await: the message's place is taken at once
         except discord.Forbidden as e:  # the channel's permissions, not a bug: one line for the admin
@@ -209,51 +214,30 @@ class DiscordBot:
     # --- slash commands ---------------------------------------------------------------------
 
     def _add_commands(self, tree: app_commands.CommandTree) -> None:
-        @tree.command(name="imagine", description="Draw an image from a description.")
-        @app_commands.describe(prompt="What to draw, in English")
-        async def imagine(interaction: discord.Interaction, prompt: str) -> None:
-            await self._direct(interaction, "generate_image", {"prompt": prompt})
+        for command in COMMANDS:
+            tree.add_command(self._app_command(command))
 
-        @tree.command(name="caption", description="Describe what an image shows.")
-        @app_commands.describe(image="The image to describe")
-        async def caption(interaction: discord.Interaction, image: discord.Attachment) -> None:
-            await self._direct(interaction, "caption_image", {}, image)
+    def _app_command(self, command: Command) -> app_commands.Command:
+        """The app command of a row of core/commands.py: its options are the row's arguments, an image's
+        id optional beside an attached ``file`` that may stand in for it."""
 
-        @tree.command(name="edit", description="Change an image by an instruction, like 'make it winter'.")
-        @app_commands.describe(image="The image to change", instruction="What to change, in English")
-        async def edit(interaction: discord.Interaction, image: discord.Attachment, instruction: str) -> None:
-            await self._direct(interaction, "edit_image", {"instruction": instruction}, image)
+        async def callback(interaction: discord.Interaction, **options) -> None:
+            await self._command(interaction, command, options)
 
-        @tree.command(name="reset", description="Forget this channel's conversation and images.")
-        async def reset(interaction: discord.Interaction) -> None:
-            await self._reset(interaction)
-
-        @tree.command(name="help", description="What this bot can do.")
-        async def help_(interaction: discord.Interaction) -> None:
-            await self._help(interaction)
-
-        @tree.command(name="models", description="Admins: list the image models and where they run.")
-        async def models(interaction: discord.Interaction) -> None:
-            await self._admin(interaction, "models")
-
-        @tree.command(name="safety", description="Admins: the safety filter, and what it does in this channel.")
-        async def safety(interaction: discord.Interaction) -> None:
-            await self._admin(interaction, "safety")
-
-        @tree.command(name="reload", description="Admins: reload one image model, or all of them.")
-        @app_commands.describe(model="The model to reload, like Text2Image (all when left out)")
-        async def reload(interaction: discord.Interaction, model: str | None = None) -> None:
-            await self._admin(interaction, "reload", model)
-
-        @tree.command(name="load", description="Admins: load an image model on a device.")
-        @app_commands.describe(model="The model to load, like Text2Image", device="cpu, cuda, cuda:1 ...")
-        async def load(interaction: discord.Interaction, model: str, device: str) -> None:
-            await self._admin(interaction, "load", model, device)
-
-        @tree.command(name="unload", description="Admins: unload an image model to free memory.")
-        @app_commands.describe(model="The model to unload, like Text2Image")
-        async def unload(interaction: discord.Interaction, model: str) -> None:
-            await self._admin(interaction, "unload", model)
+        params = [Parameter("interaction", Parameter.POSITIONAL_ONLY, annotation=discord.Interaction)]
+        described = {}
+        for arg in command.args:
+            required = arg.required and arg.kind != IMAGE
+            params.append(Parameter(arg.name, Parameter.KEYWORD_ONLY, annotation=str if required else str | None,
+                                    default=Parameter.empty if required else None))
+            described[arg.name] = arg.description
+            if arg.kind == IMAGE:
+                params.append(Parameter(FILE, Parameter.KEYWORD_ONLY, annotation=discord.Attachment | None,
+                                        default=None))
+                described[FILE] = f"Or attach the image here instead of naming its id ({arg.name})"
+        callback.__signature__ = Signature(params)  # what discord.py reads the options from
+        return app_commands.describe(**described)(
+            app_commands.Command(name=command.name, description=command.summary, callback=callback))
 
     def _session(self, interaction: discord.Interaction) -> str:
         if interaction.guild_id is None:
@@ -266,7 +250,8 @@ class DiscordBot:
         options = " ".join(f"{o['name']}={o.get('value')}" for o in (interaction.data or {}).get("options", []))
         return Turn("discord", self._session(interaction), str(user.id), user.display_name,
                     f"/{command} {options}".strip(), files, self._is_admin(user.id, interaction.permissions),
-                    nsfw_channel=_age_restricted(interaction.channel))
+                    nsfw_channel=_age_restricted(interaction.channel), channel=str(interaction.channel_id),
+                    is_dm=interaction.guild_id is None)
 
     def _is_admin(self, user_id: int, permissions: discord.Permissions | None) -> bool:
         """Manage Server in this guild (Discord folds Administrator in), or listed in discord.admin_ids."""
@@ -287,23 +272,15 @@ class DiscordBot:
         finally:
             await reply.close()
 
-    async def _reset(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
-        await InteractionReply(interaction).send(await self.core.reset(self._session(interaction)))
-
-    async def _help(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True, ephemeral=True)
-        await InteractionReply(interaction, ephemeral=True).send(HELP)
-
-    async def _admin(self, interaction: discord.Interaction, action: str, model: str | None = None,
-                     device: str | None = None) -> None:
-        await interaction.response.defer(thinking=True, ephemeral=True)
+    async def _command(self, interaction: discord.Interaction, command: Command, options: dict) -> None:
+        file = options.pop(FILE, None)
+        args = {k: v for k, v in options.items() if v is not None}
+        if command.tool:
+            return await self._direct(interaction, command.tool, args, file)
+        await interaction.response.defer(thinking=True, ephemeral=command.private)
         self._track()
-        try:
-            text = await self.core.admin(self._turn(interaction), action, model, device)
-        except UserFacingError as e:  # NotAllowed: a refusal only the asker sees
-            text = str(e)
-        await InteractionReply(interaction, ephemeral=True).send(text)
+        text = await self.core.command(self._turn(interaction), command.name, args)
+        await InteractionReply(interaction, ephemeral=command.private).send(text)
 
     async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         name = interaction.command.name if interaction.command else "?"
@@ -359,7 +336,8 @@ class DiscordBot:
             user = interaction.user
             turn = Turn("discord", session, str(user.id), user.display_name, "", (),
                         self._is_admin(user.id, interaction.permissions),
-                        nsfw_channel=_age_restricted(interaction.channel))
+                        nsfw_channel=_age_restricted(interaction.channel), channel=str(interaction.channel_id),
+                        is_dm=interaction.guild_id is None)
             await self.core.act(turn, reply, image, tag, action, instruction)
         except discord.Forbidden as e:
             log.warning("no permission to answer a button in %s: %s", session, e)

@@ -17,8 +17,8 @@ import discord
 from PIL import Image
 
 from bot.adapters.discord_buttons import BUTTON_ROWS, buttons_for
-from core.errors import mib
 from core.turn import EditBudget, OutImage
+from settings.units import mib
 
 log = logging.getLogger(__name__)
 

@@ -38,28 +38,34 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack_buttons import EDIT_VIEW, belongs, edit_view, parse, submitted
+from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, parse, submitted
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, SlackReply, mrkdwn
-from core.engine import HELP, Core
-from core.errors import GENERIC, BadImage, UserFacingError, mib
+from core.commands import BY_NAME, COMMANDS, HELP, Command, from_words
+from core.engine import Core
+from core.errors import GENERIC, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
+from settings.units import mib
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 8.0  # connect_async() alone retries a refused connection forever
 THREADS_NOTE = ("Slash commands act on the channel's conversation, also when typed in a thread: Slack does not tell "
                 "me the thread. In a thread, mention me instead; mention me there with \"reset\" to start it over.")
 ANSWERED = {None, "file_share", "thread_broadcast"}  # message subtypes that are someone talking to us
-# command -> (tool, argument names, usage); the last argument takes the rest of the text
-DIRECT = {"/imagine": ("generate_image", ("prompt",), "PROMPT"),
-          "/caption": ("caption_image", ("image",), "IMAGE_ID"),
-          "/edit": ("edit_image", ("image", "instruction"), "IMAGE_ID INSTRUCTION")}
 ELSEWHERE = "This button belongs to another conversation."
-ADMIN = {"/models": (0, 0, ""), "/reload": (0, 1, " [MODEL]"), "/load": (1, 2, " MODEL [DEVICE]"),
-         "/unload": (1, 1, " MODEL"), "/safety": (0, 0, "")}  # command -> (fewest words, most words, usage)
 
 
 class SlackRejected(RuntimeError):
     """Slack refused a token or the connection; the message says which and where to look."""
+
+
+def _is_dm(channel: str) -> bool:
+    """Slack's DM channel ids start with D."""
+    return channel.startswith("D")
+
+
+def _place(channel: str, thread: str | None) -> dict[str, Any]:
+    """Where a Turn comes from, for the core (which never reads the session key)."""
+    return {"channel": channel, "is_dm": _is_dm(channel), "thread": thread}
 
 
 def _plain(text: str) -> str:
@@ -90,8 +96,8 @@ class SlackBot:
         self.app.middleware(self._once)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
-        for name in (*DIRECT, *ADMIN, "/reset", "/help"):
-            self.app.command(name)(self._on_command)
+        for command in COMMANDS:
+            self.app.command(f"/{command.name}")(self._on_command)
         self.app.action(re.compile(r"^vc:"))(self._on_button)
         self.app.view(EDIT_VIEW)(self._on_form)
         self.app.error(self._on_error)
@@ -172,7 +178,7 @@ class SlackBot:
         return await next()
 
     async def _on_mention(self, event: dict, context) -> None:
-        if event.get("bot_id") or event["channel"].startswith("D"):  # a DM arrives as a message event too
+        if event.get("bot_id") or _is_dm(event["channel"]):  # a DM arrives as a message event too
             return
         bot = context.get("bot_user_id") or ""
         text = _plain(re.sub(rf"<@{re.escape(bot)}(\|[^>]*)?>", "", event.get("text", "")))
@@ -192,25 +198,18 @@ class SlackBot:
         self._spawn(self._converse(event, session, event.get("thread_ts"), _plain(event.get("text", ""))))
 
     async def _on_command(self, ack, command: dict, respond) -> None:
-        name, text = command["command"], _plain(command.get("text") or "")
-        in_channel = command.get("channel_name") != "directmessage"
-        if name == "/help":
-            return await ack(HELP + ("\n" + THREADS_NOTE if in_channel else ""))
-        if name in DIRECT:
-            tool, keys, usage = DIRECT[name]
-            words = text.split(None, len(keys) - 1)
-            if len(words) < len(keys):
-                return await ack(f"Usage: {name} {usage}")
-            await ack()
-            return self._spawn(self._direct(command, tool, dict(zip(keys, words))))
-        if name == "/reset":
-            await ack()
-            return self._spawn(self._respond(respond, self._reset(command), "in_channel"))
-        fewest, most, usage = ADMIN[name]
-        if not fewest <= len(text.split()) <= most:
-            return await ack(f"Usage: {name}{usage}")
+        """/help and a usage error are answered inside the ack; the rest after it (core/commands.py)."""
+        found, text = BY_NAME[command["command"].removeprefix("/")], _plain(command.get("text") or "")
+        if found.name == "help":
+            return await ack(HELP + ("" if _is_dm(command["channel_id"]) else "\n" + THREADS_NOTE))
+        args = from_words(found, text)
+        if args is None:
+            return await ack(f"Usage: {found.usage}")
         await ack()
-        self._spawn(self._respond(respond, self._admin(command, name[1:], text.split()), "ephemeral"))
+        if found.tool:
+            return self._spawn(self._direct(command, found.tool, args))
+        answer = self._answer(command, found, args)
+        self._spawn(self._respond(respond, answer, "ephemeral" if found.private else "in_channel"))
 
     async def _on_error(self, error: Exception, body: dict, respond) -> None:
         log.error("Slack listener failed on %s", body.get("type") or body.get("command"), exc_info=error)
@@ -226,7 +225,8 @@ class SlackBot:
         files = tuple(Attachment(f.get("name") or f.get("id", "the file"), f.get("mimetype") or "",
                                  fetch=lambda f=f: self._fetch(f)) for f in event.get("files", []))
         # is_admin from the config and earlier lookups only: no await may come before handle()
-        turn = Turn("slack", session, user, user, text, files, is_admin=self._admin_now(user))
+        turn = Turn("slack", session, user, user, text, files, is_admin=self._admin_now(user),
+                    **_place(event["channel"], thread_ts))
         try:
             await self.core.handle(turn, reply)
         except Exception:
@@ -274,22 +274,17 @@ class SlackBot:
         except Exception:
             await self._failed(reply, command["channel_id"])
 
-    async def _reset(self, command: dict) -> str:
-        said = await self.core.reset(self._command_session(command))
-        if command.get("channel_name") == "directmessage":
+    async def _answer(self, command: dict, found: Command, args: dict) -> str:
+        said = await self.core.command(await self._command_turn(command), found.name, args)
+        if found.name != "reset" or _is_dm(command["channel_id"]):
             return said
         return f"Cleared the conversation of <#{command['channel_id']}>: I have forgotten its messages and images. " \
                f"({THREADS_NOTE})"
 
-    async def _admin(self, command: dict, action: str, words: list[str]) -> str:
-        return await self.core.admin(await self._command_turn(command), action, *words)
-
     async def _respond(self, respond, work, response_type: str) -> None:
-        """Answer a command through its response_url; a refusal (NotAllowed) reads like any answer."""
+        """Answer a command through its response_url."""
         try:
             text = await work
-        except UserFacingError as e:
-            text = str(e)
         except Exception:
             log.exception("Slack command failed")
             text = GENERIC
@@ -318,7 +313,7 @@ class SlackBot:
         name, image, tag, session = pressed
         channel, user = body["channel"]["id"], body["user"]
         thread = (body.get("container") or {}).get("thread_ts") or (body.get("message") or {}).get("thread_ts")
-        if not belongs(session, channel, user["id"]):
+        if session != self._session_at(channel, user["id"], thread):
             return await self._private(channel, user["id"], thread, ELSEWHERE)
         press = await self.core.press(session, image, tag, name)
         meta = meta_of(session, image, tag, name, channel, thread)
@@ -343,7 +338,8 @@ class SlackBot:
         try:
             name = user.get("username") or user.get("name") or user["id"]
             # is_admin from the config and earlier lookups only: no await may come before act() (the order)
-            turn = Turn("slack", meta["session"], user["id"], name, "", is_admin=self._admin_now(user["id"]))
+            turn = Turn("slack", meta["session"], user["id"], name, "", is_admin=self._admin_now(user["id"]),
+                        **_place(meta["channel"], meta["thread"]))
             await self.core.act(turn, reply, meta["image"], meta["tag"], meta["action"], instruction)
         except Exception:
             await self._failed(reply, meta["session"])
@@ -353,16 +349,20 @@ class SlackBot:
 
     # --- who and where -----------------------------------------------------------
 
-    def _command_session(self, command: dict) -> str:
-        if command.get("channel_name") == "directmessage":
-            return f"slack:dm:{command['user_id']}"
-        return f"slack:{command['channel_id']}"
+    def _session_at(self, channel: str, user: str, thread: str | None) -> str:
+        """The conversation of a place: a DM, a thread (its own, or the one its link continues), a channel."""
+        if _is_dm(channel):
+            return f"slack:dm:{user}"
+        if thread is None:
+            return f"slack:{channel}"
+        where = f"slack:{channel}:{thread}"
+        return self.core.thread_session(where) or where
 
     async def _command_turn(self, command: dict) -> Turn:
         user = command["user_id"]
         text = f"{command['command']} {command.get('text') or ''}".strip()
-        return Turn("slack", self._command_session(command), user, command.get("user_name") or user, text,
-                    is_admin=await self._is_admin(user))
+        return Turn("slack", self._session_at(command["channel_id"], user, None), user, command.get("user_name") or user, text,
+                    is_admin=await self._is_admin(user), **_place(command["channel_id"], None))
 
     def _admin_now(self, user: str) -> bool:
         return user in self.cfg.admin_ids or self._admins.get(user, False)

@@ -50,13 +50,6 @@ def parse(action: dict[str, Any]) -> tuple[str, str, str, str] | None:
     return match["action"], image, tag, session
 
 
-def belongs(session: str, channel: str, user: str) -> bool:
-    """Whether a button pressed in ``channel`` by ``user`` may act on ``session`` (its own conversation)."""
-    if session.startswith("slack:dm:"):
-        return channel.startswith("D") and session == f"slack:dm:{user}"
-    return session.split(":")[1:2] == [channel]
-
-
 def edit_view(press: Press, meta: dict[str, Any]) -> dict[str, Any]:
     """The Edit form: one text input; ``meta`` (session, image, tag, channel, thread) rides along."""
     return {"type": "modal", "callback_id": EDIT_VIEW, "private_metadata": json.dumps(meta),

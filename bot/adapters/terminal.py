@@ -15,13 +15,12 @@ import sys
 import threading
 from pathlib import Path
 
-from core.engine import HELP, Core
-from core.errors import UserFacingError
+from core.commands import BY_NAME, from_words
+from core.engine import Core
 from core.turn import Attachment, OutImage, Turn
 
 SESSION = "terminal:local"
-COMMANDS = {"/imagine": ("generate_image", "prompt"), "/caption": ("caption_image", "image"),
-            "/edit": ("edit_image", "image instruction")}
+HERE = "In the terminal: /attach PATH [message], /quit."
 
 
 class TerminalReply:
@@ -52,7 +51,7 @@ class TerminalReply:
 
 def _turn(text: str, attachments=()) -> Turn:
     user = getpass.getuser()
-    return Turn("terminal", SESSION, user, user, text, tuple(attachments), is_admin=True)
+    return Turn("terminal", SESSION, user, user, text, tuple(attachments), is_admin=True, channel="local", is_dm=True)
 
 
 def split_attach(rest: str) -> tuple[Path | None, str]:
@@ -81,22 +80,16 @@ async def handle_line(core: Core, line: str, reply: TerminalReply) -> bool:
     word, _, rest = line.partition(" ")
     if word in ("/quit", "/exit"):
         return False
-    if word == "/help":
-        await reply.send(HELP + "\nIn the terminal: /attach PATH [message], /quit.")
-    elif word == "/reset":
-        await reply.send(await core.reset(SESSION))
-    elif word in ("/models", "/safety", "/reload", "/load", "/unload"):
-        args = rest.split()
-        try:
-            text = await core.admin(_turn(line), word[1:], args[0] if args else None, args[1] if len(args) > 1 else None)
-        except UserFacingError as e:
-            text = str(e)
-        await reply.send(text)
-    elif word in COMMANDS:
-        tool, names = COMMANDS[word]
-        keys = names.split()
-        parts = rest.split(" ", len(keys) - 1) if rest else []
-        await core.direct(_turn(line), reply, tool, dict(zip(keys, parts)))
+    command = BY_NAME.get(word[1:]) if word.startswith("/") else None
+    if command is not None:  # core/commands.py
+        args = from_words(command, rest)
+        if args is None:
+            await reply.send(f"Usage: {command.usage}")
+        elif command.tool:
+            await core.direct(_turn(line), reply, command.tool, args)
+        else:
+            text = await core.command(_turn(line), command.name, args)
+            await reply.send(text + ("\n" + HERE if command.name == "help" else ""))
     elif word == "/attach":
         path, message = split_attach(rest)
         if path is None or not path.is_file():

@@ -1,14 +1,13 @@
 """remove_background: ask what the main object is, mask it, keep it on a transparent background."""
 
 from core.templates.masks import MASKERS, object_mask
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, save
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, run_job
 
 
 class RemoveBackground(Tool):
     name = "remove_background"
     description = "Cut out the main subject of an image onto a transparent background."
     parameters = {"image": image_param("the image to cut out")}
-    required = ("image",)
     models = ("VisualQuestionAnswering",)
     any_of = MASKERS
 
@@ -21,7 +20,5 @@ class RemoveBackground(Tool):
         mask = await object_mask(ctx, img, subject, args["image"])
         cut = img.convert("RGBA")
         cut.putalpha(mask.for_cutout())
-        row = save(ctx, cut, parent=args["image"], operation="remove_background",
-                   params={"subject": subject, "mask_by": mask.by})
-        return ToolResult(f"Made {row.image_id}: {subject} from {args['image']} on a transparent background.",
-                          [row.image_id])
+        return keep(ctx, cut, mask.job, self.name, {"subject": subject, "mask_by": mask.by},
+                    lambda made: f"Made {made}: {subject} from {args['image']} on a transparent background.")

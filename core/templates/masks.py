@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from core.tools.base import ToolContext, run_job
+from core.tools.base import JobOutput, ToolContext, run_job
 from core.tools.objects import PRECISE, find_boxes, loaded_models, not_found, outline
 
 SAM, CLIPSEG = "GroundingDINO+SAM", "CLIPSeg"
@@ -28,6 +28,7 @@ PADDING = {CLIPSEG: 20 / 352, SAM: 20 / 512}
 class ObjectMask:
     soft: Image.Image  # "L" at the image's size: 255 the object, 0 not, smooth in between; not grown
     by: str  # SAM or CLIPSEG
+    job: JobOutput  # the job that made it
 
     def for_inpainting(self) -> Image.Image:
         """0/255, grown by the seed's padding (a fraction of the long side)."""
@@ -42,14 +43,22 @@ class ObjectMask:
 async def object_mask(ctx: ToolContext, img: Image.Image, what: str, image_id: str) -> ObjectMask:
     """``what`` in ``img``; raises BadArguments (I could not find ...) when it is not there."""
     if set(PRECISE) <= await loaded_models(ctx):
-        masks = await outline(ctx, img, await find_boxes(ctx, img, what, image_id), what)
-        mask = ObjectMask(Image.fromarray(np.maximum.reduce([np.asarray(m) for m in masks]), "L"), SAM)
+        masks, job = await outline(ctx, img, await find_boxes(ctx, img, what, image_id), what)
+        mask = ObjectMask(Image.fromarray(np.maximum.reduce([np.asarray(m) for m in masks]), "L"), SAM, job)
     else:  # Text2Mask's answer under the seed's 2 % minimum is all black: "not found" too
         out = await run_job(ctx, "Text2Mask", {"prompt": what, "soft": True}, [img], label=f"Finding {what}")
-        mask = ObjectMask(out.images[0].convert("L"), CLIPSEG)
+        mask = ObjectMask(out.images[0].convert("L"), CLIPSEG, out)
     if not (np.asarray(mask.soft) >= 128).any():
         raise not_found(what, image_id)
     return mask
+
+
+async def repaint_object(ctx: ToolContext, prompt: str, label: str) -> tuple[JobOutput, ObjectMask]:
+    """The call's ``object`` in its ``image``, masked (grown) and inpainted with ``prompt``; and the mask."""
+    img = ctx.images.open(ctx.session, ctx.args["image"])
+    mask = await object_mask(ctx, img, ctx.args["object"], ctx.args["image"])
+    out = await run_job(ctx, "Inpainting", {"prompt": prompt}, [img, mask.for_inpainting()], label=label)
+    return out, mask
 
 
 def grow(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from PIL import Image, ImageFilter, ImageOps
 
 from core.errors import BadArguments
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, int_param, run_job, save
+from core.tools.base import JobOutput, Tool, ToolContext, ToolResult, image_param, int_param, keep, run_job
 
 EXPAND = 2.0  # largest growth per round, as the seed
 CROP = 8  # pixels trimmed from a growing side: generated borders are often smeared
@@ -24,21 +24,19 @@ class ExtendImage(Tool):
     parameters = {"image": image_param("the image to extend"),
                   "width": int_param("the new width in pixels", 8, 4096),
                   "height": int_param("the new height in pixels", 8, 4096)}
-    required = ("image", "width", "height")
     models = ("ImageCaptioning", "VisualQuestionAnswering", "Inpainting")
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
         img = ctx.images.open(ctx.session, args["image"]).convert("RGB")
         target = self._target(ctx, img, args["width"], args["height"])
         prompt = await self._describe(ctx, img)
-        rounds = 0
+        rounds, job = 0, None
         while img.size != target:
             rounds += 1
-            img = await self._grow(ctx, img, target, prompt, rounds)
+            img, job = await self._grow(ctx, img, target, prompt, rounds)  # the last round's job made the border
         params = {"width": target[0], "height": target[1], "prompt": prompt}
-        row = save(ctx, img, parent=args["image"], operation="extend_image", params=params)
-        return ToolResult(f"Made {row.image_id}: {args['image']} extended to {target[0]}x{target[1]} "
-                          f"({prompt}).", [row.image_id])
+        return keep(ctx, img, job, self.name, params,
+                    lambda made: f"Made {made}: {args['image']} extended to {target[0]}x{target[1]} ({prompt}).")
 
     def _target(self, ctx: ToolContext, img: Image.Image, width: int, height: int) -> tuple[int, int]:
         most = ctx.limits.max_output_size
@@ -63,7 +61,7 @@ class ExtendImage(Tool):
         return ", ".join(p for p in parts if p) or "a detailed scene"
 
     async def _grow(self, ctx: ToolContext, img: Image.Image, target: tuple[int, int], prompt: str,
-                    round_no: int) -> Image.Image:
+                    round_no: int) -> tuple[Image.Image, JobOutput]:
         # trim the sides that still grow, then place at the centre of a larger canvas
         cw = CROP if img.width < target[0] and img.width > 4 * CROP else 0
         ch = CROP if img.height < target[1] and img.height > 4 * CROP else 0
@@ -81,7 +79,7 @@ class ExtendImage(Tool):
         out = await run_job(ctx, "Inpainting", {"prompt": prompt}, [work, work_mask],
                             label=f"Extending (round {round_no})")
         painted = out.images[0].resize(size, Image.Resampling.LANCZOS)
-        return _blend(painted, inner, (x, y))
+        return _blend(painted, inner, (x, y)), out
 
 
 def _multiple_of_8(size: tuple[int, int]) -> tuple[int, int]:

@@ -5,16 +5,22 @@ A tool never sees a file path: image arguments are the session's ids
 that fails returns an error result the LLM can act on; it never raises.
 A job's images pass the conversation's safety policy (core/safety.py) before
 a tool can store them. Every image a tool stores records how it was made
-(``Provenance``): the tool's arguments, and the last pool job the tool ran,
-which made its pixels (model, parameters as run with the seed, prompts sent).
+(``Provenance``): the call's arguments, and the pool job the tool names when it
+saves, the one that made its pixels (model, parameters as run with the seed,
+prompts sent), whatever other jobs ran before or after it.
+
+A ``ToolContext`` is the request's facts, fixed for the turn (who, where, the
+policy, the limits, the stores, a button's press) plus the call's arguments;
+what the turn's calls produce (the images made, shown or withheld) and its
+deadline live apart, in ``Produced`` and ``Waits``, shared by every call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable, Mapping
 
 from PIL import Image
 
@@ -25,9 +31,12 @@ from core.pool_client import PoolClient
 from core.safety import FOR_LLM, NO_RETRY, Policy, judge
 from core.store import ImageRow, Provenance
 from gpu_pool.protocol import Event, JobRequest, RawImage
+from settings.units import hub_pair
 
 log = logging.getLogger(__name__)
 IMAGE = "x-image"  # marks a parameter whose value is a session image id
+OPTIONAL = "x-optional"  # marks a parameter the call may leave out (all others are required)
+_MARKS = (IMAGE, OPTIONAL)
 
 
 def image_param(description: str) -> dict[str, Any]:
@@ -38,53 +47,79 @@ def text_param(description: str) -> dict[str, Any]:
     return {"type": "string", "description": description, "minLength": 1}
 
 
-def int_param(description: str, minimum: int, maximum: int) -> dict[str, Any]:
-    return {"type": "integer", "description": description, "minimum": minimum, "maximum": maximum}
+def int_param(description: str, minimum: int, maximum: int, optional: bool = False) -> dict[str, Any]:
+    spec = {"type": "integer", "description": description, "minimum": minimum, "maximum": maximum}
+    return {**spec, OPTIONAL: True} if optional else spec
+
+
+IMAGE_TO_CHANGE = image_param("the image to change")
+IMAGE_TO_SEARCH = image_param("the image to search")
 
 
 @dataclass
 class Waits:
-    """Stops the turn's deadline while any of its jobs waits for a model to download or load, and
-    gives the time back afterwards: a first download of 2 GB must not cost the user the answer."""
+    """The turn's deadline (set by the agent loop), stopped while any of its jobs waits for a model to
+    download or load and given the time back afterwards: a first download of 2 GB must not cost the
+    user the answer."""
 
+    deadline: asyncio.Timeout | None = None
     waiting: int = 0  # jobs waiting now
     since: float = 0.0  # loop time the first of them began
     when: float | None = None  # the deadline it had then
 
-    def hold(self, deadline: asyncio.Timeout | None) -> None:
-        if deadline is None:
+    def hold(self) -> None:
+        if self.deadline is None:
             return
         if self.waiting == 0:
-            self.since, self.when = asyncio.get_running_loop().time(), deadline.when()
-            deadline.reschedule(None)
+            self.since, self.when = asyncio.get_running_loop().time(), self.deadline.when()
+            self.deadline.reschedule(None)
         self.waiting += 1
 
-    def release(self, deadline: asyncio.Timeout | None) -> None:
-        if deadline is None or self.waiting == 0:
+    def release(self) -> None:
+        if self.deadline is None or self.waiting == 0:
             return
         self.waiting -= 1
         if self.waiting == 0 and self.when is not None:
-            deadline.reschedule(self.when + asyncio.get_running_loop().time() - self.since)
+            self.deadline.reschedule(self.when + asyncio.get_running_loop().time() - self.since)
 
 
 @dataclass
+class Produced:
+    """What the turn's tool calls produced so far, shared by all of them."""
+
+    made: list[str] = field(default_factory=list)  # image ids made during this turn
+    withheld: list[str] = field(default_factory=list)  # what the user is told for each image withheld this turn
+    shown: list[str] = field(default_factory=list)  # existing image ids the user asked to see again
+
+
+@dataclass(frozen=True)
 class ToolContext:
+    """The request's facts, never changed by a job; ``call`` gives each call its own copy with its ``args``."""
+
     session: str
     user: str
     images: ImageStore
     pool: PoolClient
     limits: settings.LimitsConfig
     status: Callable[[str], Awaitable[None]]  # progress text for the chat (the Reply's status)
-    made: list[str] = field(default_factory=list)  # image ids made during this turn
     policy: Policy = field(default_factory=Policy)  # the conversation's safety policy
-    withheld: list[str] = field(default_factory=list)  # what the user is told for each image withheld this turn
-    deadline: asyncio.Timeout | None = None  # the turn's deadline (set by the agent loop); see Waits
-    waits: Waits = field(default_factory=Waits)
-    shown: list[str] = field(default_factory=list)  # existing image ids the user asked to see again
-    seeds: dict[str, int] = field(default_factory=dict)  # pool model -> the seed its jobs use (a reroll's new one)
+    seeds: Mapping[str, int] = field(default_factory=dict)  # pool model -> the seed its jobs use (a reroll's)
     action: tuple[str, str] | None = None  # (button, image id) when a button press runs the tool
-    calling: dict[str, Any] | None = None  # the arguments of the tool call running now (set by ``call``)
-    last_job: JobOutput | None = None  # the last job of that call: it made the pixels the tool stores
+    args: Mapping[str, Any] | None = None  # the arguments of this tool call (set by ``call``)
+    produced: Produced = field(default_factory=Produced)
+    waits: Waits = field(default_factory=Waits)
+
+    @property
+    def made(self) -> list[str]:
+        return self.produced.made
+
+    @property
+    def withheld(self) -> list[str]:
+        return self.produced.withheld
+
+    @property
+    def shown(self) -> list[str]:
+        return self.produced.shown
 
 
 @dataclass
@@ -100,8 +135,7 @@ class Tool:
 
     name: str = ""
     description: str = ""  # one sentence, for the LLM
-    parameters: dict[str, dict[str, Any]] = {}
-    required: tuple[str, ...] = ()
+    parameters: dict[str, dict[str, Any]] = {}  # every one required unless marked OPTIONAL
     models: tuple[str, ...] = ()  # pool models that must be loaded
     any_of: tuple[tuple[str, ...], ...] = ()  # and, if set, one of these groups (two ways to the same step)
     read_only: bool = False  # makes no image: may run side by side with other read-only calls
@@ -110,6 +144,10 @@ class Tool:
         """Whether the models this tool needs are all among ``loaded``."""
         return set(self.models) <= loaded and (not self.any_of or any(set(g) <= loaded for g in self.any_of))
 
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(k for k, spec in self.parameters.items() if not spec.get(OPTIONAL))
+
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         raise NotImplementedError
 
@@ -117,7 +155,7 @@ class Tool:
         """The OpenAI function-tool schema, image parameters limited to ``image_ids``."""
         props = {}
         for key, spec in self.parameters.items():
-            spec = {k: v for k, v in spec.items() if k != IMAGE}
+            spec = {k: v for k, v in spec.items() if k not in _MARKS}
             if self.parameters[key].get(IMAGE):
                 spec["enum"] = list(image_ids) or ["(no images yet)"]
             props[key] = spec
@@ -162,9 +200,7 @@ async def call(tool: Tool, ctx: ToolContext, args: Any) -> ToolResult:
         return ToolResult(NO_RETRY, ok=False)
     try:
         args = check_args(tool, ctx, args)
-        if not tool.read_only:  # read-only calls may run side by side; they store nothing
-            ctx.calling, ctx.last_job = dict(args), None
-        return await tool.run(ctx, args)
+        return await tool.run(replace(ctx, args=dict(args)), args)
     except Withheld as e:
         log.warning("session %s: %s: image withheld by the safety filter (%s)", ctx.session, tool.name, e.why)
         ctx.withheld.append(str(e))
@@ -206,7 +242,7 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
         async for ev in ctx.pool.run(request):
             waiting = ev.kind == "progress" and ev.total == 0
             if waiting != held:
-                (ctx.waits.hold if waiting else ctx.waits.release)(ctx.deadline)
+                (ctx.waits.hold if waiting else ctx.waits.release)()
                 held = waiting
             if ev.kind == "queued":
                 await ctx.status(f"{label}: waiting, {ev.position} job(s) ahead" if ev.position
@@ -220,16 +256,14 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
                 ctx.images.store.finish_job(job, "withheld" if withheld else "done", withheld and withheld.why)
                 if withheld:
                     raise withheld
-                out = JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {},
-                                dict(ev.provenance or {"model": model}, seconds=ev.seconds))
-                ctx.last_job = out
-                return out
+                return JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {},
+                                 dict(ev.provenance or {"model": model}, seconds=ev.seconds))
             elif ev.kind == "failed":
                 ctx.images.store.finish_job(job, "failed", ev.message)
                 raise PoolFailed(ev.message or "The image engine failed.", ev.code or "internal")
     finally:
         if held:
-            ctx.waits.release(ctx.deadline)
+            ctx.waits.release()
     raise PoolFailed("The image engine stopped answering.", "unavailable")
 
 
@@ -237,31 +271,12 @@ def waiting_text(model: str, ev: Event) -> str:
     """'Text2Image is still downloading (1.2 of 2.1 GB, about 2 min left); I'll answer when it is ready'."""
     eta = f"about {duration_text(ev.eta_s)} left" if ev.eta_s else ""
     if ev.phase == "downloading":
-        got = f"{bytes_pair(ev.downloaded or 0, ev.download_total)}" if ev.download_total else ""
+        got = hub_pair(ev.downloaded or 0, ev.download_total) if ev.download_total else ""
         detail = ", ".join(p for p in (got, eta) if p)
         what = "still downloading"
     else:
         detail, what = eta, "still loading"
     return f"{model} is {what}" + (f" ({detail})" if detail else "") + "; I'll answer when it is ready"
-
-
-_UNITS = (("GB", 1e9, 1), ("MB", 1e6, 0), ("kB", 1e3, 0))  # decimal, as the hub shows sizes
-
-
-def _unit(n: float) -> tuple[str, float, int]:
-    return next((u for u in _UNITS if n >= u[1]), ("bytes", 1, 0))
-
-
-def bytes_text(n: int) -> str:
-    """2.1 GB, 340 MB."""
-    unit, scale, digits = _unit(n)
-    return f"{n / scale:.{digits}f} {unit}"
-
-
-def bytes_pair(done: int, total: int) -> str:
-    """1.2 of 2.1 GB, 12 of 340 MB: both in the total's unit."""
-    unit, scale, digits = _unit(total)
-    return f"{done / scale:.{digits}f} of {total / scale:.{digits}f} {unit}"
 
 
 def duration_text(seconds: float) -> str:
@@ -273,20 +288,39 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def save(ctx: ToolContext, img: Image.Image, *, parent: str | None, operation: str,
+def save(ctx: ToolContext, img: Image.Image, job: JobOutput | None, *, parent: str | None, operation: str,
          params: dict[str, Any]) -> ImageRow:
-    """Record a tool's output image in the session, with its lineage and how it was made."""
-    row = ctx.images.add(ctx.session, img, parent=parent, operation=operation, params=params, made=provenance(ctx))
+    """Record a tool's output image in the session, with its lineage and how it was made: by ``job``
+    (None: drawn here, from no job's pixels)."""
+    row = ctx.images.add(ctx.session, img, parent=parent, operation=operation, params=params,
+                         made=provenance(ctx, job))
     ctx.made.append(row.image_id)
     return row
 
 
-def provenance(ctx: ToolContext) -> Provenance:
-    """The running call's arguments and its last job; the button press, if a button asked for it."""
-    job = ctx.last_job.provenance if ctx.last_job else {}
-    run = job.get("params")
+def provenance(ctx: ToolContext, job: JobOutput | None) -> Provenance:
+    """The call's arguments and the job that made the pixels; the button press, if a button asked for it."""
+    made = job.provenance if job else {}
+    run = made.get("params")
     action, action_of = ctx.action or (None, None)
-    return Provenance(args=ctx.calling, model=job.get("model"), source=job.get("source"), model_params=run,
-                      seed=(run or {}).get("seed"), prompt=job.get("prompt"),
-                      negative_prompt=job.get("negative_prompt"), seconds=job.get("seconds"), action=action,
-                      action_of=action_of, user=ctx.user)
+    return Provenance(args=dict(ctx.args) if ctx.args is not None else None, model=made.get("model"),
+                      source=made.get("source"), model_params=run, seed=(run or {}).get("seed"),
+                      prompt=made.get("prompt"), negative_prompt=made.get("negative_prompt"),
+                      seconds=made.get("seconds"), action=action, action_of=action_of, user=ctx.user)
+
+
+# --- the steps most tools share ----------------------------------------------
+
+
+async def on_image(ctx: ToolContext, model: str, params: dict[str, Any], label: str,
+                   *more: Image.Image) -> tuple[Image.Image, JobOutput]:
+    """The call's ``image`` argument, opened, and ``model``'s job on it (and ``more`` images)."""
+    img = ctx.images.open(ctx.session, ctx.args["image"])
+    return img, await run_job(ctx, model, params, [img, *more], label=label)
+
+
+def keep(ctx: ToolContext, img: Image.Image, job: JobOutput | None, operation: str, params: dict[str, Any],
+         said: Callable[[str], str]) -> ToolResult:
+    """Save ``img``, made from the call's ``image`` by ``job``; the result is ``said(the new image's id)``."""
+    row = save(ctx, img, job, parent=ctx.args.get("image"), operation=operation, params=params)
+    return ToolResult(said(row.image_id), [row.image_id])

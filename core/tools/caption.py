@@ -1,19 +1,17 @@
 """caption_image: describe what is in an image (BLIP captioning)."""
 
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, on_image
 
 
 class CaptionImage(Tool):
     name = "caption_image"
     description = "Describe in one sentence what an image shows."
     parameters = {"image": image_param("the image to describe")}
-    required = ("image",)
     models = ("ImageCaptioning",)
     read_only = True
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
-        img = ctx.images.open(ctx.session, args["image"])
-        out = await run_job(ctx, "ImageCaptioning", {}, [img], label="Looking at the image")
+        _, out = await on_image(ctx, "ImageCaptioning", {}, "Looking at the image")
         caption = (out.text or "").strip()
         if not caption:
             return ToolResult(f"The captioning model found nothing to say about {args['image']}.")

@@ -3,7 +3,7 @@
 They differ only in model and wording, so they are one table and one class.
 """
 
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, save
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, on_image
 
 # tool name -> (pool model, what it makes, when to use it)
 CONDITIONS = {
@@ -21,7 +21,6 @@ CONDITIONS = {
 
 class DetectCondition(Tool):
     parameters = {"image": image_param("the image to analyse")}
-    required = ("image",)
 
     def __init__(self, name: str):
         self.name = name
@@ -29,10 +28,9 @@ class DetectCondition(Tool):
         self.models = (self.model,)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
-        img = ctx.images.open(ctx.session, args["image"])
-        out = await run_job(ctx, self.model, {}, [img], label=f"Making a {self.made_what}")
-        row = save(ctx, out.images[0], parent=args["image"], operation=self.name, params={})
-        return ToolResult(f"Made {row.image_id}, the {self.made_what} of {args['image']}.", [row.image_id])
+        _, out = await on_image(ctx, self.model, {}, f"Making a {self.made_what}")
+        return keep(ctx, out.images[0], out, self.name, {},
+                    lambda made: f"Made {made}, the {self.made_what} of {args['image']}.")
 
 
 TOOLS = [DetectCondition(name) for name in CONDITIONS]

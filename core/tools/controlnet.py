@@ -3,7 +3,7 @@
 One tool per condition kind, all on the same shared Stable Diffusion base in the pool.
 """
 
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, save, text_param
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, on_image, text_param
 
 # tool name -> (pool model, the condition it follows, the tool that makes that condition)
 CONTROLS = {
@@ -19,8 +19,6 @@ CONTROLS = {
 
 
 class GenerateFromCondition(Tool):
-    required = ("image", "prompt")
-
     def __init__(self, name: str):
         self.name = name
         self.model, what, maker = CONTROLS[name]
@@ -31,11 +29,10 @@ class GenerateFromCondition(Tool):
                            "prompt": text_param("what the new image shows, in English")}
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
-        img = ctx.images.open(ctx.session, args["image"])
         params = {"prompt": args["prompt"]}
-        out = await run_job(ctx, self.model, params, [img], label="Drawing")
-        row = save(ctx, out.images[0], parent=args["image"], operation=self.name, params=params)
-        return ToolResult(f"Drew {row.image_id} following {args['image']}: {args['prompt']}.", [row.image_id])
+        _, out = await on_image(ctx, self.model, params, "Drawing")
+        return keep(ctx, out.images[0], out, self.name, params,
+                    lambda made: f"Drew {made} following {args['image']}: {args['prompt']}.")
 
 
 TOOLS = [GenerateFromCondition(name) for name in CONTROLS]

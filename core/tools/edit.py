@@ -1,19 +1,16 @@
 """edit_image: change an image by an instruction ("make it winter") with InstructPix2Pix."""
 
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, save, text_param
+from core.tools.base import IMAGE_TO_CHANGE, Tool, ToolContext, ToolResult, keep, on_image, text_param
 
 
 class EditImage(Tool):
     name = "edit_image"
     description = "Change an image by an instruction, e.g. 'make it look like winter'."
-    parameters = {"image": image_param("the image to change"),
-                  "instruction": text_param("the change, in English")}
-    required = ("image", "instruction")
+    parameters = {"image": IMAGE_TO_CHANGE, "instruction": text_param("the change, in English")}
     models = ("InstructPix2Pix",)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
-        img = ctx.images.open(ctx.session, args["image"])
         params = {"prompt": args["instruction"]}
-        out = await run_job(ctx, "InstructPix2Pix", params, [img], label="Editing")
-        row = save(ctx, out.images[0], parent=args["image"], operation="edit_image", params=params)
-        return ToolResult(f"Made {row.image_id} from {args['image']}: {args['instruction']}.", [row.image_id])
+        _, out = await on_image(ctx, "InstructPix2Pix", params, "Editing")
+        return keep(ctx, out.images[0], out, self.name, params,
+                    lambda made: f"Made {made} from {args['image']}: {args['instruction']}.")

@@ -7,9 +7,8 @@ class GenerateImage(Tool):
     name = "generate_image"
     description = "Draw a new image from a text description."
     parameters = {"prompt": text_param("what to draw, in English"),
-                  "width": int_param("width in pixels (multiple of 8)", 64, 1024),
-                  "height": int_param("height in pixels (multiple of 8)", 64, 1024)}
-    required = ("prompt",)
+                  "width": int_param("width in pixels (multiple of 8)", 64, 1024, optional=True),
+                  "height": int_param("height in pixels (multiple of 8)", 64, 1024, optional=True)}
     models = ("Text2Image",)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
@@ -17,7 +16,7 @@ class GenerateImage(Tool):
         params = {"prompt": args["prompt"], "width": _fit(args.get("width", side), ctx),
                   "height": _fit(args.get("height", side), ctx)}
         out = await run_job(ctx, "Text2Image", params, label="Drawing")
-        row = save(ctx, out.images[0], parent=None, operation="generate_image", params=params)
+        row = save(ctx, out.images[0], out, parent=None, operation=self.name, params=params)
         return ToolResult(f"Drew {row.image_id} ({row.width}x{row.height}) from \"{args['prompt']}\".", [row.image_id])
 
 

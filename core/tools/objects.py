@@ -6,13 +6,13 @@ Shared by detect_objects, segment_object and the object flows in core/templates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from core.errors import BadArguments, PoolFailed
 from core.pool_client import PoolUnavailable
-from core.tools.base import ToolContext, run_job
+from core.tools.base import JobOutput, ToolContext, run_job
 
 PRECISE = ("Text2Box", "Segmenting")  # the models behind precise object masks
 
@@ -24,6 +24,7 @@ class Boxes:
     boxes: list[list[float]]
     scores: list[float]
     labels: list[str]
+    job: JobOutput | None = field(default=None, repr=False)  # the job that found them
 
     def describe(self) -> str:
         return "; ".join(f"{label} ({score:.0%}) at x {b[0]:.0f}-{b[2]:.0f}, y {b[1]:.0f}-{b[3]:.0f}"
@@ -45,13 +46,13 @@ async def loaded_models(ctx: ToolContext) -> set[str]:
 async def find_boxes(ctx: ToolContext, img: Image.Image, what: str, image_id: str) -> Boxes:
     """Boxes around ``what`` scoring above the detector's thresholds; BadArguments when there are none."""
     out = await run_job(ctx, "Text2Box", {"prompt": what}, [img], label=f"Looking for {what}")
-    found = Boxes(out.data.get("boxes", []), out.data.get("scores", []), out.data.get("labels", []))
+    found = Boxes(out.data.get("boxes", []), out.data.get("scores", []), out.data.get("labels", []), out)
     if not found.boxes:
         raise not_found(what, image_id)
     return found
 
 
-async def outline(ctx: ToolContext, img: Image.Image, boxes: Boxes, what: str) -> list[Image.Image]:
-    """SAM's mask of what is in each box: "L", the image's size, 0-255 (128 and up: the object)."""
+async def outline(ctx: ToolContext, img: Image.Image, boxes: Boxes, what: str) -> tuple[list[Image.Image], JobOutput]:
+    """SAM's mask of what is in each box: "L", the image's size, 0-255 (128 and up: the object); and its job."""
     out = await run_job(ctx, "Segmenting", {"boxes": boxes.boxes}, [img], label=f"Outlining {what}")
-    return [m.convert("L") for m in out.images]
+    return [m.convert("L") for m in out.images], out

@@ -7,7 +7,6 @@ class ShowImage(Tool):
     name = "show_image"
     description = "Attach an existing image to your answer, only when the user asks to see it."
     parameters = {"image": image_param("the image the user wants to see")}
-    required = ("image",)
     models = ()  # no model: the image is already in the conversation
     read_only = True
 

@@ -16,7 +16,6 @@ class UpscaleImage(Tool):
     name = "upscale_image"
     description = "Make an image twice as large and sharper."
     parameters = {"image": image_param("the image to upscale")}
-    required = ("image",)
     models = ("Upscale",)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
@@ -29,7 +28,7 @@ class UpscaleImage(Tool):
         if size != img.size:
             img = img.resize(size, Image.Resampling.LANCZOS)
         out = await run_job(ctx, "Upscale", {}, [img.convert("RGB")], label="Upscaling")
-        row = save(ctx, out.images[0], parent=args["image"], operation=self.name, params={})
+        row = save(ctx, out.images[0], out, parent=args["image"], operation=self.name, params={})
         return ToolResult(f"Made {row.image_id} ({row.width}x{row.height}), {args['image']} upscaled.",
                           [row.image_id])
 

@@ -6,7 +6,7 @@ leads. Each call draws with a new seed.
 """
 
 from core.store import ImageRow
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, run_job, save
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, on_image
 
 # Pool models whose prompt describes the whole picture (InstructPix2Pix's is an instruction, Inpainting's
 # describes the repainted part only, maps have none): Text2Image, the ControlNet generators, Variations.
@@ -16,15 +16,13 @@ class MakeVariation(Tool):
     name = "make_variation"
     description = "Draw a new image close to a given one: the same layout and colours, other details."
     parameters = {"image": image_param("the image to vary")}
-    required = ("image",)
     models = ("Variations",)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
-        img = ctx.images.open(ctx.session, args["image"])
         params = {"prompt": prompt_of(ctx.images.row(ctx.session, args["image"]))}
-        out = await run_job(ctx, "Variations", params, [img], label="Varying")
-        row = save(ctx, out.images[0], parent=args["image"], operation=self.name, params=params)
-        return ToolResult(f"Made {row.image_id}, a variation of {args['image']}.", [row.image_id])
+        _, out = await on_image(ctx, "Variations", params, "Varying")
+        return keep(ctx, out.images[0], out, self.name, params,
+                    lambda made: f"Made {made}, a variation of {args['image']}.")
 
 
 def prompt_of(row: ImageRow) -> str:

@@ -1,0 +1,111 @@
+"""The slash commands, in one table: every platform's commands and the /help text are made from it.
+
+Discord's app commands (bot/adapters/discord_bot.py), Slack's slash commands (slack_bot.py) and
+the terminal's (terminal.py) are each built by a loop over ``COMMANDS``, so a command takes the
+same arguments, with the same meaning, everywhere. An ``image`` argument is an image id
+(``img3``); where the platform can attach a file to a command (Discord), an attached image
+may stand in for it. Typed words (Slack, the terminal) become arguments with ``from_words``.
+
+What a command does is the core's: a ``tool`` command runs that tool in the conversation
+(``Core.direct``); the others are answered by ``Core.command`` with a text, shown only to
+the asker when ``private``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TEXT, IMAGE, MODEL, DEVICE = "text", "image", "model", "device"
+_PLACEHOLDER = {IMAGE: "IMAGE_ID", MODEL: "MODEL", DEVICE: "DEVICE"}  # a text argument: its name
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: Literal["text", "image", "model", "device"]  # text takes the rest of a typed line when last
+    description: str  # the platform's hint for it
+    required: bool = True
+
+    @property
+    def usage(self) -> str:
+        """PROMPT, IMAGE_ID, [MODEL]."""
+        word = _PLACEHOLDER.get(self.kind, self.name.upper())
+        return word if self.required else f"[{word}]"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    description: str  # one line: the platform's description and the command's line in /help
+    args: tuple[Arg, ...] = ()
+    admin: bool = False  # only the bot's admins may run it
+    tool: str | None = None  # runs this tool in the conversation, no LLM needed
+    private: bool = False  # the answer is shown only to the asker
+
+    @property
+    def summary(self) -> str:
+        """The platform's description: 'Admins: list the image models ...' for an admin command."""
+        return f"Admins: {self.description[0].lower()}{self.description[1:]}" if self.admin else self.description
+
+    @property
+    def usage(self) -> str:
+        """/load MODEL [DEVICE]."""
+        return " ".join([f"/{self.name}", *(a.usage for a in self.args)])
+
+
+_MODEL = "The model to {}, like Text2Image"
+COMMANDS: tuple[Command, ...] = (
+    Command("imagine", "Draw an image from a description.", (Arg("prompt", TEXT, "What to draw, in English"),),
+            tool="generate_image"),
+    Command("caption", "Describe what an image shows.", (Arg("image", IMAGE, "The image to describe, like img1"),),
+            tool="caption_image"),
+    Command("edit", "Change an image by an instruction, like 'make it winter'.",
+            (Arg("image", IMAGE, "The image to change, like img1"),
+             Arg("instruction", TEXT, "What to change, in English")), tool="edit_image"),
+    Command("reset", "Forget this conversation's messages and images."),
+    Command("help", "What this bot can do.", private=True),
+    Command("models", "List the image models and where they run.", admin=True, private=True),
+    Command("safety", "The safety filter, and what it does in this conversation.", admin=True, private=True),
+    Command("reload", "Reload one image model, or all of them.",
+            (Arg("model", MODEL, _MODEL.format("reload") + " (all when left out)", required=False),),
+            admin=True, private=True),
+    Command("load", "Load an image model, on a device if you name one.",
+            (Arg("model", MODEL, _MODEL.format("load")),
+             Arg("device", DEVICE, "cpu, cuda, cuda:1 ... (its configured device when left out)", required=False)),
+            admin=True, private=True),
+    Command("unload", "Unload an image model to free memory.", (Arg("model", MODEL, _MODEL.format("unload")),),
+            admin=True, private=True),
+)
+BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
+
+
+def from_words(command: Command, text: str) -> dict[str, str] | None:
+    """The arguments typed after a command: one word each, a last text argument the rest of the line;
+    None when they do not fit (too few, or too many): answer with ``command.usage``."""
+    args = command.args
+    takes_rest = bool(args) and args[-1].kind == TEXT
+    words = text.split(None, len(args) - 1) if takes_rest else text.split()
+    if len(words) > len(args) or len(words) < sum(a.required for a in args):
+        return None
+    return {a.name: w for a, w in zip(args, words)}
+
+
+def _lines(admin: bool) -> list[str]:
+    return [f"{c.usage}: {c.description}" for c in COMMANDS if c.admin == admin]
+
+
+def names(admin: bool = False) -> str:
+    """'/imagine, /caption, /edit, /reset, /help'."""
+    return ", ".join(f"/{c.name}" for c in COMMANDS if c.admin == admin)
+
+
+HELP = "\n".join([
+    "I can talk about, draw and edit images. Mention me with a request, with or without an image:",
+    '- "draw a cat on a sofa"  - "make it look like winter"  - "what breed is this dog?"',
+    '- "find the edges of img2 and draw a house that follows them"  - "remove the car"  - "show me img1 again"',
+    'Mention me with "reset" to start this conversation over. Images get ids like img1; say them to point at '
+    "an image.",
+    "Commands:", *_lines(admin=False),
+    "Admins:", *_lines(admin=True),
+])

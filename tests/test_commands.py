@@ -1,0 +1,89 @@
+"""The command table (core/commands.py) keeps every platform honest: Discord's app commands, Slack's
+slash commands, the terminal's commands and /help are all made from it. Offline: no pool, no core;
+the real discord.py tree and the real bolt dispatch."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from slack_bolt.request.async_request import AsyncBoltRequest
+
+import settings
+from bot.adapters import terminal
+from bot.adapters.discord_bot import FILE, DiscordBot
+from bot.adapters.slack_bot import SlackBot
+from core.commands import BY_NAME, COMMANDS, HELP, IMAGE, TEXT, from_words
+from tests.fakes.slack_payloads import slash_command
+from tests.fakes.slack_server import FakeSlack
+
+
+@pytest.fixture
+def config(tmp_path):
+    return settings.parse({}, tmp_path / "config.toml")
+
+
+def test_every_command_has_help_and_described_arguments():
+    assert len(BY_NAME) == len(COMMANDS)
+    for command in COMMANDS:
+        assert command.description.endswith(".") and len(command.summary) <= 100  # Discord's limit
+        assert all(a.description for a in command.args), command.name
+        assert f"{command.usage}: {command.description}" in HELP.splitlines()
+        assert all(a.kind != TEXT for a in command.args[:-1]), command.name  # free text comes last
+        assert sum(a.kind == IMAGE for a in command.args) <= 1  # one attachment option on Discord
+    assert [a.usage for a in BY_NAME["load"].args] == ["MODEL", "[DEVICE]"]
+
+
+def test_typed_words_become_arguments():
+    assert from_words(BY_NAME["edit"], "img1 make it  winter") == {"image": "img1", "instruction": "make it  winter"}
+    assert from_words(BY_NAME["edit"], "img1") is None
+    assert from_words(BY_NAME["load"], "Text2Image") == {"model": "Text2Image"}
+    assert from_words(BY_NAME["load"], "Text2Image cpu extra") is None
+    assert from_words(BY_NAME["reload"], "") == {} and from_words(BY_NAME["models"], "now") is None
+
+
+async def test_discord_registers_the_table(config):
+    bot = DiscordBot(None, config)
+    tree = {c.name: c for c in bot.client.tree.get_commands()}
+    assert list(tree) == [c.name for c in COMMANDS]
+    for command in COMMANDS:
+        registered = tree[command.name]
+        assert registered.description == command.summary
+        options = {p.name: p for p in registered.parameters}
+        names = [a.name for a in command.args] + ([FILE] if any(a.kind == IMAGE for a in command.args) else [])
+        assert sorted(options) == sorted(names)
+        for arg in command.args:  # an image's id may be left out when a file is attached instead
+            assert options[arg.name].required == (arg.required and arg.kind != IMAGE)
+            assert options[arg.name].description == arg.description
+
+
+@pytest.fixture
+async def slack(monkeypatch):
+    async with FakeSlack() as fake:  # bolt checks the token (auth.test) before dispatching
+        monkeypatch.setenv("SLACK_BOT_TOKEN", fake.bot_token)
+        yield fake
+
+
+async def test_slack_answers_every_command_of_the_table_and_no_other(config, slack):
+    bot = SlackBot(None, config, base_url=slack.base_url)
+
+    async def ack_text(name: str, text: str) -> str | None:
+        payload = slash_command(f"/{name}", text, user="U1", channel="C1", channel_name="general",
+                                response_url="http://127.0.0.1:9/hook", trigger_id="t1")
+        response = await bot.app.async_dispatch(AsyncBoltRequest(body=dict(payload), mode="socket_mode"))
+        return response.body if response.status == 200 else None  # an ack with text only: the text
+
+    for command in COMMANDS:  # words that do not fit: answered with the usage inside the ack, the core untouched
+        words = "" if any(a.required for a in command.args) else " ".join(["x"] * (len(command.args) + 1))
+        expected = HELP if command.name == "help" else f"Usage: {command.usage}"
+        assert (await ack_text(command.name, words)).startswith(expected), command.name
+    assert await ack_text("frobnicate", "") is None
+
+
+async def test_the_terminal_knows_every_command_of_the_table():
+    out = io.StringIO()
+    reply = terminal.TerminalReply(None, out)
+    for command in COMMANDS:
+        if any(a.required for a in command.args):
+            await terminal.handle_line(None, f"/{command.name}", reply)
+            assert out.getvalue().splitlines()[-1] == f"bot: Usage: {command.usage}"
