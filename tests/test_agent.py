@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from core.turn import Attachment, Turn
-from tests.conftest import make_core
+from testkit.core import make_core
 from tests.fakes.openai_server import FakeLLM, offered_tools
 
 
