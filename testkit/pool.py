@@ -63,6 +63,10 @@ class Pool:
     def client(self) -> PoolClient:
         return PoolClient(self.url)
 
+    async def ready(self, timeout: float = 180) -> None:
+        """Until every model is ready (``wait_ready``)."""
+        await wait_ready(self.url, self.proc, self.log, timeout)
+
 
 async def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     """Until every model the pool at ``url`` names is ready; fails when one failed or the process exited."""
@@ -103,13 +107,16 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def launch_pool(config: Path, *args: str, group: bool = False) -> Pool:
+    """A pool process for ``config`` (``spawn_pool``), not waited for: ``pool.ready()`` does that."""
+    return Pool(config, spawn_pool(config, *args, group=group), config.parent / "pool.log", group)
+
+
 def start_pool_with(config: Path, *args: str, group: bool = False, timeout: float = 180) -> Pool:
     """A pool process for ``config``, once every model it names is ready; its log beside the config."""
-    log = config.parent / "pool.log"
-    proc = spawn_pool(config, *args, group=group)
-    pool = Pool(config, proc, log, group)
+    pool = launch_pool(config, *args, group=group)
     try:
-        asyncio.run(wait_ready(pool.url, proc, log, timeout))
+        asyncio.run(pool.ready(timeout))
     except BaseException:
         stop_pool(pool, 0)
         raise
