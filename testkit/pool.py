@@ -90,13 +90,14 @@ async def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float
 
 def spawn_pool(config: Path, *args: str, env: dict[str, str] | None = None,
                group: bool = False) -> subprocess.Popen:
-    """``python -m gpu_pool --config CONFIG ARGS``, its output in pool.log beside the config. ``env``: instead
-    of ``child_env()``; ``group``: in a process group of its own, which Ray's processes join (``kill_group``
-    ends what is left of them)."""
+    """``python -m gpu_pool --config CONFIG ARGS``, its output in pool.log beside the config, stopping by
+    itself when this process dies (as under the bot). ``env``: instead of ``child_env()``; ``group``: in a
+    process group of its own, which Ray's processes join (``kill_group`` ends what is left of them)."""
+    env = child_env() if env is None else env
+    env.setdefault("GPU_POOL_PARENT_PID", str(os.getpid()))  # gpu_pool/__main__.py's PARENT_ENV
     with (config.parent / "pool.log").open("w") as out:  # the child keeps its own copy of the handle
         return subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(config), *args], cwd=ROOT,
-                                env=child_env() if env is None else env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=group)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=group)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
