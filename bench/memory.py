@@ -157,6 +157,13 @@ def fp16_on(device: str):
         torch.set_default_dtype(old)
 
 
+def quiet_diffusers() -> None:
+    """No "You have disabled the safety checker" notice for every pipeline built."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+
+
 def half(m: torch.nn.Module) -> torch.nn.Module:
     """Make sure every floating tensor is fp16 (most already are; diffusers warns on a needless ``.to``)."""
     tensors = [*m.parameters(), *m.buffers()]
@@ -395,8 +402,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="on meta only (as --no-cuda)")
     args = parser.parse_args()
     started = time.perf_counter()
-    from diffusers.utils import logging as diffusers_logging
-    diffusers_logging.set_verbosity_error()  # "You have disabled the safety checker", once per pipeline
+    quiet_diffusers()
     with fp16_on("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # controlnet_aux imports all its detectors; timm/mediapipe notices
         seed, pool, cpu = seed_placement(), pool_placement(), annotators()

@@ -168,9 +168,8 @@ def main() -> None:
     parser.add_argument("--no-cuda", action="store_true", help="skip the real copies even if a GPU is present")
     parser.add_argument("--smoke", action="store_true", help="a short trace, no sensitivity runs, no GPU")
     args = parser.parse_args()
+    memory.quiet_diffusers()
     started = time.perf_counter()
-    from diffusers.utils import logging as diffusers_logging
-    diffusers_logging.set_verbosity_error()
     tools = build_tools()
     total = unique_bytes(m for mods in tools.values() for m in mods)
     largest = max(tools, key=lambda n: unique_bytes(tools[n]))
