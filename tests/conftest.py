@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from testkit.core import close_core, make_core  # noqa: E402, F401 (make_core: tests import it from here too)
+from testkit.core import close_core, make_core  # noqa: E402
 from testkit.pool import start_pool, stop_pool, tiny_models  # noqa: E402
 
 
