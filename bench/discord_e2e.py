@@ -14,9 +14,10 @@ Per channel, measured at the fakes:
   other channels: one CPU device runs one job at a time)
 - overhead = total - LLM - model (includes the pool queue); and the same less the pool queue
 
-    .venv/bin/python bench/discord_e2e.py [--channels 50]
+    .venv/bin/python bench/discord_e2e.py [--channels 50] [--smoke]
 
-Ends with ``first_sign_p95_ms=<float>``.
+``--smoke``: 3 channels, a pool with only the tiny Text2Image (2 steps) and safety checker.
+Ends with ``errors=<int>`` and ``first_sign_p95_ms=<float>``.
 """
 
 from __future__ import annotations
@@ -25,23 +26,19 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench.harness import bench_core, discord_bot, drawing_config
+from core.pool_client import PoolClient
+from testkit.pool import start_pool, start_pool_with, stop_pool
+from tests.fakes.discord_payloads import BOT_ID, message, user
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.openai_server import FakeLLM, last_user_text
 
-from bench.harness import build_core, discord_bot  # noqa: E402
-from core.pool_client import PoolClient  # noqa: E402
-from tests.conftest import start_pool, stop_pool  # noqa: E402
-from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
-from tests.fakes.discord_server import FakeDiscord  # noqa: E402
-from tests.fakes.openai_server import FakeLLM, last_user_text  # noqa: E402
-
+FIGURES = ("errors", "first_sign_p95_ms")
 TOKEN_ENV = "DISCORD_TOKEN_FOR_BENCH"
 REPLY = "Here is your cat: img1"
 
@@ -100,7 +97,7 @@ async def main(n: int, folder: Path, pool) -> None:
     await llm.start()
     llm.on(user="draw a cat", after_tool=False, times=None).call("generate_image", {"prompt": "a cat"})
     llm.on(after_tool="generate_image", times=None).reply(REPLY)
-    core = build_core(pool, folder / "data", llm.base_url, TOKEN_ENV, TimedPool)
+    core = bench_core(pool, folder / "data", llm.base_url, TOKEN_ENV, TimedPool)
     warm = "2999"
     channels = [str(3100 + i) for i in range(n)]
     users = {c: str(7000 + i) for i, c in enumerate([warm, *channels])}
@@ -146,11 +143,13 @@ async def main(n: int, folder: Path, pool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channels", type=int, default=50)
+    parser.add_argument("--smoke", action="store_true", help="3 channels, drawings of 2 steps")
     args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
-        running = start_pool(Path(tmp))
+        running = start_pool_with(drawing_config(Path(tmp), steps=2)) if args.smoke else start_pool(Path(tmp))
         try:
-            asyncio.run(main(args.channels, Path(tmp), running))
+            asyncio.run(main(3 if args.smoke else args.channels, Path(tmp), running))
         finally:
             stop_pool(running)

@@ -3,6 +3,7 @@ each tool once at 512 and 1024 px, through the pool's own loaders; ``name=value`
 
     python bench/gpu_check.py                        # CUDA: tiny, then real size (about 3-5 min on an H200)
     python bench/gpu_check.py --device cpu --tiny    # the same path on a CPU: tiny models at 64 px (3 min)
+    python bench/gpu_check.py --smoke                # CPU, tiny, 64 px, six models (one per kind): seconds
 
 What it does, independent of the bot and the pool process:
 
@@ -38,12 +39,13 @@ import traceback
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(1, str(ROOT / "bench"))
 NEEDS = ("torch", "diffusers", "transformers", "controlnet_aux", "cv2", "safetensors", "PIL", "timm", "einops")
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MIB = 2**20
+# --smoke: one model of each kind (the SD base, BLIP, GroundingDINO, an annotator, the checker, the LLM)
+SMOKE_MODELS = ("Text2Image", "ImageCaptioning", "Text2Box", "Image2Canny", "SafetyChecker", "LLM")
+FIGURES = ("failed", "total_s", "tiny_load_all_s", "tiny_Text2Image_64_s", "tiny_ImageCaptioning_64_s",  # --smoke's
+           "tiny_Text2Box_64_s", "tiny_Image2Canny_64_s", "tiny_SafetyChecker_64_s", "tiny_LLM_64_s")
 failures: list[str] = []
 
 
@@ -217,7 +219,7 @@ def tiny_folders(tiny: Path) -> dict[str, str]:
 
 def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
     """Real-size random checkpoints, built on ``device`` in fp16 and saved as the hub lays them out."""
-    import memory as real  # bench/memory.py: the real configs and builders
+    from bench import memory as real  # the real configs and builders
     from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline)
     from transformers import (BlipImageProcessor, BlipProcessor, CLIPImageProcessor, CLIPSegProcessor,
                               DPTImageProcessor, GroundingDinoImageProcessor, GroundingDinoProcessor,
@@ -305,7 +307,7 @@ def write_real_llm(folder: Path, tiny_llm: Path, device: str) -> None:
     """The built-in LLM at Qwen3-VL-2B's size, random, with the tiny model's tokenizer, template and processor."""
     import json
 
-    import memory as real
+    from bench import memory as real
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     started = time.perf_counter()
@@ -360,7 +362,11 @@ def main() -> int:
     parser.add_argument("--scratch", default="", help="where the 15 GB of real-size checkpoints go (default: /dev/shm "
                                                       "when it has room, else the temp folder)")
     parser.add_argument("--budget-s", type=float, default=450, help="runs after this many seconds are skipped, loudly")
+    parser.add_argument("--models", default="", help="only these models, e.g. Text2Image,Image2Canny (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="--device cpu --tiny --sizes 64 with one model per kind")
     args = parser.parse_args()
+    if args.smoke:
+        args.device, args.tiny, args.sizes, args.models = "cpu", True, "64", ",".join(SMOKE_MODELS)
     started = time.monotonic()
     deadline = started + args.budget_s
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
@@ -389,7 +395,10 @@ def main() -> int:
     tiny = ensure()
 
     t = time.perf_counter()
-    models = load_all("tiny", specs(tiny_folders(tiny), str(tiny / "hub" / SD15), device, dtype), meter)
+    folders = tiny_folders(tiny)
+    if args.models:
+        folders = {name: folders[name] for name in args.models.split(",")}
+    models = load_all("tiny", specs(folders, str(tiny / "hub" / SD15), device, dtype), meter)
     say("tiny_load_all_s", f"{time.perf_counter() - t:.1f}")
     run_all("tiny", models, sizes, meter, deadline)
     del models
@@ -400,6 +409,8 @@ def main() -> int:
         try:
             t = time.perf_counter()
             folders = write_real(scratch, tiny, device)
+            if args.models:
+                folders = {name: folders[name] for name in args.models.split(",")}
             meter.free()
             say("real_write_all_s", f"{time.perf_counter() - t:.1f}")
             t = time.perf_counter()

@@ -12,26 +12,31 @@ import pytest
 
 import settings
 from bot.adapters.discord_bot import DiscordBot
+from bot.app import build_core
 from core.engine import Core
-from core.images import ImageStore
-from core.llm import LLM
 from core.pool_client import PoolClient
-from core.store import Store
+from testkit.core import close_core, core_config
+from testkit.pool import tiny_models
 
 
-def build_core(pool, data: Path, llm_url: str, discord_token_env: str,
+def drawing_config(folder: Path, size: int = 64, steps: int = 50) -> Path:
+    """A pool config with the tiny Text2Image at ``size`` px, at most ``steps`` steps, and the safety checker
+    (on by default: the tiny one flags nothing, as a real one would pass these drawings)."""
+    tiny = tiny_models()
+    config = folder / "config.toml"
+    config.write_text(f'''[pool]\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"\n[storage]\ndata_dir = "data"
+[limits]\nworking_size = {size}\nmax_steps = {steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n
+[models.SafetyChecker]\ndevice = "cpu"\nsource = "{tiny}/safety-flags-none"\n''')
+    return config
+
+
+def bench_core(pool, data: Path, llm_url: str, discord_token_env: str,
                pool_client: type[PoolClient] = PoolClient) -> Core:
-    """The Core on ``pool`` (a tests.conftest Pool), its LLM at ``llm_url``, its data in ``data``, Discord
+    """The Core on ``pool`` (a testkit.pool.Pool), its LLM at ``llm_url``, its data in ``data``, Discord
     on with the token in ``discord_token_env``; status messages paced as in production."""
-    cfg = settings.load(pool.config, env_check=False)
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, base_url=llm_url),
-                              storage=settings.StorageConfig(data),
-                              discord=settings.DiscordConfig(True, discord_token_env, ()))
-    store = Store(data / "bot.db")
-    lim = cfg.limits
-    images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
-                        working_size=lim.working_size)
-    return Core(cfg, store, images, pool_client(cfg.pool.url), LLM(cfg.llm, max_retries=0))
+    cfg = core_config(pool.config, data, base_url=llm_url)
+    cfg = dataclasses.replace(cfg, discord=settings.DiscordConfig(True, discord_token_env, ()))
+    return build_core(cfg, pool_client=pool_client, llm_retries=0)
 
 
 async def shut_down(bot, fake, llm, core: Core) -> None:
@@ -39,8 +44,7 @@ async def shut_down(bot, fake, llm, core: Core) -> None:
     await bot.close()
     await fake.stop()
     await llm.stop()
-    await core.pool.close()
-    await core.llm.close()
+    await close_core(core)
 
 
 @contextlib.asynccontextmanager

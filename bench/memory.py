@@ -21,17 +21,18 @@ itself uses: each parameter/buffer once, at its dtype's size.
   runs on the shared base (no bytes of its own); Upscale holds the latent
   upscaler's own UNet, VAE and text encoder.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/memory.py [--no-cuda]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/memory.py [--no-cuda] [--smoke]
 
 Then what ``./scripts/run --fetch`` downloads per repo for float16 (the files
 ``gpu_pool/weights.py`` picks): the sizes are computed from the same
 real-size configs on meta (an fp16 variant file holds the fp16 bytes, a full
 one twice that), not read from the hub, which these machines cannot reach.
-Which repos publish fp16 variant files is ``HAS_FP16`` below, from their file
-listings; the pool itself decides from the live listing.
+Which repos publish fp16 variant files is ``HAS_FP16`` (scripts/tiny_models/hub.py), from
+their file listings; the pool itself decides from the live listing.
 
 With a CUDA GPU it also builds the pool placement there with random fp16
-weights and prints ``torch.cuda.max_memory_allocated``. Ends with
+weights and prints ``torch.cuda.max_memory_allocated`` (not with ``--smoke``: everything
+else is counted on meta, in seconds, on any machine). Ends with
 ``safety_checker_fp16_mib=``, ``buttons_fp16_mib=``, ``download_fp16_mib=``,
 ``seed_tool_set_fp16_mib=<pool total>`` and
 ``shared_over_seed_ratio=<pool / seed>``.
@@ -41,20 +42,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 import warnings
 from pathlib import Path
 
+import torch
+
+import settings
+from gpu_pool.accounting import model_bytes, unique_bytes
+from scripts.tiny_models.hub import HAS_FP16  # the repos that publish fp16 variant files
+from scripts.tiny_models.sd import SD15_SCHEDULE
+from settings import MODEL_DEFAULTS, SD15
+from settings import SEED_MODELS as MODEL_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from gpu_pool.accounting import model_bytes, unique_bytes  # noqa: E402
-import settings  # noqa: E402
-from settings import MODEL_DEFAULTS, SD15  # noqa: E402
-from settings import SEED_MODELS as MODEL_NAMES  # noqa: E402
+FIGURES = ("safety_checker_fp16_mib", "buttons_fp16_mib", "download_fp16_mib", "seed_tool_set_fp16_mib",
+           "shared_over_seed_ratio")
 
 MIB = 2**20
 SEED_PUBLISHED_MB = 42_054  # TaskMatrix README, per-tool GPU memory table, summed
@@ -140,9 +143,6 @@ UPSCALER_UNET = dict(in_channels=8, out_channels=5, block_out_channels=[384, 384
                      resnet_time_scale_shift="scale_shift", time_embedding_type="fourier", timestep_post_act="gelu",
                      conv_in_kernel=1, conv_out_kernel=1)
 BUTTONS = ("Variations", "Upscale")  # the models of the buttons under an image (not the seed's)
-# SD1.5 scheduler numbers (no weights; the pipelines just need one)
-SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 prediction_type="epsilon", steps_offset=1)
 
 
 @contextlib.contextmanager
@@ -155,6 +155,13 @@ def fp16_on(device: str):
             yield
     finally:
         torch.set_default_dtype(old)
+
+
+def quiet_diffusers() -> None:
+    """No "You have disabled the safety checker" notice for every pipeline built."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
 
 
 def half(m: torch.nn.Module) -> torch.nn.Module:
@@ -282,7 +289,7 @@ def pool_placement() -> dict[str, list]:
 
     u, v, t = sd_copy()
     with torch.device("cpu"):  # the scheduler computes its tables at construction
-        scheduler = UniPCMultistepScheduler(**SCHEDULER)
+        scheduler = UniPCMultistepScheduler(**SD15_SCHEDULE)
     no_checker = dict(tokenizer=None, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     base = StableDiffusionPipeline(vae=v, text_encoder=t, unet=u, scheduler=scheduler, **no_checker)
     shared = dict(vae=base.vae, text_encoder=base.text_encoder, scheduler=base.scheduler, **no_checker)
@@ -302,7 +309,7 @@ def upscaler_pipeline(tokenizer):
     """The latent upscaler's repo at real size (bench/gpu_check.py saves it): its three networks, SD's schedule."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline
     with torch.device("cpu"):  # the scheduler computes its tables at construction
-        scheduler = EulerDiscreteScheduler(**dict(SCHEDULER, prediction_type="sample"))
+        scheduler = EulerDiscreteScheduler(**dict(SD15_SCHEDULE, prediction_type="sample"))
     return StableDiffusionLatentUpscalePipeline(vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer,
                                                 unet=upscaler_unet(), scheduler=scheduler)
 
@@ -336,13 +343,6 @@ def report(seed: dict, pool: dict, cpu: dict) -> tuple[float, float]:
           "pool shared: bytes held with another tool (the SD1.5 base; counted once in the total row)")
     print(f"seed placement: {seed_total / MIB:.1f} MiB; pool placement: {pool_total / MIB:.1f} MiB")
     return pool_total / MIB, seed_total / MIB
-
-
-# The seed's repos that publish fp16 variant files (model.fp16.safetensors /
-# diffusion_pytorch_model.fp16.safetensors) next to the full ones, per their hub file listings:
-# SD1.5 (unet, vae, text_encoder) and SD1.5-inpainting (unet). timbrooks/instruct-pix2pix, the
-# lllyasviel ControlNets, stabilityai/sd-x2-latent-upscaler and the transformers repos publish float32 only.
-HAS_FP16 = {SD15, "stable-diffusion-v1-5/stable-diffusion-inpainting"}
 
 
 def downloads(pool: dict, cpu: dict) -> dict[str, tuple[int, int]]:
@@ -399,10 +399,10 @@ def cuda_peak_mib() -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-cuda", action="store_true", help="skip the GPU measurement even if a GPU is present")
+    parser.add_argument("--smoke", action="store_true", help="on meta only (as --no-cuda)")
     args = parser.parse_args()
     started = time.perf_counter()
-    from diffusers.utils import logging as diffusers_logging
-    diffusers_logging.set_verbosity_error()  # "You have disabled the safety checker", once per pipeline
+    quiet_diffusers()
     with fp16_on("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # controlnet_aux imports all its detectors; timm/mediapipe notices
         seed, pool, cpu = seed_placement(), pool_placement(), annotators()
@@ -411,7 +411,7 @@ def main() -> None:
     ours, seeds = report(seed, pool, cpu)
     fetched = report_downloads(pool | {"Upscale": buttons["Upscale"]}, cpu)  # Variations: the base's files
     print(f"built and counted on meta in {time.perf_counter() - started:.1f} s")
-    if torch.cuda.is_available() and not args.no_cuda:
+    if torch.cuda.is_available() and not (args.no_cuda or args.smoke):
         peak, accounted = cuda_peak_mib()
         print(f"cuda ({torch.cuda.get_device_name()}): pool placement max_memory_allocated {peak:.1f} MiB "
               f"(accounted {accounted:.1f} MiB); seed published {SEED_PUBLISHED_MB:,} MB")

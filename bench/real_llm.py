@@ -1,9 +1,9 @@
 """Fifteen everyday requests through the bot against a real LLM: does it call a tool, validly, and the right one?
 
-    .venv/bin/python bench/real_llm.py [--backend built-in|llama|both] [--llm-source DIR_OR_HUB_ID]
-                                       [--llama-format gguf|chatml-function-calling]
+    .venv/bin/python bench/real_llm.py [--backend built-in|llama|both|fake] [--llm-source DIR_OR_HUB_ID]
+                                       [--llama-format gguf|chatml-function-calling] [--smoke]
 
-The real Core (as tests/conftest.py ``make_core`` builds it) on a pool with every tiny image model, driven
+The real Core (``bot.app.build_core``) on a pool with every tiny image model, driven
 with uploads, follow-ups ("it", "the last one") and small talk, in four conversations, against:
 
 - built-in: the pool's own LLM ([models.LLM]) over its socket; here the tiny random Qwen3-VL (its calls
@@ -13,23 +13,26 @@ with uploads, follow-ups ("it", "the last one") and small talk, in four conversa
   the model's own template ignores tools, so the core's JSON fallback runs and the server decodes each
   answer under the actions' JSON schema (``response_format``); ``chatml-function-calling`` decodes each
   call under a grammar from the tool's schema, but llama-cpp-python leaves out required properties
-  there, so calls such as ``answer_question({})`` come back.
+  there, so calls such as ``answer_question({})`` come back;
+- fake: the scripted server of the tests (tests/fakes/openai_server.py), which draws when asked to draw
+  and answers everything else in words. ``--smoke`` runs it on a pool with only the models it needs:
+  the bench's own code in seconds, with figures known in advance (2 calls, both valid; 6 of 15 right).
 
 What the bot ran is read from its session store: each stored tool call is valid when it names a tool
 and its arguments satisfy that tool's schema with the image ids that existed at the time. Per request
 it prints the tools called and whether they were valid and right; then, per backend, ``valid_tool_calls=``
-(valid calls / calls made) and ``right_tool=`` (requests whose first call, or plain answer, fits).
+(valid calls / calls made) and ``right_tool=`` (requests whose first call, or plain answer, fits),
+and as numbers ``calls_made=``, ``valid_tool_call_rate=`` and ``right_tool_rate=``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import io
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,25 +40,22 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import jsonschema
+from PIL import ImageDraw
 
-import jsonschema  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from bot.app import build_core
+from core import toolset
+from core.engine import Core
+from core.store import Store
+from core.tools import BY_NAME
+from core.turn import Attachment, Turn
+from testkit.bot_process import small_config
+from testkit.core import close_core, core_config
+from testkit.images import house, png_bytes
+from testkit.pool import ROOT, start_pool_with, stop_pool, tiny_models, write_tiny_config
+from tests.fakes.openai_server import FakeLLM
 
-import settings  # noqa: E402
-from core import local_llm  # noqa: E402
-from core.engine import Core  # noqa: E402
-from core.images import ImageStore  # noqa: E402
-from core.llm import LLM  # noqa: E402
-from core.pool_client import PoolClient  # noqa: E402
-from core.store import Store  # noqa: E402
-from core import toolset  # noqa: E402
-from core.tools import BY_NAME  # noqa: E402
-from core.turn import Attachment, Turn  # noqa: E402
-from tests.conftest import start_pool_with, stop_pool, write_tiny_config  # noqa: E402
-
+FIGURES = ("calls_made", "valid_tool_call_rate", "right_tool_rate")
 LOG, LLAMA_LOG = ROOT / "build" / "real_llm.log", ROOT / "build" / "real_llm.llama.log"
 TEXT = ""  # "no tool": a plain answer is the right one
 # (conversation, upload an image first?, what the user says, the tools that would be right)
@@ -90,25 +90,11 @@ class Quiet:
 
 
 def photo() -> bytes:
-    img = Image.new("RGB", (96, 64), (120, 160, 210))
+    img = house(sky=(120, 160, 210))
     d = ImageDraw.Draw(img)
     d.rectangle([10, 30, 60, 60], fill=(150, 60, 40))  # a sofa
     d.ellipse([30, 10, 50, 34], fill=(40, 40, 40))  # a cat
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def build_core(config: Path, data: Path, llm_kwargs: dict, **llm_overrides) -> Core:
-    cfg = settings.load(config, env_check=False)
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, **llm_overrides),
-                              storage=settings.StorageConfig(data))
-    store = Store(data / "bot.db")
-    lim = cfg.limits
-    images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
-                        working_size=lim.working_size)
-    return Core(cfg, store, images, PoolClient(cfg.pool.url), LLM(cfg.llm, max_retries=0, **llm_kwargs),
-                status_interval=0)
+    return png_bytes(img)
 
 
 def calls_since(store: Store, session: str, after_id: int) -> list[tuple[str, str, bool]]:
@@ -164,19 +150,36 @@ async def drive(core: Core, label: str) -> tuple[int, int, int]:
     return n_valid, n_calls, n_right
 
 
-async def run_backend(label: str, config: Path, data: Path, llm_kwargs: dict, **overrides) -> None:
-    core = build_core(config, data, llm_kwargs, **overrides)
+async def run_backend(label: str, config: Path, data: Path, **llm_overrides) -> None:
+    """The fifteen requests through a core whose [llm] is the config's with ``llm_overrides``
+    (base_url empty: the pool's built-in model)."""
+    core = build_core(core_config(config, data, **llm_overrides), llm_retries=0, status_interval=0)
     try:
         started = time.perf_counter()
         n_valid, n_calls, n_right = await drive(core, label)
     finally:
-        await core.pool.close()
-        await core.llm.close()
+        await close_core(core)
     print(f"backend={label}")
     print(f"calls_made={n_calls}")
     print(f"valid_tool_calls={n_valid}/{n_calls}")
     print(f"right_tool={n_right}/{len(REQUESTS)}")
+    print(f"valid_tool_call_rate={n_valid / n_calls if n_calls else 0:.3f}")
+    print(f"right_tool_rate={n_right / len(REQUESTS):.3f}")
     print(f"seconds={time.perf_counter() - started:.0f}", flush=True)
+
+
+def scripted() -> FakeLLM:
+    """The tests' scripted server: draws when a message starts with "draw", answers everything else in words."""
+    llm = FakeLLM(strict=False)
+    llm.on(user=re.compile(r"^draw", re.I), after_tool=False, times=None).call("generate_image", {"prompt": "a cat"})
+    llm.on(after_tool=True, times=None).reply("Here it is.")
+    llm.on(times=None).reply("I can draw and edit images.")
+    return llm
+
+
+async def run_fake(config: Path, data: Path) -> None:
+    async with scripted() as llm:
+        await run_backend("fake", config, data, base_url=llm.base_url)
 
 
 def free_port() -> int:
@@ -223,29 +226,32 @@ def pool_config(folder: Path, llm_source: str | None) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["built-in", "llama", "both"], default="both")
+    parser.add_argument("--backend", choices=["built-in", "llama", "both", "fake"], default="both")
     parser.add_argument("--llm-source", help="the built-in LLM's source (default: the tiny random Qwen3-VL)")
     parser.add_argument("--llama-format", default="gguf",
                         help='llama-cpp-python chat_format, or "gguf" for the model\'s own template')
+    parser.add_argument("--smoke", action="store_true", help="the scripted server, on a pool with three tiny models")
     args = parser.parse_args()
-    from scripts.build_tiny_models import ensure
-
-    ensure()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tiny = tiny_models()
     LOG.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=LOG, filemode="w", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"the bot's log: {LOG}; llama.cpp's server log: {LLAMA_LOG}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        pool = start_pool_with(pool_config(folder, args.llm_source))
+        # the smoke run's pool: Text2Image, ImageCaptioning (uploads are captioned) and the safety checker
+        config = small_config(folder, tiny) if args.smoke else pool_config(folder, args.llm_source)
+        pool = start_pool_with(config)
         try:
-            if args.backend in ("built-in", "both"):
-                conn = local_llm.connection(pool.url)
-                asyncio.run(run_backend("built-in", pool.config, folder / "data-a", conn, timeout_s=300))
-            if args.backend in ("llama", "both"):
+            if args.smoke or args.backend == "fake":
+                asyncio.run(run_fake(pool.config, folder / "data-fake"))
+            if args.backend in ("built-in", "both") and not args.smoke:
+                asyncio.run(run_backend("built-in", pool.config, folder / "data-a", base_url="", timeout_s=300))
+            if args.backend in ("llama", "both") and not args.smoke:
                 proc, url = start_llama(args.llama_format)
                 try:
-                    asyncio.run(run_backend(f"llama:{args.llama_format}", pool.config, folder / "data-b", {},
+                    asyncio.run(run_backend(f"llama:{args.llama_format}", pool.config, folder / "data-b",
                                             base_url=url, model="smollm2", timeout_s=300))
                 finally:
                     proc.terminate()

@@ -11,16 +11,21 @@ is what a GPU would get.
 
 The trace models how the bot is used: sessions, three at a time,
 interleaved. A session is one workflow, drawn Zipf-skewed (s=1.2) over the
-15 workflows the bot's tools make, most popular first (chat about an
-uploaded image, generate, edit, canny, ...); image workflows start with the
-caption the bot makes of every upload; condition workflows make the map once
-and then generate from it; the last step is repeated (users iterate on a
-result: 1 + geometric, 3 times on average). 1000 jobs, every tool at least
-once. Jobs arrive in bursts (Poisson, one job served per tick), so a queue
+17 workflows the bot's tools and buttons make, most popular first (chat about
+an uploaded image, generate, edit, canny, ..., a drawing's Variations and
+Upscale buttons); image workflows start with the caption the bot makes of
+every upload; condition workflows make the map once and then generate from
+it; the last step is repeated (users iterate on a result: 1 + geometric, 3
+times on average). 1000 jobs, every tool at least once. Every drawing job is
+followed by the SafetyChecker on the same device, as the pool runs it (its
+weights are evicted last while the drawing runs); hit rates count its uses
+too. Jobs arrive in bursts (Poisson, one job served per tick), so a queue
 forms: warm-first has something to choose from, and the weights of queued
 jobs are evicted last. FIFO (max_overtakes=0) replays the same trace.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/residency.py [--no-cuda]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/residency.py [--no-cuda] [--smoke]
+
+``--smoke``: 200 jobs, no sensitivity runs, no GPU copies (the same code, in seconds).
 
 With a CUDA GPU it also materializes a ControlNet and a UNet (pinned CPU
 memory) and times bringing each onto the GPU (p50 of 20, non_blocking copies,
@@ -32,20 +37,16 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 import warnings
 from collections import Counter, deque
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench import memory  # noqa: E402
-from gpu_pool.accounting import unique_bytes  # noqa: E402
-from gpu_pool.residency import Residency, warm_first  # noqa: E402
+from bench import memory
+from gpu_pool.accounting import unique_bytes
+from gpu_pool.residency import Residency, warm_first
+from gpu_pool.scheduler import SAFETY_CHECKER
 
 MIB, GIB = 2**20, 2**30
 BUDGET, RESERVE, MAX_OVERTAKES = 8 * GIB, 1 * GIB, 3
@@ -58,7 +59,11 @@ WORKFLOWS += [(["ImageCaptioning", f"Image2{c}"], f"{c}Text2Image")
               for c in ("Pose", "Depth", "Scribble", "Seg", "Hed", "Line", "Normal")]
 WORKFLOWS += [(["ImageCaptioning"], "Text2Box"),  # detect objects; remove one with GroundingDINO + SAM masks
               (["ImageCaptioning", "Text2Box", "Segmenting"], "Inpainting")]
+WORKFLOWS += [(["Text2Image"], button) for button in memory.BUTTONS]  # the buttons under a drawing
 POPULARITY = list(dict.fromkeys(step for first, repeated in WORKFLOWS for step in [*first, repeated]))
+# The models whose images the pool's SafetyChecker looks at before they leave (gpu_pool/models/sd.py: draws)
+DRAWS = {"Text2Image", "InstructPix2Pix", "Inpainting", *memory.CONTROLNET_TOOLS, *memory.BUTTONS}
+FIGURES = ("peak_resident_mib", "budget_mib", "warm_first_hit_rate")
 FP32_ANNOTATORS = {"Image2Line", "Image2Hed", "Image2Scribble", "Image2Pose"}  # controlnet_aux runs them in fp32
 
 
@@ -66,14 +71,15 @@ def build_tools() -> dict[str, list[torch.nn.Module]]:
     """Every seed tool's modules at real size on meta, the SD family on one shared base."""
     with memory.fp16_on("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tools = memory.pool_placement() | memory.annotators()
+        pool = memory.pool_placement()
+        tools = pool | memory.annotators() | memory.button_models(pool)
     for name in FP32_ANNOTATORS:
         tools[name] = [m.float() for m in tools[name]]
-    assert sorted(tools) == sorted(POPULARITY)
+    assert sorted(tools) == sorted([*POPULARITY, SAFETY_CHECKER]), sorted(tools)
     return tools
 
 
-def make_trace(rng: random.Random, s: float = ZIPF_S) -> list[str]:
+def make_trace(rng: random.Random, s: float = ZIPF_S, jobs: int = JOBS) -> list[str]:
     """Sessions of ``USERS`` users interleaved; see the module docstring."""
     weights = [1 / rank**s for rank in range(1, len(WORKFLOWS) + 1)]
 
@@ -85,7 +91,7 @@ def make_trace(rng: random.Random, s: float = ZIPF_S) -> list[str]:
         return [*first, *[repeated] * repeats]
 
     active, trace = [session() for _ in range(USERS)], []
-    while len(trace) < JOBS:
+    while len(trace) < jobs:
         user = rng.randrange(USERS)
         trace.append(active[user].pop(0))
         active[user] = active[user] or session()
@@ -95,7 +101,8 @@ def make_trace(rng: random.Random, s: float = ZIPF_S) -> list[str]:
 
 
 def replay(tools: dict, trace: list[str], max_overtakes: int, seed: int) -> tuple[Residency, Counter, int]:
-    """Serve ``trace`` as a device queue would; returns the manager, hits per tool, the most overtakes seen."""
+    """Serve ``trace`` as a device queue would, each drawing checked by the SafetyChecker after it; returns
+    the manager, hits per tool, the most overtakes seen."""
     mgr = Residency("meta", BUDGET, RESERVE, home="meta")
     rng, arrivals, queue = random.Random(seed), deque(trace), []
     hits: Counter = Counter()
@@ -111,11 +118,14 @@ def replay(tools: dict, trace: list[str], max_overtakes: int, seed: int) -> tupl
             ahead["overtaken"] += 1
         job = queue.pop(i)
         most = max([most] + [j["overtaken"] for j in queue])
-        before = mgr.stats["hits"]
         soon = [m for j in queue for m in tools[j["model"]]]
-        with mgr.use(job["model"], tools[job["model"]], soon=soon):
-            assert mgr.resident_bytes <= mgr.limit
-        hits[job["model"]] += mgr.stats["hits"] - before
+        steps = [job["model"], SAFETY_CHECKER] if job["model"] in DRAWS else [job["model"]]
+        for i, name in enumerate(steps):
+            before = mgr.stats["hits"]
+            later = [m for n in steps[i + 1:] for m in tools[n]]  # the checker's weights: evicted last
+            with mgr.use(name, tools[name], soon=[*later, *soon]):
+                assert mgr.resident_bytes <= mgr.limit
+            hits[name] += mgr.stats["hits"] - before
     return mgr, hits, most
 
 
@@ -156,21 +166,23 @@ def time_moves(repeats: int = 20) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-cuda", action="store_true", help="skip the real copies even if a GPU is present")
+    parser.add_argument("--smoke", action="store_true", help="a short trace, no sensitivity runs, no GPU")
     args = parser.parse_args()
+    memory.quiet_diffusers()
     started = time.perf_counter()
-    from diffusers.utils import logging as diffusers_logging
-    diffusers_logging.set_verbosity_error()
     tools = build_tools()
     total = unique_bytes(m for mods in tools.values() for m in mods)
     largest = max(tools, key=lambda n: unique_bytes(tools[n]))
-    trace = make_trace(random.Random(SEED))
+    trace = make_trace(random.Random(SEED), jobs=200 if args.smoke else JOBS)
+    checks = sum(n in DRAWS for n in trace)
     top4 = sum(trace.count(n) for n in POPULARITY[:4]) / len(trace)
     print(f"seed tool set at real size: {len(tools)} tools, {total / MIB:.1f} MiB of weights on one device "
           f"(largest: {largest}, {unique_bytes(tools[largest]) / MIB:.1f} MiB)")
     print(f"budget {BUDGET / MIB:.0f} MiB minus a {RESERVE / MIB:.0f} MiB reserve: weights may take "
           f"{(BUDGET - RESERVE) / MIB:.0f} MiB")
     print(f"trace: {len(trace)} jobs over {len(set(trace))} tools, Zipf s={ZIPF_S}; the top 4 tools "
-          f"{top4:.0%} of jobs; bursty arrivals (Poisson, 1 per tick)")
+          f"{top4:.0%} of jobs; bursty arrivals (Poisson, 1 per tick); {checks} drawings checked by the "
+          f"{SAFETY_CHECKER}")
 
     runs = {"fifo": replay(tools, trace, 0, SEED), "warm-first": replay(tools, trace, MAX_OVERTAKES, SEED)}
     print(f"{'':<28}{'fifo':>12}{'warm-first':>12}   (max_overtakes={MAX_OVERTAKES})")
@@ -183,10 +195,11 @@ def main() -> None:
     for label, cell in rows:
         print(f"{label:<28}" + "".join(f"{cell(*r)!s:>12}" for r in runs.values()))
     mgr, hits, most = runs["warm-first"]
-    print("per tool (warm-first): jobs/hits  " + ", ".join(f"{n} {trace.count(n)}/{hits[n]}" for n in POPULARITY))
+    uses = Counter(trace) + Counter({SAFETY_CHECKER: checks})
+    print("per tool (warm-first): uses/hits  " + ", ".join(f"{n} {uses[n]}/{hits[n]}" for n in uses))
     assert all(r[0].peak_bytes <= BUDGET - RESERVE for r in runs.values()) and most <= MAX_OVERTAKES
-    assert set(hits) <= set(trace) and mgr.stats["jobs"] == len(trace)  # every tool ran under the budget
-    for s in (1.0, 1.2, 1.5):  # how much the figure owes to this trace: other seeds, other skews
+    assert set(hits) <= set(uses) and mgr.stats["jobs"] == sum(uses.values())  # every use ran under the budget
+    for s in () if args.smoke else (1.0, 1.2, 1.5):  # how much the figure owes to this trace: other seeds, other skews
         rates = []
         for seed in range(2, 7):
             m = replay(tools, make_trace(random.Random(seed), s), MAX_OVERTAKES, seed)[0]
@@ -194,8 +207,9 @@ def main() -> None:
         print(f"sensitivity: Zipf s={s}, seeds 2-6: warm-first hit rate {min(rates):.1%} to {max(rates):.1%} "
               f"(mean {statistics.mean(rates):.1%})")
     print(f"built and replayed on meta in {time.perf_counter() - started:.1f} s")
-    if torch.cuda.is_available() and not args.no_cuda:
+    if torch.cuda.is_available() and not (args.no_cuda or args.smoke):
         time_moves()
+    print(f"warm_first_hit_rate={mgr.stats['hits'] / mgr.stats['jobs']:.3f}")
     print(f"peak_resident_mib={mgr.peak_bytes / MIB:.1f}")
     print(f"budget_mib={BUDGET / MIB:.1f}")
 

@@ -16,8 +16,9 @@ model once before the trace, as the bot's pool does at startup.
    event's ``seconds``); ``ray_overhead_p50_ms`` is the median over jobs of
    (its overhead on Ray - its overhead in the local pool).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/scale_out.py [--jobs 300] [--overhead-jobs 100]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/scale_out.py [--jobs 300] [--overhead-jobs 100] [--smoke]
 
+``--smoke``: every model once, then 20 jobs of the trace; 10 jobs for the overhead.
 Needs ray[serve] (requirements-ray.txt). Ends with ``warm_hit_rate=``,
 ``loads_after_warmup=`` and ``ray_overhead_p50_ms=``.
 """
@@ -28,49 +29,33 @@ import argparse
 import asyncio
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.residency import POPULARITY, SEED, make_trace
+from core.pool_client import PoolClient
+from gpu_pool.protocol import JobRequest, RawImage
+from testkit.images import house, square_mask
+from testkit.pool import launch_pool, ray_on_cpu, stop_pool, tiny_models, write_tiny_config
 
-from PIL import Image, ImageDraw  # noqa: E402
-
-from bench.residency import SEED, make_trace  # noqa: E402
-from core.pool_client import PoolClient  # noqa: E402
-from gpu_pool.protocol import JobRequest, RawImage  # noqa: E402
-from tests.conftest import kill_group, ray_on_cpu, spawn_pool  # noqa: E402
-
-RAY = "\n" + ray_on_cpu("200MiB")
+FIGURES = ("warm_hit_rate", "loads_after_warmup", "ray_overhead_p50_ms")
 USERS = 3
-AT_RESOLUTION = {"Image2Canny", "Image2Line", "Image2Hed", "Image2Scribble", "Image2Pose"}  # detect_resolution
-
-
-def picture() -> RawImage:
-    img = Image.new("RGB", (96, 64), (90, 140, 200))
-    ImageDraw.Draw(img).polygon([(20, 40), (48, 12), (76, 40)], fill=(150, 40, 30))
-    return RawImage.from_pil(img)
-
-
-def mask() -> RawImage:
-    m = Image.new("L", (96, 64), 0)
-    ImageDraw.Draw(m).rectangle([10, 10, 40, 40], fill=255)
-    return RawImage.from_pil(m)
+AT_RESOLUTION = {"Image2Line", "Image2Hed", "Image2Scribble", "Image2Pose"}  # the controlnet_aux detectors
 
 
 def job(model: str) -> JobRequest:
     """A small job for each seed model (tiny sizes, 2 diffusion steps)."""
-    img, small = picture(), {"steps": 2}
-    if model == "Text2Image":
-        return JobRequest(model, {"prompt": "a cat", "width": 64, "height": 64, **small})
+    img, small = RawImage.from_pil(house(sky=(90, 140, 200))), {"steps": 2}
+    if model in ("Text2Image", "Variations"):
+        params = {"prompt": "a cat", "width": 64, "height": 64} if model == "Text2Image" else {}
+        return JobRequest(model, {**params, **small}, [img] if model == "Variations" else [])
     if model == "Inpainting":
-        return JobRequest(model, {"prompt": "a red house", **small}, [img, mask()])
+        return JobRequest(model, {"prompt": "a red house", **small}, [img, RawImage.from_pil(square_mask())])
     params = {"ImageCaptioning": {}, "VisualQuestionAnswering": {"question": "what is on the roof?"},
-              "InstructPix2Pix": {"prompt": "make it winter", **small}, "Text2Mask": {"prompt": "the roof"}}
+              "InstructPix2Pix": {"prompt": "make it winter", **small}, "Text2Mask": {"prompt": "the roof"},
+              "Text2Box": {"prompt": "the roof"}, "Segmenting": {}, "Upscale": {"prompt": "a house", **small}}
     if model in params:
         return JobRequest(model, params[model], [img])
     if model.startswith("Image2"):
@@ -79,39 +64,9 @@ def job(model: str) -> JobRequest:
 
 
 def configs(folder: Path) -> tuple[Path, Path]:
-    text = (ROOT / "tests" / "config.tiny.toml").read_text()
-    text = text.replace('"../build/tiny-models', f'"{ROOT}/build/tiny-models')
-    local, ray = folder / "local", folder / "ray"
-    for sub, extra, body in ((local, "", text), (ray, RAY, text.replace("[pool]\n", '[pool]\nbackend = "ray"\n', 1))):
-        sub.mkdir()
-        (sub / "config.toml").write_text(body.replace('data_dir = "../data/tiny"', 'data_dir = "data"') + extra)
-    return local / "config.toml", ray / "config.toml"
-
-
-def start(config: Path) -> subprocess.Popen:
-    return spawn_pool(config, "--log-level", "WARNING", group=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    kill_group(proc)  # anything of Ray still in its process group
-
-
-async def ready(client: PoolClient, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"a pool exited with code {proc.returncode}")
-        if await client.health():
-            states = [m.state for m in await client.models()]
-            if states and all(s == "ready" for s in states):
-                return
-        await asyncio.sleep(0.5)
-    raise SystemExit("the pools did not load their models in time")
+    """Every tiny model: the local pool's config, and the Ray pool's (2 CPU replicas)."""
+    return (write_tiny_config(folder / "local"),
+            write_tiny_config(folder / "ray", "\n" + ray_on_cpu("200MiB"), backend="ray"))
 
 
 async def counters(client: PoolClient) -> dict[str, int]:
@@ -147,15 +102,13 @@ async def replay(ray: PoolClient, trace: list[str]) -> tuple[dict, dict]:
 
 
 async def main(args: argparse.Namespace, local_cfg: Path, ray_cfg: Path) -> None:
-    import settings
-
     trace = make_trace(random.Random(SEED))[:args.jobs]
-    local_proc, ray_proc = start(local_cfg), start(ray_cfg)
-    local = PoolClient(settings.load(local_cfg, env_check=False).pool.url)
-    ray = PoolClient(settings.load(ray_cfg, env_check=False).pool.url)
+    if args.smoke:  # every model's job once, then the start of the trace
+        trace = [*POPULARITY, *trace]
+    pools = [launch_pool(cfg, "--log-level", "WARNING", group=True) for cfg in (local_cfg, ray_cfg)]
+    local, ray = (p.client() for p in pools)
     try:
-        await ready(local, local_proc)
-        await ready(ray, ray_proc)
+        await asyncio.gather(*(p.ready(600) for p in pools))
         whole, after = await replay(ray, trace)
         pairs = []
         for model in trace[:args.overhead_jobs]:
@@ -164,8 +117,12 @@ async def main(args: argparse.Namespace, local_cfg: Path, ray_cfg: Path) -> None
     finally:
         await local.close()
         await ray.close()
-        stop(ray_proc)
-        stop(local_proc)
+        for p in pools:
+            stop_pool(p, 60)
+    report(trace, whole, after, pairs)
+
+
+def report(trace: list[str], whole: dict, after: dict, pairs: list[tuple[float, float]]) -> None:
     local_ms, ray_ms = [p[0] for p in pairs], [p[1] for p in pairs]
     print(f"trace: {len(trace)} jobs over {len(set(trace))} models, {USERS} in flight, 2 replicas (CPU, tiny models)")
     print(f"warm hits {whole['warm']}/{whole['jobs']}, loads for jobs {whole['loads']} "
@@ -181,9 +138,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--overhead-jobs", type=int, default=100)
+    parser.add_argument("--smoke", action="store_true", help="every model once, 20 jobs of the trace, 10 timed")
     arguments = parser.parse_args()
-    from scripts.build_tiny_models import ensure
-
-    ensure()
+    if arguments.smoke:
+        arguments.jobs, arguments.overhead_jobs = 20, 10
+    tiny_models()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(main(arguments, *configs(Path(tmp))))

@@ -7,30 +7,27 @@ that never answers, so a turn is in flight when the signal comes:
   "I'm restarting" answer, the pool's stop), and its exit code;
 - SIGKILL of the bot: seconds until its pool process is gone by itself.
 
-    .venv/bin/python bench/shutdown.py [--grace 5]
+    .venv/bin/python bench/shutdown.py [--grace 5] [--smoke]
 
-Ends with ``sigterm_stop_s=<float>`` and ``pool_gone_after_sigkill_s=<float>``.
+``--smoke``: a grace period of 1 s. Ends with ``sigterm_exit_code=``, ``sigterm_stop_s=<float>`` and
+``pool_gone_after_sigkill_s=<float>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from testkit.bot_process import BotProcess, alive, gone, small_config
+from testkit.pool import tiny_models
+from tests.fakes.openai_server import FakeLLM
 
-from tests.fakes.openai_server import FakeLLM  # noqa: E402
-from tests.test_bot_process import BotProcess, alive, gone, small_config  # noqa: E402
-
-TINY = ROOT / "build" / "tiny-models"
+FIGURES = ("sigterm_exit_code", "sigterm_stop_s", "pool_gone_after_sigkill_s")
+TINY = tiny_models()
 
 
 async def sigterm(folder: Path, grace: float) -> None:
@@ -50,6 +47,7 @@ async def sigterm(folder: Path, grace: float) -> None:
             said = (await bot.proc.stdout.read()).decode().strip()
             print(f"SIGTERM with a turn in flight (grace {grace:g} s): exit code {code} after {took:.2f} s; "
                   f"the chat said {said!r}; pool {'gone' if await gone(pool, 10) else 'STILL RUNNING'}")
+            print(f"sigterm_exit_code={code}")
             print(f"sigterm_stop_s={took:.2f}")
 
 
@@ -72,7 +70,10 @@ async def sigkill(folder: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grace", type=float, default=5.0, help="bot.shutdown_grace_s (the shipped default: 5)")
+    parser.add_argument("--smoke", action="store_true", help="a grace period of 1 s")
     args = parser.parse_args()
+    if args.smoke:
+        args.grace = 1.0
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         asyncio.run(sigterm(Path(a), args.grace))
         asyncio.run(sigkill(Path(b)))

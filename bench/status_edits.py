@@ -7,11 +7,12 @@ scripted LLM and the tiny-model pool (one CPU device: the drawings queue, as on 
 busy GPU). Counted at the fakes: ``chat.update`` calls (Slack) and message edits
 (Discord, PATCH), per minute of the run, and the 429s the fakes answered.
 
-    .venv/bin/python bench/status_edits.py [--drawings 20] [--steps 50] [--size 64] [--enforce-limits]
+    .venv/bin/python bench/status_edits.py [--drawings 20] [--steps 50] [--size 64] [--enforce-limits] [--smoke]
 
 By default the fakes do not rate-limit, so the figure is what the bot asks for;
 ``--enforce-limits`` turns on Slack's Tier 3 and Discord's edit limits.
-Ends with ``slack_status_edits_per_min=<float>`` and ``discord_status_edits_per_min=<float>``.
+``--smoke``: 2 drawings of 2 steps. Ends with ``slack_status_edits_per_min=<float>`` and
+``discord_status_edits_per_min=<float>``.
 """
 
 from __future__ import annotations
@@ -20,24 +21,20 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench.harness import bench_core, discord_bot, drawing_config, shut_down
+from bot.adapters.slack_bot import SlackBot
+from testkit.pool import start_pool_with, stop_pool
+from tests.fakes.discord_payloads import BOT_ID, message, user
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.openai_server import FakeLLM
+from tests.fakes.slack_payloads import BOT_USER, mention
+from tests.fakes.slack_server import FakeSlack
 
-from bench.harness import build_core, discord_bot, shut_down  # noqa: E402
-from bot.adapters.slack_bot import SlackBot  # noqa: E402
-from tests.conftest import start_pool_with, stop_pool  # noqa: E402
-from tests.fakes.discord_payloads import BOT_ID, message, user  # noqa: E402
-from tests.fakes.discord_server import FakeDiscord  # noqa: E402
-from tests.fakes.openai_server import FakeLLM  # noqa: E402
-from tests.fakes.slack_payloads import BOT_USER, mention  # noqa: E402
-from tests.fakes.slack_server import FakeSlack  # noqa: E402
-
+FIGURES = ("slack_status_edits_per_min", "discord_status_edits_per_min")
 TOKEN_ENV = "BENCH_DISCORD_TOKEN"
 REPLY = "Here is your cat: img1"
 
@@ -52,7 +49,7 @@ def scripted_llm() -> FakeLLM:
 async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
     """(edits per minute, edits, 429s, seconds) for n drawings at once on Slack."""
     llm = await scripted_llm().start()
-    core = build_core(pool, folder / "slack", llm.base_url, TOKEN_ENV)
+    core = bench_core(pool, folder / "slack", llm.base_url, TOKEN_ENV)
     fake = await FakeSlack().start()
     if not enforce:
         fake.rate_limits.clear()
@@ -76,7 +73,7 @@ async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, i
 async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
     """(edits per minute, edits, 429s, seconds) for n drawings at once in one Discord guild."""
     llm = await scripted_llm().start()
-    core = build_core(pool, folder / "discord", llm.base_url, TOKEN_ENV)
+    core = bench_core(pool, folder / "discord", llm.base_url, TOKEN_ENV)
     fake = await FakeDiscord().start()
     if not enforce:
         fake.edit_limit = (10**9, 1.0)
@@ -110,15 +107,14 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=50, help="at most this many diffusion steps (fewer: shorter jobs)")
     parser.add_argument("--size", type=int, default=64, help="working size in px (larger: longer jobs, a longer run)")
     parser.add_argument("--enforce-limits", action="store_true", help="the fakes answer 429 beyond the limits")
+    parser.add_argument("--smoke", action="store_true", help="2 drawings of 2 steps")
     args = parser.parse_args()
+    if args.smoke:
+        args.drawings, args.steps = 2, 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
-        config, tiny = Path(tmp) / "config.toml", ROOT / "build" / "tiny-models"
-        config.write_text(f'''[pool]\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"\n[storage]\ndata_dir = "data"
-[limits]\nworking_size = {args.size}\nmax_steps = {args.steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n
-# Safety is on by default: the drawings pass the tiny checker that flags none, as a real one would.
-[models.SafetyChecker]\ndevice = "cpu"\nsource = "{tiny}/safety-flags-none"\n''')
-        running = start_pool_with(config)
+        running = start_pool_with(drawing_config(Path(tmp), args.size, args.steps))
         try:
             asyncio.run(main(args.drawings, Path(tmp), running, args.enforce_limits))
         finally:

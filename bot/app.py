@@ -27,24 +27,30 @@ from core.store import Store
 log = logging.getLogger("bot")
 
 
-def build_core(config: settings.Config) -> Core:
+def build_core(config: settings.Config, *, pool_client: type[PoolClient] = PoolClient, llm_retries: int = 1,
+               status_interval: float = 1.0) -> Core:
+    """The core's object graph, wired here only (the bot, tests and benches all call this): the session
+    store and image store under ``[storage] data_dir``, a ``pool_client`` for ``[pool] url`` (a subclass
+    that measures, in benches), the LLM (``build_llm``; ``llm_retries``: 0 where a fake answers), and
+    ``status_interval``, the status messages' pacing (0 in tests: at once)."""
     data = config.storage.data_dir
     data.mkdir(parents=True, exist_ok=True)
     store = Store(data / "bot.db")
     lim = config.limits
     images = ImageStore(data / "images", store, max_pixels=lim.max_image_pixels, max_bytes=lim.max_upload_bytes,
                         working_size=lim.working_size)
-    return Core(config, store, images, PoolClient(config.pool.url), build_llm(config))
+    return Core(config, store, images, pool_client(config.pool.url), build_llm(config, llm_retries),
+                status_interval=status_interval)
 
 
-def build_llm(config: settings.Config) -> LLM | None:
+def build_llm(config: settings.Config, max_retries: int = 1) -> LLM | None:
     """The configured server; with [llm] base_url empty, the pool's built-in model over the pool's socket."""
     if not config.llm.built_in:
-        return LLM(config.llm)
+        return LLM(config.llm, max_retries)
     if "LLM" not in config.models:
         log.warning("llm.base_url is empty and config.toml has no [models.LLM]: free text is off, commands work")
         return None
-    return LLM(config.llm, **local_llm.connection(config.pool.url))
+    return LLM(config.llm, max_retries, **local_llm.connection(config.pool.url))
 
 
 def on_stop_signals() -> asyncio.Event:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from core.actions import EDIT_FIELD, EDIT_HINT, STALE
 from core.turn import Press
-from tests.conftest import ROOT, close_core, make_core
+from testkit.core import close_core, make_core
+from testkit.pool import ROOT
 from tests.test_agent import RecordingReply, photo, turn
 
 HERE = "discord:channel:77"

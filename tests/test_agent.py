@@ -7,10 +7,11 @@ import io
 import logging
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from core.turn import Attachment, Turn
-from tests.conftest import make_core
+from testkit.core import make_core
+from testkit.images import house
 from tests.fakes.openai_server import FakeLLM, offered_tools
 
 
@@ -41,10 +42,8 @@ class RecordingReply:
 
 
 def photo(sky=(120, 160, 200)) -> Attachment:
-    img = Image.new("RGB", (96, 64), sky)
-    ImageDraw.Draw(img).polygon([(20, 40), (48, 12), (76, 40)], fill=(150, 40, 30))  # a roof
     buf = io.BytesIO()
-    img.save(buf, "JPEG")
+    house(sky).save(buf, "JPEG")
     return Attachment("house.jpg", "image/jpeg", buf.getvalue())
 
 

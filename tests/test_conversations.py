@@ -5,29 +5,21 @@ threads and slash commands, unusual and hostile uploads."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import re
-import struct
 import time
-import zlib
 
 import numpy as np
 from PIL import Image
 
 from bot.adapters.slack_reply import WORKING
 from core.turn import EditBudget
+from testkit.images import png_bytes as png, png_text_bomb
 from tests.fakes.slack_payloads import dm, mention
 from tests.test_agent import image_enum
 from tests.test_slack import (AT, answer, bot, errors, in_thread, jpeg, make_bot, slack,  # noqa: F401 (fixtures)
                               uploaded_image)
-
-
-def png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def texts(slack, channel: str) -> list[str]:
@@ -189,11 +181,7 @@ async def test_a_file_name_is_data_not_instructions(bot, slack, llm_server):
 
 
 async def test_a_png_text_chunk_bomb_is_refused_with_what_to_do(bot, slack, core):
-    small = png(Image.new("RGB", (8, 8)))
-    body = b"Comment\0\0" + zlib.compress(b"a" * 4_000_000)
-    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
-    await slack.push_event(dm("D1", "U1", "", files=[slack.add_file("meme.png", small[:33] + chunk + small[33:],
-                                                                    "image/png")]))
+    await slack.push_event(dm("D1", "U1", "", files=[slack.add_file("meme.png", png_text_bomb(), "image/png")]))
     said = await slack.wait_for("chat.postMessage", answer("D1", None))
     assert said["text"] == ("meme.png carries too much embedded text (metadata) for me to read it safely. Export "
                             "it again without metadata, e.g. as a new PNG or JPEG, and send that.")

@@ -8,6 +8,7 @@ The pool and the fetch command are real processes using the real huggingface_hub
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
@@ -22,11 +23,10 @@ from PIL import Image
 
 import settings
 from gpu_pool.fetch import Download, Listings, wants_of
-from core import local_llm
-from core.llm import LLM
 from gpu_pool.protocol import JobRequest, RawImage
 from scripts.tiny_models.hub import ROOTS
-from tests.conftest import ROOT, Pool, _wait_ready, make_core, spawn_pool, stop_pool
+from testkit.core import close_core, make_core
+from testkit.pool import ROOT, Pool, spawn_pool, stop_pool, wait_ready
 from tests.fakes.hub_server import FakeHub
 from tests.test_agent import RecordingReply, turn
 
@@ -71,7 +71,7 @@ def start_pool(cfg: Path, env: dict[str, str]) -> Pool:
 
 
 async def answering(pool: Pool, timeout: float = 60) -> None:
-    """Wait until the pool answers, its models still downloading or loading (not ``_wait_ready``'s all loaded)."""
+    """Wait until the pool answers, its models still downloading or loading (not ``wait_ready``'s all loaded)."""
     client = pool.client()
     deadline = time.monotonic() + timeout
     try:
@@ -80,6 +80,26 @@ async def answering(pool: Pool, timeout: float = 60) -> None:
             await asyncio.sleep(0.1)
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def first_start(hub_repos, tmp_path: Path, models: str, bytes_per_s: int, llm, **llm_overrides):
+    """A fresh machine: a pool fetching ``models`` from a slow fake hub (``bytes_per_s``), answering while it
+    downloads, and a core on it (``make_core``'s ``llm`` and overrides); yields (hub, core). On leaving, the
+    core, the pool and the hub are closed, and the hub was asked for nothing it does not serve."""
+    hub = FakeHub(hub_repos, bytes_per_s=bytes_per_s).start()
+    pool = start_pool(config(tmp_path, models), hub_env(hub, tmp_path / "hf"))
+    try:
+        await answering(pool)
+        core = make_core(pool, tmp_path, llm, **llm_overrides)
+        try:
+            yield hub, core
+        finally:
+            await close_core(core)
+    finally:
+        stop_pool(pool)
+        hub.stop()
+    assert not hub.unknown
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +176,7 @@ async def test_after_fetch_the_pool_runs_offline(fetched):
     cfg, home, _, hub = fetched
     pool = start_pool(cfg, hub_env(hub, home, offline=True))
     try:
-        await _wait_ready(pool.url, pool.proc, pool.log)
+        await wait_ready(pool.url, pool.proc, pool.log)
         client = pool.client()
         dot = RawImage.from_pil(Image.new("RGB", (1, 1), (90, 140, 200)))
         ev = await client.result(JobRequest("InstructPix2Pix", {"prompt": "make it winter", "steps": 2}, [dot]))
@@ -172,11 +192,8 @@ async def test_after_fetch_the_pool_runs_offline(fetched):
 async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_repos, tmp_path, llm_server):
     """A turn whose model is still downloading is answered when it is ready, though that takes longer than
     the turn's deadline; meanwhile the chat and /models show the progress."""
-    hub = FakeHub(hub_repos, bytes_per_s=300_000).start()  # the fp16 SD base (2.4 MB) takes about 8 s
-    pool = start_pool(config(tmp_path, MODELS.split("[models.InstructPix2Pix]")[0]), hub_env(hub, tmp_path / "hf"))
-    try:
-        await answering(pool)
-        core = make_core(pool, tmp_path, llm_server, turn_timeout_s=6)
+    models = MODELS.split("[models.InstructPix2Pix]")[0]  # at 300 kB/s the fp16 SD base (2.4 MB) takes about 8 s
+    async with first_start(hub_repos, tmp_path, models, 300_000, llm_server, turn_timeout_s=6) as (hub, core):
         llm_server.on(user="draw a cat", after_tool=False).call("generate_image", {"prompt": "a cat"})
         llm_server.on(after_tool="generate_image").reply("Here it is: img1")
         reply = RecordingReply()
@@ -188,12 +205,6 @@ async def test_first_start_says_how_far_the_download_got_and_the_turn_waits(hub_
         listing = await core.admin(dataclasses.replace(turn("/models"), is_admin=True), "models")
         out = await asyncio.wait_for(answer, 120)
         elapsed = time.monotonic() - started
-        await core.pool.close()
-        await core.llm.close()
-    finally:
-        stop_pool(pool)
-        hub.stop()
-    assert not hub.unknown
     assert re.match(r"Text2Image: downloading on cpu \(float16\), [0-9] of 2 MB", listing), listing
     waiting = [s for s in reply.statuses if s and "still" in s]
     progress = (r"Text2Image is still downloading \([0-9] of 2 MB(, about [0-9]+ (s|min) left)?\); "
@@ -266,7 +277,7 @@ async def test_after_fetch_the_later_models_load_offline_and_the_llm_chats(fetch
     cfg, _, home, _, hub = fetched_later
     pool = start_pool(cfg, hub_env(hub, home, offline=True))
     try:
-        await _wait_ready(pool.url, pool.proc, pool.log)  # fails on a model that did not load
+        await wait_ready(pool.url, pool.proc, pool.log)  # fails on a model that did not load
         client = pool.client()
         chat = await client.result(JobRequest("LLM", {"messages": [{"role": "user", "content": "a cat?"}],
                                                       "max_tokens": 4, "seed": 0}, []))
@@ -286,27 +297,15 @@ async def test_after_fetch_the_later_models_load_offline_and_the_llm_chats(fetch
 async def test_a_first_message_waits_for_the_built_in_llm_to_download_and_is_answered(hub_repos, tmp_path):
     """`./scripts/run` on a fresh machine: the first words typed while the LLM is still downloading are
     answered once it is ready, longer than the turn's deadline, and the chat says how far it got."""
-    hub = FakeHub(hub_repos, bytes_per_s=150_000).start()  # the tiny Qwen3-VL (about 1 MB) takes a few seconds
-    pool = start_pool(config(tmp_path, '[models.LLM]\ndevice = "cpu"\n'), hub_env(hub, tmp_path / "hf"))
-    try:
-        await answering(pool)
+    class BuiltIn:  # make_core's LLM is a scripted server; an empty base_url: the pool's own model
+        base_url = ""
 
-        class BuiltIn:  # make_core's LLM is a scripted server; this core talks to the pool's own model
-            base_url = ""
-
-        core = make_core(pool, tmp_path, BuiltIn, turn_timeout_s=3)
-        await core.llm.close()
-        core.llm = LLM(core.config.llm, max_retries=0, **local_llm.connection(core.config.pool.url))
+    models = '[models.LLM]\ndevice = "cpu"\n'  # at 150 kB/s the tiny Qwen3-VL (about 1 MB) takes a few seconds
+    async with first_start(hub_repos, tmp_path, models, 150_000, BuiltIn, turn_timeout_s=3) as (hub, core):
         reply = RecordingReply()
         started = time.monotonic()
         out = await asyncio.wait_for(core.handle(turn("hello there", "first"), reply), 120)
         elapsed = time.monotonic() - started
-        await core.pool.close()
-        await core.llm.close()
-    finally:
-        stop_pool(pool)
-        hub.stop()
-    assert not hub.unknown
     waiting = [s for s in reply.statuses if s and "The language model is still" in s]
     assert waiting and re.fullmatch(r"The language model is still (downloading|loading)( \(.*\))?; I'll answer when "
                                     r"it is ready", waiting[0]), reply.statuses

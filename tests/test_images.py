@@ -13,6 +13,7 @@ from PIL import Image
 from core.errors import BadImage, UnknownImage
 from core.images import ImageStore, fit_size
 from core.store import MIGRATIONS, Store
+from testkit.images import png_chunk, png_text_bomb
 
 
 @pytest.fixture
@@ -29,10 +30,9 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that announces width x height but carries almost no data: a decompression bomb's shape."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + png_chunk(b"IEND", b""))
 
 
 def files_under(root):
@@ -106,13 +106,7 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(images):
 
 
 def test_a_png_text_chunk_bomb_says_what_to_do(images):
-    ztxt = b"Comment\0\0" + zlib.compress(b"a" * 4_000_000)  # 4 MB of metadata in a 4 KB chunk
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    small = encode(Image.new("RGB", (8, 8)))
-    bomb = small[:33] + chunk(b"zTXt", ztxt) + small[33:]  # after IHDR
+    bomb = png_text_bomb()  # 4 MB of metadata in a 4 KB chunk
     with pytest.raises(BadImage) as e:
         images.ingest("s", "meme.png", bomb)
     assert str(e.value) == ("meme.png carries too much embedded text (metadata) for me to read it safely. Export "

@@ -14,7 +14,7 @@ from PIL import Image
 from core.store import NOTE
 from core.turn import Attachment
 from core.vision import has_images
-from tests.conftest import close_core, make_core
+from testkit.core import close_core, make_core
 from tests.fakes.openai_server import FakeLLM, offered_tools, text_of
 from tests.test_agent import RecordingReply, photo, turn
 

@@ -8,9 +8,6 @@ import base64
 import dataclasses
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 
 import jsonschema
@@ -23,7 +20,7 @@ from core import local_llm
 from core.llm import LLM
 from core.pool_client import PoolClient, PoolUnavailable
 from core.tools import BY_NAME, TOOLS
-from tests.conftest import ROOT
+from testkit.bot_process import BotProcess
 
 IDS = ["img1", "img2"]
 SCHEMAS = {t.name: t.schema(IDS) for t in TOOLS}  # every tool the core can offer, image ids as enums
@@ -196,30 +193,22 @@ async def test_a_fresh_config_chats_with_no_llm_server(tiny_dir, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(f'[llm]\nbase_url = ""\ntimeout_s = 120\n[storage]\ndata_dir = "data"\n'
                       f'[models.LLM]\ndevice = "cpu"\nsource = "{tiny_dir}/llm"\n')
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    log = tmp_path / "bot.log"
-    with log.open("w") as err:  # the child keeps its own copy of the handle
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "--config", str(config), "--terminal", cwd=ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-    pool = PoolClient(settings.load(config, env_check=False).pool.url)
-    try:
-        async with asyncio.timeout(180):
-            while not any(m.name == "LLM" and m.state == "ready" for m in await _models(pool)):
-                assert proc.returncode is None, log.read_text()[-3000:]
-                await asyncio.sleep(0.2)
-            proc.stdin.write(b"hello there\n")
-            await proc.stdin.drain()
-            while (line := await proc.stdout.readline()) in (b"bot: ...\n",) or not line.startswith(b"bot: "):
-                assert line, "the bot closed its output without answering"
-        proc.stdin.write(b"/quit\n")
-        await proc.stdin.drain()
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        await pool.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with BotProcess(config, "--terminal") as bot:
+        pool = PoolClient(settings.load(config, env_check=False).pool.url)
+        try:
+            async with asyncio.timeout(180):
+                while not any(m.name == "LLM" and m.state == "ready" for m in await _models(pool)):
+                    assert bot.proc.returncode is None, bot.log.read_text()[-3000:]
+                    await asyncio.sleep(0.2)
+                bot.proc.stdin.write(b"hello there\n")
+                await bot.proc.stdin.drain()
+                while (line := await bot.proc.stdout.readline()) in (b"bot: ...\n",) or not line.startswith(b"bot: "):
+                    assert line, "the bot closed its output without answering"
+            bot.proc.stdin.write(b"/quit\n")
+            await bot.proc.stdin.drain()
+            assert await asyncio.wait_for(bot.proc.wait(), 30) == 0
+        finally:
+            await pool.close()
     answer = line.decode()
     assert "language model" not in answer and "try again" not in answer, answer  # not an error: the model's words
 

@@ -30,7 +30,7 @@ from core import local_llm  # noqa: E402
 from core.pool_client import PoolClient  # noqa: E402
 from core.tools import BY_NAME  # noqa: E402
 from gpu_pool.protocol import UNAVAILABLE, JobRequest, RawImage  # noqa: E402
-from tests.conftest import Pool, _wait_ready, close_core, kill_group, make_core, ray_on_cpu, spawn_pool  # noqa: E402
+from testkit.pool import ray_on_cpu, start_pool_with, stop_pool  # noqa: E402
 from tests.test_agent import RecordingReply, photo, turn  # noqa: E402
 from tests.fakes.discord_payloads import CHANNEL_ID  # noqa: E402
 from tests.fakes.openai_server import text_of  # noqa: E402
@@ -95,24 +95,24 @@ def _group(pgid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ray_pool(tiny_dir, tmp_path_factory):
-    config = ray_config(tmp_path_factory.mktemp("ray-pool"), tiny_dir)
-    log = config.parent / "pool.log"
-    proc = spawn_pool(config, group=True)
+    pool = start_pool_with(ray_config(tmp_path_factory.mktemp("ray-pool"), tiny_dir), group=True, timeout=400)
     try:
-        pool = Pool(config, proc, log)
-        asyncio.run(_wait_ready(pool.url, proc, log, timeout=400))
         yield pool
-        proc.terminate()
-        proc.wait(60)
+        pool.proc.terminate()
+        pool.proc.wait(60)
         deadline = time.monotonic() + 20
-        while _group(proc.pid) and time.monotonic() < deadline:
+        while _group(pool.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = _group(proc.pid)
-        assert not left, f"Ray processes left after the pool stopped: {left}\n{log.read_text()[-3000:]}"
+        left = _group(pool.proc.pid)
+        assert not left, f"Ray processes left after the pool stopped: {left}\n{pool.log.read_text()[-3000:]}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        kill_group(proc)  # whatever of Ray is still there
+        stop_pool(pool, 0)  # whatever of Ray is still there
+
+
+@pytest.fixture
+def pool(ray_pool):
+    """conftest's ``core`` on the Ray pool."""
+    return ray_pool
 
 
 @pytest.fixture
@@ -200,9 +200,8 @@ async def test_the_built_in_llm_answers_a_chat_completion_from_its_replica(ray_p
 # --- faults ------------------------------------------------------------------------------------
 
 
-async def test_a_replica_killed_mid_job_is_reported_and_serve_brings_it_back(ray_pool, client, tmp_path, llm_server):
+async def test_a_replica_killed_mid_job_is_reported_and_serve_brings_it_back(client, core):
     (victim,) = [r for r in await replicas(client) if "Text2Image" in r["models"]]
-    core = make_core(ray_pool, tmp_path, llm_server)
 
     class KillOnFirstStep(RecordingReply):
         async def status(self, text):
@@ -211,27 +210,23 @@ async def test_a_replica_killed_mid_job_is_reported_and_serve_brings_it_back(ray
                 self.killed = True
                 os.kill(victim["pid"], signal.SIGKILL)
 
-    try:
-        reply = KillOnFirstStep()
-        out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a cat"})
-        assert reply.killed and reply.text == UNAVAILABLE and out.error and out.images == []
+    reply = KillOnFirstStep()
+    out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a cat"})
+    assert reply.killed and reply.text == UNAVAILABLE and out.error and out.images == []
 
-        reply = RecordingReply()  # the next job works at once: another replica loads the model
-        out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a dog"})
-        assert out.images == ["img1"] and reply.image_ids == ["img1"]
-        kept = [m["content"] for m in core.store.messages("discord:channel:9")]
-        assert UNAVAILABLE in kept  # the failure is in the conversation, nothing lost
+    reply = RecordingReply()  # the next job works at once: another replica loads the model
+    out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a dog"})
+    assert out.images == ["img1"] and reply.image_ids == ["img1"]
+    kept = [m["content"] for m in core.store.messages("discord:channel:9")]
+    assert UNAVAILABLE in kept  # the failure is in the conversation, nothing lost
 
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # Serve starts a replica in place of the dead one
-            now = await replicas(client)
-            if len(now) == 2 and victim["replica"] not in {r["replica"] for r in now}:
-                break
-            await asyncio.sleep(1)
-        assert len(now) == 2 and victim["pid"] not in {r["pid"] for r in now}, now
-    finally:
-        await core.pool.close()
-        await core.llm.close()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # Serve starts a replica in place of the dead one
+        now = await replicas(client)
+        if len(now) == 2 and victim["replica"] not in {r["replica"] for r in now}:
+            break
+        await asyncio.sleep(1)
+    assert len(now) == 2 and victim["pid"] not in {r["pid"] for r in now}, now
 
 
 # --- a hot model ---------------------------------------------------------------------------------
@@ -294,16 +289,9 @@ async def test_the_safety_checker_is_on_every_replica_and_unload_load_reload_rea
 # --- the bot, unchanged, on Ray --------------------------------------------------------------------
 
 
-@pytest.fixture
-async def ray_core(ray_pool, tmp_path, llm_server):
-    core = make_core(ray_pool, tmp_path, llm_server)
-    yield core
-    await close_core(core)
-
-
-async def test_discord_mention_with_an_image_is_answered_with_a_drawing(fake, ray_core, llm_server, monkeypatch):
+async def test_discord_mention_with_an_image_is_answered_with_a_drawing(fake, core, llm_server, monkeypatch):
     monkeypatch.setenv("DISCORD_TOKEN_FOR_TESTS", fake.token)
-    bot = DiscordBot(ray_core, discord_config(ray_core), guild_ready_timeout=0.05)
+    bot = DiscordBot(core, discord_config(core), guild_ready_timeout=0.05)
     await bot.start()
     try:
         llm_server.on(user="draw one like it").call("generate_image", {"prompt": "a red house"})
@@ -315,7 +303,7 @@ async def test_discord_mention_with_an_image_is_answered_with_a_drawing(fake, ra
         said = text_of(llm_server.requests[0]["messages"][1]["content"])  # the text beside the image parts
         assert said.startswith('draw one like it\n[uploaded img1 "house.jpg"')
         session = "discord:channel:" + answer.path.split("/")[2]
-        ran = {(j["model"], j["state"]) for j in ray_core.store.db["jobs"].rows_where("session = ?", [session])}
+        ran = {(j["model"], j["state"]) for j in core.store.db["jobs"].rows_where("session = ?", [session])}
         assert ran == {("ImageCaptioning", "done"), ("Text2Image", "done")}  # the upload was captioned, on Ray
         for status in fake.matching("POST", ANSWER, where=lambda r: not r.files and r.content != answer.content):
             await fake.wait_for_request("DELETE", rf"^/channels/{CHANNEL_ID}/messages/{status.response['id']}$")

@@ -24,7 +24,7 @@ from gpu_pool.protocol import JobRequest, RawImage
 from gpu_pool.registry import Entry, Registry
 from gpu_pool.residency import DoesNotFit, Residency, warm_first
 from gpu_pool.scheduler import Scheduler
-from tests.conftest import start_pool_with, stop_pool
+from testkit.pool import start_pool_with, stop_pool
 from tests.test_scheduler import finish
 
 

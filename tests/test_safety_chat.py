@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.safety import NO_RETRY, UNCHECKED, WITHHELD
-from tests.conftest import start_pool_with, stop_pool
+from testkit.pool import start_pool_with, stop_pool
 from tests.fakes.discord_payloads import CHANNEL_ID, option, user
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import tool_results

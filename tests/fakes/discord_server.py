@@ -47,6 +47,7 @@ import discord
 import yarl
 from aiohttp import WSMsgType, web
 
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.discord_payloads import (API, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, GUILD_ID, TIMESTAMP, Attachment,
                                           Interaction, User, command_interaction, guild_create, snowflake, thread, user)
 
@@ -105,7 +106,7 @@ class _ErrorLog(logging.Handler):
 # --- the server -------------------------------------------------------------------------
 
 
-class FakeDiscord:
+class FakeDiscord(LoopbackServer):
     """Discord's REST API, CDN and gateway on one loopback port (an async context manager)."""
 
     def __init__(self, *, token: str = "fake-bot-token", watch: tuple[str, ...] = ("discord", "bot.adapters")):
@@ -124,7 +125,6 @@ class FakeDiscord:
         self._ws: web.WebSocketResponse | None = None
         self._ws_lock = asyncio.Lock()
         self._seq = 0
-        self._runner: web.AppRunner | None = None
         self._errors, self._watch, self._expected = _ErrorLog(), watch, []
         self.edit_limit = (5, 5.0)  # message edits per channel: (count, seconds)
         self.rate_limited: list[Request] = []
@@ -207,29 +207,26 @@ class FakeDiscord:
 
     async def start(self) -> FakeDiscord:
         app = web.Application(client_max_size=64 * 2**20)
-        r = app.router
-        r.add_get("/gateway", self._gateway)
-        r.add_get("/resume", self._gateway)
-        r.add_get("/attachments/{tail:.+}", self._cdn)
-        r.add_get(f"{API}/users/@me", self._me)
-        r.add_get(f"{API}/oauth2/applications/@me", self._application)
-        r.add_put(f"{API}/applications/{{app}}/commands", self._sync)
-        r.add_put(f"{API}/applications/{{app}}/guilds/{{guild}}/commands", self._sync)
-        r.add_post(f"{API}/channels/{{channel}}/typing", self._no_content)
-        r.add_post(f"{API}/channels/{{channel}}/messages", self._create_message)
-        r.add_patch(f"{API}/channels/{{channel}}/messages/{{message}}", self._edit_message)
-        r.add_delete(f"{API}/channels/{{channel}}/messages/{{message}}", self._no_content)
-        r.add_post(f"{API}/interactions/{{id}}/{{token}}/callback", self._callback)
-        r.add_post(f"{API}/webhooks/{{app}}/{{token}}", self._followup)
-        r.add_patch(f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._edit_original)
-        r.add_delete(f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._no_content)
-        r.add_route("*", "/{tail:.*}", self._unimplemented)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base = f"http://{host}:{port}"
+        for method, path, handler in (
+            ("GET", "/gateway", self._gateway),
+            ("GET", "/resume", self._gateway),
+            ("GET", "/attachments/{tail:.+}", self._cdn),
+            ("GET", f"{API}/users/@me", self._me),
+            ("GET", f"{API}/oauth2/applications/@me", self._application),
+            ("PUT", f"{API}/applications/{{app}}/commands", self._sync),
+            ("PUT", f"{API}/applications/{{app}}/guilds/{{guild}}/commands", self._sync),
+            ("POST", f"{API}/channels/{{channel}}/typing", self._no_content),
+            ("POST", f"{API}/channels/{{channel}}/messages", self._create_message),
+            ("PATCH", f"{API}/channels/{{channel}}/messages/{{message}}", self._edit_message),
+            ("DELETE", f"{API}/channels/{{channel}}/messages/{{message}}", self._no_content),
+            ("POST", f"{API}/interactions/{{id}}/{{token}}/callback", self._callback),
+            ("POST", f"{API}/webhooks/{{app}}/{{token}}", self._followup),
+            ("PATCH", f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._edit_original),
+            ("DELETE", f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._no_content),
+            ("*", "/{tail:.*}", self._unimplemented),  # last: anything else is recorded as unimplemented
+        ):
+            app.router.add_route(method, path, handler)
+        self.base = await self._serve(app)
         for name in self._watch:
             logging.getLogger(name).addHandler(self._errors)
         return self
@@ -239,17 +236,10 @@ class FakeDiscord:
             logging.getLogger(name).removeHandler(self._errors)
         if self._ws is not None:
             await self._ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._close()
 
-    async def __aenter__(self) -> FakeDiscord:
-        return await self.start()
-
-    async def __aexit__(self, exc_type: Any, *_: Any) -> None:
-        await self.stop()
-        if exc_type is None:
-            self.check()
+    def _after_stop(self) -> None:
+        self.check()
 
     def expect_error(self, text: str) -> None:
         """Allow logged errors containing ``text`` (a test that provokes one)."""

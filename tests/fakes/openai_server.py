@@ -48,6 +48,8 @@ import openai
 import pytest_asyncio
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 Request = dict[str, Any]  # a chat.completions request body, as the server received it
 Pattern = str | re.Pattern[str]  # str: case-insensitive substring; Pattern: re.search
 
@@ -269,7 +271,7 @@ def _json_error(status: int, message: str, **kw: Any) -> web.Response:
 # --- the server -------------------------------------------------------------------------
 
 
-class FakeLLM:
+class FakeLLM(LoopbackServer):
     """A scripted OpenAI-compatible server on 127.0.0.1 (an async context manager)."""
 
     def __init__(self, *, model: str = "fake-model", api_key: str | None = None, strict: bool = True,
@@ -291,7 +293,6 @@ class FakeLLM:
         self._call_ids = itertools.count(1)  # call_1, call_2, ... across the whole test
         self._completion_ids = itertools.count(1)
         self._stopping = asyncio.Event()
-        self._runner: web.AppRunner | None = None
 
     def on(
         self,
@@ -351,25 +352,15 @@ class FakeLLM:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         self._stopping.clear()
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}/v1"
+        self.base_url = f"{await self._serve(app, shutdown_timeout=2)}/v1"
         return self
 
     async def stop(self) -> None:
         self._stopping.set()  # releases hanging and delayed requests
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._close()
 
-    async def __aenter__(self) -> FakeLLM:
-        return await self.start()
-
-    async def __aexit__(self, exc_type: Any, *_: Any) -> None:
-        await self.stop()
-        if exc_type is None and self.strict:
+    def _after_stop(self) -> None:
+        if self.strict:
             self.assert_all_matched()
 
     def client(self, **kwargs: Any) -> openai.AsyncOpenAI:

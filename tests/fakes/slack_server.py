@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.slack_payloads import (APP_ID, BOT_ID, BOT_USER, TEAM, Event, File, UserRef, block_actions,
                                         event_callback, hosted_file, new_ts, slash_command, user_info, user_ref,
                                         view_submission)
@@ -103,7 +104,7 @@ RATE_LIMITS: dict[str, tuple[int, float, str]] = {
 # --- the server -----------------------------------------------------------------------
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """Slack's Web API, file hosting and Socket Mode on 127.0.0.1 (an async context manager)."""
 
     def __init__(self, *, bot_token: str = "xoxb-fake-bot", app_token: str = "xapp-fake-app"):
@@ -121,7 +122,6 @@ class FakeSlack:
         self._ids = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
         self.rate_limits = dict(RATE_LIMITS)
         self.rate_limited: list[Call] = []  # calls answered 429
         self._recent: dict[tuple[str, str], list[float]] = {}
@@ -282,30 +282,17 @@ class FakeSlack:
         app.router.add_post("/commands/{team}/{n}/hook", self._response_url)
         app.router.add_post("/actions/{team}/{n}/hook", self._response_url)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.origin = f"http://{host}:{port}"
+        self.origin = await self._serve(app)
         self.base_url = f"{self.origin}/api/"
         return self
 
     async def stop(self) -> None:
         for ws in self._sockets:
             await ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._close()
 
-    async def __aenter__(self) -> FakeSlack:
-        return await self.start()
-
-    async def __aexit__(self, exc_type: Any, *_: Any) -> None:
-        try:
-            if exc_type is None:
-                await self.check()
-        finally:
-            await self.stop()
+    async def _before_stop(self) -> None:
+        await self.check()
 
     async def _record(self, call: Call) -> None:
         self.calls.append(call)
