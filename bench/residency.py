@@ -46,7 +46,7 @@ import torch
 from bench import memory
 from gpu_pool.accounting import unique_bytes
 from gpu_pool.residency import Residency, warm_first
-from gpu_pool.scheduler import SAFETY_CHECKER
+from settings import SAFETY_CHECKER
 
 MIB, GIB = 2**20, 2**30
 BUDGET, RESERVE, MAX_OVERTAKES = 8 * GIB, 1 * GIB, 3

@@ -31,7 +31,7 @@ from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, Reposit
 from tqdm.auto import tqdm
 
 from gpu_pool import weights as w
-from settings.units import hub_size as size_text  # decimal, as the hub shows sizes
+from settings.units import hub_size
 
 log = logging.getLogger(__name__)
 
@@ -324,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         have = sum(size for name, size in d.files.items()
                    if isinstance(try_to_load_from_cache(want.source, name), str))
-        print(f"{want.source}: {len(d.files)} files, {size_text(d.total)}"
-              + (f" ({size_text(have)} already here)" if have else ""))
+        print(f"{want.source}: {len(d.files)} files, {hub_size(d.total)}"
+              + (f" ({hub_size(have)} already here)" if have else ""))
         downloads.append((d, have))
     total, have = sum(d.total for d, _ in downloads), sum(h for _, h in downloads)
-    print(f"Total: {size_text(total)} in {len(downloads)} repos; {size_text(total - have)} to download "
+    print(f"Total: {hub_size(total)} in {len(downloads)} repos; {hub_size(total - have)} to download "
           f"into {constants.HF_HUB_CACHE}")
     with tqdm(total=total, initial=have, unit="B", unit_scale=True, desc="Fetching", file=sys.stderr) as bar:
         for d, _ in downloads:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from gpu_pool.fetch import size_text
+from settings.units import hub_size
 
 log = logging.getLogger(__name__)
 HEADROOM = 0.85  # weights may take this share of free memory; the rest is for activations
@@ -40,18 +40,18 @@ def report(device: str, models: dict[str, int], total: int, free: int | None,
            budget: int = 0) -> tuple[int, str]:
     """A log level and line: ``models`` (name -> its weight bytes, shared ones included) need ``total``
     bytes of weights on ``device``, which has ``free`` bytes free, or a residency ``budget``."""
-    parts = ", ".join(f"{n} {size_text(b)}" for n, b in models.items() if b)
-    need = f"{device}: the configured models need about {size_text(total)} of weights ({parts or 'none'})"
+    parts = ", ".join(f"{n} {hub_size(b)}" for n, b in models.items() if b)
+    need = f"{device}: the configured models need about {hub_size(total)} of weights ({parts or 'none'})"
     if budget and free is not None and budget > free:
-        return logging.WARNING, (f"{need}; they take turns under a {size_text(budget)} residency budget, but only "
-                                 f"{size_text(free)} is free there: lower [residency] budget in config.toml.")
+        return logging.WARNING, (f"{need}; they take turns under a {hub_size(budget)} residency budget, but only "
+                                 f"{hub_size(free)} is free there: lower [residency] budget in config.toml.")
     if budget:
-        return logging.INFO, f"{need}; they take turns under the {size_text(budget)} residency budget"
+        return logging.INFO, f"{need}; they take turns under the {hub_size(budget)} residency budget"
     if free is None:
         return logging.INFO, need
     if total <= free * HEADROOM:
-        return logging.INFO, f"{need}; {size_text(free)} is free"
+        return logging.INFO, f"{need}; {hub_size(free)} is free"
     suggest = max(1, int(free * 0.7 / 2**30))
-    return logging.WARNING, (f"{need} but only {size_text(free)} is free, and jobs need working memory on top: "
+    return logging.WARNING, (f"{need} but only {hub_size(free)} is free, and jobs need working memory on top: "
                              f"they will not all fit. Set [residency] budget = \"{suggest}GiB\" in config.toml so "
                              "they take turns on the device, or move some models to another device.")

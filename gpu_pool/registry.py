@@ -37,7 +37,8 @@ from gpu_pool.fetch import Download, Fetcher
 from gpu_pool.models import MODEL_TABLE, load_sd_base, loader
 from gpu_pool.models.base import LoadSpec, PoolModel, SharedBases
 from gpu_pool.protocol import ModelInfo
-from gpu_pool.residency import Residency, size_text
+from gpu_pool.residency import Residency
+from settings.units import memory_size
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -326,8 +327,8 @@ def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry:
     if mgr is not None:
         mgr.adopt(model.modules().values())
         if (need := mgr.bytes_of(model.modules().values())) > mgr.limit:  # its jobs will fail and say why
-            log.warning("%s needs %s, more than the %s budget of %s", spec.name, size_text(need),
-                        size_text(mgr.limit), spec.device)
+            log.warning("%s needs %s, more than the %s budget of %s", spec.name, memory_size(need),
+                        memory_size(mgr.limit), spec.device)
     return model
 
 

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import torch
 
 from gpu_pool import accounting
-from settings.units import memory_size as size_text  # binary, as memory is counted
+from settings.units import memory_size
 
 Modules = Iterable[torch.nn.Module]
 Slot = tuple[dict, str]  # (a module's _parameters or _buffers, key)
@@ -230,10 +230,10 @@ class Residency:
         self._state.notify_all()
 
     def _too_big(self, name: str, need: int) -> str:
-        budget = size_text(self.limit)
+        budget = memory_size(self.limit)
         if self.reserve:
-            budget += f" ({size_text(self.budget)} minus a {size_text(self.reserve)} reserve)"
-        return f"{name} needs {size_text(need)} on {self.device} but the budget there is {budget}."
+            budget += f" ({memory_size(self.budget)} minus a {memory_size(self.reserve)} reserve)"
+        return f"{name} needs {memory_size(need)} on {self.device} but the budget there is {budget}."
 
 
 # --- scheduling -----------------------------------------------------------------------

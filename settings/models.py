@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-SAFETY_CHECKER = "SafetyChecker"  # the model that sees every drawn image
-
 # The seed's model names and their default sources (the checkpoints the seed
 # used, as they are named on the Hugging Face hub today). A source that starts
 # with "/", "./" or "../" is a local folder, resolved against the config file.

@@ -19,6 +19,7 @@ from core.tools.base import waiting_text
 from gpu_pool import fit
 from gpu_pool.protocol import Event, ModelInfo
 from gpu_pool.registry import Registry
+from settings.units import hub_size
 from tests.test_agent import RecordingReply, turn
 from core.turn import Attachment
 
@@ -67,7 +68,7 @@ async def test_one_base_and_reloads_that_release_the_old_copy_first(tiny_dir, tm
                     "sd15/text_encoder/model.safetensors")
         canny = size("controlnet-canny/diffusion_pytorch_model.safetensors")
         blip = size("blip-caption/model.safetensors")
-        text = fit.size_text
+        text = hub_size
         assert line.startswith(f"cpu: the configured models need about {text(base + canny + blip)} of weights "
                                f"(Text2Image {text(base)}, CannyText2Image {text(base + canny)}, "
                                f"ImageCaptioning {text(blip)}); ")
