@@ -23,8 +23,8 @@ def ruff(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
 def test_the_tree_passes_ruff():
     found = ruff("check", "--output-format", "concise", ".")
     if found.returncode != 0:
-        pytest.fail(f"ruff check found (`.venv/bin/ruff check --fix` fixes the [*] ones):\n{found.stdout}{found.stderr}",
-                    pytrace=False)
+        pytest.fail("ruff check found (`.venv/bin/ruff check --fix` fixes the [*] ones):\n"
+                    + found.stdout + found.stderr, pytrace=False)
 
 
 def test_ruff_reads_the_project_rules():
