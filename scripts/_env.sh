@@ -52,4 +52,5 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$d
         "$UV" sync -q --frozen "${want[@]}" "${inexact[@]}" >&2
     fi
     echo "$digest" > "$stamp"
+    echo "setup: .venv ready ($SECONDS s)" >&2
 fi
