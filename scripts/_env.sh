@@ -38,8 +38,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$d
     # too: the lock's hashes hold whichever index serves a file. Otherwise uv reads PyPI.
     export UV_PROJECT_ENVIRONMENT="$VENV"
     eval "$("$PY" "$ROOT/scripts/pip_indexes.py")"
-    if [ -n "${UV_EXTRA_INDEX_URL:-}${UV_FIND_LINKS:-}${UV_INDEX_URL:-}" ]; then
-        # `uv sync` fetches from the lock's own URLs; through an index, install the lock's export.
+    if [ -n "${UV_EXTRA_INDEX_URL:-}${UV_FIND_LINKS:-}${UV_INDEX_URL:-}${UV_INDEX:-}${UV_DEFAULT_INDEX:-}" ]; then
+        # `uv sync` fetches from the lock's own URLs; through an index, install the lock's export
+        # (each pin with its hashes: a file that does not match them fails the install).
         req="$VENV/.uv-lock.txt"
         "$UV" export -q --frozen "${want[@]}" -o "$req" >&2
         if [ "${SYNC:-exact}" = exact ]; then
