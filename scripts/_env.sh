@@ -1,8 +1,8 @@
 # Sourced by scripts/run and scripts/test: make .venv hold the project (editable) and the
 # versions uv.lock pins, with the extras in EXTRAS (e.g. "ray") and the dev group when
-# WITH_DEV=1. Needs only python3 (3.11) and a package index: it gets uv itself (the version
-# below, into .tools/uv), and installs only when uv.lock, pyproject.toml or the wanted set
-# changed since the last install (a stamp in .venv).
+# WITH_DEV=1. Needs only python3 (3.11) and PyPI: it gets uv itself (the version below, into
+# .tools/uv), and installs only when uv.lock, pyproject.toml or the wanted set changed since
+# the last install (a stamp in .venv).
 #   SYNC=exact    remove what the lock does not list (./scripts/test)
 #   SYNC=add      keep what is there beyond it, e.g. the test tools (./scripts/run)
 set -euo pipefail
@@ -34,24 +34,10 @@ digest="$(cat uv.lock pyproject.toml | sha256sum | cut -d' ' -f1) uv $UV_VERSION
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$digest" ]; then
     [ -x "$VENV/bin/python" ] || { echo "setup: creating $VENV" >&2; "$UV" venv -q --python "$PY" "$VENV" >&2; }
     echo "setup: installing uv.lock into .venv (${want[*]}; the first time: a minute or more)" >&2
-    # Where pip is set up with a local mirror or index (pip.conf, PIP_* variables), uv uses it
-    # too: the lock's hashes hold whichever index serves a file. Otherwise uv reads PyPI.
-    export UV_PROJECT_ENVIRONMENT="$VENV"
-    eval "$("$PY" "$ROOT/scripts/pip_indexes.py")"
-    if [ -n "${UV_EXTRA_INDEX_URL:-}${UV_FIND_LINKS:-}${UV_INDEX_URL:-}${UV_INDEX:-}${UV_DEFAULT_INDEX:-}" ]; then
-        # `uv sync` fetches from the lock's own URLs; through an index, install the lock's export
-        # (each pin with its hashes: a file that does not match them fails the install).
-        req="$VENV/.uv-lock.txt"
-        "$UV" export -q --frozen "${want[@]}" -o "$req" >&2
-        if [ "${SYNC:-exact}" = exact ]; then
-            "$UV" pip sync -q --python "$VENV/bin/python" "$req" >&2
-        else
-            "$UV" pip install -q --python "$VENV/bin/python" -r "$req" >&2
-        fi
-    else
-        inexact=(); [ "${SYNC:-exact}" = exact ] || inexact=(--inexact)
-        "$UV" sync -q --frozen "${want[@]}" "${inexact[@]}" >&2
-    fi
+    # --locked: a pyproject.toml that no longer matches uv.lock stops here, with uv saying
+    # to run `.tools/uv/bin/uv lock`.
+    inexact=(); [ "${SYNC:-exact}" = exact ] || inexact=(--inexact)
+    UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync -q --locked "${want[@]}" "${inexact[@]}" >&2
     echo "$digest" > "$stamp"
     echo "setup: .venv ready ($SECONDS s)" >&2
 fi
