@@ -93,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:  # the vchat-pool command (pyproject.toml)
     code = main()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # threads still running a job or a load are not waited for
+
+
+if __name__ == "__main__":
+    run()

@@ -37,7 +37,6 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     digest = _sources_hash()
     if stamp.exists() and stamp.read_text() == digest:
         return out
-    sys.path.insert(0, str(ROOT))
     from scripts.tiny_models import detect, hub, llm, safety, sd, upscale, vision
 
     started = time.perf_counter()

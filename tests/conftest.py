@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

