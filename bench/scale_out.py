@@ -19,7 +19,7 @@ model once before the trace, as the bot's pool does at startup.
     HF_HUB_OFFLINE=1 .venv/bin/python bench/scale_out.py [--jobs 300] [--overhead-jobs 100] [--smoke]
 
 ``--smoke``: every model once, then 20 jobs of the trace; 10 jobs for the overhead.
-Needs ray[serve] (requirements-ray.txt). Ends with ``warm_hit_rate=``,
+Needs ray[serve] (the `ray` extra, which ./scripts/test installs). Ends with ``warm_hit_rate=``,
 ``loads_after_warmup=`` and ``ray_overhead_p50_ms=``.
 """
 

@@ -53,7 +53,8 @@ def describe(config: settings.Config) -> str:
         r = config.pool.ray
         where = f"the Ray cluster at {r.address}" if r.address else "a Ray instance on this machine"
         lines.append(f"Pool backend: ray, {r.replicas} replica(s) with {r.gpus_per_replica:g} GPU(s) each, on {where}"
-                     + ("" if importlib.util.find_spec("ray") else " (ray[serve] is not installed: ./scripts/run --ray)"))
+                     + ("" if importlib.util.find_spec("ray")
+                        else " (ray[serve] is not installed: ./scripts/run --ray)"))
     lines.append(f"Stable Diffusion base: {config.pool.sd_base}")
     if config.models:
         lines.append("Models:")

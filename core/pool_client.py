@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -75,8 +76,8 @@ class PoolClient:
     async def result(self, request: JobRequest) -> Event:
         """Run a job to its end, ignoring intermediate events."""
         last = None
-        async for last in self.run(request):
-            pass
+        async for event in self.run(request):
+            last = event
         return last
 
     async def cancel(self, job_id: str) -> bool:

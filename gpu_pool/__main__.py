@@ -34,7 +34,8 @@ def follow_parent() -> int | None:
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); watching the parent instead", ctypes.get_errno())
+                log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); watching the parent instead",
+                            ctypes.get_errno())
         except (OSError, AttributeError) as e:
             log.warning("no prctl (%s); watching the parent instead", e)
     return int(parent)

@@ -8,7 +8,7 @@ counted once. Works for real tensors and for tensors on the ``meta`` device
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -16,7 +16,8 @@ Imports neither torch nor Ray, so the Ray front stays light.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
+from collections.abc import AsyncIterator
 
 import settings
 from gpu_pool.protocol import Event, JobRequest, ModelInfo

@@ -26,7 +26,8 @@ import io
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from PIL import Image

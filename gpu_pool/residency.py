@@ -30,7 +30,8 @@ import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 

@@ -32,7 +32,7 @@ import secrets
 import time
 import traceback
 from collections import deque
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from threading import Event as ThreadFlag

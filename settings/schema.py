@@ -7,7 +7,8 @@ A check returns an error text (what is accepted) or None when the value is fine.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from settings.models import DTYPES, SD15
 from settings.units import parse_size
@@ -68,7 +69,8 @@ def _web_api(v: str) -> str | None:
     return None if ok else 'must be a URL ending in "/", like "https://slack.com/api/"'
 
 
-_ENABLED = ((bool, str), "auto", lambda v: None if v in (True, False, "auto") else 'accepted values: true, false, "auto"')
+_ENABLED = ((bool, str), "auto",
+            lambda v: None if v in (True, False, "auto") else 'accepted values: true, false, "auto"')
 
 SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
     "llm": {
@@ -129,8 +131,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
     "limits": {
         "max_image_pixels": (int, 40_000_000, _positive),
         "max_upload_bytes": (int, 25 * 1024 * 1024, _positive),
-        "working_size": (int, 512, lambda v: None if 64 <= v <= 2048 and v % 8 == 0 else "must be a multiple of 8 between 64 and 2048"),
-        "max_output_size": (int, 1024, lambda v: None if 64 <= v <= 4096 and v % 8 == 0 else "must be a multiple of 8 between 64 and 4096"),
+        "working_size": (int, 512, lambda v: None if 64 <= v <= 2048 and v % 8 == 0
+                         else "must be a multiple of 8 between 64 and 2048"),
+        "max_output_size": (int, 1024, lambda v: None if 64 <= v <= 4096 and v % 8 == 0
+                            else "must be a multiple of 8 between 64 and 4096"),
         "max_steps": (int, 100, lambda v: None if 1 <= v <= 1000 else "must be between 1 and 1000"),
         "per_user_jobs": (int, 2, _positive),
         "images_per_turn": (int, 8, lambda v: None if 1 <= v <= 100 else "must be between 1 and 100"),

@@ -50,7 +50,7 @@ def ray_on_cpu(object_store: str = "100MiB") -> str:
 
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment for a child: offline, with the project on the path."""
-    return dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
 
 
 class Pool:

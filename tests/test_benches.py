@@ -106,7 +106,7 @@ def test_every_bench_is_found_and_declares_its_figures():
 @pytest.mark.parametrize("name", [marked(n) for n in BENCHES])
 def test_the_bench_runs_in_smoke_mode_and_prints_its_figures(name, tiny_dir):
     if name in RAY:
-        pytest.importorskip("ray", reason="ray[serve] is not installed: pip install -r requirements-ray.txt")
+        pytest.importorskip("ray", reason="ray[serve] is not installed: ./scripts/run --ray, or the ray extra")
     done = run_smoke(name, timeout=600 if name in RAY else 300)
     assert done.returncode == 0, f"bench/{name}.py --smoke exited {done.returncode}:\n{done.stderr[-4000:]}"
     got = figures(done.stdout)

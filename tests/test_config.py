@@ -49,7 +49,8 @@ def test_shutdown_grace_and_slack_api_url(tmp_path):
     assert settings.load(write(tmp_path, "")).bot.shutdown_grace_s == 5
     assert error_of(tmp_path, "[bot]\nshutdown_grace_s = -1\n") == (
         "bot.shutdown_grace_s: -1 is not valid; must be between 0 and 300")
-    assert error_of(tmp_path, '[slack]\napi_url = "slack.com/api"\n').startswith("slack.api_url: 'slack.com/api' is not valid")
+    error = error_of(tmp_path, '[slack]\napi_url = "slack.com/api"\n')
+    assert error.startswith("slack.api_url: 'slack.com/api' is not valid")
 
 
 def test_unknown_model_name(tmp_path):
@@ -165,7 +166,8 @@ def test_check_config_lists_models_and_devices():
 def test_check_config_names_the_detector_and_sams_default_weights(tmp_path):
     out = check_config(write(tmp_path, "[models.Text2Box]\ndevice = 'cpu'\n[models.Segmenting]\ndevice = 'cpu'\n"))
     assert out.returncode == 0, out.stderr
-    assert re.search(r"Text2Box +device=cpu +dtype=float32 +source=IDEA-Research/grounding-dino-tiny$", out.stdout, re.M)
+    assert re.search(r"Text2Box +device=cpu +dtype=float32 +source=IDEA-Research/grounding-dino-tiny$",
+                     out.stdout, re.M)
     assert re.search(r"Segmenting +device=cpu +dtype=float32 +source=facebook/sam-vit-huge$", out.stdout, re.M)
 
 

@@ -158,7 +158,7 @@ async def test_unusual_uploads_are_stored_and_captioned(bot, slack, core):
                "strip.png": png(Image.new("RGB", (7, 3), (30, 200, 30)))}
     for n, (name, data) in enumerate(uploads.items()):
         await slack.push_event(dm("D1", "U1", "", files=[slack.add_file(name, data, "image/png")]))
-        said = await slack.wait_for("chat.postMessage", lambda c: c["text"].startswith(f"Got img{n + 1} ("))
+        said = await slack.wait_for("chat.postMessage", lambda c, n=n: c["text"].startswith(f"Got img{n + 1} ("))
         assert said["text"].endswith("What should I do with it?")  # captioned: "Got imgN (caption). ..."
     scan = core.images.open("slack:dm:U1", "img1").convert("L")
     left, right = scan.getpixel((0, scan.height // 2)), scan.getpixel((scan.width - 1, scan.height // 2))

@@ -52,7 +52,7 @@ def config(folder: Path, models: str = MODELS) -> Path:
 
 
 def hub_env(hub: FakeHub, home: Path, offline: bool = False) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(home), HF_HUB_OFFLINE="1" if offline else "0",
+    env = dict(os.environ, HF_HOME=str(home), HF_HUB_OFFLINE="1" if offline else "0",
                HF_HUB_DISABLE_TELEMETRY="1")
     env.pop("TRANSFORMERS_OFFLINE", None)
     if not offline:

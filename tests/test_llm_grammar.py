@@ -141,7 +141,8 @@ def test_a_standard_request_becomes_a_job():
             {"role": "user", "content": [{"type": "text", "text": "what is "}, {"type": "text", "text": "this?"},
                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]},
             {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "caption_image", "arguments": '{"image": "img1"}'}}]},
+                {"id": "c1", "type": "function",
+                 "function": {"name": "caption_image", "arguments": '{"image": "img1"}'}}]},
             {"role": "tool", "tool_call_id": "c1", "content": "a cat"},
         ],
         "tools": SCHEMAS, "tool_choice": {"type": "function", "function": {"name": "caption_image"}},

@@ -60,7 +60,8 @@ async def test_segment_object_makes_an_overlay_and_a_mask(ctx):
     overlay, mask = only_row(ctx, "img2"), only_row(ctx, "img3")
     assert (overlay.parent, overlay.operation, overlay.mode) == ("img1", "segment_object", "RGB")
     assert (mask.parent, mask.operation, mask.mode, mask.params["mask"]) == ("img1", "segment_object", "L", True)
-    assert result.text.startswith("Made img2: img1 with ") and "and img3: their mask (white = the yellow box)." in result.text
+    assert result.text.startswith("Made img2: img1 with ")
+    assert "and img3: their mask (white = the yellow box)." in result.text
     assert set(np.unique(pixels(ctx, "img3")).tolist()) == {255}  # the tiny SAM: all of the image
 
 

@@ -202,7 +202,7 @@ def test_warm_first_never_passes_a_job_more_than_the_bound(bound):
     rng = random.Random(bound)
     queue: list[dict] = []
     picked_warm = passed_cold = 0
-    for t in range(2000):
+    for _ in range(2000):
         queue += [{"warm": rng.random() < 0.6, "overtaken": 0} for _ in range(rng.choice([0, 1, 2]))]
         if not queue:
             continue

@@ -361,7 +361,8 @@ class SlackBot:
     async def _command_turn(self, command: dict) -> Turn:
         user = command["user_id"]
         text = f"{command['command']} {command.get('text') or ''}".strip()
-        return Turn("slack", self._session_at(command["channel_id"], user, None), user, command.get("user_name") or user, text,
+        session = self._session_at(command["channel_id"], user, None)
+        return Turn("slack", session, user, command.get("user_name") or user, text,
                     is_admin=await self._is_admin(user), **_place(command["channel_id"], None))
 
     def _admin_now(self, user: str) -> bool:

@@ -8,12 +8,14 @@ from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, on
 # tool name -> (pool model, what it makes, when to use it)
 CONDITIONS = {
     "detect_edges": ("Image2Canny", "edge map", "Find the edges in an image (Canny edge map)."),
-    "detect_lines": ("Image2Line", "line map", "Find the straight lines in an image (M-LSD), e.g. of buildings or rooms."),
+    "detect_lines": ("Image2Line", "line map",
+                     "Find the straight lines in an image (M-LSD), e.g. of buildings or rooms."),
     "detect_soft_edges": ("Image2Hed", "soft-edge map", "Find the soft boundaries of an image (HED boundary map)."),
     "make_sketch": ("Image2Scribble", "sketch", "Turn an image into a rough scribble sketch."),
     "detect_pose": ("Image2Pose", "pose map", "Find the pose of the people in an image (OpenPose skeleton)."),
     "segment_image": ("Image2Seg", "segmentation map",
-                      "Split an image into coloured regions by what they are (one colour per kind: sky, road, person ...)."),
+                      "Split an image into coloured regions by what they are "
+                      "(one colour per kind: sky, road, person ...)."),
     "estimate_depth": ("Image2Depth", "depth map", "Estimate how far away each part of an image is (depth map)."),
     "estimate_normals": ("Image2Normal", "normal map", "Estimate the surface directions in an image (normal map)."),
 }

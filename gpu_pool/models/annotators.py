@@ -15,7 +15,8 @@ spec's device. UperNet and DPT run in the spec's dtype.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -66,7 +67,8 @@ class Annotator(PoolModel):
 
 # controlnet_aux scales the image's shorter side to this (rounding both sides to
 # multiples of 64) before detecting; 512 is its default and what the seed used.
-RESOLUTION = {"detect_resolution": Param(int, 512, min=64, max=2048, help="pixels the detector works at (shorter side)")}
+RESOLUTION = {"detect_resolution": Param(int, 512, min=64, max=2048,
+                                         help="pixels the detector works at (shorter side)")}
 
 
 def _res(params: dict[str, Any]) -> dict[str, int]:

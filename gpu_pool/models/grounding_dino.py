@@ -30,8 +30,10 @@ def seed_caption(prompt: str) -> str:
 class Text2Box(PoolModel):
     params = {
         "prompt": Param(str, required=True, help="the objects to find, e.g. 'the dog'"),
-        "box_threshold": Param(float, 0.3, min=0.0, max=1.0, help="how sure the model must be that a box holds the object"),
-        "text_threshold": Param(float, 0.25, min=0.0, max=1.0, help="how sure it must be of a word to label a box with it"),
+        "box_threshold": Param(float, 0.3, min=0.0, max=1.0,
+                               help="how sure the model must be that a box holds the object"),
+        "text_threshold": Param(float, 0.25, min=0.0, max=1.0,
+                                help="how sure it must be of a word to label a box with it"),
         "max_boxes": Param(int, 20, min=1, max=900, help="most boxes to return, the surest first"),
     }
     n_images = 1

@@ -112,7 +112,8 @@ class ChatModel(PoolModel):
                                   streamer=streamer)
         ids = out[0, n_prompt:].tolist()
         ended = bool(ids) and ids[-1] in self.stops
-        answer = self._answer(ids, params, finished=ended or (constraint is not None and constraint.matcher.is_stopped()))
+        stopped = constraint is not None and constraint.matcher.is_stopped()
+        answer = self._answer(ids, params, finished=ended or stopped)
         answer.prompt_tokens, answer.completion_tokens = n_prompt, len(ids)
         return Output(text=json.dumps(asdict(answer)))
 

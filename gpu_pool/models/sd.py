@@ -27,7 +27,8 @@ within the working memory a 512-px one needs.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import torch
 from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, EulerAncestralDiscreteScheduler,

@@ -18,7 +18,8 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 import ray
 from aiohttp import web

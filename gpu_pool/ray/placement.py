@@ -21,7 +21,7 @@ stays on each GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from settings import SAFETY_CHECKER
 

@@ -25,7 +25,8 @@ import logging
 import os
 import sys
 from collections import Counter
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 import ray
 from ray import serve
