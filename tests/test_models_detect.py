@@ -162,7 +162,7 @@ def test_inpainting_grows_the_mask_and_a_cutout_does_not():
     soft[20:40, 50:80] = 255
     soft[19, 50:80] = soft[40, 50:80] = 100  # smooth edges, under half sure: outside
     for by, radius in ((SAM, 5), (CLIPSEG, 7)):  # 20/512 and 20/352 of the long side, 128 px
-        mask = ObjectMask(Image.fromarray(soft, "L"), by)
+        mask = ObjectMask(Image.fromarray(soft, "L"), by, job=None)  # the job: for provenance only
         assert mask.for_cutout() is mask.soft
         inpaint = np.asarray(mask.for_inpainting())
         assert set(np.unique(inpaint).tolist()) == {0, 255}

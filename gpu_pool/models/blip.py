@@ -8,25 +8,17 @@ import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
 
-from gpu_pool import weights as w
 
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
-from .loading import checked
+from .loading import TransformersModel
 
 
-class _Blip(PoolModel):
+class _Blip(TransformersModel):
     """A BLIP processor and model; ``run`` generates and decodes one text."""
 
+    processor_class = BlipProcessor
     n_images = 1
     image_names = ("image",)
-
-    def __init__(self, spec: LoadSpec, model_cls: type):
-        super().__init__(spec)
-        self.processor = BlipProcessor.from_pretrained(spec.source)
-        self.model = checked(model_cls, spec.source, spec.dtype, w.transformers()).to(spec.load_device).eval()
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.model}
 
     def _generate(self, image: Image.Image, question: str | None, progress: Progress) -> Output:
         inputs = self.processor(images=image.convert("RGB"), text=question, return_tensors="pt")
@@ -39,6 +31,7 @@ class _Blip(PoolModel):
 
 
 class Captioning(_Blip):
+    model_class = BlipForConditionalGeneration
     params: dict[str, Param] = {}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
@@ -46,6 +39,7 @@ class Captioning(_Blip):
 
 
 class QuestionAnswering(_Blip):
+    model_class = BlipForQuestionAnswering
     params = {"question": Param(str, required=True, help="the question about the image, in English")}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
@@ -53,8 +47,8 @@ class QuestionAnswering(_Blip):
 
 
 def load_captioning(spec: LoadSpec, bases: SharedBases) -> PoolModel:
-    return Captioning(spec, BlipForConditionalGeneration)
+    return Captioning(spec)
 
 
 def load_vqa(spec: LoadSpec, bases: SharedBases) -> PoolModel:
-    return QuestionAnswering(spec, BlipForQuestionAnswering)
+    return QuestionAnswering(spec)

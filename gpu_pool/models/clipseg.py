@@ -17,17 +17,17 @@ import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from gpu_pool import weights as w
 
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
-from .loading import checked
+from .loading import TransformersModel
 
 # The seed's padding as a fraction of the map's side, whatever its resolution.
 SEED_PADDING = 20 / 352
 SEED_MIN_AREA = 0.02
 
 
-class Text2Mask(PoolModel):
+class Text2Mask(TransformersModel):
+    processor_class, model_class = CLIPSegProcessor, CLIPSegForImageSegmentation
     params = {
         "prompt": Param(str, required=True, help="the object to find, e.g. 'the dog'"),
         "threshold": Param(float, 0.5, min=0.0, max=1.0, help="how sure the model must be that a pixel is the object"),
@@ -37,15 +37,6 @@ class Text2Mask(PoolModel):
     }
     n_images = 1
     image_names = ("image",)
-
-    def __init__(self, spec: LoadSpec):
-        super().__init__(spec)
-        self.processor = CLIPSegProcessor.from_pretrained(spec.source)
-        model = checked(CLIPSegForImageSegmentation, spec.source, spec.dtype, w.transformers())
-        self.model = model.to(spec.load_device).eval()
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.model}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         image = images[0].convert("RGB")

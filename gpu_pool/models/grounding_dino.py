@@ -15,10 +15,9 @@ import torch
 from PIL import Image
 from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
-from gpu_pool import weights as w
 
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
-from .loading import checked
+from .loading import TransformersModel
 
 
 def seed_caption(prompt: str) -> str:
@@ -27,7 +26,8 @@ def seed_caption(prompt: str) -> str:
     return caption if caption.endswith(".") else caption + "."
 
 
-class Text2Box(PoolModel):
+class Text2Box(TransformersModel):
+    processor_class, model_class = GroundingDinoProcessor, GroundingDinoForObjectDetection
     params = {
         "prompt": Param(str, required=True, help="the objects to find, e.g. 'the dog'"),
         "box_threshold": Param(float, 0.3, min=0.0, max=1.0,
@@ -38,15 +38,6 @@ class Text2Box(PoolModel):
     }
     n_images = 1
     image_names = ("image",)
-
-    def __init__(self, spec: LoadSpec):
-        super().__init__(spec)
-        self.processor = GroundingDinoProcessor.from_pretrained(spec.source)
-        model = checked(GroundingDinoForObjectDetection, spec.source, spec.dtype, w.transformers())
-        self.model = model.to(spec.load_device).eval()
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.model}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         image = images[0].convert("RGB")

@@ -18,6 +18,8 @@ import torch
 
 from gpu_pool import weights as w
 
+from .base import LoadSpec, PoolModel
+
 
 class WeightsMismatch(RuntimeError):
     """A checkpoint whose weights do not fit the network; the message says which and what to check."""
@@ -47,3 +49,20 @@ def checked(cls: type, folder: str, dtype: torch.dtype, weights: w.Weights, subf
         raise WeightsMismatch(f"{where} is not a {type(model).__name__} checkpoint: {what}. Check the model's source "
                               "in config.toml; running it would give noise.")
     return model
+
+
+class TransformersModel(PoolModel):
+    """A transformers processor and model from one source, the weights checked (``checked``), in eval mode:
+    subclasses name the two classes and write ``run``."""
+
+    processor_class: type
+    model_class: type
+
+    def __init__(self, spec: LoadSpec):
+        super().__init__(spec)
+        self.processor = self.processor_class.from_pretrained(spec.source)
+        model = checked(self.model_class, spec.source, spec.dtype, w.transformers())
+        self.model = model.to(spec.load_device).eval()
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}

@@ -25,11 +25,10 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from gpu_pool import weights as w
 from gpu_pool.protocol import Verdict
 
 from .base import LoadSpec, Output, Param, PoolModel, Progress, SharedBases
-from .loading import checked
+from .loading import TransformersModel
 
 SPECIAL_CARE_ADJUSTMENT = 0.01  # what diffusers adds to every concept score once a special-care concept matched
 
@@ -44,21 +43,16 @@ def scores(model: StableDiffusionSafetyChecker, clip_input: torch.Tensor) -> tup
     return (concept > 0).any(dim=1), concept.max(dim=1).values
 
 
-class SafetyChecker(PoolModel):
+class SafetyChecker(TransformersModel):
+    processor_class, model_class = CLIPImageProcessor, StableDiffusionSafetyChecker
     params: dict[str, Param] = {}
     n_images = 1
     image_names = ("image",)
 
     def __init__(self, spec: LoadSpec):
         super().__init__(spec)
-        self.processor = CLIPImageProcessor.from_pretrained(spec.source)
-        model = checked(StableDiffusionSafetyChecker, spec.source, spec.dtype, w.transformers())
-        self.model = model.to(spec.load_device).eval()
         # Device threads of other devices call check too: one image batch at a time.
         self._lock = threading.Lock()
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.model}
 
     def check(self, images: list[Image.Image]) -> list[Verdict]:
         """One verdict per image; call on a worker thread, with the weights on the device."""

@@ -24,10 +24,9 @@ import torch
 from PIL import Image
 from transformers import SamModel, SamProcessor
 
-from gpu_pool import weights as w
 
 from .base import BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases
-from .loading import checked
+from .loading import TransformersModel
 
 MAX_PROMPTS = 64  # boxes per job: GroundingDINO's surest few are what a flow sends
 # SamAutomaticMaskGenerator's batch of points at 512x512; fewer on larger images, since each point's three
@@ -35,7 +34,8 @@ MAX_PROMPTS = 64  # boxes per job: GroundingDINO's surest few are what a flow se
 POINTS_PER_BATCH = 64
 
 
-class Segmenting(PoolModel):
+class Segmenting(TransformersModel):
+    processor_class, model_class = SamProcessor, SamModel
     params = {
         "boxes": Param(list, None, help="[[x0, y0, x1, y1], ...] in pixels: one mask per box"),
         "points": Param(list, None, help="[[x, y], ...] in pixels, all on one object: one mask"),
@@ -46,14 +46,6 @@ class Segmenting(PoolModel):
     }
     n_images = 1
     image_names = ("image",)
-
-    def __init__(self, spec: LoadSpec):
-        super().__init__(spec)
-        self.processor = SamProcessor.from_pretrained(spec.source)
-        self.model = checked(SamModel, spec.source, spec.dtype, w.transformers()).to(spec.load_device).eval()
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"model": self.model}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         image = images[0].convert("RGB")
