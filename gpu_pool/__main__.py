@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s pool %(name)s: %(message)s")
+    from gpu_pool.fetch import log_hub_once  # huggingface_hub's warnings once each, through the format above
+
+    log_hub_once()
     parent = follow_parent()
     if parent is not None and os.getppid() != parent:
         log.warning("the bot (pid %d) exited before the pool started; not starting", parent)
