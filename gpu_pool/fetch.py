@@ -336,11 +336,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Download the weights of the models config.toml names, ahead of "
                                                  "the first start (only the files the pool reads).")
     parser.add_argument("--config", default="config.toml", help="config file (default: config.toml)")
+    parser.add_argument("--load", default="", metavar='"Name_device,..."',
+                        help="the models the bot's --load names, instead of config.toml's [models.*]")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log_hub_once()
     try:
-        config = settings.load(args.config, env_check=False)
+        config = settings.load(args.config, env_check=False, load=args.load)
     except settings.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
