@@ -1,8 +1,10 @@
 """python -m bot: start the pool, the session store and every adapter with credentials.
 
-    python -m bot [--config config.toml] [--check-config] [--terminal]
+    python -m bot [--config config.toml] [--load "Name_device,..."] [--check-config] [--terminal]
 
-With no platform credentials in the environment, a terminal chat opens.
+With no platform credentials in the environment, a terminal chat opens. ``--load`` is the seed's:
+"ImageCaptioning_cuda:0,ImageEditing_cuda:1" loads those models, on those devices, for this run
+instead of config.toml's [models.*] (the built-in LLM and the safety checker stay; see settings.seed).
 """
 
 from __future__ import annotations
@@ -57,12 +59,12 @@ def describe(config: settings.Config) -> str:
                         else " (ray[serve] is not installed: ./scripts/run --ray)"))
     lines.append(f"Stable Diffusion base: {config.pool.sd_base}")
     if config.models:
-        lines.append("Models:")
-        width = max(len(n) for n in config.models)
+        lines.append(f"Models (from --load {config.load}):" if config.load else "Models:")
+        width = max(len(m.label) for m in config.models.values())
         for m in config.models.values():
             dev = m.resolved_device()
             dev_text = f"{dev} (auto)" if m.device == "auto" else dev
-            lines.append(f"  {m.name:<{width}}  device={dev_text:<12} dtype={m.resolved_dtype():<9} "
+            lines.append(f"  {m.label:<{width}}  device={dev_text:<12} dtype={m.resolved_dtype():<9} "
                          f"source={m.source or _no_source(m.name)}")
     else:
         lines.append("Models: none (the bot can chat but not see or draw)")
@@ -99,13 +101,16 @@ def _safety(config: settings.Config) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Visual ChatGPT for team chat.")
     parser.add_argument("--config", default="config.toml", help="config file (default: config.toml)")
+    parser.add_argument("--load", default="", metavar='"Name_device,..."',
+                        help='the seed\'s way to pick models for this run, instead of config.toml\'s [models.*]: '
+                             '"ImageCaptioning_cuda:0,ImageEditing_cuda:1" (the LLM and safety checker stay)')
     parser.add_argument("--check-config", action="store_true", help="print what would load where, then exit")
     parser.add_argument("--terminal", action="store_true", help="chat in this terminal even if platforms are set up")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
     try:
-        config = settings.load(args.config)
+        config = settings.load(args.config, load=args.load)
     except settings.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -81,7 +81,7 @@ async def run(config: settings.Config, force_terminal: bool = False) -> int:
                 print(f"Starting the image engine (logs: {data / 'bot.log'}, {data / 'pool.log'})", flush=True)
             # in the terminal chat the pool's output goes to a file: its log lines must not scroll through the chat
             pool = PoolProcess(config.path, config.pool.url, config.pool.startup_timeout_s,
-                               log_file=data / "pool.log" if in_terminal else None)
+                               log_file=data / "pool.log" if in_terminal else None, load=config.load)
             try:
                 if not await _unless_stopped(pool.start(), stop):
                     return 0

@@ -325,7 +325,7 @@ class Core:
             if action == "models":
                 infos = await self.pool.models()
                 notes = "".join(f"\n{topic}: {text}" for topic, text in self.admin_notes.items())
-                return format_models(infos) + "\n" + summary(self.config.safety, infos) + notes
+                return format_models(infos, self.config.models) + "\n" + summary(self.config.safety, infos) + notes
             if action == "reload":
                 reply = await self.pool.reload(model)
             elif action == "load":
@@ -340,10 +340,11 @@ class Core:
         return reply.get("message", "Done.")
 
 
-def format_models(infos) -> str:
+def format_models(infos, configured: dict | None = None) -> str:
     """One line per model: where it is, whether its weights are on the device now
     (offloaded: waiting in CPU RAM under a residency budget), its size and last use;
-    while it downloads or loads, how far it got and about how long is left."""
+    while it downloads or loads, how far it got and about how long is left. ``configured`` (config.models)
+    gives each model's label: "Text2Mask (ImageEditing)" for one configured by the seed's name."""
     if not infos:
         return "No models are configured."
     lines = []
@@ -365,5 +366,6 @@ def format_models(infos) -> str:
                 size = (hub_pair(m.downloaded, m.download_total) if m.phase == "downloading"
                         else f"{hub_size(m.download_total)} of files")
             size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
-        lines.append(f"{m.name}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
+        label = configured[m.name].label if configured and m.name in configured else m.name
+        lines.append(f"{label}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
     return "\n".join(lines)

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 class PoolProcess:
     def __init__(self, config_path: Path, url: str, startup_timeout: float = 600, cwd: Path | None = None,
-                 log_file: Path | None = None):
+                 log_file: Path | None = None, load: str = ""):
         self.config_path, self.url, self.startup_timeout = Path(config_path), url, startup_timeout
+        self.load = load  # the bot's --load "Name_device,...": the pool loads the same models
         self.log_file = log_file  # the pool's output goes here (appended) instead of the bot's terminal
         self.cwd = cwd or Path(__file__).resolve().parent.parent
         self.proc: asyncio.subprocess.Process | None = None
@@ -46,7 +47,8 @@ class PoolProcess:
             # its own session: a Ctrl-C in the terminal reaches the bot only, which stops the pool when
             # its turns in flight are answered (the pool still dies with the bot: see gpu_pool/__main__.py)
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gpu_pool", "--config", str(self.config_path), cwd=self.cwd, env=env,
+                sys.executable, "-m", "gpu_pool", "--config", str(self.config_path),
+                *(["--load", self.load] if self.load else []), cwd=self.cwd, env=env,
                 start_new_session=True, stdout=out, stderr=asyncio.subprocess.STDOUT if out else None)
         finally:
             if out:

@@ -1,4 +1,4 @@
-"""python -m gpu_pool --config config.toml: run the model pool on its own.
+"""python -m gpu_pool --config config.toml [--load "Name_device,..."]: run the model pool on its own.
 
 Started by the bot, the pool dies with it: the bot names itself in
 ``GPU_POOL_PARENT_PID``, and the pool asks Linux for SIGTERM when its parent
@@ -51,16 +51,22 @@ async def _watch(parent: int, stop) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpu_pool", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="config.toml", help="config file (default: config.toml)")
+    parser.add_argument("--load", default="", metavar='"Name_device,..."',
+                        help="the models to load and their devices, instead of config.toml's [models.*] (the bot's "
+                             "--load, passed on)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s pool %(name)s: %(message)s")
+    from gpu_pool.fetch import log_hub_once  # huggingface_hub's warnings once each, through the format above
+
+    log_hub_once()
     parent = follow_parent()
     if parent is not None and os.getppid() != parent:
         log.warning("the bot (pid %d) exited before the pool started; not starting", parent)
         return 0
     try:
-        config = settings.load(args.config, env_check=False)
+        config = settings.load(args.config, env_check=False, load=args.load)
     except settings.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,8 @@ Progress comes from huggingface_hub itself: ``hf_hub_download(tqdm_class=...)``
 gives each file one bar, whose ``update`` is called with the bytes written
 (plain HTTP and Xet alike; a class with ``update_transfer`` gets Xet's network
 bytes there, so they are not counted twice). Offline (``HF_HUB_OFFLINE=1``) or
-with the hub out of reach, the files are picked from the cache instead.
+with the hub out of reach, the files are picked from the cache instead: the fetch command asks the hub
+once first (``hub_problem``), so an unreachable hub costs one line, not five retries per repo.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.utils import get_session
 from tqdm.auto import tqdm
 
 from gpu_pool import weights as w
@@ -61,6 +64,9 @@ class Listings:
 
 class Download:
     """One hub repo (or local folder) as one model's loader reads it."""
+
+    # said after "not in the cache" when the hub is out of reach (the fetch command says it once, its own way)
+    unreachable = "the hub is out of reach; run ./scripts/run --fetch where it can be reached"
 
     def __init__(self, want: w.Want, dtype: str, listings: Listings | None = None):
         self.want, self.dtype = want, dtype
@@ -107,8 +113,8 @@ class Download:
             for part in self._shards(name) if w.is_index(name) else [name]:
                 if part not in listing:
                     raise FetchFailed(f"{self.want.source}: {name} names {part}, which is not there"
-                                      + ("" if self.want.local or self._online else " (not in the cache, and the hub "
-                                         "is out of reach; run ./scripts/run --fetch where it can be reached)"))
+                                      + ("" if self.want.local or self._online else
+                                         f" (not in the cache, and {self.unreachable})"))
                 files[part] = listing[part]
                 picked[part] = (slot, name)
         self.files, self.weights, self.listed = files, picked, True
@@ -129,8 +135,7 @@ class Download:
                 missing.append(name)
         self.cached = self.done
         if missing and (constants.HF_HUB_OFFLINE or not self._online):
-            raise FetchFailed(f"{self.want.source}: {', '.join(missing)} not downloaded yet and the hub is "
-                              "out of reach; run ./scripts/run --fetch where the hub can be reached.")
+            raise FetchFailed(f"{self.want.source}: {', '.join(missing)} not downloaded yet, and {self.unreachable}")
         path = None
         for name in missing:
             self.started = self.started or time.monotonic()
@@ -196,8 +201,7 @@ class Download:
     def _missing(self, slot: w.Weights) -> str:
         where = "folder" if self.want.local else "repo"
         return (f"the {where} {self.want.source} has none of {', '.join(slot.candidates(self.dtype))}"
-                + ("" if self.want.local or self._online else
-                   " in the cache, and the hub is out of reach; run ./scripts/run --fetch where it can be reached"))
+                + ("" if self.want.local or self._online else f" in the cache, and {self.unreachable}"))
 
 
 def _bar_class(download: Download | None, on_bytes: Callable[[int], None] | None) -> type:
@@ -297,6 +301,34 @@ def wants_of(config) -> list[tuple[w.Want, str]]:
     return list(out.values())
 
 
+def log_hub_once() -> None:
+    """huggingface_hub's loggers print through a handler of their own and then through the root logger's:
+    each retry warning came out twice. Ours (the root's) is enough."""
+    hub = logging.getLogger("huggingface_hub")
+    for h in hub.handlers[:]:
+        hub.removeHandler(h)
+
+
+def hub_problem() -> str | None:
+    """None when the hub (``HF_ENDPOINT``) answers at all; else why not. One request, no retries:
+    huggingface_hub would retry a refused connection five times per repo (23 s each)."""
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:  # refused, no such host, timed out, the proxy refused: all mean out of reach
+        return str(e) or type(e).__name__
+    return None
+
+
+def _cannot_reach(problem: str, missing: list[str]) -> str:
+    host = urlsplit(constants.ENDPOINT).netloc or constants.ENDPOINT
+    return (f"{len(missing)} repo(s) are not in the cache ({', '.join(missing)}), and the Hugging Face hub at {host} "
+            f"cannot be reached from this machine ({problem}).\n"
+            "What to do: let this machine reach it (its network, or a proxy: HTTPS_PROXY=http://proxy:port), or set "
+            "HF_ENDPOINT to a mirror; or fetch on a machine that can reach it and copy that machine's Hugging Face "
+            f"cache here: its HF_HOME folder (~/.cache/huggingface by default) to {constants.HF_HOME}, or point "
+            "HF_HOME at the copy.")
+
+
 def main(argv: list[str] | None = None) -> int:
     import settings
 
@@ -304,29 +336,52 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Download the weights of the models config.toml names, ahead of "
                                                  "the first start (only the files the pool reads).")
     parser.add_argument("--config", default="config.toml", help="config file (default: config.toml)")
+    parser.add_argument("--load", default="", metavar='"Name_device,..."',
+                        help="the models the bot's --load names, instead of config.toml's [models.*]")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log_hub_once()
     try:
-        config = settings.load(args.config, env_check=False)
+        config = settings.load(args.config, env_check=False, load=args.load)
     except settings.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    downloads, listings = [], Listings()
-    for want, dtype in wants_of(config):
+    wants = wants_of(config)
+    offline = bool(constants.HF_HUB_OFFLINE)
+    problem = None if offline or all(want.local for want, _ in wants) else hub_problem()
+    if problem:
+        constants.HF_HUB_OFFLINE = True  # the cache is all there is: no request, no retry from here on
+    downloads, listings, missing = [], Listings(), []
+    for want, dtype in wants:
         if want.local:
             print(f"{want.source}: a local folder, nothing to fetch")
             continue
         d = Download(want, dtype, listings)
+        d.unreachable = "the hub is out of reach"
         try:
             d.list()
+        except FetchFailed as e:
+            if offline or problem:
+                missing.append(want.source)
+                continue
+            print(f"cannot fetch {want.source}: {e}", file=sys.stderr)
+            return 1
         except Exception as e:
             print(f"cannot fetch {want.source}: {e}", file=sys.stderr)
             return 1
         have = sum(size for name, size in d.files.items()
                    if isinstance(try_to_load_from_cache(want.source, name), str))
+        if (offline or problem) and have < d.total:
+            missing.append(want.source)
+            continue
         print(f"{want.source}: {len(d.files)} files, {hub_size(d.total)}"
               + (f" ({hub_size(have)} already here)" if have else ""))
         downloads.append((d, have))
+    if missing:
+        print(_cannot_reach(problem, missing) if problem else
+              f"{len(missing)} repo(s) are not in the cache ({', '.join(missing)}), and HF_HUB_OFFLINE=1 keeps "
+              "this command off the hub: run it without HF_HUB_OFFLINE to download them.", file=sys.stderr)
+        return 1
     total, have = sum(d.total for d, _ in downloads), sum(h for _, h in downloads)
     print(f"Total: {hub_size(total)} in {len(downloads)} repos; {hub_size(total - have)} to download "
           f"into {constants.HF_HUB_CACHE}")

@@ -283,7 +283,7 @@ class Registry:
         Every old copy is released before the first new one loads (a single model's before it loads):
         reloading never holds two copies of a model, nor two shared bases.
         """
-        self.config = settings.load(self.config.path, env_check=False)
+        self.config = settings.reload(self.config)  # the same --load, if the pool was started with one
         if name is None:
             for gone in [n for n in self.entries if n not in self.config.models]:
                 await self.unload(gone)

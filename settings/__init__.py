@@ -10,6 +10,7 @@ the accepted values, meant to be read by the person editing the file.
 - ``settings.models``: the seed's model names, their default sources, dtypes, devices.
 - ``settings.sections``: the typed sections of a validated config (``Config`` and its parts).
 - ``settings.schema``: the table of sections and keys, and the checks that validate them.
+- ``settings.seed``: the seed's words: ``[models.ImageEditing]`` and ``--load "Name_device,..."``.
 - here: ``load`` and ``parse``, which build a ``Config`` from the checked tables.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 from settings.models import (ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SAFETY_CHECKER, SD15, SEED_MODELS,
                              default_source, resolve_device)
 from settings.schema import MODEL_KEYS, SCHEMA, SECTIONS, Check, ConfigError, check_table, device_problem, parse_size
+from settings.seed import ALIASES, alias_table, known_models, with_load
 from settings.sections import (
     BotConfig,
     Config,
@@ -43,7 +45,7 @@ __all__ = [
     "MODEL_KEYS", "SCHEMA", "SECTIONS", "Check", "ConfigError", "device_problem", "parse_size",
     "BotConfig", "Config", "DiscordConfig", "LimitsConfig", "LLMConfig", "ModelConfig", "PoolConfig", "RayConfig",
     "ResidencyConfig", "SafetyConfig", "SlackConfig", "StorageConfig",
-    "load", "parse",
+    "load", "parse", "reload",
 ]
 
 
@@ -64,8 +66,11 @@ def _source(raw: str, base_dir: Path) -> str:
     return raw
 
 
-def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
-    """Validate parsed TOML ``data``; ``path`` anchors relative paths."""
+def parse(data: dict[str, Any], path: Path, env_check: bool = True, load: str = "") -> Config:
+    """Validate parsed TOML ``data``; ``path`` anchors relative paths. ``load``: the command line's
+    ``--load "Name_device,..."``, which replaces the [models.*] sections (``settings.seed.with_load``)."""
+    if load:
+        data = with_load(data, load)
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section; known sections: {', '.join(SECTIONS)}")
@@ -76,12 +81,21 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
     if not isinstance(models_raw, dict):
         raise ConfigError("models: must be a table of [models.NAME] sections")
     models: dict[str, ModelConfig] = {}
+    by_alias = {part: alias for alias in ALIASES if alias in models_raw for part in ALIASES[alias]}
     for name, table in models_raw.items():
-        if name not in MODEL_DEFAULTS:
-            raise ConfigError(f"models.{name}: unknown model; known models: {', '.join(MODEL_NAMES)}")
-        m = check_table(f"models.{name}", table, MODEL_KEYS)
-        source = m["source"] if m["source"] is not None else default_source(name, sec["pool"]["sd_base"])
-        models[name] = ModelConfig(name, m["device"], m["dtype"], _source(source, base_dir))
+        if name not in MODEL_DEFAULTS and name not in ALIASES:
+            raise ConfigError(f"models.{name}: unknown model; known models: {known_models()}")
+        if name in by_alias:
+            continue  # configured with its pair ([models.ImageEditing]); its own section's keys win there
+        m = check_table(f"models.{name}", alias_table(name, table) if name in ALIASES else table, MODEL_KEYS)
+        for real in ALIASES.get(name, (name,)):
+            if real != name:  # a part of the seed's pair: [models.ImageEditing]'s keys, then its own section's
+                own = models_raw.get(real, {})
+                check_table(f"models.{real}", own, MODEL_KEYS)  # checked as itself first: its errors name it
+                m = check_table(f"models.{real}", {**table, **own}, MODEL_KEYS)
+            source = m["source"] if m["source"] is not None else default_source(real, sec["pool"]["sd_base"])
+            models[real] = ModelConfig(real, m["device"], m["dtype"], _source(source, base_dir),
+                                       alias=name if real != name else "")
 
     p = sec["pool"]
     socket = None if p["host"] else (base_dir / sec["storage"]["data_dir"] / p["socket"]).resolve()
@@ -129,6 +143,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True) -> Config:
         safety=SafetyConfig(**dict(safety, allow_in_slack_channels=tuple(safety["allow_in_slack_channels"]))),
         bot=BotConfig(float(sec["bot"]["shutdown_grace_s"])),
         raw=data,
+        load=load,
     )
 
 
@@ -142,8 +157,8 @@ def _residency(r: dict[str, Any]) -> ResidencyConfig:
     return ResidencyConfig(budget, reserve, r["max_overtakes"], devices)
 
 
-def load(path: str | os.PathLike[str], env_check: bool = True) -> Config:
-    """Read and validate a config file."""
+def load(path: str | os.PathLike[str], env_check: bool = True, load: str = "") -> Config:
+    """Read and validate a config file (``load``: the command line's --load, see ``parse``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -153,4 +168,9 @@ def load(path: str | os.PathLike[str], env_check: bool = True) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse(data, path, env_check=env_check)
+    return parse(data, path, env_check=env_check, load=load)
+
+
+def reload(config: Config) -> Config:
+    """``config``'s file read again, with the same --load (the pool's /reload)."""
+    return load(config.path, env_check=False, load=config.load)

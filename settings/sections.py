@@ -71,6 +71,12 @@ class ModelConfig:
     device: str  # as written: auto, cpu, cuda, cuda:N, mps
     dtype: str  # as written: auto, float16, bfloat16, float32
     source: str  # hub id or absolute local folder ("" = no weights)
+    alias: str = ""  # the seed's name it was configured by ("ImageEditing": Text2Mask and Inpainting), else ""
+
+    @property
+    def label(self) -> str:
+        """Its name as --check-config and /models show it: "Text2Mask (ImageEditing)"."""
+        return f"{self.name} ({self.alias})" if self.alias else self.name
 
     def resolved_device(self) -> str:
         return resolve_device(self.device)
@@ -182,6 +188,7 @@ class Config:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     bot: BotConfig = field(default_factory=BotConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    load: str = ""  # the command line's --load "Name_device,...", applied over [models.*]; "" if none
 
     def default_source(self, name: str) -> str:
         """``settings.models.default_source`` for this config's ``sd_base``."""

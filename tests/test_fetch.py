@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -312,3 +313,51 @@ async def test_a_first_message_waits_for_the_built_in_llm_to_download_and_is_ans
     assert not out.error and reply.text and "try again" not in reply.text.lower(), reply.text  # the model's words
     assert elapsed > 3  # longer than the turn's deadline, and still answered
     assert any(f.startswith(QWEN2B) for f in hub.downloaded())
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then closed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def retry_lines(text: str) -> list[str]:
+    """huggingface_hub's retry warnings (the request that failed, then the wait)."""
+    return [line for line in text.splitlines() if "thrown while requesting" in line or "[Retry " in line]
+
+
+def test_fetch_without_a_reachable_hub_names_it_once_and_says_what_to_do(tmp_path):
+    """No hub at HF_ENDPOINT (a closed port) and an empty cache: one short answer, not five doubled retries
+    per repo ending in "run ./scripts/run --fetch where it can be reached", the command that just failed."""
+    host = f"127.0.0.1:{closed_port()}"
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1",
+               HF_ENDPOINT=f"http://{host}")
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    started = time.monotonic()
+    run = fetch(config(tmp_path, on_cpu("ImageCaptioning", "Image2Pose")), env, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out
+    lines = retry_lines(out)
+    assert len(lines) == len(set(lines)), out  # each retry at most once
+    assert out.count(host) == 1, out  # the host named once
+    assert "cannot be reached" in out and "proxy" in out and "HF_HOME" in out, out  # what to do
+    assert str(tmp_path / "hf") in out  # where the copied cache goes
+    assert "Salesforce/blip-image-captioning-base" in out and "lllyasviel/Annotators" in out  # what is missing
+    assert "where it can be reached" not in out and "Traceback" not in out, out
+    assert time.monotonic() - started < 20, out  # no 23 s of retries per repo
+
+
+def test_a_retry_of_the_hub_is_one_log_line(hub_repos, tmp_path):
+    """The hub answers a listing 503 once: huggingface_hub retries it, the log says so once, the fetch succeeds."""
+    hub = FakeHub(hub_repos, failing=1).start()
+    try:
+        run = fetch(config(tmp_path, on_cpu("ImageCaptioning")), hub_env(hub, tmp_path / "hf"), timeout=120)
+    finally:
+        hub.stop()
+    assert run.returncode == 0, run.stderr
+    assert not hub.unknown
+    tree = f"{hub.url}/api/models/Salesforce/blip-image-captioning-base/tree/main"
+    assert retry_lines(run.stderr) == [
+        f"WARNING huggingface_hub.utils._http: HTTP Error 503 thrown while requesting GET {tree}",
+        "WARNING huggingface_hub.utils._http: Retrying in 1s [Retry 1/5]."], run.stderr

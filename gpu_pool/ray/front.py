@@ -127,7 +127,7 @@ class Front:
         if name is not None and name not in self.allowed:
             raise self._not_allowed(name)
         try:
-            config = settings.load(self.config.path, env_check=False)
+            config = settings.reload(self.config)
         except settings.ConfigError as e:
             raise Refused(str(e), "config") from None
         self.config = config
@@ -251,7 +251,7 @@ def deploy(config: settings.Config) -> DeploymentHandle:
                                                   request_router_kwargs={"spread_after": cfg.spread_after}),
         health_check_period_s=2, graceful_shutdown_timeout_s=5,
         logging_config={"log_level": "WARNING", "enable_access_log": False})
-    return serve.run(replica.bind(str(config.path)), name=APP, route_prefix=None)
+    return serve.run(replica.bind(str(config.path), config.load), name=APP, route_prefix=None)
 
 
 def leave(config: settings.Config) -> None:

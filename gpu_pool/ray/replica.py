@@ -46,7 +46,7 @@ Spec = tuple[str | None, str | None]  # the device and dtype an admin loaded it 
 
 @serve.deployment
 class PoolReplica:
-    def __init__(self, config_path: str):
+    def __init__(self, config_path: str, load: str = ""):
         logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                             format="%(asctime)s %(levelname)s pool replica %(name)s: %(message)s")
         from gpu_pool.registry import Registry
@@ -54,7 +54,7 @@ class PoolReplica:
 
         heap.keep_freed_buffers()  # as the local pool's process (gpu_pool/heap.py)
 
-        self.registry = Registry(settings.load(config_path, env_check=False))
+        self.registry = Registry(settings.load(config_path, env_check=False, load=load))
         self.scheduler = Scheduler(self.registry)
         self.id = serve.get_replica_context().replica_id.unique_id
         self.node = ray.util.get_node_ip_address()

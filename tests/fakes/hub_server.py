@@ -8,6 +8,9 @@ Point ``HF_ENDPOINT`` at ``hub.url``. It answers what ``HfApi.list_repo_tree`` a
     GET  /{org}/{name}/resolve/{revision}/{path}                  the bytes, at ``bytes_per_s`` if set
 
     GET  /api/agent-harnesses                                     (asked once a day by the client: none)
+    HEAD /                                                        the front page (`--fetch` asks it first)
+
+``failing=N`` answers the first N listings with HTTP 503 (the client retries them).
 
 and records every request, so a test can say which files were downloaded. A
 request it does not know is recorded in ``unknown`` (the test fails on it).
@@ -26,9 +29,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 class FakeHub:
-    def __init__(self, repos: dict[str, Path], bytes_per_s: float | None = None):
+    def __init__(self, repos: dict[str, Path], bytes_per_s: float | None = None, failing: int = 0):
         self.repos = repos  # "org/name" -> folder
         self.bytes_per_s = bytes_per_s
+        self.failing = failing  # listings still to answer with 503
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.unknown: list[str] = []
         self.url = ""
@@ -51,6 +55,9 @@ class FakeHub:
 
     async def tree(self, request: web.Request) -> web.Response:
         self.requests.append((request.method, request.path))
+        if self.failing > 0:
+            self.failing -= 1
+            return web.Response(status=503, text="Service Unavailable")
         folder = self.repos.get(f"{request.match_info['org']}/{request.match_info['name']}")
         if folder is None:
             return web.json_response({"error": "Repository not found"}, status=404,
@@ -84,6 +91,10 @@ class FakeHub:
         await resp.write_eof()
         return resp
 
+    async def front(self, request: web.Request) -> web.Response:
+        self.requests.append((request.method, request.path))
+        return web.Response()
+
     async def harnesses(self, request: web.Request) -> web.Response:
         return web.json_response({"standardEnvVars": [], "harnesses": {}})
 
@@ -112,6 +123,7 @@ class FakeHub:
         app = web.Application()
         app.router.add_get("/api/models/{org}/{name}/tree/{revision}", self.tree)
         app.router.add_get("/api/agent-harnesses", self.harnesses)
+        app.router.add_route("HEAD", "/", self.front)
         app.router.add_route("HEAD", "/{org}/{name}/resolve/{revision}/{path:.+}", self.resolve)
         app.router.add_get("/{org}/{name}/resolve/{revision}/{path:.+}", self.resolve, allow_head=False)
         app.router.add_route("*", "/{tail:.*}", self.other)
