@@ -53,7 +53,7 @@ async def test_messages_waiting_behind_a_slow_turn_are_answered_in_the_order_sen
     for i in range(1, 4):  # three wait behind it, sent one after the other
         waiting.append(asyncio.create_task(chat_core.handle(turn(f"message {i}"), Reply())))
         await asyncio.sleep(0.05)
-    await asyncio.gather(first, *waiting)
+    await asyncio.wait_for(asyncio.gather(first, *waiting), 30)  # a lost wake-up must fail, not hang
     assert answered == ["answer 0", "answer 1", "answer 2", "answer 3"]
     asked = [r["messages"][-1]["content"] for r in llm_server.requests]
     assert asked == ["message 0", "message 1", "message 2", "message 3"]
@@ -91,7 +91,7 @@ async def test_at_most_per_user_jobs_of_one_user_reach_the_pool_and_others_still
     assert pool.in_pool["U1"] == 2 and pool.submitted == ["U1", "U1", "U2"]
 
     pool.hold.set()
-    outcomes = await asyncio.gather(*u1, u2)
+    outcomes = await asyncio.wait_for(asyncio.gather(*u1, u2), 60)
     assert [o.text for o in outcomes] == ["Here it is: img1"] * 6
     assert pool.peak == {"U1": 2, "U2": 1}  # never more than per_user_jobs of U1's at once
     assert pool.submitted == ["U1", "U1", "U2", "U1", "U1", "U1"] and sum(pool.in_pool.values()) == 0
