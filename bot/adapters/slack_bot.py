@@ -4,7 +4,7 @@ Socket Mode by default (no public URL), HTTP events on ``slack.http_port`` as an
 option. Bolt acknowledges every event at once (slash commands call ``ack`` first,
 or answer a usage error inside it); the work then runs in a task, so Slack never
 waits and never retries for lack of an ack. A retried delivery is dropped by its
-``event_id``.
+``event_id`` (the last ``REMEMBERED_EVENTS`` are remembered).
 
 Conversations: a channel ``slack:C1``; the bot answers a top-level mention in a thread
 under it, and that thread continues the channel's conversation (the link is kept in the
@@ -52,6 +52,8 @@ THREADS_NOTE = ("Slash commands act on the channel's conversation, also when typ
                 "me the thread. In a thread, mention me instead; mention me there with \"reset\" to start it over.")
 ANSWERED = {None, "file_share", "thread_broadcast"}  # message subtypes that are someone talking to us
 ELSEWHERE = "This button belongs to another conversation."
+# event ids remembered to drop Slack's retries (three at most, within minutes); an older one's retry is answered
+REMEMBERED_EVENTS = 5000
 
 
 class SlackRejected(RuntimeError):
@@ -173,7 +175,7 @@ class SlackBot:
             return BoltResponse(status=200, body="")
         if event_id:
             self._seen[event_id] = None
-            while len(self._seen) > 5000:
+            while len(self._seen) > REMEMBERED_EVENTS:
                 self._seen.popitem(last=False)
         return await next()
 
