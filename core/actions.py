@@ -19,10 +19,13 @@ whose file is gone from the data directory is said to be no longer stored.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import settings
@@ -32,6 +35,7 @@ from core.tools.base import IMAGE, ToolContext, ToolResult, call
 from core.tools.upscale import can_upscale
 from core.turn import ImageAction, Press
 
+log = logging.getLogger(__name__)
 LABELS = {"reroll": "Reroll", "variations": "Variations", "upscale": "Upscale ×2", "edit": "Edit", "info": "Info"}
 STALE = "That image is no longer in this conversation (it was cleared with /reset), so this button does nothing now."
 NOT_HERE = ("{image} is not an image of this conversation, so this button does nothing. {have} Use the buttons under "
@@ -101,14 +105,21 @@ def missing(store: Store, session: str, image_id: str, tag: str) -> str:
     return NOT_HERE.format(image=image_id, have=have)
 
 
-def reads(row: ImageRow, action: str) -> list[str]:
-    """The images whose files a press reads: the pressed one, or for a reroll those its tool read."""
-    if action == "info":
-        return []
-    if action != "reroll":
-        return [row.image_id]
-    tool = rerollable(row)
-    return [v for k, v in (row.made.args or {}).items() if tool and tool.parameters.get(k, {}).get(IMAGE)]
+def lost(store: Store, path: Callable[[ImageRow], Path], row: ImageRow, action: str) -> str | None:
+    """What to tell the presser when a file the press reads (the pressed image's, or for a reroll those its
+    tool read) is gone from the data directory; None when all are there. The admins get one log line."""
+    if action == "reroll":
+        tool = rerollable(row)
+        used = [v for k, v in (row.made.args or {}).items() if tool and tool.parameters.get(k, {}).get(IMAGE)]
+    else:
+        used = [] if action == "info" else [row.image_id]
+    for image_id in used:
+        found = store.image(row.session, image_id)
+        if found is not None and not path(found).is_file():
+            log.warning("session %s: the file of %s (%s) is missing from the data directory; a %s press was "
+                        "refused", row.session, image_id, found.path, action)
+            return GONE.format(image=image_id)
+    return None
 
 
 async def run(ctx: ToolContext, row: ImageRow, action: str, instruction: str | None = None) -> ToolResult:

@@ -266,12 +266,8 @@ class Core:
         if row is None:
             return None, Press("private", actions.missing(self.store, session, image_id, tag))
         press = actions.press(self.store, row, action, await self.loaded_models(), self.config.limits)
-        for used in actions.reads(row, action) if press.kind != "private" else ():
-            used_row = self.store.image(session, used)
-            if used_row is not None and not self.images.path(used_row).is_file():
-                log.warning("session %s: the file of %s (%s) is missing from the data directory; a %s press "
-                            "is refused", session, used, used_row.path, action)
-                return row, Press("private", actions.GONE.format(image=used))
+        if press.kind != "private" and (lost := actions.lost(self.store, self.images.path, row, action)):
+            return row, Press("private", lost)
         return row, press
 
     async def act(self, turn: Turn, reply: Reply, image_id: str, tag: str, action: str,
