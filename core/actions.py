@@ -12,29 +12,43 @@
 
 A press names the conversation, the image id and the image's tag, and all
 else is read from the store, so a button works after a restart and days
-later; an id that was reset away (ids start again after /reset) is stale.
+later; an id that was reset away (ids start again after /reset) is stale,
+one this conversation never had is said so (``missing``), and an image
+whose file is gone from the data directory is said to be no longer stored.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import settings
 from core.store import ImageRow, Store
 from core.tools import BUTTONS, BY_NAME, Tool
-from core.tools.base import ToolContext, ToolResult, call
+from core.tools.base import IMAGE, ToolContext, ToolResult, call
 from core.tools.upscale import can_upscale
 from core.turn import ImageAction, Press
 
+log = logging.getLogger(__name__)
 LABELS = {"reroll": "Reroll", "variations": "Variations", "upscale": "Upscale ×2", "edit": "Edit", "info": "Info"}
 STALE = "That image is no longer in this conversation (it was cleared with /reset), so this button does nothing now."
+NOT_HERE = ("{image} is not an image of this conversation, so this button does nothing. {have} Use the buttons under "
+            "an image posted here, or ask me for a new one.")
+GONE = ("{image} is no longer stored: its file is missing from the bot's data, so this button cannot use it. Upload "
+        "it again to work on it, or ask me for a new one.")
+OLD_BUTTON = ("This button is from an older version of the bot and does nothing now. Ask me again for what you "
+              "need, or use the buttons under a newer image.")
 EDIT_FIELD, EDIT_HINT = "What should change?", "e.g. make it look like winter"
-# what the answer says, per button; {image}: the pressed image, {who}: the presser
-DONE = {"reroll": "Rerolled {image} for @{who}", "variations": "A variation of {image} for @{who}",
-        "upscale": "{image} upscaled ×2 for @{who}", "edit": "Edited {image} for @{who}"}
+# what the answer says, per button; {image}: the pressed image, {who}: the presser (a mention where there are)
+DONE = {"reroll": "Rerolled {image} for {who}", "variations": "A variation of {image} for {who}",
+        "upscale": "{image} upscaled ×2 for {who}", "edit": "Edited {image} for {who}"}
+TAG_WRAP_MS = 16**8  # a tag is the image's creation time in ms, modulo this (about 50 days)
 
 
 def rerollable(row: ImageRow) -> Tool | None:
@@ -74,6 +88,38 @@ def press(store: Store, row: ImageRow | None, action: str, loaded: set[str],
     if action == "edit":
         return Press("form", f"Edit {row.image_id}", EDIT_FIELD, EDIT_HINT)
     return Press("run")
+
+
+def missing(store: Store, session: str, image_id: str, tag: str) -> str:
+    """Why a button's image is not there: cleared with /reset since it was made (the tag tells when), or
+    never an image of this conversation (an id nobody had, another conversation's button)."""
+    started = store.started(session)  # None: the conversation holds nothing now (reset since)
+    if started is None or store.image(session, image_id) is not None:  # the id itself was reset and used again
+        return STALE
+    now = int(time.time() * 1000)
+    made = now - (now - int(tag, 16)) % TAG_WRAP_MS if re.fullmatch(r"[0-9a-f]{8}", tag) else now
+    if made < started * 1000:  # the latest time the tag can stand for is before the conversation began
+        return STALE
+    ids = [r.image_id for r in store.images(session)]
+    have = f"Its images are {', '.join(ids)}." if ids else "It has no images yet."
+    return NOT_HERE.format(image=image_id, have=have)
+
+
+def lost(store: Store, path: Callable[[ImageRow], Path], row: ImageRow, action: str) -> str | None:
+    """What to tell the presser when a file the press reads (the pressed image's, or for a reroll those its
+    tool read) is gone from the data directory; None when all are there. The admins get one log line."""
+    if action == "reroll":
+        tool = rerollable(row)
+        used = [v for k, v in (row.made.args or {}).items() if tool and tool.parameters.get(k, {}).get(IMAGE)]
+    else:
+        used = [] if action == "info" else [row.image_id]
+    for image_id in used:
+        found = store.image(row.session, image_id)
+        if found is not None and not path(found).is_file():
+            log.warning("session %s: the file of %s (%s) is missing from the data directory; a %s press was "
+                        "refused", row.session, image_id, found.path, action)
+            return GONE.format(image=image_id)
+    return None
 
 
 async def run(ctx: ToolContext, row: ImageRow, action: str, instruction: str | None = None) -> ToolResult:

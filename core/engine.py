@@ -34,7 +34,7 @@ from core.ordering import InOrder
 from core.pool_client import PoolClient, PoolUnavailable
 from core.progress import Progress
 from core.safety import describe, policy_for, summary, with_notice
-from core.store import NOTE, Store
+from core.store import NOTE, ImageRow, Store
 from core.tools import BY_NAME
 from core.tools.base import ToolContext, ToolResult, call, duration_text
 from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
@@ -257,8 +257,18 @@ class Core:
 
     async def press(self, session: str, image_id: str, tag: str, action: str) -> Press:
         """What pressing ``action`` under an image does; quick enough to answer before the platform's ack."""
-        return actions.press(self.store, self._pressed(session, image_id, tag), action, await self.loaded_models(),
-                             self.config.limits)
+        return (await self._decide(session, image_id, tag, action))[1]
+
+    async def _decide(self, session: str, image_id: str, tag: str, action: str) -> tuple[ImageRow | None, Press]:
+        """The pressed image and what the press does: answered to the presser alone when the image is gone
+        (reset away, never here, its file lost), or the button does not apply."""
+        row = self._pressed(session, image_id, tag)
+        if row is None:
+            return None, Press("private", actions.missing(self.store, session, image_id, tag))
+        press = actions.press(self.store, row, action, await self.loaded_models(), self.config.limits)
+        if press.kind != "private" and (lost := actions.lost(self.store, self.images.path, row, action)):
+            return row, Press("private", lost)
+        return row, press
 
     async def act(self, turn: Turn, reply: Reply, image_id: str, tag: str, action: str,
                   instruction: str | None = None) -> Outcome:
@@ -267,9 +277,8 @@ class Core:
         buttons) are posted like any request's, in the conversation's order."""
 
         async def work(progress: Progress) -> Outcome:
-            row = self._pressed(turn.session_key, image_id, tag)
-            # checked again in the conversation's turn: reset away, or its model unloaded, since the press
-            again = actions.press(self.store, row, action, await self.loaded_models(), self.config.limits)
+            # checked again in the conversation's turn: reset away, its model unloaded or its file lost since
+            row, again = await self._decide(turn.session_key, image_id, tag, action)
             if row is None or again.kind == "private":
                 return Outcome(again.text, error=True)
             said = f"[pressed {actions.LABELS.get(action, action)} under {image_id}" + (
@@ -277,7 +286,11 @@ class Core:
             self.store.add_message(turn.session_key, "user", said, user=turn.user_name)
             ctx = self._context(turn, progress)
             result = await actions.run(ctx, row, action, instruction)
-            return self._answer(ctx, result, actions.answer(action, row, turn.user_name, result, instruction))
+            stored = actions.answer(action, row, f"@{turn.user_name}", result, instruction)
+            outcome = self._answer(ctx, result, stored)
+            if turn.mention and outcome.text == stored:  # posted naming the presser so they are notified
+                outcome.text = actions.answer(action, row, turn.mention, result, instruction)
+            return outcome
 
         return await self._guarded(turn, reply, work)
 

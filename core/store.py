@@ -142,6 +142,11 @@ class Store:
             self.db["sessions"].insert({"key": key, "platform": platform, "created": now, "updated": now,
                                         "image_counter": 0}, ignore=True)
 
+    def started(self, key: str) -> float | None:
+        """When the session began (again, after a /reset); None while it holds nothing."""
+        rows = list(self.db["sessions"].rows_where("key = ?", [key], select="created"))
+        return rows[0]["created"] if rows else None
+
     def sessions(self) -> list[str]:
         return [r["key"] for r in self.db["sessions"].rows]
 

@@ -4,8 +4,10 @@ same data directory and the same fake Discord, which keeps the posted messages),
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
+import logging
 
 import pytest
 from PIL import Image
@@ -16,7 +18,7 @@ from core.actions import STALE
 from core.turn import Turn
 from tests.conftest import RestartingBots
 from tests.fakes.discord_payloads import APP_ID, CHANNEL_ID, EPHEMERAL, option, user
-from tests.fakes.discord_server import FakeDiscord, Request
+from tests.fakes.discord_server import FakeDiscord, Request, notified
 
 TOKEN_ENV = "DISCORD_TOKEN_FOR_BUTTON_TESTS"
 SESSION = f"discord:channel:{CHANNEL_ID}"
@@ -91,7 +93,8 @@ async def test_every_button_after_a_restart(fake, bots, pool):
     pressed = await press(fake, posted, "Reroll", BOB)
     assert (await callback(fake, pressed)).json == {"type": 6}
     rerolled = await answer(fake, 1)
-    assert rerolled.content == "Rerolled img1 for @Bob: img2."
+    assert rerolled.content == f"Rerolled img1 for <@{BOB['id']}>: img2."
+    assert notified(rerolled) == [BOB["id"]]  # the presser gets a notification, nobody else
     assert str(rerolled.json["message_reference"]["message_id"]) == posted.response["id"]
     row = core.store.image(SESSION, "img2")
     assert (row.operation, row.made.action, row.made.action_of, row.made.user) == ("generate_image", "reroll",
@@ -112,11 +115,12 @@ async def test_every_button_after_a_restart(fake, bots, pool):
     # Variations and Upscale
     await callback(fake, await press(fake, posted, "Variations", ALICE))
     varied = await answer(fake, 2)
-    assert varied.content == "A variation of img1 for @Alice: img3." and image_of(varied).size == (64, 64)
+    assert varied.content == f"A variation of img1 for <@{ALICE['id']}>: img3." and image_of(varied).size == (64, 64)
+    assert notified(varied) == [ALICE["id"]]
     assert core.store.image(SESSION, "img3").parent == "img1"
     await callback(fake, await press(fake, varied, "Upscale ×2", BOB))
     upscaled = await answer(fake, 3)
-    assert upscaled.content == "img3 upscaled ×2 for @Bob: img4." and image_of(upscaled).size == (128, 128)
+    assert upscaled.content == f"img3 upscaled ×2 for <@{BOB['id']}>: img4." and image_of(upscaled).size == (128, 128)
     status = fake.matching("POST", IN_CHANNEL, where=lambda r: (r.content or "").startswith("Upscaling"))
     assert status  # progress like any request
 
@@ -127,7 +131,8 @@ async def test_every_button_after_a_restart(fake, bots, pool):
     await bots.start()
     await fake.push("INTERACTION_CREATE", fake.submit(form, {"instruction": "make it look like winter"}, author=BOB))
     edited = await answer(fake, 4)
-    assert edited.content == "Edited img1 for @Bob (make it look like winter): img5."
+    assert edited.content == f"Edited img1 for <@{BOB['id']}> (make it look like winter): img5."
+    assert notified(edited) == [BOB["id"]]
     assert bots.core.store.image(SESSION, "img5").made.args == {"image": "img1",
                                                                 "instruction": "make it look like winter"}
 
@@ -154,3 +159,42 @@ async def test_disabled_and_stale_buttons(fake, bots):
     assert stale.json["data"]["content"] == STALE
     await bot.idle()
     assert not bots.core.store.images(SESSION)  # nothing was made
+
+
+def with_button(posted: Request, custom_id: str) -> dict:
+    """The posted message as another version of the bot would have left it: one button, ``custom_id``."""
+    button = {"type": 2, "style": 2, "label": "Reroll", "custom_id": custom_id}
+    return {**copy.deepcopy(posted.response), "components": [{"type": 1, "components": [button]}]}
+
+
+async def test_every_press_is_answered_to_the_presser_alone(fake, bots, caplog):
+    """Presses the bot cannot run are answered within 3 s, only to the presser, saying why and what to do."""
+    await bots.start()
+    imagine = fake.interaction("imagine", [option("prompt", "a red house")], author=ALICE)
+    await fake.push("INTERACTION_CREATE", imagine)
+    posted = await fake.wait_for_request("POST", rf"^/webhooks/{APP_ID}/{imagine['token']}$", timeout=20)
+    row = bots.core.store.image(SESSION, "img1")
+
+    async def private(message: dict, custom_id: str) -> str:
+        pressed = fake.press(message, custom_id, author=BOB)
+        await fake.push("INTERACTION_CREATE", pressed)
+        said = await fake.answered(pressed)  # within 3 s, or the user sees "This interaction failed"
+        assert said.json["type"] == 4 and said.json["data"]["flags"] & EPHEMERAL, said
+        return said.json["data"]["content"]
+
+    old = await private(with_button(posted, "reroll-img1"), "reroll-img1")  # an older version's button
+    assert old.startswith("This button is from an older version of the bot") and "ask me" in old.lower()
+    never = f"vc:reroll:img9:{row.tag}:{SESSION}"  # an image id this conversation never had
+    said = await private(with_button(posted, never), never)
+    assert said.startswith("img9 is not an image of this conversation") and "/reset" not in said
+    assert "img1" in said  # the images it has
+
+    bots.core.images.path(row).unlink()  # the file is gone from the data directory
+    caplog.clear()
+    said = await private(posted.response, buttons(posted)["Upscale ×2"]["custom_id"])
+    assert said.startswith("img1 is no longer stored") and "upload it again" in said.lower()
+    await bots.bot.idle()
+    assert not fake.matching("POST", IN_CHANNEL)  # nothing for the whole channel
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]  # no traceback
+    (warned,) = [r for r in caplog.records if r.levelno == logging.WARNING and "img1" in r.getMessage()]
+    assert "\n" not in warned.getMessage()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 from PIL import Image
@@ -93,7 +94,7 @@ async def test_every_button_after_a_restart(slack, bots, llm_server):
 
     await bots.start()  # restart
     env = await slack.press(posted, "vc:reroll:img1", user="U2")
-    rerolled = await answered(slack, "Rerolled img1 for @u2: img2.")
+    rerolled = await answered(slack, "Rerolled img1 for <@U2>: img2.")  # a mention: U2 is notified
     assert (rerolled["channel_id"], rerolled["thread_ts"]) == ("C1", asked["ts"])  # a new message in the thread
     assert (await slack.wait_acked(env)).ack_delay < 3
     row = bots.core.store.image("slack:C1", "img2")
@@ -110,10 +111,10 @@ async def test_every_button_after_a_restart(slack, bots, llm_server):
     assert "Tool chain: generate_image (img1)" in info["text"] and f"Seed {original.made.seed} · " in info["text"]
 
     await slack.press(posted, "vc:variations:img1", user="U2")
-    varied = await answered(slack, "A variation of img1 for @u2: img3.")
+    varied = await answered(slack, "A variation of img1 for <@U2>: img3.")
     assert uploaded(slack, varied).size == (64, 64)
     await slack.press(await slack.wait_for("chat.postMessage", buttons_of("img3")), "vc:upscale:img3", user="U1")
-    assert uploaded(slack, await answered(slack, "img3 upscaled ×2 for @u1: img4.")).size == (128, 128)
+    assert uploaded(slack, await answered(slack, "img3 upscaled ×2 for <@U1>: img4.")).size == (128, 128)
 
     # Edit: views.open with the press's trigger_id; the bot restarts while the form is open; then submitted
     env = await slack.press(posted, "vc:edit:img1", user="U2")
@@ -125,7 +126,7 @@ async def test_every_button_after_a_restart(slack, bots, llm_server):
     await bots.start()
     env = await slack.submit(form, {"instruction": {"instruction": "make it look like winter"}}, user="U2")
     assert (await slack.wait_acked(env)).ack_payload in (None, {})  # accepted: the form closes
-    edited = await answered(slack, "Edited img1 for @u2 (make it look like winter): img5.")
+    edited = await answered(slack, "Edited img1 for <@U2> (make it look like winter): img5.")
     assert edited["thread_ts"] == asked["ts"]
     assert bots.core.store.image("slack:C1", "img5").parent == "img1"
 
@@ -154,3 +155,49 @@ async def test_absent_and_stale_buttons(slack, bots):
     assert refused.ack_payload == {"response_action": "errors", "errors": {"instruction": STALE}}  # in the form
     await bots.bot.idle()
     assert not bots.core.store.images("slack:C1")
+
+
+def old_message(posted: Call, action_id: str, value: str) -> Call:
+    """The posted message as another version of the bot would have left it: one button."""
+    button = {"type": "button", "action_id": action_id, "text": {"type": "plain_text", "text": "Reroll"},
+              "value": value}
+    return Call(posted.method, {**posted.body, "blocks": [{"type": "actions", "block_id": "old",
+                                                            "elements": [button]}]}, response=posted.response)
+
+
+async def test_every_press_is_answered_to_the_presser_alone(slack, bots, caplog):
+    """Presses the bot cannot run are acked within 3 s and answered only to the presser: why, and what to do."""
+    await bots.start()
+    await slack.push_command("/imagine", "a tree", user="U1", channel="C1")
+    posted = await slack.wait_for("chat.postMessage", buttons_of("img1"), timeout=30)
+    row = bots.core.store.image("slack:C1", "img1")
+
+    async def private(message: Call, action_id: str) -> str:
+        before = len(slack.called("chat.postEphemeral"))
+        await slack.wait_acked(await slack.press(message, action_id, user="U2"))  # within 3 s
+        await slack.wait_for("chat.postEphemeral", count=before + 1)
+        said = slack.called("chat.postEphemeral")[before]
+        assert (said["channel"], said["user"]) == ("C1", "U2")
+        return said["text"]
+
+    old = await private(old_message(posted, "reroll_img1", "img1"), "reroll_img1")  # an older version's button
+    assert old.startswith("This button is from an older version of the bot") and "ask me" in old.lower()
+    old = await private(old_message(posted, "vc:reroll:img1", "img1"), "vc:reroll:img1")  # our name, an old value
+    assert old.startswith("This button is from an older version of the bot")
+    said = await private(old_message(posted, "vc:reroll:img9", f"slack:C1|img9|{row.tag}"), "vc:reroll:img9")
+    assert said.startswith("img9 is not an image of this conversation") and "/reset" not in said
+    assert "img1" in said  # the images it has
+
+    bots.core.images.path(row).unlink()  # the file is gone from the data directory
+    caplog.clear()
+    def posts() -> int:
+        return len(slack.called("chat.postMessage")) + len(slack.called("files.completeUploadExternal"))
+
+    before = posts()
+    said = await private(posted, "vc:upscale:img1")
+    assert said.startswith("img1 is no longer stored") and "upload it again" in said.lower()
+    await bots.bot.idle()
+    assert posts() == before  # nothing for the whole channel
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]  # no traceback
+    (warned,) = [r for r in caplog.records if r.levelno == logging.WARNING and "img1" in r.getMessage()]
+    assert "\n" not in warned.getMessage()

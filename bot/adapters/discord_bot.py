@@ -12,7 +12,8 @@ followups; admin commands, and /help, only to the asker (ephemeral). Status edit
 guild share one budget.
 
 The buttons under posted images (``discord_buttons.py``) are answered by ``on_button``
-and ``on_form``: the core decides, this side acknowledges and carries it out.
+and ``on_form``: the core decides, this side acknowledges and carries it out. Every press
+is answered within Discord's 3 s, an older version's button too (``on_interaction``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import aiohttp
 import discord
 from discord import app_commands
 
+from core.actions import OLD_BUTTON
 from core.commands import COMMANDS, IMAGE, Command
 from core.engine import Core
 from core.errors import GENERIC, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
 from settings.units import mib
 
-from bot.adapters.discord_buttons import ActionButton, EditForm, custom_id, form_of
+from bot.adapters.discord_buttons import EditForm, custom_id, form_of, pressed_of
 from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_MINUTE, ChannelReply,
                                         InteractionReply)
 
@@ -73,7 +75,7 @@ class _Client(discord.Client):
         await self.bot.on_message(message)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        await self.bot.on_form(interaction)  # the Edit form's submission; buttons go to ActionButton
+        await self.bot.on_interaction(interaction)  # buttons and the Edit form; commands go to the tree
 
     async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
         log.exception("Discord event handler %s failed", event_method)
@@ -92,7 +94,6 @@ class DiscordBot:
                               guild_ready_timeout=guild_ready_timeout)
         self.client.tree.on_error = self._on_command_error
         self._add_commands(self.client.tree)
-        self.client.add_dynamic_items(ActionButton)  # every image button, however old its message
         self._connection: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._budgets: dict[int | None, EditBudget] = {}  # per guild (None: DMs)
@@ -312,11 +313,28 @@ class DiscordBot:
             await interaction.response.defer()
             await self._act(interaction, session, image, tag, action)
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A press or a submitted form, read from its custom_id (nothing about either is kept in memory); one
+        this version does not know, an older version's, is answered too: no "This interaction failed"."""
+        if interaction.type is discord.InteractionType.modal_submit:
+            return await self.on_form(interaction)
+        if interaction.type is not discord.InteractionType.component:
+            return
+        pressed = pressed_of(interaction)
+        if pressed is None:
+            return await self._unknown(interaction)
+        await self.on_button(interaction, pressed["action"], pressed["image"], pressed["tag"], pressed["session"])
+
+    async def _unknown(self, interaction: discord.Interaction) -> None:
+        log.info("answered a press of a button this version does not know (%.100s)",
+                 (interaction.data or {}).get("custom_id"))
+        await interaction.response.send_message(OLD_BUTTON, ephemeral=True)
+
     async def on_form(self, interaction: discord.Interaction) -> None:
         """A submitted Edit form (MODAL_SUBMIT), read from its custom_id: nothing about it is kept in memory."""
         found = form_of(interaction)
         if found is None:
-            return
+            return await self._unknown(interaction)
         fields, instruction = found
         session, image, tag, action = fields["session"], fields["image"], fields["tag"], fields["action"]
         if session != self._session(interaction):
@@ -334,10 +352,11 @@ class DiscordBot:
         reply = ChannelReply(interaction.message, interaction.filesize_limit, self.budget(interaction.guild_id))
         try:
             user = interaction.user
+            reply.allowed_mentions = discord.AllowedMentions(users=[user])  # the answer notifies the presser
             turn = Turn("discord", session, str(user.id), user.display_name, "", (),
                         self._is_admin(user.id, interaction.permissions),
                         nsfw_channel=_age_restricted(interaction.channel), channel=str(interaction.channel_id),
-                        is_dm=interaction.guild_id is None)
+                        is_dm=interaction.guild_id is None, mention=user.mention)
             await self.core.act(turn, reply, image, tag, action, instruction)
         except discord.Forbidden as e:
             log.warning("no permission to answer a button in %s: %s", session, e)

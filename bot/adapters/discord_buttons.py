@@ -4,12 +4,14 @@ Each button's ``custom_id`` names everything a press needs (at most 100 characte
 
     vc:<action>:<image id>:<tag>:<session>      e.g. vc:reroll:img3:0192ab3f:discord:channel:3000
 
-``ActionButton`` is a discord.py ``DynamicItem``: registered once at start-up
-(``client.add_dynamic_items``), it matches such a custom_id on any message,
-however old, so no view has to live in memory. The Edit form (a modal) has a
-custom_id of the same shape (``vcform:...``) and its submission is read from
-the raw interaction (``form_of``): discord.py keeps open modals only in memory,
-and a restart between opening and submitting must lose nothing.
+Every press reaches ``DiscordBot.on_interaction`` (discord.py hands the
+client each interaction), which reads it with ``pressed_of``: nothing about a
+button lives in memory, so one on a message however old, posted before any
+restart, works; a custom_id this version does not know (an older version's
+button) is still answered. The Edit form (a modal) has a custom_id of the same
+shape (``vcform:...``) and its submission is read from the raw interaction
+(``form_of``) the same way, so a restart between opening and submitting loses
+nothing.
 
 What a press does is the core's decision (``Core.press``); ``DiscordBot.on_button``
 and ``on_form`` carry it out.
@@ -28,7 +30,7 @@ from core.turn import OutImage
 
 log = logging.getLogger(__name__)
 _FIELDS = r"(?P<action>[a-z]+):(?P<image>img[0-9]+):(?P<tag>[0-9a-f]{8}):(?P<session>discord:[a-z]+:[0-9]+)"
-BUTTON = "vc:" + _FIELDS
+BUTTON = re.compile("vc:" + _FIELDS)
 FORM = re.compile("vcform:" + _FIELDS)
 INSTRUCTION = "instruction"  # the custom_id of the Edit form's text input
 BUTTON_ROWS = 5  # Discord allows five rows of components per message: one image's buttons each
@@ -38,22 +40,11 @@ def custom_id(prefix: str, action: str, image: str, tag: str, session: str) -> s
     return f"{prefix}:{action}:{image}:{tag}:{session}"
 
 
-class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=BUTTON):
-    """One button under an image; pressing it calls ``DiscordBot.on_button`` (the client's ``bot``)."""
-
-    def __init__(self, action: str, image: str, tag: str, session: str, *, label: str = "", enabled: bool = True,
-                 row: int | None = None):
-        self.action, self.image, self.tag, self.session = action, image, tag, session
-        button = discord.ui.Button(label=label or action, custom_id=custom_id("vc", action, image, tag, session),
-                                   style=discord.ButtonStyle.secondary, disabled=not enabled)
-        super().__init__(button, row=row)
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str], /):
-        return cls(match["action"], match["image"], match["tag"], match["session"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await interaction.client.bot.on_button(interaction, self.action, self.image, self.tag, self.session)
+def action_button(action: str, image: str, tag: str, session: str, *, label: str = "", enabled: bool = True,
+                  row: int | None = None) -> discord.ui.Button:
+    """One button under an image (its callback is discord.py's no-op: presses go to ``on_interaction``)."""
+    return discord.ui.Button(label=label or action, custom_id=custom_id("vc", action, image, tag, session),
+                             style=discord.ButtonStyle.secondary, disabled=not enabled, row=row)
 
 
 class EditForm(discord.ui.Modal):
@@ -72,13 +63,16 @@ def view_for(images: Sequence[OutImage]) -> discord.ui.View | None:
     several = sum(1 for im in images if im.actions) > 1
     for row, im in enumerate(im for im in images if im.actions):
         for a in im.actions:
-            button = ActionButton(a.name, im.image_id, im.tag, im.session, label=f"{a.label} {im.image_id}"
-                                  if several else a.label, enabled=a.enabled, row=row)
-            if len(button.item.custom_id) > 100:  # Discord's limit; a session key never gets this long
+            button = action_button(a.name, im.image_id, im.tag, im.session, label=f"{a.label} {im.image_id}"
+                                   if several else a.label, enabled=a.enabled, row=row)
+            if len(button.custom_id) > 100:  # Discord's limit; a session key never gets this long
                 log.warning("no %s button for %s: custom_id too long", a.name, im.image_id)
                 continue
             view.add_item(button)
-    return view if view.children else None
+    if not view.children:
+        return None
+    view.stop()  # sent stopped, discord.py keeps no copy: every press goes to on_interaction, however old
+    return view
 
 
 def buttons_for(group: Sequence[tuple[bytes, str]], images: Sequence[OutImage]) -> dict[str, Any]:
@@ -88,11 +82,14 @@ def buttons_for(group: Sequence[tuple[bytes, str]], images: Sequence[OutImage]) 
     return {"view": view} if view else {}
 
 
+def pressed_of(interaction: discord.Interaction) -> re.Match[str] | None:
+    """The custom_id's fields of a pressed image button; None for another component (an older version's)."""
+    return BUTTON.fullmatch((interaction.data or {}).get("custom_id", ""))
+
+
 def form_of(interaction: discord.Interaction) -> tuple[re.Match[str], str] | None:
-    """(the custom_id's fields, the instruction typed) of a submitted Edit form; None for other interactions."""
+    """(the custom_id's fields, the instruction typed) of a submitted Edit form; None for another form."""
     data = interaction.data or {}
-    if interaction.type is not discord.InteractionType.modal_submit:
-        return None
     match = FORM.fullmatch(data.get("custom_id", ""))
     if match is None:
         return None

@@ -124,6 +124,7 @@ class ChannelReply:
         self._typing: asyncio.Task | None = None
         self._typing_started = self._done = False
         self._status_message: discord.Message | None = None
+        self.allowed_mentions: discord.AllowedMentions | None = None  # None: the client's (nobody is pinged)
 
     async def typing(self) -> None:
         if self._typing_started:
@@ -165,7 +166,8 @@ class ChannelReply:
         files, note = await prepare_images(images, self.upload_limit)
         for i, (content, group) in enumerate(plan_messages(text + note, files, _per_message(images))):
             reference = self._reference if i == 0 else None
-            await self.channel.send(content, files=_files(group), reference=reference, **buttons_for(group, images))
+            await self.channel.send(content, files=_files(group), reference=reference, **buttons_for(group, images),
+                                    allowed_mentions=self.allowed_mentions)
 
     def stop_typing(self) -> None:
         self._done = True

@@ -18,7 +18,8 @@ by ``SlackReply`` (``slack_reply.py``); answers are retried after a 429's Retry-
 
 The buttons under posted images (``slack_buttons.py``) are block actions and an
 Edit modal, acknowledged at once (``_on_button``, ``_on_form``); the core decides
-what a press does, and its result is posted as new messages in the thread.
+what a press does, and its result is posted as new messages in the thread. Every
+button is acked and answered, an older version's too.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, parse, submitted
+from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, meta_of, parse, submitted
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, SlackReply, mrkdwn
+from core.actions import OLD_BUTTON
 from core.commands import BY_NAME, COMMANDS, HELP, Command, from_words
 from core.engine import Core
 from core.errors import GENERIC, BadImage
@@ -100,7 +102,7 @@ class SlackBot:
         self.app.event("message")(self._on_message)
         for command in COMMANDS:
             self.app.command(f"/{command.name}")(self._on_command)
-        self.app.action(re.compile(r"^vc:"))(self._on_button)
+        self.app.action(re.compile(r".*"))(self._on_button)  # any button: an older version's is answered too
         self.app.view(EDIT_VIEW)(self._on_form)
         self.app.error(self._on_error)
 
@@ -310,11 +312,12 @@ class SlackBot:
         """A press: answered only to the presser (Info, a stale or disabled button, ephemeral), with the
         Edit form, or run, the result new messages in the thread of the buttons."""
         pressed = parse(action)
-        if pressed is None:
-            return log.warning("unknown Slack button %s", action.get("action_id"))
-        name, image, tag, session = pressed
         channel, user = body["channel"]["id"], body["user"]
         thread = (body.get("container") or {}).get("thread_ts") or (body.get("message") or {}).get("thread_ts")
+        if pressed is None:
+            log.info("answered a press of a button this version does not know (%.100s)", action.get("action_id"))
+            return await self._private(channel, user["id"], thread, OLD_BUTTON)
+        name, image, tag, session = pressed
         if session != self._session_at(channel, user["id"], thread):
             return await self._private(channel, user["id"], thread, ELSEWHERE)
         press = await self.core.press(session, image, tag, name)
@@ -337,11 +340,12 @@ class SlackBot:
 
     async def _act(self, meta: dict, user: dict, instruction: str | None = None) -> None:
         reply = self._reply(meta["channel"], meta["thread"])
+        reply.mention = f"<@{user['id']}>"  # the answer notifies the presser
         try:
             name = user.get("username") or user.get("name") or user["id"]
             # is_admin from the config and earlier lookups only: no await may come before act() (the order)
             turn = Turn("slack", meta["session"], user["id"], name, "", is_admin=self._admin_now(user["id"]),
-                        **_place(meta["channel"], meta["thread"]))
+                        mention=reply.mention, **_place(meta["channel"], meta["thread"]))
             await self.core.act(turn, reply, meta["image"], meta["tag"], meta["action"], instruction)
         except Exception:
             await self._failed(reply, meta["session"])
@@ -382,11 +386,6 @@ class SlackBot:
             return False
         self._admins[user] = bool(info.get("is_admin") or info.get("is_owner"))
         return self._admins[user]
-
-
-def meta_of(session: str, image: str, tag: str, action: str, channel: str, thread: str | None) -> dict:
-    """Where a press answers and what it acts on (an Edit form carries it as its private_metadata)."""
-    return {"session": session, "image": image, "tag": tag, "action": action, "channel": channel, "thread": thread}
 
 
 async def run(core: Core, config, *, base_url: str | None = None) -> None:

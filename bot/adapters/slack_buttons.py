@@ -50,6 +50,11 @@ def parse(action: dict[str, Any]) -> tuple[str, str, str, str] | None:
     return match["action"], image, tag, session
 
 
+def meta_of(session: str, image: str, tag: str, action: str, channel: str, thread: str | None) -> dict:
+    """Where a press answers and what it acts on (an Edit form carries it as its private_metadata)."""
+    return {"session": session, "image": image, "tag": tag, "action": action, "channel": channel, "thread": thread}
+
+
 def edit_view(press: Press, meta: dict[str, Any]) -> dict[str, Any]:
     """The Edit form: one text input; ``meta`` (session, image, tag, channel, thread) rides along."""
     return {"type": "modal", "callback_id": EDIT_VIEW, "private_metadata": json.dumps(meta),

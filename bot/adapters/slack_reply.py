@@ -28,6 +28,7 @@ class SlackReply:
     """The answer in the thread (or the DM), and one status message: posted, updated, deleted."""
 
     waiting_text = WORKING  # Slack shows bots no typing indicator: the core shows this after a second
+    mention = ""  # a user mention the answer may carry as markup (the presser of a button): "<@U2>"
 
     def __init__(self, client: AsyncWebClient, status_client: AsyncWebClient, channel: str,
                  thread_ts: str | None, budget: EditBudget | None = None):
@@ -63,13 +64,17 @@ class SlackReply:
         if images:
             files = [{"file": str(im.path), "filename": im.filename, "title": im.image_id} for im in images]
             await self.client.files_upload_v2(channel=self.channel, thread_ts=self.thread_ts,
-                                              initial_comment=mrkdwn(text), file_uploads=files)
+                                              initial_comment=self._markup(text), file_uploads=files)
         else:
-            await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=mrkdwn(text))
+            await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=self._markup(text))
         if blocks := blocks_for(list(images)):  # files carry no blocks: the buttons come right below them
             ids = ", ".join(im.image_id for im in images if im.actions)
             await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, blocks=blocks,
                                                text=f"Buttons for {ids}")
+
+    def _markup(self, text: str) -> str:
+        """The text shown as written, but for ``mention``, which notifies."""
+        return mrkdwn(text).replace(mrkdwn(self.mention), self.mention) if self.mention else mrkdwn(text)
 
 
 def _retry_after(headers) -> float:

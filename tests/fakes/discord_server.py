@@ -31,6 +31,10 @@ its components, as Discord keeps them, so a test presses one as a user would, ev
 
 The interaction callback answers as Discord does for each response type: 4 (a message,
 ephemeral with flag 64), 5 (deferred, "thinking"), 6 (deferred update: no message), 9 (a modal).
+As on Discord, an interaction must get its callback within 3 s of being sent: a later one is refused
+(404 Unknown interaction), and leaving the ``async with`` fails the test if a pushed interaction got
+none in time (the user saw "This interaction failed"); ``answered(interaction)`` waits for it.
+``notified(request)`` lists the users a posted message notifies (its mentions that allowed_mentions lets through).
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ from aiohttp import WSMsgType, web
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.discord_payloads import (API, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, GUILD_ID, TIMESTAMP, Attachment,
                                           Interaction, User, command_interaction, guild_create, snowflake, thread, user)
+
+
+ANSWER_WITHIN_S = 3.0  # an interaction's first callback must come this soon
 
 
 # --- the recorder ---------------------------------------------------------------------
@@ -121,6 +128,8 @@ class FakeDiscord(LoopbackServer):
         self.base = ""
         self._files: dict[str, tuple[bytes, str, float]] = {}  # CDN path -> (bytes, content type, delay)
         self._interactions: dict[str, dict] = {}  # id -> the interactions built here (their callbacks echo them)
+        self._pushed: dict[str, float] = {}  # interaction id -> when it was sent to the bot
+        self._answered: dict[str, float] = {}  # interaction id -> when its (first) callback arrived
         self._arrived = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
         self._ws_lock = asyncio.Lock()
@@ -238,8 +247,24 @@ class FakeDiscord(LoopbackServer):
             await self._ws.close()
         await self._close()
 
+    async def _before_stop(self) -> None:
+        for iid in self._pushed:  # each got its callback in time, or the user saw "This interaction failed"
+            await self.answered({"id": iid})
+
     def _after_stop(self) -> None:
         self.check()
+
+    async def answered(self, interaction: dict) -> Request:
+        """The callback of a pushed interaction, which must come within 3 s of its sending, as on Discord."""
+        iid, sent = interaction["id"], self._pushed[interaction["id"]]
+        left = ANSWER_WITHIN_S - (time.monotonic() - sent)
+        try:
+            return await self.wait_for_request("POST", rf"^/interactions/{iid}/[^/]+/callback$", where=_in_time,
+                                               timeout=max(left, 0.01))
+        except AssertionError:
+            raise AssertionError(f"interaction {iid} ({interaction.get('data', {}).get('custom_id') or 'a command'}) "
+                                 f"got no callback within {ANSWER_WITHIN_S:g} s: the user sees "
+                                 f"\"This interaction failed\"") from None
 
     def expect_error(self, text: str) -> None:
         """Allow logged errors containing ``text`` (a test that provokes one)."""
@@ -263,7 +288,10 @@ class FakeDiscord(LoopbackServer):
     async def push(self, event: str, data: dict) -> float:
         """Send a dispatch (op 0) to the connected client; returns time.monotonic() at sending."""
         await asyncio.wait_for(self.identified.wait(), 10)
-        return await self._send({"op": 0, "t": event, "d": data})
+        sent = await self._send({"op": 0, "t": event, "d": data})
+        if event == "INTERACTION_CREATE":
+            self._pushed[data["id"]] = sent
+        return sent
 
     async def drop_connection(self, code: int = 4000) -> None:
         """Close the gateway socket as Discord does when it restarts (the client should resume)."""
@@ -418,6 +446,12 @@ class FakeDiscord(LoopbackServer):
         return _json(self._message_out(rec, request.match_info["channel"], request.match_info["message"]))
 
     async def _callback(self, request: web.Request) -> web.Response:
+        iid, now = request.match_info["id"], time.monotonic()
+        if iid in self._answered or now - self._pushed.get(iid, now) > ANSWER_WITHIN_S:
+            rec = await self._record(request)  # only one callback, only within 3 s (the user saw the failure)
+            rec.response = {"message": "Unknown interaction", "code": 10062}
+            return _json(rec.response, 404)
+        self._answered[iid] = now
         rec = await self._record(request)
         kind, data = rec.json["type"], rec.json.get("data") or {}
         interaction = {"id": request.match_info["id"],
@@ -453,6 +487,21 @@ class FakeDiscord(LoopbackServer):
         await self._record(request)
         self.unimplemented.append(f"{request.method} {request.path}")
         return _json({"message": "404: Not Found (not implemented by the fake)", "code": 0}, 404)
+
+
+def _in_time(callback: Request) -> bool:
+    return (callback.response or {}).get("code") != 10062
+
+
+def notified(posted: Request) -> list[str]:
+    """The users a message posted with ``posted`` notifies: its ``<@id>`` mentions that allowed_mentions lets
+    through (the bot's client allows none by default)."""
+    body, mentioned = posted.json or {}, re.findall(r"<@!?([0-9]+)>", posted.content or "")
+    allowed = body.get("allowed_mentions")
+    if allowed is None:
+        return mentioned
+    users = {str(u) for u in allowed.get("users", [])}  # snowflakes, as strings or numbers
+    return [u for u in mentioned if "users" in allowed.get("parse", []) or u in users]
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
