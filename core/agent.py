@@ -16,7 +16,7 @@ from core import history, tokens, toolset, vision
 from core.llm import LLM, LLMAnswer, LLMFailed, LLMLoading, ToolCall
 from core.store import NOTE
 from core.tools import BY_NAME, Tool, available
-from core.tools.base import ToolContext, ToolResult, call, waiting_text
+from core.tools.base import IMAGE, ToolContext, ToolResult, call, waiting_text
 from gpu_pool.protocol import Event
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,14 @@ class RunAgain:
 
 _RUNNING = ToolResult("", ok=False)
 MAX_UNLOCKS = 2  # more_tools calls in one turn; SmolLM2-135M unlocked a new group every round until the cap
+MAX_CHAIN = 2  # calls of one tool each on the image the one before made (make_sketch img1, img2, img3 ...)
 
 
 @dataclass
 class _TurnState:
     seen: dict[str, ToolResult] = field(default_factory=dict)  # calls made this turn, their results (repeat guard)
     repeated: ToolResult | None = None  # a call repeated after it succeeded: its result ends the turn
+    chains: dict[str, tuple[int, ToolResult]] = field(default_factory=dict)  # tool -> (calls on its own output, last)
     groups: set[str] = field(default_factory=set)  # tool groups unlocked with more_tools
     capped: bool = False  # an image was refused: the per-turn cap was reached
 
@@ -64,9 +66,11 @@ async def run_turn(llm: LLM, ctx: ToolContext, loaded: set[str], *, max_rounds: 
        images), and their results stored; go to 1.
     5. A call repeated after it succeeded ends the turn with that call's result as
        the answer (a small model that has what it asked for but loops instead of
-       answering). Stop early on a pool that is gone, the round cap or the turn
-       deadline (retries included), with a short honest message stored as a note
-       the LLM never reads as its own words; what was made is kept.
+       answering). So does a tool called a third time on the image its previous call
+       made (``MAX_CHAIN``: a weak model sketching its own sketch until the round cap).
+       Stop early on a pool that is gone, the round cap or the turn deadline (the LLM's
+       rounds, retries and image jobs all count), with a short honest message stored as
+       a note the LLM never reads as its own words; what was made is kept.
     """
     store = ctx.images.store
     state = _TurnState()
@@ -115,7 +119,8 @@ async def _round(llm: LLM, ctx: ToolContext, loaded: set[str], state: _TurnState
     if gone:
         return Final(gone[0].text.removeprefix("Error: "), error=True)
     if state.repeated is not None:
-        log.info("session %s: the LLM repeated a call that succeeded; its result is the answer", ctx.session)
+        log.info("session %s: the LLM repeated a call that succeeded, or chained a tool on its own output; "
+                 "the last result is the answer", ctx.session)
         return Final(state.repeated.text)
     return RunAgain(results)
 
@@ -214,6 +219,13 @@ async def _one(ctx: ToolContext, c: ToolCall, tool: Tool | None, state: _TurnSta
             state.repeated = state.seen[key]
         return ToolResult(f"Error: {c.name} was already called with these arguments this turn; its result is "
                           "above. Use it, or answer the user.", ok=False)
+    inputs = {v for k, v in args.items() if tool.parameters.get(k, {}).get(IMAGE)} if isinstance(args, dict) else set()
+    length, last = state.chains.get(c.name, (0, None))
+    on_own_output = last is not None and bool(inputs & set(last.images))
+    if on_own_output and length >= MAX_CHAIN:
+        state.repeated = last
+        return ToolResult(f"Error: not done: {c.name} was already applied to its own result {length} times this "
+                          "turn. Answer the user with what you made.", ok=False)
     cap = ctx.limits.images_per_turn
     if not tool.read_only and len(ctx.made) >= cap:
         state.capped = True
@@ -222,6 +234,8 @@ async def _one(ctx: ToolContext, c: ToolCall, tool: Tool | None, state: _TurnSta
     log.info("session %s: %s %s", ctx.session, c.name, c.arguments[:200])
     state.seen[key] = _RUNNING  # the same call twice in one round runs once
     state.seen[key] = result = await call(tool, ctx, args)
+    if result.ok and result.images:
+        state.chains[c.name] = (length + 1 if on_own_output else 1, result)
     return result
 
 

@@ -3,7 +3,7 @@
 Uploads are checked before anything else touches them: size in bytes, pixel
 count read from the header before decoding (decompression bombs), a full
 decode (truncated files), then EXIF orientation, RGB, and a resize to fit the
-working size with sides a multiple of 8. Files live under ``images/`` named
+working size, its aspect ratio kept (``fit_size``). Files live under ``images/`` named
 by their SHA-256, written to a temporary name and renamed, so nothing
 half-written is ever visible. The LLM only ever sees ids like ``img3``.
 """
@@ -32,10 +32,23 @@ _ID = re.compile(r"^img[1-9][0-9]{0,6}$")
 
 
 def fit_size(width: int, height: int, working: int) -> tuple[int, int]:
-    """Scale so the long side is at most ``working``; round both sides down to a multiple of 8 (min 8)."""
-    scale = min(1.0, working / max(width, height))
-    w, h = max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
-    return w, h
+    """The stored size: the aspect ratio kept, the long side at most ``working``.
+
+    Sides are multiples of 8 (what the Stable Diffusion tools work in) where rounding down to 8 moves
+    the aspect ratio by at most 10%, as for any photo; otherwise (a 7x3 sliver, a 4000x100 banner at
+    512) the scaled size is kept to the pixel: the pool fits it to the working size for the SD tools
+    (padding, not squashing), so squaring a 7x3 upload to 8x8 here would lose the picture. An image
+    whose short side would fall under 8 px is scaled up to 8 (a 7x3 upload is stored 19x8), within
+    ``working`` on the long side; only a sliver longer than ``working / 8`` to 1 is squashed to 8 px.
+    """
+    long, short = max(width, height), min(width, height)
+    scale = min(1.0, working / long)
+    if short * scale < 8:
+        scale = min(working / long, 8 / short)
+    exact = max(1, round(width * scale)), max(1, round(height * scale))
+    eights = max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
+    aspect = width / height
+    return eights if abs(eights[0] / eights[1] / aspect - 1) <= 0.1 else (max(8, exact[0]), max(8, exact[1]))
 
 
 def encode(img: Image.Image) -> bytes:

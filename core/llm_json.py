@@ -48,7 +48,8 @@ def action_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     choices = [{"type": "object", "properties": {"tool": {"const": t["function"]["name"]},
                                                  "arguments": t["function"]["parameters"]},
                 "required": ["tool", "arguments"], "additionalProperties": False} for t in tools]
-    choices.append({"type": "object", "properties": {"reply": {"type": "string"}}, "required": ["reply"],
+    reply = {"type": "string", "minLength": 1}  # the tools' text arguments carry their own minLength
+    choices.append({"type": "object", "properties": {"reply": reply}, "required": ["reply"],
                     "additionalProperties": False})
     return {"anyOf": choices}
 

@@ -93,11 +93,12 @@ def more_tools_schema(groups: list[str]) -> dict[str, Any]:
 def schema(tool: Tool, image_ids: list[str]) -> dict[str, Any]:
     """The tool's schema (``Tool.schema``) made compact (core/llm.py's ``strict`` makes OpenAI's strict
     subset of it): no descriptions the name, the enum or the range says; image ids as a pattern when
-    listing them costs more than it protects; lengths validated here."""
+    listing them costs more than it protects. ``minLength`` stays: a grammar-constrained server
+    (llama.cpp, vLLM, the built-in LLM) then cannot write an empty required text such as
+    ``find_object(object="")``; the tools validate lengths too, for servers that do not constrain."""
     out = tool.schema(image_ids)
     for key, spec in out["function"]["parameters"]["properties"].items():
         image = tool.parameters[key].get(IMAGE)
-        spec.pop("minLength", None)
         if spec["type"] != "string" or image:
             spec.pop("description", None)
         if image and len(image_ids) > ENUM_IDS:

@@ -64,7 +64,29 @@ def test_exif_orientation_and_alpha(images):
 def test_fit_size_rounds_to_multiples_of_8():
     assert fit_size(1000, 601, 512) == (512, 304)
     assert fit_size(100, 50, 512) == (96, 48)
-    assert fit_size(5, 3, 512) == (8, 8)
+    assert fit_size(96, 64, 64) == (64, 40)  # 8-rounding moves the aspect by 7%: kept
+
+
+def test_fit_size_keeps_the_aspect_of_slivers():
+    assert fit_size(5, 3, 512) == (13, 8)  # scaled up to 8 px on the short side, not squared to 8x8
+    assert fit_size(7, 3, 512) == (19, 8)
+    assert fit_size(4000, 100, 512) == (512, 13)  # not 512x8
+    assert fit_size(100, 4000, 512) == (13, 512)
+    assert fit_size(1, 1, 512) == (8, 8)
+
+
+def aspect_kept(size, original, slack=0.1):
+    return abs(size[0] / size[1] / (original[0] / original[1]) - 1) <= slack
+
+
+@pytest.mark.parametrize("size", [(7, 3), (3, 7), (4000, 100), (100, 4000)])
+def test_odd_aspect_uploads_keep_their_shape(images, size):
+    """Issue 26: a 7x3 upload was stored 8x8 (and edited square), a 4000x100 one 512x8."""
+    stripes = Image.new("RGB", size, (200, 30, 30))
+    row = images.ingest("s", "odd.png", encode(stripes))
+    stored = images.open("s", row.image_id)
+    assert stored.size == (row.width, row.height) and max(stored.size) <= 512
+    assert aspect_kept(stored.size, size), f"{size} stored as {stored.size}"
 
 
 def test_decompression_bomb_png(images, tmp_path):

@@ -192,12 +192,21 @@ def test_an_input_larger_than_the_working_size_comes_back_at_its_size(load, name
 
 
 def test_fit_size_is_the_seeds_up_or_down_to_the_long_side():
-    from gpu_pool.models.sd import fit_size
+    from gpu_pool.models.sd import canvas_size, fit_size
 
     assert fit_size(256, 256, 512) == (512, 512)  # up
     assert fit_size(2048, 1024, 512) == (512, 256)  # down
     assert fit_size(7, 3, 512) == (512, 216)  # multiples of 8, aspect kept
-    assert fit_size(1, 1000, 512) == (128, 512)  # a sliver keeps a usable short side
+    assert fit_size(1, 1000, 512) == (8, 512)  # a sliver keeps its aspect: padded, not squashed
+    assert canvas_size((8, 512), 512) == (128, 512)  # ... to a canvas with a usable short side
+
+
+@pytest.mark.parametrize("name", ["InstructPix2Pix", "Inpainting", "CannyText2Image"])
+@pytest.mark.parametrize("size, made", [((80, 2), (96, 8)), ((19, 8), (96, 40)), ((3, 80), (8, 96))])
+def test_a_sliver_is_edited_in_its_own_shape(load, name, size, made):
+    """Issue 26: a banner (4000x100, stored 512x13) came back 4:1, squashed to a quarter of the working size."""
+    out = run(load(name), images=inputs(name, size))
+    assert [im.size for im in out.images] == [made]
 
 
 def test_binary_condition_maps_stay_binary_when_fitted(load):

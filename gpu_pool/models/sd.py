@@ -18,8 +18,10 @@ down to 512 px on its long side; here the models that take an image do the
 same at ``[limits] working_size`` (512 by default), in the pool rather than the
 core, because the pipeline decides the output size and the model knows the
 size it was trained for, while the core keeps the user's image as it came.
-Results come back at that working size, or at the input's size when the input
-was larger, as the seed's inpainting resized its 512-px result back.
+The aspect ratio is kept: a sliver too thin for SD (a 4000x100 banner) is padded
+with its own edge pixels to a short side of a quarter of the working size and the
+result cropped back, not squashed. Results come back at that working size, or at
+the input's size when the input was larger, as the seed's inpainting resized its 512-px result back.
 Outputs over 768 px decode the VAE in tiles, which keeps 1024-px images
 within the working memory a 512-px one needs.
 """
@@ -30,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, EulerAncestralDiscreteScheduler,
                        StableDiffusionControlNetPipeline, StableDiffusionInpaintPipeline,
@@ -69,11 +72,17 @@ def load_base(source: str, device: str, dtype: torch.dtype) -> StableDiffusionPi
 
 
 def fit_size(width: int, height: int, working: int) -> tuple[int, int]:
-    """Scale so the long side is ``working`` (up or down), both sides multiples of 8, the short
-    side at least a quarter of ``working`` (a 7x3 upload is drawn at 512x216, a 1x1 at 512x512)."""
+    """Scale so the long side is ``working`` (up or down), both sides multiples of 8 (at least 8),
+    the aspect ratio kept (a 7x3 upload is drawn at 512x216, a 1x1 at 512x512)."""
     scale = working / max(width, height)
+    return tuple(max(8, round(side * scale / 8) * 8) for side in (width, height))
+
+
+def canvas_size(size: tuple[int, int], working: int) -> tuple[int, int]:
+    """What the pipeline draws on: ``size`` with a short side of at least a quarter of ``working``
+    (SD makes mush on a thinner canvas); a sliver is padded to it, not squashed (see ``_Diffusion._fit``)."""
     least = max(8, working // 4 // 8 * 8)
-    return tuple(max(least, round(side * scale / 8) * 8) for side in (width, height))
+    return max(least, size[0]), max(least, size[1])
 
 
 def _is_binary(image: Image.Image) -> bool:
@@ -133,14 +142,27 @@ class _Diffusion(PoolModel):
                                **({"width": width, "height": height} if self.sized else {}), **kwargs)
         return result.images[0].convert("RGB")
 
-    def _fit(self, image: Image.Image, resample: int) -> Image.Image:
-        """``image`` at the working size (see the module's docstring)."""
+    def _fit(self, image: Image.Image, resample: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+        """``image`` at the working size (see the module's docstring), and where it lies on the canvas:
+        a sliver (a 4000x100 banner) is centred on a canvas padded with its own edge pixels, and
+        ``_back`` crops the result back to it, so the picture keeps its aspect ratio."""
         fitted = fit_size(image.width, image.height, self.spec.working_size)
-        return image if image.size == fitted else image.resize(fitted, resample)
+        if image.size != fitted:
+            image = image.resize(fitted, resample)
+        canvas = canvas_size(fitted, self.spec.working_size)
+        if canvas == fitted:
+            return image, (0, 0, *fitted)
+        left, top = (canvas[0] - fitted[0]) // 2, (canvas[1] - fitted[1]) // 2
+        pad = ((top, canvas[1] - fitted[1] - top), (left, canvas[0] - fitted[0] - left))
+        pixels = np.asarray(image)
+        padded = np.pad(pixels, pad + ((0, 0),) * (pixels.ndim - 2), mode="edge")
+        return Image.fromarray(padded, image.mode), (left, top, left + fitted[0], top + fitted[1])
 
     @staticmethod
-    def _back(result: Image.Image, original: tuple[int, int]) -> Output:
-        """The result at the working size, or at the input's size when that is larger."""
+    def _back(result: Image.Image, original: tuple[int, int], box: tuple[int, int, int, int]) -> Output:
+        """The result (cropped to the picture) at the working size, or at the input's size when that is larger."""
+        if box != (0, 0, *result.size):
+            result = result.crop(box)
         if max(original) > max(result.size):
             result = result.resize(original, Image.Resampling.LANCZOS)
         return Output(images=[result])
@@ -171,10 +193,10 @@ class InstructPix2Pix(_Diffusion):
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original = images[0].convert("RGB")
-        image = self._fit(original, Image.Resampling.LANCZOS)
+        image, box = self._fit(original, Image.Resampling.LANCZOS)
         out = self._run_pipe(params, progress, image.width, image.height, image=image,
                              image_guidance_scale=params["image_guidance"], **self.prompts(params))
-        return self._back(out, original.size)
+        return self._back(out, original.size, box)
 
 
 class Inpainting(_Diffusion):
@@ -192,11 +214,11 @@ class Inpainting(_Diffusion):
             raise BadRequest(f"{self.name} needs a mask the size of the image: the image is "
                              f"{original.width}x{original.height}, the mask {mask.width}x{mask.height}; "
                              "make the mask from the same image.")
-        image = self._fit(original, Image.Resampling.LANCZOS)
-        mask = self._fit(mask, Image.Resampling.NEAREST)  # a mask stays black and white
+        image, box = self._fit(original, Image.Resampling.LANCZOS)
+        mask, _ = self._fit(mask, Image.Resampling.NEAREST)  # a mask stays black and white
         out = self._run_pipe(params, progress, image.width, image.height, image=image, mask_image=mask,
                              **self.prompts(params))
-        return self._back(out, original.size)
+        return self._back(out, original.size, box)
 
 
 class ControlNetText2Image(_Diffusion):
@@ -210,10 +232,11 @@ class ControlNetText2Image(_Diffusion):
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original = images[0].convert("RGB")
         # Edge, line and scribble maps are black and white, as ControlNet was trained on: no grey when scaling.
-        condition = self._fit(original, Image.Resampling.NEAREST if _is_binary(original) else Image.Resampling.BILINEAR)
+        condition, box = self._fit(original,
+                                   Image.Resampling.NEAREST if _is_binary(original) else Image.Resampling.BILINEAR)
         out = self._run_pipe(params, progress, condition.width, condition.height, image=condition, eta=0.0,
                              **self.prompts(params))
-        return self._back(out, original.size)
+        return self._back(out, original.size, box)
 
 
 # --- loaders (listed in gpu_pool/models/__init__.py) ------------------------------------------

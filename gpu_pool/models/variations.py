@@ -41,12 +41,12 @@ class Variations(_Diffusion):
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original = images[0].convert("RGB")
-        image = self._fit(original, Image.Resampling.LANCZOS)
+        image, box = self._fit(original, Image.Resampling.LANCZOS)
         # The pipeline runs int(schedule * strength) steps, from the image's latents noised that far.
         schedule = dict(params, steps=math.ceil(params["steps"] / params["strength"]))
         out = self._run_pipe(schedule, progress, image.width, image.height, image=image, strength=params["strength"],
                              **self.prompts(params))
-        return self._back(out, original.size)
+        return self._back(out, original.size, box)
 
 
 def load_variations(spec: LoadSpec, bases: SharedBases) -> Variations:
