@@ -44,13 +44,13 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import discord
 import yarl
 from aiohttp import WSMsgType, web
 
+from tests.fakes.discord_requests import Part, Request, notified  # noqa: F401 (re-exported for tests)
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.discord_payloads import (API, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, GUILD_ID, TIMESTAMP, Attachment,
                                           Interaction, User, command_interaction, guild_create, snowflake, thread, user)
@@ -60,43 +60,6 @@ ANSWER_WITHIN_S = 3.0  # an interaction's first callback must come this soon
 
 
 # --- the recorder ---------------------------------------------------------------------
-
-
-@dataclass
-class Part:
-    name: str
-    filename: str | None
-    content_type: str | None
-    data: bytes
-
-
-@dataclass
-class Request:
-    method: str
-    path: str  # the API path without /api/v10, e.g. /channels/3000/messages, or /attachments/... (CDN)
-    query: dict[str, str]
-    headers: dict[str, str]
-    json: Any = None  # the JSON body, the multipart payload_json, or the form fields
-    parts: list[Part] = field(default_factory=list)
-    at: float = 0.0  # time.monotonic() on arrival
-    response: Any = None  # the JSON the fake answered with (a message object: its id)
-
-    @property
-    def files(self) -> list[Part]:
-        return [p for p in self.parts if p.filename is not None]
-
-    @property
-    def content(self) -> str | None:
-        return (self.json or {}).get("content") if isinstance(self.json, dict) else None
-
-    @property
-    def flags(self) -> int:
-        body = self.json or {}
-        return int(body.get("flags") or (body.get("data") or {}).get("flags") or 0)
-
-    def __repr__(self) -> str:
-        extra = f" files={[p.filename for p in self.files]}" if self.files else ""
-        return f"<{self.method} {self.path} {json.dumps(self.json)[:160] if self.json is not None else ''}{extra}>"
 
 
 class _ErrorLog(logging.Handler):
@@ -491,17 +454,6 @@ class FakeDiscord(LoopbackServer):
 
 def _in_time(callback: Request) -> bool:
     return (callback.response or {}).get("code") != 10062
-
-
-def notified(posted: Request) -> list[str]:
-    """The users a message posted with ``posted`` notifies: its ``<@id>`` mentions that allowed_mentions lets
-    through (the bot's client allows none by default)."""
-    body, mentioned = posted.json or {}, re.findall(r"<@!?([0-9]+)>", posted.content or "")
-    allowed = body.get("allowed_mentions")
-    if allowed is None:
-        return mentioned
-    users = {str(u) for u in allowed.get("users", [])}  # snowflakes, as strings or numbers
-    return [u for u in mentioned if "users" in allowed.get("parse", []) or u in users]
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
