@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import settings
-from core import actions, commands
+from core import actions, commands, history
 from core.agent import images_to_post, run_turn
 from core.commands import HELP
 from core.errors import GENERIC, UserFacingError
@@ -178,6 +178,7 @@ class Core:
         if problems and not uploaded and text:  # the words were about the file: acting on them would guess
             log.info("session %s: not asking the LLM, no attachment of the message could be used", turn.session_key)
             return Outcome(" ".join([*problems, RESEND]), error=True)
+        text, long = history.read_of(text, self.config.llm.history_tokens)  # sent whole up to the budget
         lines = [text] if text else []
         for row in uploaded:
             caption = f", shows: {row.caption}" if row.caption else ""
@@ -198,7 +199,7 @@ class Core:
         llm = self.config.llm
         final = await run_turn(self.llm, ctx, await self.loaded_models(), max_rounds=llm.max_tool_rounds,
                                token_budget=llm.history_tokens, turn_timeout=llm.turn_timeout_s)
-        text = with_notice(ctx.withheld, " ".join([*problems, final.text]))
+        text = with_notice(ctx.withheld, " ".join([*problems, *long, final.text]))
         return Outcome(text, images_to_post(ctx), error=final.error)
 
     async def _ingest(self, turn: Turn, ctx: ToolContext) -> tuple[list, list[str]]:
