@@ -56,6 +56,8 @@ class Core:
         self.jobs = UserQueue(pool, config.limits.per_user_jobs)  # what tools submit through
         self.stopping = False
         self.admin_notes: dict[str, str] = {}  # adapter problems worth an admin's eye, shown with /models
+        if llm is not None:
+            llm.note_for_admins = self.note_for_admins  # the LLM server's failures too: users get a short sentence
         self._order = InOrder()
         self._work: set[asyncio.Task] = set()  # turns' work in flight
         self._turns = 0  # turns between arrival and their status message gone
