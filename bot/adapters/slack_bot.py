@@ -87,7 +87,7 @@ class SlackBot:
         self.app.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
         self.status_client = AsyncWebClient(token=self.bot_token, base_url=self.app.client.base_url)
         self.edit_budget = EditBudget(EDITS_PER_MINUTE, EDIT_BURST)  # one workspace per bot token
-        self.reactions = Reactions(self.status_client, core.note_for_admins)  # 👀 on messages being answered
+        self.reactions = Reactions(self.status_client, lambda *note: self.core.note_for_admins(*note))  # 👀
         self._admins: dict[str, bool] = {}  # workspace admins seen through users.info
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
