@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import settings
-from core import actions, commands
+from core import actions, commands, history
 from core.agent import images_to_post, run_turn
 from core.commands import HELP
 from core.errors import GENERIC, UserFacingError
@@ -56,6 +56,8 @@ class Core:
         self.jobs = UserQueue(pool, config.limits.per_user_jobs)  # what tools submit through
         self.stopping = False
         self.admin_notes: dict[str, str] = {}  # adapter problems worth an admin's eye, shown with /models
+        if llm is not None:
+            llm.note_for_admins = self.note_for_admins  # the LLM server's failures too: users get a short sentence
         self._order = InOrder()
         self._work: set[asyncio.Task] = set()  # turns' work in flight
         self._turns = 0  # turns between arrival and their status message gone
@@ -178,6 +180,7 @@ class Core:
         if problems and not uploaded and text:  # the words were about the file: acting on them would guess
             log.info("session %s: not asking the LLM, no attachment of the message could be used", turn.session_key)
             return Outcome(" ".join([*problems, RESEND]), error=True)
+        text, long = history.read_of(text, self.config.llm.history_tokens)  # sent whole up to the budget
         lines = [text] if text else []
         for row in uploaded:
             caption = f", shows: {row.caption}" if row.caption else ""
@@ -198,7 +201,7 @@ class Core:
         llm = self.config.llm
         final = await run_turn(self.llm, ctx, await self.loaded_models(), max_rounds=llm.max_tool_rounds,
                                token_budget=llm.history_tokens, turn_timeout=llm.turn_timeout_s)
-        text = with_notice(ctx.withheld, " ".join([*problems, final.text]))
+        text = with_notice(ctx.withheld, " ".join([*problems, *long, final.text]))
         return Outcome(text, images_to_post(ctx), error=final.error)
 
     async def _ingest(self, turn: Turn, ctx: ToolContext) -> tuple[list, list[str]]:

@@ -3,8 +3,10 @@
 Everything sent is bounded, so no single message and no long session can push
 a conversation past the model's context: the image list details only the
 newest images (older ones by id), long prompts and captions are cut in it,
-each message is cut to ``MAX_MESSAGE_CHARS``, and the bot's own failure notes
-are never sent back as if the assistant had said them.
+each earlier message is cut to ``MAX_MESSAGE_CHARS``, and the bot's own failure
+notes are never sent back as if the assistant had said them. The current message
+goes whole up to the budget: the core cuts a longer one to ``current_chars`` as it
+stores it, and tells the user how much was read.
 """
 
 from __future__ import annotations
@@ -20,13 +22,30 @@ short sentence what you did, naming the new ids (they are attached for you). Oth
 
 DETAILED = 4  # the newest images listed with what they are; older ones by id only
 FIELD_CHARS = 40  # of a prompt or caption in the image list
-MAX_MESSAGE_CHARS = 3000  # of one message sent (a 240,000-character prompt must not sink a conversation)
+MAX_MESSAGE_CHARS = 3000  # of one earlier message sent (a 240,000-character prompt must not sink a conversation)
+# tokens of a request besides the current message: the system prompt with its image list (100-400), the tool
+# schemas offered (the core tools about 500, each group the words point at a few hundred), this turn's results
+CURRENT_RESERVE = 2500
 
 
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, marked when cut."""
     text = " ".join(text.split()) if len(text) > limit else text
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def current_chars(history_tokens: int) -> int:
+    """How many characters of the current message are sent: what ``history_tokens`` leaves beside the rest
+    of the request (``CURRENT_RESERVE``), never fewer than ``MAX_MESSAGE_CHARS``."""
+    return max(MAX_MESSAGE_CHARS, (history_tokens - CURRENT_RESERVE) * tokens.CHARS_PER_TOKEN)
+
+
+def read_of(text: str, history_tokens: int) -> tuple[str, list[str]]:
+    """The current message as it is stored and sent, and for a longer one what to tell the user (once)."""
+    limit = current_chars(history_tokens)
+    if len(text) <= limit:
+        return text, []
+    return text[:limit], [f"Your message is long: I read the first {limit:,} of its {len(text):,} characters."]
 
 
 def describe_image(r: ImageRow) -> str:
@@ -66,8 +85,8 @@ def system_prompt(rows: list[ImageRow]) -> str:
     return "\n".join(lines)
 
 
-def to_openai(row: dict[str, Any]) -> dict[str, Any]:
-    content = clip(row["content"] or "", MAX_MESSAGE_CHARS)
+def to_openai(row: dict[str, Any], limit: int = MAX_MESSAGE_CHARS) -> dict[str, Any]:
+    content = clip(row["content"] or "", limit)
     if row["role"] == "tool":
         return {"role": "tool", "tool_call_id": row["tool_call_id"], "content": content}
     # "" and never null: llama.cpp's Python server answers HTTP 500 to a null content
@@ -109,12 +128,16 @@ def build(store: Store, session: str, rows: list[ImageRow], budget: int,
     """System prompt (always, with the image list) plus the newest whole turns that fit ``budget`` tokens.
 
     The caller takes what else goes with the request (tool schemas, image parts) out of ``budget``;
-    ``stored``: the session's messages when the caller has read them already."""
+    ``stored``: the session's messages when the caller has read them already. The newest turn's message
+    is cut to the whole ``budget`` only (the core stored it cut to ``current_chars``), earlier ones to
+    ``MAX_MESSAGE_CHARS``."""
     system = {"role": "system", "content": system_prompt(rows)}
     used = tokens.message(system)
     kept: list[list[dict[str, Any]]] = []
+    current = max(MAX_MESSAGE_CHARS, budget * tokens.CHARS_PER_TOKEN)
     for turn in reversed(_turns(store.messages(session) if stored is None else stored)):
-        msgs = [to_openai(r) for r in _complete(turn)]
+        msgs = [to_openai(r, current if not kept and r["role"] == "user" else MAX_MESSAGE_CHARS)
+                for r in _complete(turn)]
         cost = sum(tokens.message(m) for m in msgs)
         if kept and used + cost > budget:
             break  # older turns are dropped; the image list above still names every image

@@ -12,7 +12,8 @@ Servers differ; this client adapts to what one does, once, with a log line:
   fails the current turn with them and answers it without, gets none from then on.
 - History: a request the server fails (HTTP 400/413/422/500) is sent once more
   with the history cut to the current turn, so one bad stored message never
-  breaks a session.
+  breaks a session. That is the one retry of an HTTP 500 (the openai client's
+  own retries skip it: ``_Client``), so a failing server costs two requests, not four.
 Every request sets ``max_tokens``; ``timeout_s`` bounds the whole call, retries
 included. Messages are plain OpenAI chat-completions (tools, tool_choice,
 max_tokens, response_format, image_url parts), so any server can serve them.
@@ -41,6 +42,14 @@ PROBE = {"type": "function", "function": {
     "name": "tool_check", "description": "Confirms that tool calling works.",
     "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}}
 _HISTORY_ERRORS = (400, 413, 422, 500)
+
+
+class _Client(openai.AsyncOpenAI):
+    """The openai client, less its own retry of an HTTP 500: ``LLM._request`` retries that once itself, with
+    the history cut (a retry of each of two tries made four requests). 502-504, 429, timeouts: as before."""
+
+    def _should_retry(self, response) -> bool:
+        return response.status_code != 500 and super()._should_retry(response)
 
 
 class LLMFailed(UserFacingError):
@@ -83,7 +92,7 @@ class LLM:
         self.cfg = cfg
         self.builtin = cfg.built_in
         self.base_url = base_url or cfg.base_url or BUILTIN_URL
-        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=cfg.api_key or "not-set",
+        self.client = _Client(base_url=self.base_url, api_key=cfg.api_key or "not-set",
                                          timeout=cfg.timeout_s, max_retries=max_retries, http_client=http_client)
         self.json_mode = cfg.tools == "json"  # set when a server refuses or ignores native tools
         self.tools_checked = cfg.tools != "auto" or self.builtin  # a tool call seen: no probe needed
@@ -93,6 +102,7 @@ class LLM:
         self.strict = cfg.constrain == "strict" or (
             cfg.constrain == "auto" and host.endswith(("api.openai.com", ".openai.azure.com")))
         self.max_tokens_key = "max_tokens"
+        self.note_for_admins = lambda topic, text: None  # the core's (Core.note_for_admins): shown with /models
 
     async def close(self) -> None:
         await self.client.close()
@@ -270,6 +280,7 @@ class LLM:
         """A short message that says what helps; the address and details go to the log only."""
         cfg = self.cfg
         log.warning("LLM request to %s (model %s) failed: %r", self.base_url, cfg.model, e)
+        self.note_for_admins("LLM", f"the last request to {self.base_url} (model {cfg.model}) failed: {e!r}.")
         if isinstance(e, (TimeoutError, openai.APITimeoutError)):
             return f"The language model did not answer in time ({cfg.timeout_s:g} s). Please try again."
         if isinstance(e, openai.AuthenticationError):
@@ -278,8 +289,10 @@ class LLM:
         if isinstance(e, openai.APIConnectionError):
             if self.builtin:
                 return "The built-in language model is not answering. An admin can find why in the bot's log."
-            return (f"I cannot reach the language model server. An admin can start it (for Ollama: `ollama pull "
-                    f"{cfg.model}` and `ollama serve`) or leave llm.base_url empty to use the built-in model.")
+            ollama = f" (for Ollama: `ollama pull {cfg.model}` and `ollama serve`)" if ":11434" in self.base_url else ""
+            self.note_for_admins("LLM", f"cannot reach the language model server at {self.base_url} ({e!r}): start "
+                                        f"it{ollama}, or leave llm.base_url empty to use the built-in model.")
+            return "I cannot reach the language model server right now. Please try again later."
         if isinstance(e, openai.RateLimitError):
             return "The language model server is rate-limiting the bot. Please try again in a minute."
         if isinstance(e, openai.NotFoundError):

@@ -299,10 +299,10 @@ async def test_an_unreachable_server_says_what_to_do_and_keeps_the_address_in_th
     with caplog.at_level(logging.WARNING):
         await core.handle(turn("hello", "u"), reply)
     await close_core(core)
-    assert reply.text == ("I cannot reach the language model server. An admin can start it (for Ollama: `ollama pull "
-                          "qwen2.5:7b-instruct` and `ollama serve`) or leave llm.base_url empty to use the built-in "
-                          "model.")
+    assert reply.text == "I cannot reach the language model server right now. Please try again later."
     assert "127.0.0.1:9" not in reply.text and "http://127.0.0.1:9/v1" in caplog.text
+    note = core.admin_notes["LLM"]  # the cause and what to do, for the admins' /models
+    assert "cannot reach the language model server at http://127.0.0.1:9/v1" in note and "Ollama" not in note
 
 
 async def test_strict_schemas_and_routing_to_more_tools(pool, tmp_path):

@@ -40,7 +40,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, meta_of, parse, submitted
-from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, SlackReply, mrkdwn
+from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, Reactions, SlackReply, mrkdwn
 from core.actions import OLD_BUTTON
 from core.commands import BY_NAME, COMMANDS, HELP, Command, from_words
 from core.engine import Core
@@ -91,6 +91,7 @@ class SlackBot:
         self.app.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
         self.status_client = AsyncWebClient(token=self.bot_token, base_url=self.app.client.base_url)
         self.edit_budget = EditBudget(EDITS_PER_MINUTE, EDIT_BURST)  # one workspace per bot token
+        self.reactions = Reactions(self.status_client, lambda *note: self.core.note_for_admins(*note))  # 👀
         self._admins: dict[str, bool] = {}  # workspace admins seen through users.info
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
@@ -111,6 +112,7 @@ class SlackBot:
     async def start(self) -> None:
         """Check the tokens, then connect; raises SlackRejected in bounded time."""
         self._http = aiohttp.ClientSession()
+        self.status_client.session = self._http  # status and 👀 calls reuse connections: one fewer handshake each
         await self._call(self.app.client.auth_test(), f"the bot token in ${self.cfg.bot_token_env}")
         if self.cfg.mode == "http":
             self._runner = web.AppRunner(self.app.web_app(path="/slack/events", port=self.cfg.http_port))
@@ -224,7 +226,7 @@ class SlackBot:
 
     async def _converse(self, event: dict, session: str, thread_ts: str | None, text: str) -> None:
         """Hand the message to the core at once (its files are fetched in its turn)."""
-        reply = self._reply(event["channel"], thread_ts)
+        reply = self._reply(event["channel"], thread_ts, event.get("ts"))
         user = event.get("user", "")
         files = tuple(Attachment(f.get("name") or f.get("id", "the file"), f.get("mimetype") or "",
                                  fetch=lambda f=f: self._fetch(f)) for f in event.get("files", []))
@@ -236,8 +238,9 @@ class SlackBot:
         except Exception:
             await self._failed(reply, session)
 
-    def _reply(self, channel: str, thread_ts: str | None) -> SlackReply:
-        return SlackReply(self.app.client, self.status_client, channel, thread_ts, self.edit_budget)
+    def _reply(self, channel: str, thread_ts: str | None, message_ts: str | None = None) -> SlackReply:
+        return SlackReply(self.app.client, self.status_client, channel, thread_ts, self.edit_budget,
+                          reactions=self.reactions, message_ts=message_ts)
 
     async def _fetch(self, file: dict) -> bytes:
         """Download an uploaded file with the bot token; raises BadImage saying what the user can do."""

@@ -29,7 +29,8 @@ As strict as Slack where the bot could go wrong:
 - rate limits: ``chat.update`` and ``chat.delete`` are Tier 3 (50 a minute per
   workspace), ``chat.postMessage`` about one a second per channel with bursts; beyond
   them, HTTP 429 with ``Retry-After`` (``rate_limit`` changes a limit);
-- slash commands carry no ``thread_ts``, even when typed in a thread.
+- slash commands carry no ``thread_ts``, even when typed in a thread;
+- reactions (``slack_reactions.py``): ``reactions.add``/``remove`` on a message that exists, with Slack's errors.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tests.fakes.loopback import LoopbackServer
 from tests.fakes.slack_payloads import (APP_ID, BOT_ID, BOT_USER, TEAM, Event, File, UserRef, block_actions,
                                         event_callback, hosted_file, new_ts, slash_command, user_info, user_ref,
                                         view_submission)
+from tests.fakes.slack_reactions import Reactions
 
 ACK_LIMIT_S = 3.0
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
@@ -98,6 +100,8 @@ RATE_LIMITS: dict[str, tuple[int, float, str]] = {
     "chat.update": (50, 60.0, "team"),  # Tier 3
     "chat.delete": (50, 60.0, "team"),  # Tier 3
     "chat.postMessage": (20, 20.0, "channel"),  # "1 per second per channel, short bursts allowed"
+    "reactions.add": (50, 60.0, "team"),  # Tier 3
+    "reactions.remove": (50, 60.0, "team"),  # Tier 3
 }
 
 
@@ -127,6 +131,7 @@ class FakeSlack(LoopbackServer):
         self._recent: dict[tuple[str, str], list[float]] = {}
         self.violations: list[str] = []  # broken thread rules
         self.messages: dict[str, dict[str, str | None]] = {}  # channel -> ts -> parent ts (None: top level)
+        self.reactions = Reactions(self.messages)  # the bot's reactions on messages
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
@@ -135,6 +140,8 @@ class FakeSlack(LoopbackServer):
             "chat.postEphemeral": lambda b: {"ok": True, "message_ts": new_ts()},
             "views.open": self._views_open,
             "users.info": self._users_info,
+            "reactions.add": self.reactions.add,
+            "reactions.remove": self.reactions.remove,
             "files.getUploadURLExternal": self._upload_url,
             "files.completeUploadExternal": self._complete_upload,
         }
