@@ -42,8 +42,6 @@ NOT_HERE = ("{image} is not an image of this conversation, so this button does n
             "an image posted here, or ask me for a new one.")
 GONE = ("{image} is no longer stored: its file is missing from the bot's data, so this button cannot use it. Upload "
         "it again to work on it, or ask me for a new one.")
-OLD_BUTTON = ("This button is from an older version of the bot and does nothing now. Ask me again for what you "
-              "need, or use the buttons under a newer image.")
 EDIT_FIELD, EDIT_HINT = "What should change?", "e.g. make it look like winter"
 # what the answer says, per button; {image}: the pressed image, {who}: the presser (a mention where there are)
 DONE = {"reroll": "Rerolled {image} for {who}", "variations": "A variation of {image} for {who}",

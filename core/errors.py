@@ -7,6 +7,9 @@ a short, honest generic reply (see ``GENERIC``).
 from __future__ import annotations
 
 GENERIC = "Sorry, something went wrong on my side. The bot's admins can find the details in its log."
+# a press the bot cannot read (a button of an older version): the adapters answer it with this, to the presser only
+OLD_BUTTON = ("This button is from an older version of the bot and does nothing now. Ask me again for what you "
+              "need, or use the buttons under a newer image.")
 
 
 class UserFacingError(Exception):

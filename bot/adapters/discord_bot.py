@@ -29,10 +29,9 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from core.actions import OLD_BUTTON
 from core.commands import COMMANDS, IMAGE, Command
 from core.engine import Core
-from core.errors import GENERIC, BadImage
+from core.errors import GENERIC, OLD_BUTTON, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
 from settings.units import mib
 

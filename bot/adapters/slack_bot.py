@@ -41,10 +41,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, meta_of, parse, submitted
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, Reactions, SlackReply, mrkdwn
-from core.actions import OLD_BUTTON
 from core.commands import BY_NAME, COMMANDS, HELP, Command, from_words
 from core.engine import Core
-from core.errors import GENERIC, BadImage
+from core.errors import GENERIC, OLD_BUTTON, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
 from settings.units import mib
 
