@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from transformers import AutoTokenizer
 
 from core import llm_json, toolset
 from core.tools import TOOLS
@@ -19,6 +17,7 @@ from gpu_pool.models import grammar
 from testkit.core import close_core, make_core
 from tests.fakes.openai_server import FakeLLM
 from tests.test_agent import RecordingReply, photo, turn
+from tests.test_llm_grammar import accepts, call, tok  # noqa: F401 (tok: the tiny tokenizer fixture)
 
 IDS = ["img1", "img2"]
 SENT = [toolset.schema(t, IDS) for t in TOOLS]  # what the core offers a server, as it sends it
@@ -63,23 +62,6 @@ async def test_the_schemas_a_server_receives_carry_min_length(pool, tmp_path):
         assert all(s.get("minLength", 0) >= 1 for s in free_texts(parameters).values()), name
     reply_choice = next(c for c in choices if "reply" in c["properties"])
     assert reply_choice["properties"]["reply"]["minLength"] == 1
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir):
-    hf = AutoTokenizer.from_pretrained(tiny_dir / "llm")
-    return hf, grammar.ToolFormat.of(hf), grammar.tokenizer_for(hf, len(hf))
-
-
-def accepts(tok, lark: str, text: str) -> bool:
-    hf, _, lltok = tok
-    c = grammar.Constraint(lltok, lark)
-    ids = hf.encode(text, add_special_tokens=False)
-    return c.matcher.validate_tokens(ids) == len(ids) and c.matcher.consume_tokens(ids) and c.matcher.is_accepting()
-
-
-def call(name: str, **args) -> str:
-    return f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call>'
 
 
 def test_the_built_in_llms_grammar_refuses_an_empty_required_text(tok):
