@@ -24,6 +24,10 @@ class UnknownImage(UserFacingError):
     """An image id that does not exist in this conversation."""
 
 
+class ImageGone(UnknownImage):
+    """An image of the conversation whose file is no longer in the data directory."""
+
+
 class BadArguments(UserFacingError):
     """A tool was called with arguments it cannot use."""
 

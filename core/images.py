@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import BadImage, UnknownImage
+from core.errors import BadImage, ImageGone, UnknownImage
 from core.store import ImageRow, Provenance, Store
 from settings.units import mib
 
@@ -187,9 +187,14 @@ class ImageStore:
 
     def open(self, session: str, image_id: Any) -> Image.Image:
         row = self.row(session, image_id)
-        with Image.open(self.root / row.path) as img:
-            img.load()
-            return img
+        try:
+            with Image.open(self.root / row.path) as img:
+                img.load()
+                return img
+        except FileNotFoundError:  # someone cleaned the data directory: say so, no traceback
+            log.warning("%s of %s: its file %s is missing", row.image_id, session, self.root / row.path)
+            raise ImageGone(f"{row.image_id} is no longer stored: its file is missing from the bot's data. Upload it "
+                            "again to work on it, or ask me for a new one.") from None
 
     def path(self, row: ImageRow) -> Path:
         return self.root / row.path
