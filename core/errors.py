@@ -10,6 +10,8 @@ GENERIC = "Sorry, something went wrong on my side. The bot's admins can find the
 # a press the bot cannot read (a button of an older version): the adapters answer it with this, to the presser only
 OLD_BUTTON = ("This button is from an older version of the bot and does nothing now. Ask me again for what you "
               "need, or use the buttons under a newer image.")
+# a press whose button was posted in another conversation than the one it is pressed in (a forwarded message)
+ELSEWHERE = "This button belongs to another conversation: press it there, or ask me here for what you need."
 
 
 class UserFacingError(Exception):

@@ -31,7 +31,7 @@ from discord import app_commands
 
 from core.commands import COMMANDS, IMAGE, Command
 from core.engine import Core
-from core.errors import GENERIC, OLD_BUTTON, BadImage
+from core.errors import ELSEWHERE, GENERIC, OLD_BUTTON, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
 from settings.units import mib
 
@@ -41,7 +41,6 @@ from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_M
 
 log = logging.getLogger(__name__)
 ANSWERED = (discord.MessageType.default, discord.MessageType.reply)  # not joins, pins, thread notices
-ELSEWHERE = "This button belongs to another conversation."
 FILE = "file"  # the option of a command with an image argument that takes an attached image instead
 
 

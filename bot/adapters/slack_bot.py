@@ -43,7 +43,7 @@ from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, meta_of, parse, sub
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, Reactions, SlackReply, mrkdwn
 from core.commands import BY_NAME, COMMANDS, HELP, Command, from_words
 from core.engine import Core
-from core.errors import GENERIC, OLD_BUTTON, BadImage
+from core.errors import ELSEWHERE, GENERIC, OLD_BUTTON, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
 from settings.units import mib
 
@@ -52,7 +52,6 @@ CONNECT_TIMEOUT_S = 8.0  # connect_async() alone retries a refused connection fo
 THREADS_NOTE = ("Slash commands act on the channel's conversation, also when typed in a thread: Slack does not tell "
                 "me the thread. In a thread, mention me instead; mention me there with \"reset\" to start it over.")
 ANSWERED = {None, "file_share", "thread_broadcast"}  # message subtypes that are someone talking to us
-ELSEWHERE = "This button belongs to another conversation."
 # event ids remembered to drop Slack's retries (three at most, within minutes); an older one's retry is answered
 REMEMBERED_EVENTS = 5000
 
