@@ -289,20 +289,21 @@ class Core:
             self.store.add_message(turn.session_key, "user", said, user=turn.user_name)
             ctx = self._context(turn, progress)
             result = await actions.run(ctx, row, action, instruction)
-            stored = actions.answer(action, row, f"@{turn.user_name}", result, instruction)
-            outcome = self._answer(ctx, result, stored)
-            if turn.mention and outcome.text == stored:  # posted naming the presser so they are notified
-                outcome.text = actions.answer(action, row, turn.mention, result, instruction)
-            return outcome
+            # posted naming the presser with a mention, so they are notified; stored with their plain name
+            shown = actions.answer(action, row, turn.mention, result, instruction) if turn.mention else None
+            return self._answer(ctx, result, actions.answer(action, row, f"@{turn.user_name}", result, instruction),
+                                shown)
 
         return await self._guarded(turn, reply, work)
 
-    def _answer(self, ctx: ToolContext, result: ToolResult, text: str) -> Outcome:
+    def _answer(self, ctx: ToolContext, result: ToolResult, text: str, shown: str | None = None) -> Outcome:
         """A command's or a button's answer: ``text``, or the withheld notice in its place; stored, with
-        what was made (a failure as a note the LLM never reads as its own words)."""
-        text = ctx.withheld[0] if ctx.withheld else text
+        what was made (a failure as a note the LLM never reads as its own words). ``shown``: what the chat
+        shows instead of ``text`` (a presser's mention, which the stored history keeps as a plain name)."""
+        if ctx.withheld:
+            text = shown = ctx.withheld[0]
         self.store.add_message(ctx.session, "assistant", text, kind=None if result.ok else NOTE)
-        return Outcome(text, ctx.made, error=not result.ok)
+        return Outcome(shown or text, ctx.made, error=not result.ok)
 
     def _pressed(self, session: str, image_id: str, tag: str):
         """The image a button was made for; None when it is gone (reset away: a new image has its id)."""
