@@ -69,6 +69,28 @@ def no_room(e: BaseException) -> bool:
     return isinstance(e, sqlite3.OperationalError) and "full" in str(e)  # "database or disk is full"
 
 
+# a job that ran out of GPU memory twice, memory freed in between (pool code "too_large"): a smaller size may fit
+TOO_LARGE = "The image was too large for the GPU right now: it ran out of memory, even after freeing what it could."
+SHRINK = 0.75  # each side of the suggested size, against the size that ran out of memory
+MIN_SIDE = 64  # the smallest size the drawing models take
+
+
+def too_large(width: int | None, height: int | None, drawn: bool) -> str:
+    """What the user hears when a job ran out of GPU memory twice; ``width``x``height`` the size asked for
+    (``drawn``) or of the image given, if known: a smaller one is suggested."""
+    if width and height:
+        smaller = _smaller(width), _smaller(height)
+        if smaller != (width, height):
+            what = "a smaller size" if drawn else "a smaller image"
+            return (f"{TOO_LARGE} Try {what}, like {smaller[0]}x{smaller[1]} instead of {width}x{height}, "
+                    "or try again later.")
+    return f"{TOO_LARGE} Try again in a moment, when the bot is less busy."
+
+
+def _smaller(side: int) -> int:
+    return max(MIN_SIDE, int(side * SHRINK) // 8 * 8) if side > MIN_SIDE else side
+
+
 class RateLimited(Exception):
     """A platform refused a call for now (HTTP 429); adapters raise it with the Retry-After seconds."""
 
