@@ -1,6 +1,7 @@
 """python -m bot: start the pool, the session store and every adapter with credentials.
 
     python -m bot [--config config.toml] [--load "Name_device,..."] [--check-config] [--terminal]
+    python -m bot [--config config.toml] --backup FOLDER    (while the bot runs too: core/backup.py)
 
 With no platform credentials in the environment, a terminal chat opens. ``--load`` is the seed's:
 "ImageCaptioning_cuda:0,ImageEditing_cuda:1" loads those models, on those devices, for this run
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                              '"ImageCaptioning_cuda:0,ImageEditing_cuda:1" (the LLM and safety checker stay)')
     parser.add_argument("--check-config", action="store_true", help="print what would load where, then exit")
     parser.add_argument("--terminal", action="store_true", help="chat in this terminal even if platforms are set up")
+    parser.add_argument("--backup", metavar="FOLDER", help="copy the session database and image files into FOLDER, "
+                        "then exit; safe while the bot runs (README: Backups)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
@@ -117,14 +120,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(describe(config))
         return 0
+    if args.backup:
+        return _backup(config, Path(args.backup))
     terminal = args.terminal or not (config.discord.active or config.slack.active)
     log_to_file(config, terminal)
     from bot.app import run  # late: the check above must stay fast and light
+    from core.db_file import DatabaseUnusable
 
     try:
         return asyncio.run(run(config, force_terminal=args.terminal))
     except KeyboardInterrupt:
         return 0
+    except DatabaseUnusable as e:  # checked before anything starts: the file is left as it is
+        log.error("cannot start: %s", e)
+        print(f"data error: {e}", file=sys.stderr)
+        return 2
+
+
+def _backup(config: settings.Config, dest: Path) -> int:
+    import sqlite3
+
+    from core.backup import BackupFailed, backup
+
+    try:
+        print(backup(config.storage.data_dir, dest))
+    except (BackupFailed, OSError, sqlite3.Error) as e:
+        print(f"backup failed: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import settings
 from core import actions, commands, history
 from core.agent import images_to_post, run_turn
 from core.commands import HELP
-from core.errors import GENERIC, UserFacingError
+from core.errors import DISK_FULL, GENERIC, UserFacingError, no_room
 from core.fairness import UserQueue
 from core.images import ImageStore, encode
 from core.llm import LLM
@@ -145,7 +145,10 @@ class Core:
             return await work(progress)
         except UserFacingError as e:
             return Outcome(str(e), error=True)
-        except Exception:
+        except Exception as e:
+            if no_room(e):  # the data directory's disk is full: say so (SQLite rolled the write back)
+                log.error("turn in %s: no room in the data directory: %s", turn.session_key, e)
+                return Outcome(DISK_FULL, error=True)
             log.exception("turn in %s failed", turn.session_key)
             return Outcome(GENERIC, error=True)
 

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import BadImage, ImageGone, UnknownImage
+from core.errors import DISK_FULL, BadImage, DiskFull, ImageGone, UnknownImage, no_room
 from core.store import ImageRow, Provenance, Store
 from settings.units import mib
 
@@ -157,22 +158,36 @@ class ImageStore:
         data = png if png is not None else encode(img)
         digest = hashlib.sha256(data).hexdigest()
         rel = f"{digest[:2]}/{digest}.png"
-        path = self.root / rel
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+        try:
+            self._write(self.root / rel, data)
+            row = ImageRow(session, self.store.new_image_id(session), rel, digest, parent, operation, params,
+                           img.width, img.height, img.mode, None, made)
+            row = self.store.add_image(row)
+        except (OSError, sqlite3.OperationalError) as e:
+            if not no_room(e):
                 raise
-        row = ImageRow(session, self.store.new_image_id(session), rel, digest, parent, operation, params,
-                       img.width, img.height, img.mode, None, made)
-        row = self.store.add_image(row)
+            log.error("session %s: no room to store a %s image under %s: %s", session, operation, self.root, e)
+            raise DiskFull(DISK_FULL) from None
         log.info("session %s: %s %s (%dx%d %s)", session, row.image_id, operation, img.width, img.height, img.mode)
         return row
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Write a file whole or not at all: a temporary name, then a rename; a failed write (a full disk)
+        leaves nothing behind. A file already there holds the same bytes (the name is their hash)."""
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the row that names it is
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     # --- out ----------------------------------------------------------------
 

@@ -5,7 +5,8 @@ Never raises for a job: a pool that is down or dies mid-job yields a final
 
 The pool's words name models and causes, never a chat command; where a model
 is not loaded (code ``not_loaded``, on a job or an admin call) the words here
-tell the chat user how an admin loads it.
+tell the chat user how an admin loads it; where a job ran out of GPU memory
+twice (code ``too_large``) they suggest a smaller size (core/errors.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from core.errors import too_large
 from gpu_pool.protocol import UNAVAILABLE, Event, JobRequest, ModelInfo, event_from_frame, read_frame, request_to_frame
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,9 @@ class PoolClient:
                     ev = event_from_frame(*frame)
                     if ev.code == "not_loaded":
                         ev.message = not_loaded(request.model)
+                    elif ev.code == "too_large":
+                        log.warning("job %s: %s", job_id, ev.message)
+                        ev.message = _too_large(request)
                     yield ev
                     if ev.kind in ("done", "failed"):
                         return
@@ -107,6 +112,16 @@ class PoolClient:
                 return await resp.json(content_type=None)
         except (aiohttp.ClientError, ConnectionError, OSError) as e:
             raise PoolUnavailable(UNAVAILABLE) from e
+
+
+def _too_large(request: JobRequest) -> str:
+    """The words for a job that ran out of GPU memory twice: the size it asked for, else its first image's."""
+    width, height = request.params.get("width"), request.params.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        return too_large(width, height, drawn=True)
+    if request.images:
+        return too_large(request.images[0].width, request.images[0].height, drawn=False)
+    return too_large(None, None, drawn=False)
 
 
 def _worded(reply: dict[str, Any]) -> dict[str, Any]:

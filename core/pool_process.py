@@ -18,6 +18,22 @@ from pathlib import Path
 from core.pool_client import PoolClient
 
 log = logging.getLogger(__name__)
+START_TRIES = 5  # a model that crashes the pool at load is left out after 3 crashes: the 4th start works
+STABLE_S = 60.0  # a pool up this long before it died starts the backoff over
+CONFIG_ERROR = 2  # python -m gpu_pool's exit code for a config error: starting again would not help
+
+
+def backoff(crashes: int) -> float:
+    """Seconds before starting the pool again after ``crashes`` crashes in a row: 0.5, 1, 2, 4, 8, 8 ..."""
+    return min(8.0, 2 ** min(crashes, 5) / 4)
+
+
+class PoolExited(RuntimeError):
+    """The pool exited while starting."""
+
+    def __init__(self, code: int):
+        super().__init__(f"the pool exited with code {code} while starting; see its log")
+        self.code = code
 
 
 class PoolProcess:
@@ -33,10 +49,21 @@ class PoolProcess:
         self._stopping = False
 
     async def start(self) -> None:
-        """Start the pool and wait until it answers (models may still be loading)."""
-        self.proc = await self._spawn()
-        log.info("started the pool (pid %s)", self.proc.pid)
-        await self.wait_healthy()
+        """Start the pool and wait until it answers (models may still be loading). A pool that dies while
+        starting is started again, with a backoff, up to ``START_TRIES`` times: a model that crashes the
+        pool as it loads is left out by the pool after three crashes (gpu_pool/load_crashes.py)."""
+        for attempt in range(1, START_TRIES + 1):
+            self.proc = await self._spawn()
+            log.info("started the pool (pid %s)", self.proc.pid)
+            try:
+                await self.wait_healthy()
+                break
+            except PoolExited as e:
+                if e.code == CONFIG_ERROR or attempt == START_TRIES:
+                    raise
+                delay = backoff(attempt)
+                log.error("%s; starting it again in %g s (try %d of %d)", e, delay, attempt + 1, START_TRIES)
+                await asyncio.sleep(delay)
         if self._watch is None:
             self._watch = asyncio.create_task(self._watchdog(), name="pool-watchdog")
 
@@ -60,8 +87,7 @@ class PoolProcess:
         try:
             while not await client.health():
                 if self.proc and self.proc.returncode is not None:
-                    raise RuntimeError(f"the pool exited with code {self.proc.returncode} while starting; "
-                                       "see its log above")
+                    raise PoolExited(self.proc.returncode)
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the pool did not answer within {self.startup_timeout:g} s")
                 await asyncio.sleep(0.2)
@@ -69,13 +95,17 @@ class PoolProcess:
             await client.close()
 
     async def _watchdog(self) -> None:
+        streak = 0  # crashes since the pool last stayed up STABLE_S: the backoff grows with them
         while not self._stopping:
+            up = time.monotonic()
             code = await self.proc.wait()
             if self._stopping:
                 return
             self.restarts += 1
-            log.error("the pool exited (code %s); starting it again (restart %d)", code, self.restarts)
-            await asyncio.sleep(min(30, 2 ** min(self.restarts, 5) / 4))
+            streak = 1 if time.monotonic() - up >= STABLE_S else streak + 1
+            delay = backoff(streak)
+            log.error("the pool exited (code %s); starting it again in %g s (restart %d)", code, delay, self.restarts)
+            await asyncio.sleep(delay)
             try:
                 self.proc = await self._spawn()
                 await self.wait_healthy()

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from core import db_file
+
 
 def m001_initial(db: sqlite_utils.Database) -> None:
     db["sessions"].create({"key": str, "platform": str, "created": float, "updated": float,
@@ -130,6 +132,8 @@ class Store:
     def __init__(self, path: Path | str):
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            db_file.check(Path(path))  # a damaged or foreign file stops the bot, untouched (DatabaseUnusable)
+            path = db_file.connect(path)  # waits for a lock another process holds (db_file.BUSY_TIMEOUT_S)
         self.db = sqlite_utils.Database(path)
         self.db.execute("PRAGMA journal_mode=WAL")
         migrate(self.db)

@@ -7,8 +7,9 @@ from typing import Any
 from collections.abc import AsyncIterator
 
 import settings
-from gpu_pool import openai_api
+from gpu_pool import load_crashes, openai_api
 from gpu_pool.backend import Refused, Reloaded
+from gpu_pool.load_crashes import LoadCrashes
 from gpu_pool.protocol import Event, JobRequest, ModelInfo
 from gpu_pool.registry import Registry
 from gpu_pool.scheduler import Scheduler
@@ -18,7 +19,9 @@ class LocalPool:
     """Every model in this process; jobs on this process's devices."""
 
     def __init__(self, config: settings.Config):
-        self.registry = Registry(config)
+        self.crashes = LoadCrashes(config.storage.data_dir / load_crashes.FILE)
+        self.crashes.recover()  # models the last pool died loading (gpu_pool/load_crashes.py)
+        self.registry = Registry(config, self.crashes)
         self.scheduler = Scheduler(self.registry)
         self._loading: list[asyncio.Task] = []
 
@@ -27,6 +30,7 @@ class LocalPool:
         self._loading = self.registry.start_all()
 
     def close(self) -> None:
+        self.crashes.close()  # a clean stop: a load cut short here crashed nothing
         for t in self._loading:
             t.cancel()
         self.scheduler.close()
@@ -46,6 +50,7 @@ class LocalPool:
         return self.registry.infos()
 
     async def reload(self, name: str | None) -> Reloaded:
+        self.crashes.forget(name)  # an admin asks for it again, even one that crashed the pool loading
         try:
             names = await self.registry.reload(name)
         except settings.ConfigError as e:
@@ -54,6 +59,7 @@ class LocalPool:
         return Reloaded(names, failed)
 
     async def load(self, name: str, device: str | None, dtype: str | None) -> list[ModelInfo]:
+        self.crashes.forget(name)
         e = await self.registry.load(name, device, dtype)
         return [ModelInfo(name, e.device, e.dtype, e.source, e.state, error=e.error)]
 

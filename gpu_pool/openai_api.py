@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MODEL = "LLM"
 ROLES = ("system", "user", "assistant", "tool")
 _CODES = {"bad_request": 400, "not_loaded": 503, "load_failed": 503, "unknown_model": 404, "oom": 503,
-          "cancelled": 499, "internal": 500, "unavailable": 503}
+          "too_large": 503, "cancelled": 499, "internal": 500, "unavailable": 503}
 
 
 class ApiError(Exception):

@@ -111,9 +111,11 @@ class JobId:
 EventKind = Literal["queued", "progress", "done", "failed"]
 # failed.code: why, for the core to map to a message or a retry decision. The message names the model and
 # the cause, never a chat command: "not_loaded" says the model is not loaded here (the core tells its users
-# how an admin loads it); "load_failed" that its load failed, and why.
-FailCode = Literal["bad_request", "unknown_model", "not_loaded", "load_failed", "oom", "cancelled", "internal",
-                   "unavailable"]
+# how an admin loads it); "load_failed" that its load failed, and why; "oom" that the model does not fit
+# the device's memory at all; "too_large" that the job ran out of device memory twice, memory freed in
+# between (the core suggests a smaller size).
+FailCode = Literal["bad_request", "unknown_model", "not_loaded", "load_failed", "oom", "too_large", "cancelled",
+                   "internal", "unavailable"]
 
 
 @dataclass

@@ -19,6 +19,7 @@ their weights onto the device per job (see ``gpu_pool/residency.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -30,10 +31,11 @@ from collections.abc import Callable, Iterable
 import torch
 
 import settings
-from gpu_pool import accounting, backend, fit
+from gpu_pool import accounting, backend, faults, fit
 from gpu_pool import weights as w
 from gpu_pool.backend import Refused
 from gpu_pool.fetch import Download, Fetcher
+from gpu_pool.load_crashes import LoadCrashes
 from gpu_pool.models import MODEL_TABLE, load_sd_base, loader
 from gpu_pool.models.base import LoadSpec, PoolModel, SharedBases
 from gpu_pool.protocol import ModelInfo
@@ -70,8 +72,9 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, config: settings.Config):
+    def __init__(self, config: settings.Config, crashes: LoadCrashes | None = None):
         self.config = config
+        self.crashes = crashes  # models that took the pool down loading (the local pool only)
         self.entries: dict[str, Entry] = {}
         self.bases = SharedBases(load_sd_base)
         # One loading thread: from_pretrained builds modules under a process-wide meta-device
@@ -164,7 +167,16 @@ class Registry:
         async def start(name: str) -> None:
             await self.load(name)
 
-        return [*(asyncio.create_task(start(name)) for name in self.config.models), asyncio.create_task(self.log_fit())]
+        starting = []
+        for name in self.config.models:
+            why = self.crashes.given_up(name) if self.crashes else None
+            if why is None:
+                starting.append(asyncio.create_task(start(name)))
+            else:  # it crashed the pool at load, again and again: the others load, /models says why
+                entry = self._begin(name)
+                entry.state, entry.error = "failed", why
+                _fail(entry.ready, NotLoaded(f"{name} is not loaded: it {why}.", "load_failed", name))
+        return [*starting, asyncio.create_task(self.log_fit())]
 
     async def load(self, name: str, device: str | None = None, dtype: str | None = None) -> Entry:
         """Load (or reload) ``name``; ``device``/``dtype`` override the config until the next reload."""
@@ -221,7 +233,7 @@ class Registry:
             entry.load_bytes = sum(d.loaded_bytes() for d in entry.downloads
                                    if not self.bases.holds(d.folder, dev, DTYPES[dt]))
             entry.phase = "loading"
-            model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr, entry)
+            model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr, entry, self.crashes)
         except Exception as e:
             log.error("loading %s failed:\n%s", name, traceback.format_exc())
             if self.entries.get(name) is entry:
@@ -320,10 +332,14 @@ class Registry:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry: Entry) -> PoolModel:
+def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry: Entry,
+               crashes: LoadCrashes | None = None) -> PoolModel:
     """On the loading thread: load, then hand the weights to the device's manager (pinning them)."""
     entry.load_started = time.monotonic()
-    model = loader(spec.name)(spec, bases)
+    with crashes.loading_of(spec.name) if crashes else contextlib.nullcontext():
+        faults.on_load(spec.name)
+        model = loader(spec.name)(spec, bases)
+    faults.arm(model)
     if mgr is not None:
         mgr.adopt(model.modules().values())
         if (need := mgr.bytes_of(model.modules().values())) > mgr.limit:  # its jobs will fail and say why

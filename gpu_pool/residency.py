@@ -166,6 +166,15 @@ class Residency:
                 if c.resident and not c.locks:
                     self._evict(c)
 
+    def evict_idle(self) -> int:
+        """Move home every component no running job holds (after an out-of-memory error); the bytes freed."""
+        with self._state:
+            before = self.resident_bytes
+            for c in self._components.values():
+                if c.resident and not c.locks:
+                    self._evict(c)
+            return before - self.resident_bytes
+
     def forget(self, keep: set[int]) -> None:
         """Drop the components whose module ids are not in ``keep`` (unloaded models), unless locked."""
         with self._state:

@@ -17,6 +17,9 @@ resident first, each queued job being passed at most ``max_overtakes`` times.
 The images of a drawing model go to the SafetyChecker before the done event,
 on the same device thread; the event carries its verdicts (``Event.safety``).
 
+A job that runs out of GPU memory is run once more after the pool frees
+what it can, then fails with code ``too_large`` (``gpu_pool/oom.py``).
+
 A job for a model that takes a seed and gave none gets one picked here, so
 the done event can say which seed made the image (``Event.provenance``) and a
 user can make it again, or another one like it.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import secrets
@@ -39,6 +43,7 @@ from threading import Event as ThreadFlag
 
 import torch
 
+from gpu_pool import oom
 from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
 from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage, Verdict
 from gpu_pool.registry import NotLoaded, Registry, free_memory
@@ -245,20 +250,18 @@ class Scheduler:
         if model.draws:  # the checker runs right after: evict it last
             soon = [*soon, SAFETY_CHECKER]
         wanted = self.registry.modules_of(soon) if residency else []
+        run = functools.partial(_run_sync, model, params, req.images, progress, residency, wanted)
         try:
-            out, seconds = await loop.run_in_executor(thread, _run_sync, model, params, req.images, progress,
-                                                      residency, wanted)
+            out, seconds = await oom.retrying(thread, run, residency, f"{req.model} on {job.device}")
         except BadRequest as e:
             return job.fail(str(e), "bad_request")
         except DoesNotFit as e:
             return job.fail(str(e), "oom")
         except JobCancelled:
             return job.fail("The job was cancelled.", "cancelled")
-        except torch.OutOfMemoryError:
-            log.warning("out of memory on %s running %s", job.device, req.model)
-            free_memory()
-            return job.fail(f"The GPU ran out of memory running {req.model}. Try a smaller image or fewer steps, "
-                            "or try again when the bot is less busy.", "oom")
+        except torch.OutOfMemoryError:  # twice: memory was freed in between (gpu_pool/oom.py)
+            return job.fail(f"{req.model} ran out of memory on {job.device} twice, even after freeing what it could.",
+                            "too_large")
         except Exception:
             detail = traceback.format_exc()
             log.error("job %s (%s) failed:\n%s", job.id, req.model, detail)

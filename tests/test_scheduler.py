@@ -94,9 +94,8 @@ async def test_out_of_memory_fails_the_job_and_the_device_keeps_working():
     bad = await finish(sched.submit(JobRequest("Image2Canny", {"oom": True})))
     good = await finish(sched.submit(JobRequest("Image2Canny", {"seconds": 0.0})))
     sched.close()
-    assert bad[-1].code == "oom"
-    assert bad[-1].message == ("The GPU ran out of memory running Image2Canny. Try a smaller image or fewer steps, "
-                               "or try again when the bot is less busy.")
+    assert bad[-1].code == "too_large"  # run twice, memory freed in between (the core words it for the chat)
+    assert bad[-1].message == "Image2Canny ran out of memory on cuda:0 twice, even after freeing what it could."
     assert good[-1].kind == "done"
 
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from PIL import Image
 
 import settings
-from core.errors import BadArguments, PoolFailed, UserFacingError, Withheld
+from core.errors import DISK_FULL, BadArguments, PoolFailed, UserFacingError, Withheld, no_room
 from core.images import ImageStore
 from core.pool_client import PoolClient
 from core.safety import FOR_LLM, NO_RETRY, Policy, judge
@@ -210,7 +210,10 @@ async def call(tool: Tool, ctx: ToolContext, args: Any) -> ToolResult:
         return ToolResult(f"Error: {e}", ok=False, fatal=e.code == "unavailable")
     except UserFacingError as e:
         return ToolResult(f"Error: {e}", ok=False)
-    except Exception:
+    except Exception as e:
+        if no_room(e):  # the data directory's disk is full (a job's row, say)
+            log.error("tool %s in session %s: no room in the data directory: %s", tool.name, ctx.session, e)
+            return ToolResult(f"Error: {DISK_FULL}", ok=False)
         log.exception("tool %s failed in session %s", tool.name, ctx.session)
         return ToolResult(f"Error: {tool.name} failed unexpectedly; the admins can see why in the bot's log.",
                           ok=False)
