@@ -53,16 +53,26 @@ keys_file = "{keys_file}"
     return path
 
 
-def start_api_pool(config: Path, group: bool = False, timeout: float = 180) -> Pool:
-    """The pool for ``config`` with the ENV_KEYS in its environment, once every model is ready."""
+def start_api_pools(*configs: Path, group: bool = False, timeout: float = 180) -> list[Pool]:
+    """A pool for each config, with the ENV_KEYS in its environment, started side by side; once every
+    model of each is ready."""
     env = child_env(VCHAT_API_KEYS=",".join(f"{n}={k}" for n, k in ENV_KEYS.items()))
-    pool = Pool(config, spawn_pool(config, env=env, group=group), config.parent / "pool.log", group)
+    pools = [Pool(c, spawn_pool(c, env=dict(env), group=group), c.parent / "pool.log", group) for c in configs]
+
+    async def ready() -> None:
+        await asyncio.gather(*(p.ready(timeout) for p in pools))
+
     try:
-        asyncio.run(pool.ready(timeout))
+        asyncio.run(ready())
     except BaseException:
-        stop_pool(pool, 0)
+        for p in pools:
+            stop_pool(p, 0)
         raise
-    return pool
+    return pools
 
 
-__all__ = ["ENV_KEYS", "MODELS", "ROOT", "api_config", "free_port", "start_api_pool"]
+def start_api_pool(config: Path, group: bool = False, timeout: float = 180) -> Pool:
+    return start_api_pools(config, group=group, timeout=timeout)[0]
+
+
+__all__ = ["ENV_KEYS", "MODELS", "ROOT", "api_config", "free_port", "start_api_pool", "start_api_pools"]
