@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import aiohttp
 import psutil
 import pytest
 from mcp import Client, StdioServerParameters
@@ -145,6 +146,12 @@ async def test_over_http_a_bad_key_is_refused_and_quotas_apply(pool):
     with pytest.raises(Exception):  # noqa: B017 - the SDK shows the 401 only as a generic error
         async with over_http(pool, key="sk-wrong-0123456789") as client:
             await client.list_tools()
+    async with aiohttp.ClientSession() as http, http.post(  # what it got: the first request refused, saying why
+            f"{config(pool).api.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={"Authorization": "Bearer sk-wrong-0123456789",
+                     "Accept": "application/json, text/event-stream"}) as got:
+        status, body = got.status, await got.json()
+    assert status == 401 and body["error"]["message"] == "That API key is not valid here."
     async with over_http(pool, key="sk-tiny-0123456789") as client:  # images_per_day = 1
         r = await client.call_tool("generate_image", {"prompt": "a house", "width": 64, "height": 64, "steps": 1})
         assert not r.is_error, text_of(r)
