@@ -14,7 +14,7 @@ import logging
 from aiohttp import web
 
 import settings
-from gpu_pool import routes
+from gpu_pool import api, routes
 from gpu_pool.local import LocalPool
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def make_app(config: settings.Config) -> web.Application:
         pool.close()
 
     app.cleanup_ctx.append(lifespan)
+    api.attach(app, config, routes.BACKEND)  # [api]: the images API and MCP, when enabled
     return app
 
 

@@ -26,6 +26,7 @@ from settings.models import (ANNOTATORS, DTYPES, MODEL_DEFAULTS, MODEL_NAMES, SA
 from settings.schema import MODEL_KEYS, SCHEMA, SECTIONS, Check, ConfigError, check_table, device_problem, parse_size
 from settings.seed import ALIASES, alias_table, known_models, with_load
 from settings.sections import (
+    ApiConfig,
     BotConfig,
     Config,
     DiscordConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "BotConfig", "Config", "DiscordConfig", "LimitsConfig", "LLMConfig", "ModelConfig", "PoolConfig", "RayConfig",
     "ResidencyConfig", "SafetyConfig", "SlackConfig", "StorageConfig",
     "load", "parse", "reload",
+    "ApiConfig",
 ]
 
 
@@ -142,9 +144,15 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True, load: str = 
         residency=_residency(sec["residency"]),
         safety=SafetyConfig(**dict(safety, allow_in_slack_channels=tuple(safety["allow_in_slack_channels"]))),
         bot=BotConfig(float(sec["bot"]["shutdown_grace_s"])),
+        api=_api(sec["api"], base_dir),
         raw=data,
         load=load,
     )
+
+
+def _api(a: dict[str, Any], base_dir: Path) -> ApiConfig:
+    keys_file = (base_dir / a["keys_file"]).resolve() if a["keys_file"] else None
+    return ApiConfig(**dict(a, keys_file=keys_file))
 
 
 def _residency(r: dict[str, Any]) -> ResidencyConfig:

@@ -152,6 +152,18 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "allow_in_slack_channels": (list, [], _slack_channels),
         "allow_in_dms": (bool, False, None),
     },
+    # the pool's listener for other clients: OpenAI images API and MCP (gpu_pool/api/)
+    "api": {
+        "enabled": (bool, False, None),
+        "host": (str, "127.0.0.1", None),
+        "port": (int, 8090, lambda v: None if 0 <= v < 65536 else "must be between 0 and 65535"),
+        "keys_env": (str, "VCHAT_API_KEYS", _env_name),
+        "keys_file": (str, "", None),
+        "requests_per_minute": (int, 30, _positive),
+        "images_per_day": (int, 500, _positive),
+        "max_upload_bytes": (int, 20 * 1024 * 1024, _positive),
+        "max_n": (int, 4, lambda v: None if 1 <= v <= 10 else "must be between 1 and 10"),
+    },
 }
 MODEL_KEYS: dict[str, tuple[Any, Any, Check]] = {
     "device": (str, "auto", device_problem),

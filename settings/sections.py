@@ -175,6 +175,28 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The pool's listener for other clients (see gpu_pool/api/): off unless ``enabled``.
+
+    The keys themselves are never in config.toml: ``keys_env`` names an environment variable
+    (``name=key,name=key``), ``keys_file`` a TOML file with per-key limits (gpu_pool/api/keys.py)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8090
+    keys_env: str = "VCHAT_API_KEYS"
+    keys_file: Path | None = None  # resolved against the config's folder; None: none
+    requests_per_minute: int = 30  # per key, the default of keys that set none
+    images_per_day: int = 500  # per key (UTC days), the default of keys that set none
+    max_upload_bytes: int = 20 * 1024 * 1024  # one request's body (images API and /mcp)
+    max_n: int = 4  # images per request (n)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     llm: LLMConfig
@@ -187,6 +209,7 @@ class Config:
     residency: ResidencyConfig = field(default_factory=ResidencyConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     bot: BotConfig = field(default_factory=BotConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     load: str = ""  # the command line's --load "Name_device,...", applied over [models.*]; "" if none
 

@@ -61,9 +61,12 @@ GOALS = {
     and f["pool_gone_after_sigkill_s"] < 30,
     # the scripted server draws twice (valid calls) and answers in words: 6 of the 15 requests fit
     "real_llm": lambda f: f["calls_made"] == 2 and f["valid_tool_call_rate"] == 1 and f["right_tool_rate"] == 0.4,
+    # [api]: a paired difference of two timings, so it may dip below 0 on a busy machine (goal: <= 10 ms each)
+    "api_overhead": lambda f: all(-1000 < v < 1000 for v in f.values()),
 }
 # benches that start a pool, a bot or Ray: tens of seconds each
 SLOW = {"discord_e2e", "real_llm", "scale_out", "shutdown", "status_edits"}
+SLOW |= {"api_overhead"}  # [api]: starts a pool
 RAY = {"scale_out"}
 
 

@@ -29,7 +29,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 import settings
-from gpu_pool import backend, openai_api, routes
+from gpu_pool import api, backend, openai_api, routes
 from gpu_pool.backend import Refused, Reloaded
 from gpu_pool.protocol import UNAVAILABLE, Event, JobId, JobRequest, ModelInfo
 from gpu_pool.ray import router
@@ -205,6 +205,7 @@ def make_app(front: Front) -> web.Application:
     app = routes.make_app()
     app[routes.BACKEND] = front
     app.router.add_get("/replicas", replicas)  # Ray only: each replica's models and counters
+    api.attach(app, front.config, routes.BACKEND)  # [api]: the images API and MCP, when enabled
     return app
 
 
