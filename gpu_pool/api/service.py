@@ -38,7 +38,7 @@ WITHHELD = "The image was withheld by this server's safety filter."
 UNCHECKED = ("The image was withheld: this server's safety filter is not running right now, so drawn images are "
              "not sent. The pool's admins can see why in its log.")
 STATUS = {"bad_request": 400, "unknown_model": 404, "not_loaded": 404, "load_failed": 503, "oom": 503,
-          "cancelled": 499, "internal": 500, "unavailable": 503}
+          "too_large": 503, "cancelled": 499, "internal": 500, "unavailable": 503}
 PRECISE = ("Text2Box", "Segmenting")  # boxes, then SAM's outlines: the precise way to an object's mask
 MAIN_OBJECT = "what is the main object in the image?"
 
