@@ -13,7 +13,7 @@ from bot.adapters.discord_bot import DiscordBot
 from bot.app import build_core
 from core.access import BLOCKED, COOLING, NOT_ALLOWED, QUOTA_USED
 from testkit.core import close_core, core_config
-from tests.fakes.counting_pool import CountingPool
+from tests.fakes.counting_pool import CancellingPool
 from tests.fakes.discord_payloads import APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, message, option, subcommand, user
 from tests.fakes.discord_server import FakeDiscord, Request
 
@@ -48,7 +48,7 @@ class Bots:
                                          model_roles={"Upscale": (PATRON,)})
         limits = {"images_per_day": 1, "discord_roles": {PATRON: 3}, **quotas}
         config = dataclasses.replace(self.base, discord=discord, quotas=settings.QuotasConfig(**limits))
-        self.core = build_core(config, pool_client=CountingPool, llm_retries=0, status_interval=0)
+        self.core = build_core(config, pool_client=CancellingPool, llm_retries=0, status_interval=0)
         self.bot = DiscordBot(self.core, config, guild_ready_timeout=0.05)
         await self.bot.start()
         return self.bot
@@ -128,6 +128,16 @@ async def test_a_quota_hit_is_answered_with_when_and_sends_no_job(fake, bots, ll
     assert not [r for r in llm_server.requests if "draw a dog" in str(r["messages"])]
     quota = await command(fake, "quota", ALICE)
     assert quota.flags & EPHEMERAL and quota.content.startswith("You have 0 of 1 image left today.")
+
+
+async def test_a_cancelled_job_does_not_count(fake, bots):
+    await bots.start()
+    bots.core.pool.cancel_next = True
+    cancelled = await imagine(fake, ALICE)
+    assert not cancelled.files and bots.core.pool.failed == ["cancelled"] and bots.jobs == ["42"]
+    assert (await command(fake, "quota", ALICE)).content.startswith("You have 1 of 1 image left today.")
+    assert (await imagine(fake, ALICE)).files and bots.jobs == ["42", "42"]  # the one image of the day
+    assert (await command(fake, "quota", ALICE)).content.startswith("You have 0 of 1 image left today.")
 
 
 async def test_a_role_overrides_the_quota_and_admins_are_exempt(fake, bots):

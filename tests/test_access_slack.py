@@ -13,7 +13,7 @@ from bot.adapters.slack_bot import SlackBot
 from bot.app import build_core
 from core.access import BLOCKED, COOLING, NOT_ALLOWED, QUOTA_USED
 from testkit.core import close_core, core_config
-from tests.fakes.counting_pool import CountingPool
+from tests.fakes.counting_pool import CancellingPool
 from tests.fakes.logged_errors import LoggedErrors
 from tests.fakes.slack_payloads import BOT_USER, mention
 from tests.fakes.slack_server import Call, FakeSlack
@@ -48,7 +48,7 @@ class Bots:
                                   model_usergroups={"Upscale": (PATRONS, "S0OLD")})
         limits = {"images_per_day": 1, "slack_usergroups": {PATRONS: 3}, **quotas}
         config = dataclasses.replace(self.base, slack=cfg, quotas=settings.QuotasConfig(**limits))
-        self.core = build_core(config, pool_client=CountingPool, llm_retries=0, status_interval=0)
+        self.core = build_core(config, pool_client=CancellingPool, llm_retries=0, status_interval=0)
         self.bot = SlackBot(self.core, config, base_url=self.slack.base_url, host="127.0.0.1")
         await self.bot.start()
         await self.slack.connected()
@@ -145,6 +145,21 @@ async def test_a_quota_hit_is_answered_with_when_and_sends_no_job(slack, bots, l
     await settled(slack, bots, llm_server)
     assert replies_to(slack, asked[0]) == [refusal] and replies_to(slack, asked[1]) == []  # told once, not again
     assert not [r for r in llm_server.requests if "draw a dog" in str(r["messages"])]
+    assert (await command(slack, "quota", "", ALICE))["text"].startswith("You have 0 of 1 image left today.")
+
+
+async def test_a_cancelled_job_does_not_count(slack, bots):
+    await bots.start()
+    bots.core.pool.cancel_next = True
+    seen = len(slack.called("chat.postMessage", top_level))
+    await slack.push_command("/imagine", "a red house", user=ALICE)
+    await slack.wait_for("chat.postMessage", top_level, count=seen + 1, timeout=20)
+    await bots.bot.idle()
+    assert bots.core.pool.failed == ["cancelled"] and bots.jobs == [ALICE]
+    assert not slack.called("files.completeUploadExternal")
+    assert (await command(slack, "quota", "", ALICE))["text"].startswith("You have 1 of 1 image left today.")
+    await drawn(slack, ALICE)  # the one image of the day
+    assert bots.jobs == [ALICE, ALICE]
     assert (await command(slack, "quota", "", ALICE))["text"].startswith("You have 0 of 1 image left today.")
 
 
