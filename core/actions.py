@@ -120,6 +120,14 @@ def lost(store: Store, path: Callable[[ImageRow], Path], row: ImageRow, action: 
     return None
 
 
+def tool_of(row: ImageRow, action: str) -> Tool | None:
+    """The tool a press of ``action`` under ``row`` runs (None: Info, or nothing to run)."""
+    if action == "reroll":
+        return rerollable(row)
+    return {"variations": BUTTONS["make_variation"], "upscale": BUTTONS["upscale_image"],
+            "edit": BY_NAME["edit_image"]}.get(action)
+
+
 async def run(ctx: ToolContext, row: ImageRow, action: str, instruction: str | None = None) -> ToolResult:
     """Run a pressed button as a tool call; the images it stores record the press."""
     ctx = replace(ctx, action=(action, row.image_id))

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 TEXT, IMAGE, MODEL, DEVICE = "text", "image", "model", "device"
-_PLACEHOLDER = {IMAGE: "IMAGE_ID", MODEL: "MODEL", DEVICE: "DEVICE"}  # a text argument: its name
+USER = "user"  # a user of the platform: Discord's user option, a Slack @mention (<@U123>); the core gets the id
+_PLACEHOLDER = {IMAGE: "IMAGE_ID", MODEL: "MODEL", DEVICE: "DEVICE", USER: "@USER"}  # a text argument: its name
 
 
 @dataclass(frozen=True)
 class Arg:
     name: str
-    kind: Literal["text", "image", "model", "device"]  # text takes the rest of a typed line when last
+    kind: Literal["text", "image", "model", "device", "user"]  # text takes the rest of a typed line when last
     description: str  # the platform's hint for it
     required: bool = True
 
@@ -42,6 +43,7 @@ class Command:
     admin: bool = False  # only the bot's admins may run it
     tool: str | None = None  # runs this tool in the conversation, no LLM needed
     private: bool = False  # the answer is shown only to the asker
+    subcommands: tuple[Command, ...] = ()  # /admin block @USER: the first word picks one (Discord: a group)
 
     @property
     def summary(self) -> str:
@@ -50,7 +52,11 @@ class Command:
 
     @property
     def usage(self) -> str:
-        """/load MODEL [DEVICE]."""
+        """/load MODEL [DEVICE]; a group: /admin block|unblock|reset-quota @USER (its subcommands share args)."""
+        if self.subcommands:
+            args = {tuple(a.usage for a in s.args) for s in self.subcommands}
+            shared = list(args.pop()) if len(args) == 1 else ["..."]
+            return " ".join([f"/{self.name}", "|".join(s.name for s in self.subcommands), *shared])
         return " ".join([f"/{self.name}", *(a.usage for a in self.args)])
 
 
@@ -76,13 +82,29 @@ COMMANDS: tuple[Command, ...] = (
             admin=True, private=True),
     Command("unload", "Unload an image model to free memory.", (Arg("model", MODEL, _MODEL.format("unload")),),
             admin=True, private=True),
+    # --- access (core/access.py): quotas, cooldowns, blocks ---
+    Command("quota", "How many images you have left today, and when the count starts again.", private=True),
+    Command("admin", "Block or unblock a user, or give them their images for today back.", admin=True,
+            private=True, subcommands=(
+                Command("block", "Stop a user from using the bot; they are told once.",
+                        (Arg("user", USER, "The user to block"),)),
+                Command("unblock", "Let a blocked user use the bot again.",
+                        (Arg("user", USER, "The user to unblock"),)),
+                Command("reset-quota", "Give a user their images for today back.",
+                        (Arg("user", USER, "The user whose count starts again"),)))),
 )
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
 
 
 def from_words(command: Command, text: str) -> dict[str, str] | None:
     """The arguments typed after a command: one word each, a last text argument the rest of the line;
-    None when they do not fit (too few, or too many): answer with ``command.usage``."""
+    None when they do not fit (too few, or too many): answer with ``command.usage``. A group's first word
+    names its subcommand, given back as ``{"subcommand": name, ...its arguments}``."""
+    if command.subcommands:
+        word, _, rest = text.strip().partition(" ")
+        sub = next((s for s in command.subcommands if s.name == word.lower()), None)
+        args = from_words(sub, rest) if sub else None
+        return None if args is None else {"subcommand": sub.name, **args}
     args = command.args
     takes_rest = bool(args) and args[-1].kind == TEXT
     words = text.split(None, len(args) - 1) if takes_rest else text.split()

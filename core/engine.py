@@ -5,6 +5,8 @@ agent), ``Core.direct`` (a slash command that runs one tool, no LLM needed) or
 ``Core.command`` (the other commands of core/commands.py, answered with a text,
 a refusal included); a button under an image is ``Core.press``
 (what it does) then, for the buttons that make an image, ``Core.act``.
+Each asks the access policy first (core/access.py: blocks, role gates, quotas, cooldowns), before
+anything reaches the pool.
 Errors never escape to the adapter: users get a message, the log gets the
 traceback.
 
@@ -24,6 +26,7 @@ from typing import Any
 
 import settings
 from core import actions, commands, history
+from core.access import Access, models_of
 from core.agent import images_to_post, run_turn
 from core.commands import HELP
 from core.errors import DISK_FULL, GENERIC, UserFacingError, no_room
@@ -54,6 +57,7 @@ class Core:
         self.config, self.store, self.images, self.pool, self.llm = config, store, images, pool, llm
         self.status_interval = status_interval  # also the delay before a status first shows
         self.jobs = UserQueue(pool, config.limits.per_user_jobs)  # what tools submit through
+        self.access = Access(config, store)  # blocks, role gates, quotas, cooldowns (core/access.py)
         self.stopping = False
         self.admin_notes: dict[str, str] = {}  # adapter problems worth an admin's eye, shown with /models
         if llm is not None:
@@ -169,8 +173,22 @@ class Core:
 
     async def handle(self, turn: Turn, reply: Reply) -> Outcome:
         """A message for the bot: store uploads, then let the agent answer. Call it as the event
-        arrives (files may still be to fetch): the message takes its place in its conversation at once."""
+        arrives (files may still be to fetch): the message takes its place in its conversation at once.
+        A message the access policy refuses gets its answer (or none: told already), and no place."""
+        text = turn.text.strip()
+        asks = bool(text) and not (_RESET.fullmatch(text) and not turn.attachments)  # an upload alone runs nothing
+        if (refusal := self.access.admit(turn, request=asks)) is not None:
+            return await self._refused(turn, reply, refusal)
         return await self._guarded(turn, reply, lambda progress: self._handle(turn, progress))
+
+    async def _refused(self, turn: Turn, reply: Reply, text: str) -> Outcome:
+        """Answer a refused request with ``text`` ("": not at all), outside the conversation's history."""
+        if text:
+            try:
+                await reply.send(text)
+            except Exception:
+                log.exception("could not post a refusal in %s", turn.session_key)
+        return Outcome(text, error=True)
 
     async def _handle(self, turn: Turn, progress: Progress) -> Outcome:
         ctx = self._context(turn, progress)
@@ -202,8 +220,10 @@ class Core:
             return Outcome(f"No language model is set up, so I can only run commands: {commands.names()}.",
                            error=True)
         llm = self.config.llm
-        final = await run_turn(self.llm, ctx, await self.loaded_models(), max_rounds=llm.max_tool_rounds,
+        usable = await self.loaded_models() - self.access.denied_models(turn)  # tools of models allowed to them
+        final = await run_turn(self.llm, ctx, usable, max_rounds=llm.max_tool_rounds,
                                token_budget=llm.history_tokens, turn_timeout=llm.turn_timeout_s)
+        self.access.spent(turn, len(ctx.made))
         text = with_notice(ctx.withheld, " ".join([*problems, *long, final.text]))
         return Outcome(text, images_to_post(ctx), error=final.error)
 
@@ -243,7 +263,9 @@ class Core:
 
     async def direct(self, turn: Turn, reply: Reply, tool: str, args: dict[str, Any]) -> Outcome:
         """Run one tool without the LLM (slash commands). An attachment becomes the ``image`` argument.
-        Like ``handle``, it takes its place in the conversation when called."""
+        Like ``handle``, it takes its place in the conversation when called; refused first by the access policy."""
+        if (refusal := self.access.admit(turn, models=models_of(BY_NAME[tool]), explicit=True)) is not None:
+            return await self._refused(turn, reply, refusal)
 
         async def work(progress: Progress) -> Outcome:
             ctx = self._context(turn, progress)
@@ -255,15 +277,21 @@ class Core:
             what = " ".join(f"{k}={v}" for k, v in args.items())
             self.store.add_message(turn.session_key, "user", f"/{tool} {what}", user=turn.user_name)
             result = await call(BY_NAME[tool], ctx, args)
+            self.access.spent(turn, len(ctx.made))
             return self._answer(ctx, result, result.text.removeprefix("Error: "))
 
         return await self._guarded(turn, reply, work)
 
     # --- buttons under images -------------------------------------------------
 
-    async def press(self, session: str, image_id: str, tag: str, action: str) -> Press:
-        """What pressing ``action`` under an image does; quick enough to answer before the platform's ack."""
-        return (await self._decide(session, image_id, tag, action))[1]
+    async def press(self, session: str, image_id: str, tag: str, action: str, turn: Turn | None = None) -> Press:
+        """What pressing ``action`` under an image does; quick enough to answer before the platform's ack.
+        ``turn``: the presser, whom the access policy may refuse (answered to them alone)."""
+        row, press = await self._decide(session, image_id, tag, action)
+        if turn is not None and row is not None and (press.kind != "private" or action == "info"):
+            if (refusal := self.access.admit_press(turn, row, action, record=False)) is not None:
+                return Press("private", refusal)
+        return press
 
     async def _decide(self, session: str, image_id: str, tag: str, action: str) -> tuple[ImageRow | None, Press]:
         """The pressed image and what the press does: answered to the presser alone when the image is gone
@@ -282,6 +310,10 @@ class Core:
         ``turn.session_key``: its jobs count against the presser's job cap; progress and the result (with its
         buttons) are posted like any request's, in the conversation's order."""
 
+        row = self._pressed(turn.session_key, image_id, tag)
+        if row is not None and (refusal := self.access.admit_press(turn, row, action)) is not None:
+            return await self._refused(turn, reply, refusal)
+
         async def work(progress: Progress) -> Outcome:
             # checked again in the conversation's turn: reset away, its model unloaded or its file lost since
             row, again = await self._decide(turn.session_key, image_id, tag, action)
@@ -292,6 +324,7 @@ class Core:
             self.store.add_message(turn.session_key, "user", said, user=turn.user_name)
             ctx = self._context(turn, progress)
             result = await actions.run(ctx, row, action, instruction)
+            self.access.spent(turn, len(ctx.made))
             # posted naming the presser with a mention, so they are notified; stored with their plain name
             shown = actions.answer(action, row, turn.mention, result, instruction) if turn.mention else None
             return self._answer(ctx, result, actions.answer(action, row, f"@{turn.user_name}", result, instruction),
@@ -327,8 +360,18 @@ class Core:
             return f"/{name} is not a command I answer this way. {HELP}"
         if name == "help":
             return HELP
+        if not (command.admin and turn.is_admin) and (refusal := self.access.admit(
+                turn, request=False, explicit=True)) is not None:
+            return refusal  # blocked, or not in the allowed roles
+        if name == "quota":
+            return self.access.quota(turn)
         if name == "reset":
             return await self.reset(turn.session_key)
+        if name == "admin":
+            if not turn.is_admin:
+                log.warning("refused /admin from non-admin %s (%s)", turn.user_id, turn.platform)
+                return "Sorry, /admin is for the bot's admins only."
+            return self.access.admin(turn, **(args or {}))
         return await self.admin(turn, name, **(args or {}))
 
     async def admin(self, turn: Turn, action: str, model: str | None = None, device: str | None = None) -> str:

@@ -54,8 +54,17 @@ def m004_provenance(db: sqlite_utils.Database) -> None:
         db["images"].add_column(column, kind)
 
 
+def m005_access(db: sqlite_utils.Database) -> None:
+    """Who is blocked (by whom, and whether they were told), and how many images each user made per UTC day
+    (core/access.py): both outlive a restart."""
+    db["access_blocks"].create({"platform": str, "user": str, "by": str, "created": float, "told": int},
+                               pk=("platform", "user"))
+    db["access_usage"].create({"platform": str, "user": str, "day": str, "images": int},
+                              pk=("platform", "user", "day"))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_message_kind, m003_threads,
-                                                               m004_provenance]
+                                                               m004_provenance, m005_access]
 NOTE = "note"  # messages.kind of the bot's own failure messages
 
 

@@ -75,6 +75,7 @@ class Turn:
     is_dm: bool = False  # a direct message with the bot (the terminal counts as one)
     thread: str | None = None  # Slack: the thread's ts, when in a thread (a Discord thread is its own channel)
     mention: str = ""  # the user named so they are notified, in the platform's markup ("<@42>"); "": none
+    roles: tuple[str, ...] = ()  # Discord: the member's role ids; Slack: the user's user group ids (core/access.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_name", clean_name(self.user_name))

@@ -34,6 +34,7 @@ from settings.sections import (
     LLMConfig,
     ModelConfig,
     PoolConfig,
+    QuotasConfig,
     RayConfig,
     ResidencyConfig,
     SafetyConfig,
@@ -45,7 +46,7 @@ __all__ = [
     "ANNOTATORS", "DTYPES", "MODEL_DEFAULTS", "MODEL_NAMES", "SAFETY_CHECKER", "SD15", "SEED_MODELS", "resolve_device",
     "MODEL_KEYS", "SCHEMA", "SECTIONS", "Check", "ConfigError", "device_problem", "parse_size",
     "BotConfig", "Config", "DiscordConfig", "LimitsConfig", "LLMConfig", "ModelConfig", "PoolConfig", "RayConfig",
-    "ResidencyConfig", "SafetyConfig", "SlackConfig", "StorageConfig",
+    "QuotasConfig", "ResidencyConfig", "SafetyConfig", "SlackConfig", "StorageConfig",
     "load", "parse", "reload",
     "ApiConfig",
 ]
@@ -115,10 +116,12 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True, load: str = 
                                   'replica has one GPU of its own; use "auto" or "cuda"')
 
     d = sec["discord"]
-    discord = DiscordConfig(d["enabled"], d["token_env"], tuple(str(x) for x in d["admin_ids"]))
+    discord = DiscordConfig(d["enabled"], d["token_env"], tuple(str(x) for x in d["admin_ids"]),
+                            _strs(d["allowed_roles"]), {m: _strs(ids) for m, ids in d["model_roles"].items()})
     s = sec["slack"]
     slack = SlackConfig(s["enabled"], s["mode"], s["bot_token_env"], s["app_token_env"], s["signing_secret_env"],
-                        s["http_port"], tuple(str(x) for x in s["admin_ids"]), s["workspace_admins"], s["api_url"])
+                        s["http_port"], tuple(str(x) for x in s["admin_ids"]), s["workspace_admins"], s["api_url"],
+                        _strs(s["allowed_usergroups"]), {m: _strs(ids) for m, ids in s["model_usergroups"].items()})
     if env_check:
         if discord.enabled is True and not discord.token:
             raise ConfigError(f"discord.token_env: Discord is enabled but the environment variable {discord.token_env} "
@@ -145,6 +148,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True, load: str = 
         safety=SafetyConfig(**dict(safety, allow_in_slack_channels=tuple(safety["allow_in_slack_channels"]))),
         bot=BotConfig(float(sec["bot"]["shutdown_grace_s"])),
         api=_api(sec["api"], base_dir),
+        quotas=_quotas(sec["quotas"]),
         raw=data,
         load=load,
     )
@@ -153,6 +157,15 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True, load: str = 
 def _api(a: dict[str, Any], base_dir: Path) -> ApiConfig:
     keys_file = (base_dir / a["keys_file"]).resolve() if a["keys_file"] else None
     return ApiConfig(**dict(a, keys_file=keys_file))
+
+
+def _strs(ids: list) -> tuple[str, ...]:
+    return tuple(str(x) for x in ids)
+
+
+def _quotas(q: dict[str, Any]) -> QuotasConfig:
+    return QuotasConfig(q["images_per_day"], float(q["cooldown_s"]), q["admins_exempt"],
+                        {str(k): v for k, v in q["discord_roles"].items()}, dict(q["slack_usergroups"]))
 
 
 def _residency(r: dict[str, Any]) -> ResidencyConfig:

@@ -10,7 +10,7 @@ import re
 from typing import Any
 from collections.abc import Callable
 
-from settings.models import DTYPES, SD15
+from settings.models import DTYPES, MODEL_NAMES, SD15
 from settings.units import parse_size
 
 
@@ -69,6 +69,43 @@ def _web_api(v: str) -> str | None:
     return None if ok else 'must be a URL ending in "/", like "https://slack.com/api/"'
 
 
+# --- access: who may use the bot, its models, and how many images a day (core/access.py) ---
+
+
+def _discord_roles(v: list) -> str | None:
+    ok = all(isinstance(x, (str, int)) and not isinstance(x, bool) and str(x).isdigit() for x in v)
+    return None if ok else 'must be a list of Discord role ids like ["112233445566778899"] (the id, not the @name)'
+
+
+def _usergroups(v: list) -> str | None:
+    ok = all(isinstance(x, str) and re.fullmatch(r"S[A-Z0-9]+", x) for x in v)
+    return None if ok else 'must be a list of Slack user group ids like ["S0123ABCD"] (the id, not the @handle)'
+
+
+def _per_model(ids: Callable[[list], str | None]) -> Callable[[dict], str | None]:
+    def check(v: dict) -> str | None:
+        for model, allowed in v.items():
+            if model not in MODEL_NAMES:
+                return f"{model!r} is not a model; known models: {', '.join(MODEL_NAMES)}"
+            if not isinstance(allowed, list) or (problem := ids(allowed)):
+                return f"{model}: " + (problem or "must be a list")
+        return None
+
+    return check
+
+
+def _per_group(ids: Callable[[list], str | None]) -> Callable[[dict], str | None]:
+    def check(v: dict) -> str | None:
+        for group, images in v.items():
+            if problem := ids([group]):
+                return problem.replace("must be a list of", "keys must be")
+            if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+                return f"{group}: must be a number of images per day, 0 or more (0: no limit)"
+        return None
+
+    return check
+
+
 _ENABLED = ((bool, str), "auto",
             lambda v: None if v in (True, False, "auto") else 'accepted values: true, false, "auto"')
 
@@ -110,6 +147,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "enabled": _ENABLED,
         "token_env": (str, "DISCORD_TOKEN", _env_name),
         "admin_ids": (list, [], _ids),
+        "allowed_roles": (list, [], _discord_roles),
+        "model_roles": (dict, {}, _per_model(_discord_roles)),
     },
     "slack": {
         "enabled": _ENABLED,
@@ -121,6 +160,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "admin_ids": (list, [], _ids),
         "workspace_admins": (bool, False, None),
         "api_url": (str, "https://slack.com/api/", _web_api),
+        "allowed_usergroups": (list, [], _usergroups),
+        "model_usergroups": (dict, {}, _per_model(_usergroups)),
     },
     "storage": {
         "data_dir": (str, "data", None),
@@ -164,6 +205,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "max_upload_bytes": (int, 20 * 1024 * 1024, _positive),
         "max_n": (int, 4, lambda v: None if 1 <= v <= 10 else "must be between 1 and 10"),
     },
+    "quotas": {
+        "images_per_day": (int, 0, lambda v: None if v >= 0 else "must be 0 or more (0: no limit)"),
+        "cooldown_s": ((int, float), 0, lambda v: None if 0 <= v <= 86400 else "must be between 0 and 86400"),
+        "admins_exempt": (bool, True, None),
+        "discord_roles": (dict, {}, _per_group(_discord_roles)),
+        "slack_usergroups": (dict, {}, _per_group(_usergroups)),
+    },
 }
 MODEL_KEYS: dict[str, tuple[Any, Any, Check]] = {
     "device": (str, "auto", device_problem),
@@ -174,7 +222,8 @@ SECTIONS = (*SCHEMA, "models")
 
 
 def _type_name(t: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "a table"}
     ts = t if isinstance(t, tuple) else (t,)
     if ts == (int, float):
         return "a number"

@@ -92,6 +92,8 @@ class DiscordConfig:
     enabled: bool | str  # True, False or "auto" (on when the token is set)
     token_env: str
     admin_ids: tuple[str, ...]
+    allowed_roles: tuple[str, ...] = ()  # role ids whose members may use the bot; (): everyone
+    model_roles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model -> the role ids that may use it
 
     @property
     def token(self) -> str | None:
@@ -113,6 +115,8 @@ class SlackConfig:
     admin_ids: tuple[str, ...]
     workspace_admins: bool
     api_url: str = "https://slack.com/api/"
+    allowed_usergroups: tuple[str, ...] = ()  # user group ids whose members may use the bot; (): everyone
+    model_usergroups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model -> the groups that may use it
 
     def env(self, name: str) -> str | None:
         return os.environ.get(name) or None
@@ -197,6 +201,17 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class QuotasConfig:
+    """Images per user per day and the pause between one user's requests (see core/access.py)."""
+
+    images_per_day: int = 0  # 0: no limit
+    cooldown_s: float = 0  # 0: none
+    admins_exempt: bool = True
+    discord_roles: dict[str, int] = field(default_factory=dict)  # role id -> images per day (0: no limit)
+    slack_usergroups: dict[str, int] = field(default_factory=dict)  # user group id -> images per day
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     llm: LLMConfig
@@ -210,6 +225,7 @@ class Config:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     bot: BotConfig = field(default_factory=BotConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     load: str = ""  # the command line's --load "Name_device,...", applied over [models.*]; "" if none
 

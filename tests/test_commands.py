@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import discord
 import pytest
 from slack_bolt.request.async_request import AsyncBoltRequest
 
@@ -13,7 +14,7 @@ import settings
 from bot.adapters import terminal
 from bot.adapters.discord_bot import FILE, DiscordBot
 from bot.adapters.slack_bot import SlackBot
-from core.commands import BY_NAME, COMMANDS, HELP, IMAGE, TEXT, from_words
+from core.commands import BY_NAME, COMMANDS, HELP, IMAGE, TEXT, USER, from_words
 from tests.fakes.slack_payloads import slash_command
 from tests.fakes.slack_server import FakeSlack
 
@@ -40,6 +41,11 @@ def test_typed_words_become_arguments():
     assert from_words(BY_NAME["load"], "Text2Image") == {"model": "Text2Image"}
     assert from_words(BY_NAME["load"], "Text2Image cpu extra") is None
     assert from_words(BY_NAME["reload"], "") == {} and from_words(BY_NAME["models"], "now") is None
+    admin = BY_NAME["admin"]  # a group: the first word picks the subcommand
+    assert from_words(admin, "block <@U2|bob>") == {"subcommand": "block", "user": "<@U2|bob>"}
+    assert from_words(admin, "reset-quota U2") == {"subcommand": "reset-quota", "user": "U2"}
+    assert from_words(admin, "frobnicate U2") is None and from_words(admin, "block") is None
+    assert admin.usage == "/admin block|unblock|reset-quota @USER"
 
 
 async def test_discord_registers_the_table(config):
@@ -49,12 +55,25 @@ async def test_discord_registers_the_table(config):
     for command in COMMANDS:
         registered = tree[command.name]
         assert registered.description == command.summary
-        options = {p.name: p for p in registered.parameters}
-        names = [a.name for a in command.args] + ([FILE] if any(a.kind == IMAGE for a in command.args) else [])
-        assert sorted(options) == sorted(names)
-        for arg in command.args:  # an image's id may be left out when a file is attached instead
-            assert options[arg.name].required == (arg.required and arg.kind != IMAGE)
-            assert options[arg.name].description == arg.description
+        if command.subcommands:  # a group (/admin block @user): each subcommand an app command of its own
+            subs = {c.name: c for c in registered.commands}
+            assert list(subs) == [s.name for s in command.subcommands]
+            for sub in command.subcommands:
+                assert subs[sub.name].description == sub.description
+                assert_options(subs[sub.name], sub)
+            continue
+        assert_options(registered, command)
+
+
+def assert_options(registered, command) -> None:
+    options = {p.name: p for p in registered.parameters}
+    names = [a.name for a in command.args] + ([FILE] if any(a.kind == IMAGE for a in command.args) else [])
+    assert sorted(options) == sorted(names)
+    for arg in command.args:  # an image's id may be left out when a file is attached instead
+        assert options[arg.name].required == (arg.required and arg.kind != IMAGE)
+        assert options[arg.name].description == arg.description
+        kind = discord.AppCommandOptionType.user if arg.kind == USER else discord.AppCommandOptionType.string
+        assert options[arg.name].type == (discord.AppCommandOptionType.attachment if arg.name == FILE else kind)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import settings
 from bot.adapters import discord_bot
 from bot.adapters.discord_bot import DiscordBot, DiscordRejected
 from bot.adapters.discord_reply import split_text
-from core.commands import COMMANDS, IMAGE
+from core.commands import COMMANDS, IMAGE, USER
 from core.engine import HELP
 from tests.fakes.discord_payloads import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                           message, option, user)
@@ -290,16 +290,29 @@ async def test_an_image_over_the_upload_limit_is_reencoded_under_it(fake, bot, c
 
 
 async def test_every_command_is_registered_with_descriptions(fake, bot):
-    """Discord's commands are core/commands.py's, each argument an option (an image's id beside a file)."""
+    """Discord's commands are core/commands.py's, each argument an option (an image's id beside a file), a row
+    with subcommands (/admin block @USER) a group of them (options of type 1), each with its arguments."""
     [synced] = fake.matching("PUT", rf"^/applications/{APP_ID}/commands$")
     assert [c["name"] for c in synced.json] == [c.name for c in COMMANDS]
-    for command, row in zip(synced.json, COMMANDS):
+
+    def check(command: dict, row) -> None:
         assert command["description"] == row.summary
         assert all(o["description"] and o["description"] != "…" for o in command.get("options", [])), command
+        if row.subcommands:
+            subs = command.get("options", [])
+            assert [(o["name"], o["type"]) for o in subs] == [(s.name, 1) for s in row.subcommands]
+            for sub, sub_row in zip(subs, row.subcommands):
+                check(sub, sub_row)
+            return
         names = [a.name for a in row.args] + (["file"] if any(a.kind == IMAGE for a in row.args) else [])
         assert sorted(o["name"] for o in command.get("options", [])) == sorted(names)
         assert {o["name"] for o in command.get("options", []) if o.get("required")} == {
             a.name for a in row.args if a.required and a.kind != IMAGE}
+        assert all(o["type"] == (6 if a.kind == USER else 3) for o in command.get("options", [])
+                   for a in row.args if a.name == o["name"]), command  # 6: a user, 3: a string
+
+    for command, row in zip(synced.json, COMMANDS):
+        check(command, row)
 
 
 # --- load, connection ---------------------------------------------------------------------------------

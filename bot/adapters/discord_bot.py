@@ -29,7 +29,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from core.commands import COMMANDS, IMAGE, Command
+from core.commands import COMMANDS, IMAGE, USER, Command
 from core.engine import Core
 from core.errors import ELSEWHERE, GENERIC, OLD_BUTTON, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
@@ -46,6 +46,11 @@ FILE = "file"  # the option of a command with an image argument that takes an at
 
 class DiscordRejected(RuntimeError):
     """Discord refused the token or the connection; the message says what to check."""
+
+
+def _roles(member) -> tuple[str, ...]:
+    """A guild member's role ids, @everyone's (the guild's id) among them; none for a DM's user."""
+    return tuple(str(r.id) for r in getattr(member, "roles", ()))
 
 
 def _age_restricted(channel) -> bool:
@@ -175,7 +180,7 @@ class DiscordBot:
         is_admin = self._is_admin(author.id, getattr(author, "guild_permissions", None))
         turn = Turn("discord", session, str(author.id), author.display_name, text,
                     self._attachments(message.attachments), is_admin, nsfw_channel=_age_restricted(message.channel),
-                    channel=str(message.channel.id), is_dm=message.guild is None)
+                    channel=str(message.channel.id), is_dm=message.guild is None, roles=_roles(author))
         try:
             await self.core.handle(turn, reply)  # the first await: the message's place is taken at once
         except discord.Forbidden as e:  # the channel's permissions, not a bug: one line for the admin
@@ -214,20 +219,30 @@ class DiscordBot:
 
     def _add_commands(self, tree: app_commands.CommandTree) -> None:
         for command in COMMANDS:
-            tree.add_command(self._app_command(command))
+            if command.subcommands:  # /admin block @user: a group of app commands
+                group = app_commands.Group(name=command.name, description=command.summary)
+                for sub in command.subcommands:
+                    group.add_command(self._app_command(sub, command))
+                tree.add_command(group)
+            else:
+                tree.add_command(self._app_command(command))
 
-    def _app_command(self, command: Command) -> app_commands.Command:
+    def _app_command(self, command: Command, group: Command | None = None) -> app_commands.Command:
         """The app command of a row of core/commands.py: its options are the row's arguments, an image's
-        id optional beside an attached ``file`` that may stand in for it."""
+        id optional beside an attached ``file`` that may stand in for it, a user a user option (its id goes to
+        the core). A subcommand of ``group`` runs the group's row with ``subcommand`` among its arguments."""
 
         async def callback(interaction: discord.Interaction, **options) -> None:
+            if group is not None:
+                return await self._command(interaction, group, dict(options, subcommand=command.name))
             await self._command(interaction, command, options)
 
         params = [Parameter("interaction", Parameter.POSITIONAL_ONLY, annotation=discord.Interaction)]
         described = {}
         for arg in command.args:
             required = arg.required and arg.kind != IMAGE
-            params.append(Parameter(arg.name, Parameter.KEYWORD_ONLY, annotation=str if required else str | None,
+            kind = discord.User if arg.kind == USER else str
+            params.append(Parameter(arg.name, Parameter.KEYWORD_ONLY, annotation=kind if required else kind | None,
                                     default=Parameter.empty if required else None))
             described[arg.name] = arg.description
             if arg.kind == IMAGE:
@@ -250,7 +265,7 @@ class DiscordBot:
         return Turn("discord", self._session(interaction), str(user.id), user.display_name,
                     f"/{command} {options}".strip(), files, self._is_admin(user.id, interaction.permissions),
                     nsfw_channel=_age_restricted(interaction.channel), channel=str(interaction.channel_id),
-                    is_dm=interaction.guild_id is None)
+                    is_dm=interaction.guild_id is None, roles=_roles(user))
 
     def _is_admin(self, user_id: int, permissions: discord.Permissions | None) -> bool:
         """Manage Server in this guild (Discord folds Administrator in), or listed in discord.admin_ids."""
@@ -273,7 +288,7 @@ class DiscordBot:
 
     async def _command(self, interaction: discord.Interaction, command: Command, options: dict) -> None:
         file = options.pop(FILE, None)
-        args = {k: v for k, v in options.items() if v is not None}
+        args = {k: str(v.id) if isinstance(v, discord.abc.User) else v for k, v in options.items() if v is not None}
         if command.tool:
             return await self._direct(interaction, command.tool, args, file)
         await interaction.response.defer(thinking=True, ephemeral=command.private)
@@ -301,7 +316,7 @@ class DiscordBot:
         form (a modal), or acknowledged without a message (type 6) and run, the result a new reply."""
         if session != self._session(interaction):
             return await interaction.response.send_message(ELSEWHERE, ephemeral=True)
-        press = await self.core.press(session, image, tag, action)
+        press = await self.core.press(session, image, tag, action, self._presser(interaction, session))
         if press.kind == "private":
             await interaction.response.send_message(press.text, ephemeral=True)
         elif press.kind == "form":
@@ -337,11 +352,18 @@ class DiscordBot:
         session, image, tag, action = fields["session"], fields["image"], fields["tag"], fields["action"]
         if session != self._session(interaction):
             return await interaction.response.send_message(ELSEWHERE, ephemeral=True)
-        press = await self.core.press(session, image, tag, action)
+        press = await self.core.press(session, image, tag, action, self._presser(interaction, session))
         if press.kind == "private":  # reset away while the form was open
             return await interaction.response.send_message(press.text, ephemeral=True)
         await interaction.response.defer()
         await self._act(interaction, session, image, tag, action, instruction.strip())
+
+    def _presser(self, interaction: discord.Interaction, session: str) -> Turn:
+        user = interaction.user
+        return Turn("discord", session, str(user.id), user.display_name, "", (),
+                    self._is_admin(user.id, interaction.permissions), nsfw_channel=_age_restricted(interaction.channel),
+                    channel=str(interaction.channel_id), is_dm=interaction.guild_id is None, mention=user.mention,
+                    roles=_roles(user))
 
     async def _act(self, interaction: discord.Interaction, session: str, image: str, tag: str, action: str,
                    instruction: str | None = None) -> None:
@@ -349,13 +371,8 @@ class DiscordBot:
         self._track()
         reply = ChannelReply(interaction.message, interaction.filesize_limit, self.budget(interaction.guild_id))
         try:
-            user = interaction.user
-            reply.allowed_mentions = discord.AllowedMentions(users=[user])  # the answer notifies the presser
-            turn = Turn("discord", session, str(user.id), user.display_name, "", (),
-                        self._is_admin(user.id, interaction.permissions),
-                        nsfw_channel=_age_restricted(interaction.channel), channel=str(interaction.channel_id),
-                        is_dm=interaction.guild_id is None, mention=user.mention)
-            await self.core.act(turn, reply, image, tag, action, instruction)
+            reply.allowed_mentions = discord.AllowedMentions(users=[interaction.user])  # the answer notifies them
+            await self.core.act(self._presser(interaction, session), reply, image, tag, action, instruction)
         except discord.Forbidden as e:
             log.warning("no permission to answer a button in %s: %s", session, e)
         except Exception:

@@ -39,6 +39,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.slack_users import UserGroups, user_ids
 from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, meta_of, parse, submitted
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, Reactions, SlackReply, mrkdwn
 from core.commands import BY_NAME, COMMANDS, HELP, Command, from_words
@@ -91,6 +92,8 @@ class SlackBot:
         self.edit_budget = EditBudget(EDITS_PER_MINUTE, EDIT_BURST)  # one workspace per bot token
         self.reactions = Reactions(self.status_client, lambda *note: self.core.note_for_admins(*note))  # 👀
         self._admins: dict[str, bool] = {}  # workspace admins seen through users.info
+        named = self.cfg.allowed_usergroups or self.cfg.model_usergroups or config.quotas.slack_usergroups
+        self.groups = UserGroups(self.app.client, lambda *note: self.core.note_for_admins(*note), bool(named))
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._socket: AsyncSocketModeHandler | None = None
@@ -112,6 +115,7 @@ class SlackBot:
         self._http = aiohttp.ClientSession()
         self.status_client.session = self._http  # status and 👀 calls reuse connections: one fewer handshake each
         await self._call(self.app.client.auth_test(), f"the bot token in ${self.cfg.bot_token_env}")
+        await self.groups.start()
         if self.cfg.mode == "http":
             self._runner = web.AppRunner(self.app.web_app(path="/slack/events", port=self.cfg.http_port))
             await self._runner.setup()
@@ -144,6 +148,7 @@ class SlackBot:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.groups.close()
         if self._socket:
             await self._socket.close_async()
         if self._runner:
@@ -206,7 +211,7 @@ class SlackBot:
         found, text = BY_NAME[command["command"].removeprefix("/")], _plain(command.get("text") or "")
         if found.name == "help":
             return await ack(HELP + ("" if _is_dm(command["channel_id"]) else "\n" + THREADS_NOTE))
-        args = from_words(found, text)
+        args = user_ids(found, from_words(found, text))
         if args is None:
             return await ack(f"Usage: {found.usage}")
         await ack()
@@ -230,7 +235,7 @@ class SlackBot:
                                  fetch=lambda f=f: self._fetch(f)) for f in event.get("files", []))
         # is_admin from the config and earlier lookups only: no await may come before handle()
         turn = Turn("slack", session, user, user, text, files, is_admin=self._admin_now(user),
-                    **_place(event["channel"], thread_ts))
+                    roles=self.groups.of(user), **_place(event["channel"], thread_ts))
         try:
             await self.core.handle(turn, reply)
         except Exception:
@@ -321,8 +326,8 @@ class SlackBot:
         name, image, tag, session = pressed
         if session != self._session_at(channel, user["id"], thread):
             return await self._private(channel, user["id"], thread, ELSEWHERE)
-        press = await self.core.press(session, image, tag, name)
         meta = meta_of(session, image, tag, name, channel, thread)
+        press = await self.core.press(session, image, tag, name, self._presser(meta, user))
         if press.kind == "private":
             await self._private(channel, user["id"], thread, press.text)
         elif press.kind == "form":
@@ -333,7 +338,8 @@ class SlackBot:
     async def _on_form(self, ack, body: dict, view: dict) -> None:
         """The Edit form submitted: refused inside the form when the image is gone, else closed and run."""
         meta, instruction = submitted(view)
-        press = await self.core.press(meta["session"], meta["image"], meta["tag"], meta["action"])
+        press = await self.core.press(meta["session"], meta["image"], meta["tag"], meta["action"],
+                                      self._presser(meta, body["user"]))
         if press.kind == "private":
             return await ack(response_action="errors", errors={"instruction": press.text})
         await ack()
@@ -341,15 +347,19 @@ class SlackBot:
 
     async def _act(self, meta: dict, user: dict, instruction: str | None = None) -> None:
         reply = self._reply(meta["channel"], meta["thread"])
-        reply.mention = f"<@{user['id']}>"  # the answer notifies the presser
+        turn = self._presser(meta, user)
+        reply.mention = turn.mention  # the answer notifies the presser
         try:
-            name = user.get("username") or user.get("name") or user["id"]
-            # is_admin from the config and earlier lookups only: no await may come before act() (the order)
-            turn = Turn("slack", meta["session"], user["id"], name, "", is_admin=self._admin_now(user["id"]),
-                        mention=reply.mention, **_place(meta["channel"], meta["thread"]))
             await self.core.act(turn, reply, meta["image"], meta["tag"], meta["action"], instruction)
         except Exception:
             await self._failed(reply, meta["session"])
+
+    def _presser(self, meta: dict, user: dict) -> Turn:
+        """Who pressed: is_admin from the config and earlier lookups only, no await before act() (the order)."""
+        name = user.get("username") or user.get("name") or user["id"]
+        return Turn("slack", meta["session"], user["id"], name, "", is_admin=self._admin_now(user["id"]),
+                    mention=f"<@{user['id']}>", roles=self.groups.of(user["id"]),
+                    **_place(meta["channel"], meta["thread"]))
 
     async def _private(self, channel: str, user: str, thread: str | None, text: str) -> None:
         await self.app.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread, text=mrkdwn(text))
@@ -370,7 +380,8 @@ class SlackBot:
         text = f"{command['command']} {command.get('text') or ''}".strip()
         session = self._session_at(command["channel_id"], user, None)
         return Turn("slack", session, user, command.get("user_name") or user, text,
-                    is_admin=await self._is_admin(user), **_place(command["channel_id"], None))
+                    is_admin=await self._is_admin(user), roles=self.groups.of(user),
+                    **_place(command["channel_id"], None))
 
     def _admin_now(self, user: str) -> bool:
         return user in self.cfg.admin_ids or self._admins.get(user, False)

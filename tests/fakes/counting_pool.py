@@ -60,3 +60,23 @@ class CountingPool(PoolClient):
     async def unload(self, model: str) -> dict[str, Any]:
         self.admin_calls.append("unload")
         return await super().unload(model)
+
+
+class CancellingPool(CountingPool):
+    """CountingPool that, with ``cancel_next`` set, has the pool cancel the next job at its first event (as a
+    Cancel button does): its stream ends failed/cancelled, no image made."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.cancel_next = False
+        self.failed: list[str] = []  # the codes of the jobs that failed ("cancelled" among them)
+
+    async def run(self, request: JobRequest) -> AsyncIterator[Event]:
+        cancel, self.cancel_next = self.cancel_next, False
+        async for ev in super().run(request):
+            if cancel and ev.kind in ("queued", "progress"):
+                cancel = False
+                assert await self.cancel(ev.job_id)
+            if ev.kind == "failed":
+                self.failed.append(ev.code)
+            yield ev

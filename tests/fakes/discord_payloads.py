@@ -101,15 +101,16 @@ def user(user_id: str, name: str = "", *, bot: bool = False) -> User:
     return u
 
 
-def member(u: User, permissions: int | None = None) -> Member:
-    m: Member = {"user": u, "roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False, "flags": 0}
+def member(u: User, permissions: int | None = None, roles: list[str] = ()) -> Member:
+    """``roles``: the ids of the guild roles the member has (Discord leaves @everyone's out)."""
+    m: Member = {"user": u, "roles": list(roles), "joined_at": TIMESTAMP, "deaf": False, "mute": False, "flags": 0}
     if permissions is not None:  # Discord expands ADMINISTRATOR to every permission
         m["permissions"] = str(ALL_PERMISSIONS if permissions & ADMINISTRATOR else permissions)
     return m
 
 
 def message(channel_id: str, content: str, author: User, *, guild_id: str | None = GUILD_ID,
-            mentions: list[User] = (), attachments: list[Attachment] = ()) -> Message:
+            mentions: list[User] = (), attachments: list[Attachment] = (), roles: list[str] = ()) -> Message:
     """A MESSAGE_CREATE as a user's client would cause it; guild_id=None for a DM."""
     msg: Message = {"id": snowflake(), "type": 0, "channel_id": str(channel_id), "author": author,
                     "content": content, "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False,
@@ -117,7 +118,7 @@ def message(channel_id: str, content: str, author: User, *, guild_id: str | None
                     "attachments": list(attachments), "embeds": [], "pinned": False, "flags": 0}
     if guild_id is not None:
         msg["guild_id"] = guild_id
-        msg["member"] = {k: v for k, v in member(author).items() if k != "user"}  # type: ignore[assignment]
+        msg["member"] = {k: v for k, v in member(author, roles=roles).items() if k != "user"}  # type: ignore
     return msg
 
 
@@ -135,6 +136,12 @@ def guild_create(guild_id: str, name: str, channel_ids: list[str], bot: User) ->
     }
 
 
+def role(role_id: str, name: str, position: int) -> dict:
+    """A guild role, as GUILD_CREATE lists it."""
+    return {"id": role_id, "name": name, "permissions": "0", "position": position, "color": 0, "hoist": False,
+            "managed": False, "mentionable": True, "flags": 0}
+
+
 def thread(thread_id: str, parent_id: str, guild_id: str) -> dict:
     """A public thread under ``parent_id``, as a guild lists it."""
     return {
@@ -146,12 +153,16 @@ def thread(thread_id: str, parent_id: str, guild_id: str) -> dict:
 
 def command_interaction(name: str, options: list[dict] = (), *, author: User, channel_id: str = CHANNEL_ID,
                         guild_id: str | None = GUILD_ID, permissions: int = 0, attachments: list[Attachment] = (),
-                        size_limit: int = 10 * 2**20) -> Interaction:
-    """An INTERACTION_CREATE for the slash command ``name`` (guild_id=None: in a DM)."""
+                        size_limit: int = 10 * 2**20, roles: list[str] = (),
+                        users: list[User] = ()) -> Interaction:
+    """An INTERACTION_CREATE for the slash command ``name`` (guild_id=None: in a DM); ``users``: those its
+    user options name (value: the id), which Discord sends resolved."""
     iid = snowflake()
     data: dict[str, Any] = {"id": snowflake(), "name": name, "type": 1, "options": list(options)}
     if attachments:
         data["resolved"] = {"attachments": {a["id"]: a for a in attachments}}
+    if users:
+        data.setdefault("resolved", {})["users"] = {u["id"]: u for u in users}
     channel = {"id": channel_id, "type": 0 if guild_id else 1, "name": f"chan-{channel_id}"}
     payload: Interaction = {
         "id": iid, "application_id": APP_ID, "type": 2, "token": f"itoken-{iid}", "version": 1, "data": data,
@@ -160,12 +171,18 @@ def command_interaction(name: str, options: list[dict] = (), *, author: User, ch
         "context": 0 if guild_id else 1, "attachment_size_limit": size_limit}
     if guild_id:
         channel["guild_id"] = data["guild_id"] = payload["guild_id"] = guild_id
-        payload["member"] = member(author, permissions)
+        payload["member"] = member(author, permissions, roles)
     else:
         payload["user"] = author
     return payload
 
 
 def option(name: str, value: Any, kind: int = 3) -> dict:
-    """An application-command option: 3 string, 4 integer, 11 attachment (value = attachment id)."""
+    """An application-command option: 3 string, 4 integer, 6 user (value = user id), 11 attachment (value =
+    attachment id)."""
     return {"name": name, "type": kind, "value": value}
+
+
+def subcommand(name: str, options: list[dict] = ()) -> dict:
+    """A subcommand's option (type 1): ``/admin block user:42`` is ``admin`` with ``subcommand("block", ...)``."""
+    return {"name": name, "type": 1, "options": list(options)}

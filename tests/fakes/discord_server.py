@@ -53,7 +53,8 @@ from aiohttp import WSMsgType, web
 from tests.fakes.discord_requests import Part, Request, notified  # noqa: F401 (re-exported for tests)
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.discord_payloads import (API, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, GUILD_ID, TIMESTAMP, Attachment,
-                                          Interaction, User, command_interaction, guild_create, snowflake, thread, user)
+                                          Interaction, User, command_interaction, guild_create, role, snowflake, thread,
+                                          user)
 
 
 ANSWER_WITHIN_S = 3.0  # an interaction's first callback must come this soon
@@ -114,6 +115,11 @@ class FakeDiscord(LoopbackServer):
         channels.append({**channels[0], "id": channel_id, "name": f"chan-{channel_id}", "position": len(channels),
                          "nsfw": nsfw})
 
+    def add_role(self, role_id: str, name: str, guild_id: str = GUILD_ID) -> None:
+        """A role of the guild (a member's ``roles`` name it; discord.py knows only the guild's roles)."""
+        roles = self.guilds[guild_id]["roles"]
+        roles.append(role(role_id, name, len(roles)))
+
     def add_thread(self, thread_id: str, parent_id: str = CHANNEL_ID, guild_id: str = GUILD_ID) -> None:
         """A public thread under ``parent_id`` (threads are channels with their own id)."""
         self.guilds[guild_id]["threads"].append(thread(thread_id, parent_id, guild_id))
@@ -133,21 +139,22 @@ class FakeDiscord(LoopbackServer):
 
     def interaction(self, name: str, options: list[dict] = (), *, author: User | None = None,
                     channel_id: str = CHANNEL_ID, guild_id: str | None = GUILD_ID, permissions: int = 0,
-                    attachments: list[Attachment] = (), size_limit: int = 10 * 2**20) -> Interaction:
+                    attachments: list[Attachment] = (), size_limit: int = 10 * 2**20, roles: list[str] = (),
+                    users: list[User] = ()) -> Interaction:
         """An INTERACTION_CREATE for the slash command ``name`` (guild_id=None: in a DM)."""
         return command_interaction(name, options, author=author or user("4000"), channel_id=channel_id,
                                    guild_id=guild_id, permissions=permissions, attachments=attachments,
-                                   size_limit=size_limit)
+                                   size_limit=size_limit, roles=roles, users=users)
 
     def press(self, posted: Request | dict, custom_id: str, *, author: User | None = None,
-              guild_id: str | None = GUILD_ID, permissions: int = 0) -> Interaction:
+              guild_id: str | None = GUILD_ID, permissions: int = 0, roles: list[str] = ()) -> Interaction:
         """A MESSAGE_COMPONENT interaction (type 3): ``author`` clicks the button ``custom_id`` on a message the
         bot posted (a recorded request, or the message object); Discord sends the whole message along."""
         message = posted.response if isinstance(posted, Request) else posted
         buttons = [c for row in message["components"] for c in row["components"]]
         assert any(b.get("custom_id") == custom_id for b in buttons), f"no button {custom_id} on {message['id']}"
         payload = self.interaction("", author=author, channel_id=message["channel_id"], guild_id=guild_id,
-                                   permissions=permissions)
+                                   permissions=permissions, roles=roles)
         payload.update(type=3, message=message, data={"custom_id": custom_id, "component_type": 2})
         self._interactions[payload["id"]] = payload
         return payload

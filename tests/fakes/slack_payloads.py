@@ -171,6 +171,15 @@ def user_info(user_id: str, *, is_admin: bool = False, is_owner: bool = False) -
             "profile": {"display_name": user_id.lower()}}
 
 
+def usergroup(group_id: str, handle: str, users: list[str], *, disabled: bool = False) -> dict[str, Any]:
+    """A user group as usergroups.list describes it (``users`` kept apart: sent only with include_users)."""
+    return {"id": group_id, "team_id": TEAM, "is_usergroup": True, "is_subteam": True, "name": handle.title(),
+            "description": "", "handle": handle, "is_external": False, "date_create": 1700000000,
+            "date_update": 1700000000, "date_delete": 1700000500 if disabled else 0, "auto_type": None,
+            "created_by": "U0OWNER", "updated_by": "U0OWNER", "deleted_by": "U0OWNER" if disabled else None,
+            "prefs": {"channels": [], "groups": []}, "users": list(users), "user_count": len(users)}
+
+
 def user_ref(user: str, name: str) -> UserRef:
     """Who clicked or submitted, as an interaction payload names them."""
     return {"id": user, "username": name, "name": name, "team_id": TEAM}

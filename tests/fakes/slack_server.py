@@ -30,7 +30,9 @@ As strict as Slack where the bot could go wrong:
   workspace), ``chat.postMessage`` about one a second per channel with bursts; beyond
   them, HTTP 429 with ``Retry-After`` (``rate_limit`` changes a limit);
 - slash commands carry no ``thread_ts``, even when typed in a thread;
-- reactions (``slack_reactions.py``): ``reactions.add``/``remove`` on a message that exists, with Slack's errors.
+- reactions (``slack_reactions.py``): ``reactions.add``/``remove`` on a message that exists, with Slack's errors;
+- user groups (``add_usergroup``): ``usergroups.list`` lists members only with ``include_users``, disabled
+  groups only with ``include_disabled``, and answers ``missing_scope`` while ``usergroups_scope`` is off.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from aiohttp import WSMsgType, web
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.slack_payloads import (APP_ID, BOT_ID, BOT_USER, TEAM, Event, File, UserRef, block_actions,
                                         event_callback, hosted_file, new_ts, slash_command, user_info, user_ref,
-                                        view_submission)
+                                        usergroup, view_submission)
 from tests.fakes.slack_reactions import Reactions
 
 ACK_LIMIT_S = 3.0
@@ -118,6 +120,8 @@ class FakeSlack(LoopbackServer):
         self.uploads: dict[str, bytes] = {}  # file id -> bytes the client uploaded
         self.envelopes: dict[str, Envelope] = {}
         self.users: dict[str, dict[str, Any]] = {}
+        self.usergroups: list[dict[str, Any]] = []  # as usergroups.list describes them, members included
+        self.usergroups_scope = True  # the bot token has usergroups:read
         self.views: list[dict[str, Any]] = []  # modals the client opened, as views.open answered them
         self._triggers: dict[str, float] = {}  # trigger_id -> when its interaction was sent
         self.unimplemented: list[str] = []
@@ -140,6 +144,7 @@ class FakeSlack(LoopbackServer):
             "chat.postEphemeral": lambda b: {"ok": True, "message_ts": new_ts()},
             "views.open": self._views_open,
             "users.info": self._users_info,
+            "usergroups.list": self._usergroups_list,
             "reactions.add": self.reactions.add,
             "reactions.remove": self.reactions.remove,
             "files.getUploadURLExternal": self._upload_url,
@@ -150,6 +155,9 @@ class FakeSlack(LoopbackServer):
 
     def add_user(self, user_id: str, *, is_admin: bool = False, is_owner: bool = False) -> None:
         self.users[user_id] = user_info(user_id, is_admin=is_admin, is_owner=is_owner)
+
+    def add_usergroup(self, group_id: str, handle: str, users: list[str], *, disabled: bool = False) -> None:
+        self.usergroups.append(usergroup(group_id, handle, users, disabled=disabled))
 
     def add_file(self, name: str, data: bytes, mimetype: str, *,
                  serve: Literal["file", "login_page"] = "file", delay_s: float = 0.0) -> File:
@@ -395,6 +403,15 @@ class FakeSlack(LoopbackServer):
     def _users_info(self, body: dict) -> dict:
         user = self.users.get(body.get("user", ""))
         return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
+
+    def _usergroups_list(self, body: dict) -> dict:
+        if not self.usergroups_scope:
+            return {"ok": False, "error": "missing_scope", "needed": "usergroups:read", "provided": "chat:write"}
+        on = {"1", "true", True}
+        groups = [g for g in self.usergroups if body.get("include_disabled") in on or not g["date_delete"]]
+        if body.get("include_users") not in on:
+            groups = [{k: v for k, v in g.items() if k != "users"} for g in groups]
+        return {"ok": True, "usergroups": groups}
 
     def _upload_url(self, body: dict) -> dict:
         file_id = f"F{next(self._ids):06d}"
