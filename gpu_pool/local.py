@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import settings
 from gpu_pool import openai_api
 from gpu_pool.backend import Refused, Reloaded
-from gpu_pool.protocol import Event, JobRequest, ModelInfo
+from gpu_pool.protocol import Event, JobRequest, ModelInfo, QueuedJob
 from gpu_pool.registry import Registry
 from gpu_pool.scheduler import Scheduler
 
@@ -41,6 +41,9 @@ class LocalPool:
 
     async def cancel(self, job_id: str) -> bool:
         return self.scheduler.cancel(job_id)
+
+    async def queue(self) -> list[QueuedJob]:
+        return self.scheduler.listing()
 
     async def models(self) -> list[ModelInfo]:
         return self.registry.infos()

@@ -37,6 +37,7 @@ def make_app() -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_post("/jobs", submit)
     app.router.add_delete("/jobs/{job_id}", cancel)
+    app.router.add_get("/queue", queue)
     app.router.add_get("/models", models)
     app.router.add_post("/models/reload", reload)
     app.router.add_post("/models/load", load)
@@ -83,6 +84,10 @@ async def submit(request: web.Request) -> web.StreamResponse:
 async def cancel(request: web.Request) -> web.Response:
     ok = await request.app[BACKEND].cancel(request.match_info["job_id"])
     return web.json_response({"ok": ok, "message": "cancelling" if ok else "no such running job"})
+
+
+async def queue(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": [j.to_json() for j in await request.app[BACKEND].queue()]})
 
 
 async def models(request: web.Request) -> web.Response:

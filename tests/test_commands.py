@@ -13,7 +13,7 @@ import settings
 from bot.adapters import terminal
 from bot.adapters.discord_bot import FILE, DiscordBot
 from bot.adapters.slack_bot import SlackBot
-from core.commands import BY_NAME, COMMANDS, HELP, IMAGE, TEXT, from_words
+from core.commands import BY_NAME, CHOICE, COMMANDS, HELP, IMAGE, INT, TEXT, from_words, tool_args
 from tests.fakes.slack_payloads import slash_command
 from tests.fakes.slack_server import FakeSlack
 
@@ -29,7 +29,9 @@ def test_every_command_has_help_and_described_arguments():
         assert command.description.endswith(".") and len(command.summary) <= 100  # Discord's limit
         assert all(a.description for a in command.args), command.name
         assert f"{command.usage}: {command.description}" in HELP.splitlines()
-        assert all(a.kind != TEXT for a in command.args[:-1]), command.name  # free text comes last
+        in_order = [a for a in command.args if not a.flag]  # a flagged one is typed --flag VALUE, anywhere
+        assert all(a.kind != TEXT for a in in_order[:-1]), command.name  # free text comes last
+        assert all(not a.required and a.kind != TEXT for a in command.args if a.flag), command.name
         assert sum(a.kind == IMAGE for a in command.args) <= 1  # one attachment option on Discord
     assert [a.usage for a in BY_NAME["load"].args] == ["MODEL", "[DEVICE]"]
 
@@ -40,6 +42,22 @@ def test_typed_words_become_arguments():
     assert from_words(BY_NAME["load"], "Text2Image") == {"model": "Text2Image"}
     assert from_words(BY_NAME["load"], "Text2Image cpu extra") is None
     assert from_words(BY_NAME["reload"], "") == {} and from_words(BY_NAME["models"], "now") is None
+
+
+def test_flags_become_options_of_imagine(config):
+    imagine = BY_NAME["imagine"]
+    typed = from_words(imagine, "a wide forest --ar 16:9 --seed 42  --steps 3 --model Text2Image")
+    assert typed == {"prompt": "a wide forest", "aspect": "16:9", "seed": "42", "steps": "3", "model": "Text2Image"}
+    assert from_words(imagine, "--ar 9:16 a tall tower") == {"prompt": "a tall tower", "aspect": "9:16"}
+    assert from_words(imagine, "a forest --size 3") is None  # not an option of /imagine
+    assert from_words(imagine, "a forest --seed") is None  # an option without its value
+    assert from_words(imagine, "--ar 16:9") is None  # no prompt
+    assert tool_args(imagine, typed, config.limits) == {"prompt": "a wide forest", "aspect_ratio": "16:9",
+                                                        "seed": 42, "steps": 3, "model": "Text2Image"}
+    for bad, said in (({"seed": "forty"}, "seed must be a whole number"), ({"aspect": "4:3"}, "aspect must be one of"),
+                      ({"steps": str(config.limits.max_steps + 1)}, f"between 1 and {config.limits.max_steps}")):
+        with pytest.raises(ValueError, match=said):
+            tool_args(imagine, {"prompt": "x", **bad}, config.limits)
 
 
 async def test_discord_registers_the_table(config):
@@ -55,6 +73,11 @@ async def test_discord_registers_the_table(config):
         for arg in command.args:  # an image's id may be left out when a file is attached instead
             assert options[arg.name].required == (arg.required and arg.kind != IMAGE)
             assert options[arg.name].description == arg.description
+            assert [c.value for c in options[arg.name].choices] == list(arg.choices if arg.kind == CHOICE else [])
+            assert options[arg.name].autocomplete == arg.autocomplete
+            if arg.kind == INT:  # steps: at most [limits] max_steps
+                assert (options[arg.name].min_value, options[arg.name].max_value) == (arg.low,
+                                                                                      arg.highest(config.limits))
 
 
 @pytest.fixture
