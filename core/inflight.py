@@ -10,7 +10,8 @@ Cancelling (``cancel``): each of the request's jobs in the pool is cancelled (it
 its next diffusion step, its failed event saying which step); a request with no job in the
 pool (the LLM thinking, a job waiting behind the user's earlier ones, the request behind
 the conversation's earlier messages) is stopped at once; one whose job does not end within
-``GRACE_S`` is stopped too. Only the requester or an admin may cancel; a second press is
+``GRACE_S`` is stopped too (the 2 s the user waits for "cancelled" hold on a busy machine),
+told the last step its job was seen at. Only the requester or an admin may cancel; a second press is
 told the request is already being cancelled, or over.
 """
 
@@ -139,6 +140,9 @@ async def cancel(request: InFlight, who: Turn, pool) -> None:
 
 def _stop(request: InFlight) -> None:
     if request.task is not None and not request.task.done():
+        if request.stopped_at is None:  # the pool has not said yet: its job's last step seen is where it stops
+            seen = [(e.step or 0, e.total) for e in request.last.values() if e.kind == "progress" and e.total]
+            request.stopped_at = seen[-1] if seen else None
         request.task.cancel()
 
 

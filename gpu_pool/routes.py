@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from gpu_pool import backend as b
 from gpu_pool import openai_api
 from gpu_pool.protocol import FrameError, decode_frame, event_to_frame, request_from_frame
 
+log = logging.getLogger(__name__)
 MAX_REQUEST = 256 * 1024 * 1024
 BACKEND = web.AppKey("backend", b.Backend)
 
@@ -74,9 +76,13 @@ async def submit(request: web.Request) -> web.StreamResponse:
         first = await anext(events)  # its job id names the stream
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Job-Id": first.job_id})
         await resp.prepare(request)
-        await resp.write(event_to_frame(first))
-        async for ev in events:
-            await resp.write(event_to_frame(ev))
+        try:
+            await resp.write(event_to_frame(first))
+            async for ev in events:
+                await resp.write(event_to_frame(ev))
+        except ConnectionResetError:  # the client left (a cancelled request that stopped waiting): not an error
+            log.info("job %s: its client left before its last event", first.job_id)
+            return resp
     await resp.write_eof()
     return resp
 

@@ -295,7 +295,9 @@ async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: 
         if held:
             ctx.waits.release()
         if not finished and ctx.request is not None and ctx.request.cancelled_by is not None:
-            ctx.images.store.finish_job(job, "cancelled", "cancelled")  # stopped before the pool answered
+            at = ctx.request.stopped_at  # stopped before the pool answered: the last step seen
+            ctx.images.store.finish_job(job, "cancelled", f"cancelled at step {at[0]} of {at[1]}" if at
+                                        else "cancelled")
     raise PoolFailed("The image engine stopped answering.", "unavailable")
 
 
