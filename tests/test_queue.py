@@ -24,7 +24,7 @@ from bot.adapters.slack_bot import SlackBot
 from core.inflight import NOT_YOURS, OVER
 from testkit.core import close_core, make_core
 from testkit.pool import start_pool_with, stop_pool
-from tests.fakes.discord_payloads import ADMINISTRATOR, APP_ID, EPHEMERAL, option, user
+from tests.fakes.discord_payloads import ADMINISTRATOR, APP_ID, BOT_ID, EPHEMERAL, message, option, user
 from tests.fakes.discord_server import FakeDiscord, Request
 from tests.fakes.logged_errors import LoggedErrors
 from tests.fakes.slack_payloads import BOT_USER, mention
@@ -188,7 +188,7 @@ async def test_discord_queue_cancel_and_a_wide_drawing(discord, discord_bot, cor
     assert lines[3].startswith("2. Text2Image for Bob: waiting, done in about ")
     assert lines[4].startswith("3. Text2Image for Carol: waiting, done in about ")
     dave_status = await fake.wait_for_request("PATCH", rf"^/webhooks/{APP_ID}/{asked['dave']['token']}/messages/",
-                                              where=lambda r: "3 job(s) ahead" in (r.content or ""))
+                                              where=lambda r: "3 job(s) ahead" in (r.content or ""), timeout=30)
     assert "done in about" in dave_status.content  # progress messages show the ETA too
 
     # alice cancels her running drawing: it stops at its next step, bob's starts, her conversation says so
@@ -313,7 +313,8 @@ async def test_slack_queue_cancel_and_a_wide_drawing(slack, slack_bot, core, slo
     def dave_status():  # posted or edited (as the status's pace allows), with the Cancel button
         return [c for m in ("chat.postMessage", "chat.update") for c in slack.called(m, lambda c: c["channel"] == "C4")
                 if "3 job(s) ahead" in c["text"] and "vc:cancel:" in json.dumps(c.get("blocks"))]
-    assert "done in about" in (await until(dave_status, timeout=10))[0]["text"]  # progress messages show the ETA
+    # progress messages show the ETA too (edits share the workspace's budget with the running job's steps)
+    assert "done in about" in (await until(dave_status, timeout=30))[0]["text"]
 
     await stepping_in(slack, "C1")
     posted, action_id = cancel_of(slack, "C1")
@@ -349,8 +350,9 @@ async def test_slack_queue_cancel_and_a_wide_drawing(slack, slack_bot, core, slo
     assert done["channel_id"] == "C4" and wide(size_of(slack.uploads[entry["id"]]))
 
 
-async def test_a_wide_banner_asked_in_words_is_drawn_wide(slack, slack_bot, core, llm_server):
-    """The LLM is offered aspect_ratio; a call with it (as a model asked for a wide banner makes) is honoured."""
+def banner_script(llm_server) -> None:
+    """The scripted LLM: offered aspect_ratio with 16:9 among its values, it asks for a 16:9 forest (as a model asked
+    for a wide banner does), then answers in words."""
     def offers_aspect(request) -> bool:
         (tool,) = [t for t in request["tools"] if t["function"]["name"] == "generate_image"]
         return "16:9" in tool["function"]["parameters"]["properties"]["aspect_ratio"]["enum"]
@@ -358,8 +360,24 @@ async def test_a_wide_banner_asked_in_words_is_drawn_wide(slack, slack_bot, core
     llm_server.on(user="a wide banner of a forest", when=offers_aspect).call(
         "generate_image", {"prompt": "a forest", "aspect_ratio": "16:9"})
     llm_server.on(after_tool="generate_image").reply("Here is your banner: img1")
+
+
+async def test_a_wide_banner_asked_in_words_is_drawn_wide(slack, slack_bot, core, llm_server):
+    """The LLM is offered aspect_ratio; a call with it (as a model asked for a wide banner makes) is honoured."""
+    banner_script(llm_server)
     await slack.push_event(mention("C1", "U1", f"<@{BOT_USER}> a wide banner of a forest"))
     done = await slack.wait_for("files.completeUploadExternal", timeout=60)
     (entry,) = json.loads(done["files"])
     assert done["initial_comment"] == "Here is your banner: img1" and wide(size_of(slack.uploads[entry["id"]]))
     assert core.store.image("slack:C1", "img1").made.args["aspect_ratio"] == "16:9"
+
+
+async def test_a_wide_banner_asked_in_words_on_discord(discord, discord_bot, core, llm_server):
+    banner_script(llm_server)
+    channel = CHANNELS["alice"]
+    await discord.push("MESSAGE_CREATE", message(channel, f"<@{BOT_ID}> a wide banner of a forest", ALICE,
+                                                 mentions=[discord.bot_user]))
+    done = await discord.wait_for_request("POST", rf"^/channels/{channel}/messages$", where=lambda r: bool(r.files),
+                                          timeout=60)
+    assert done.content == "Here is your banner: img1" and wide(size_of(done.files[0].data))
+    assert core.store.image(f"discord:channel:{channel}", "img1").made.args["aspect_ratio"] == "16:9"
