@@ -5,14 +5,19 @@ The real slack-bolt and discord.py clients (bot/adapters/) over the loopback fak
 one edit a second per message, a shared edit budget per workspace / guild), the
 scripted LLM and the tiny-model pool (one CPU device: the drawings queue, as on a
 busy GPU). Counted at the fakes: ``chat.update`` calls (Slack) and message edits
-(Discord, PATCH), per minute of the run, and the 429s the fakes answered.
+(Discord, PATCH), per minute of the run, and the 429s the fakes answered; and the status
+messages' posts and edits that carried the Cancel button and an ETA (issue 24), which must
+not cost a call more.
 
     .venv/bin/python bench/status_edits.py [--drawings 20] [--steps 50] [--size 64] [--enforce-limits] [--smoke]
 
 By default the fakes do not rate-limit, so the figure is what the bot asks for;
 ``--enforce-limits`` turns on Slack's Tier 3 and Discord's edit limits.
-``--smoke``: 2 drawings of 2 steps. Ends with ``slack_status_edits_per_min=<float>`` and
-``discord_status_edits_per_min=<float>``.
+``--smoke``: 4 drawings of 20 steps (queued long enough to show status messages) with the
+limits enforced. Ends with ``{slack,discord}_status_edits_per_min=<float>``,
+``{slack,discord}_answered_429=<int>`` (0: within the platform's limits), and
+``{slack,discord}_status_posts``, ``_status_posts_with_cancel`` (status messages posted; those
+with the Cancel button), ``_statuses_with_eta`` (posts and edits that say how long is left).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +41,11 @@ from tests.fakes.openai_server import FakeLLM
 from tests.fakes.slack_payloads import BOT_USER, mention
 from tests.fakes.slack_server import FakeSlack
 
-FIGURES = ("slack_status_edits_per_min", "discord_status_edits_per_min")
+FIGURES = ("slack_status_edits_per_min", "discord_status_edits_per_min", "slack_answered_429", "discord_answered_429",
+           "slack_status_posts", "discord_status_posts", "slack_status_posts_with_cancel",
+           "discord_status_posts_with_cancel", "slack_statuses_with_eta", "discord_statuses_with_eta")
+CANCEL = "vc:cancel:"  # a Cancel button's id (core/turn.py CancelButton)
+ETA = re.compile(r"about \d[\d.]* (s|min|h)\b")  # "done in about 20 s", "about 3 s left"
 TOKEN_ENV = "BENCH_DISCORD_TOKEN"
 REPLY = "Here is your cat: img1"
 
@@ -46,8 +57,15 @@ def scripted_llm() -> FakeLLM:
     return llm
 
 
-async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
-    """(edits per minute, edits, 429s, seconds) for n drawings at once on Slack."""
+def decorated(posts: list[tuple[str, str]], edits: list[str]) -> tuple[int, int, int]:
+    """(status posts, those with the Cancel button, posts and edits with an ETA) from the status messages
+    posted (text, buttons as JSON) and the texts of their edits."""
+    return len(posts), sum(CANCEL in b for _, b in posts), sum(bool(ETA.search(t)) for t in [t for t, _ in posts]
+                                                               + edits)
+
+
+async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float, tuple]:
+    """(edits per minute, edits, 429s, seconds, statuses) for n drawings at once on Slack."""
     llm = await scripted_llm().start()
     core = bench_core(pool, folder / "slack", llm.base_url, TOKEN_ENV)
     fake = await FakeSlack().start()
@@ -67,11 +85,14 @@ async def slack_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, i
         await shut_down(bot, fake, llm, core)
     edits = len(fake.called("chat.update"))
     limited = len(fake.rate_limited)
-    return edits / (seconds / 60), edits, limited, seconds
+    posts = [(c.get("text") or "", json.dumps(c.get("blocks") or "")) for c in fake.called("chat.postMessage")
+             if not (c.get("text") or "").startswith("Buttons for")]  # the answer's buttons, below its upload
+    texts = [c.get("text") or "" for c in fake.called("chat.update") if c not in fake.rate_limited]
+    return edits / (seconds / 60), edits, limited, seconds, decorated(posts, texts)  # the answer is an upload
 
 
-async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float]:
-    """(edits per minute, edits, 429s, seconds) for n drawings at once in one Discord guild."""
+async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float, int, int, float, tuple]:
+    """(edits per minute, edits, 429s, seconds, statuses) for n drawings at once in one Discord guild."""
     llm = await scripted_llm().start()
     core = bench_core(pool, folder / "discord", llm.base_url, TOKEN_ENV)
     fake = await FakeDiscord().start()
@@ -90,15 +111,24 @@ async def discord_run(pool, folder: Path, n: int, enforce: bool) -> tuple[float,
         await bot.idle()
         seconds = time.monotonic() - started
     edits = len(fake.matching("PATCH", r"^/channels/\d+/messages/\d+$"))
-    return edits / (seconds / 60), edits, len(fake.rate_limited), seconds
+    posts = [((r.json or {}).get("content") or "", json.dumps((r.json or {}).get("components") or ""))
+             for r in fake.matching("POST", r"^/channels/\d+/messages$") if not r.files]  # the answer has one
+    texts = [(r.json or {}).get("content") or "" for r in fake.matching("PATCH", r"^/channels/\d+/messages/\d+$")
+             if r not in fake.rate_limited]
+    return edits / (seconds / 60), edits, len(fake.rate_limited), seconds, decorated(posts, texts)
 
 
 async def main(n: int, folder: Path, pool, enforce: bool) -> None:
     for name, run in (("slack", slack_run), ("discord", discord_run)):
-        per_min, edits, limited, seconds = await run(pool, folder, n, enforce)
+        per_min, edits, limited, seconds, (posts, with_cancel, with_eta) = await run(pool, folder, n, enforce)
         print(f"{name}: {n} drawings at once answered in {seconds:.1f} s; {edits} status edits, "
-              f"{limited} answered 429")
+              f"{limited} answered 429; {posts} status messages, {with_cancel} with a Cancel button; "
+              f"{with_eta} posts and edits with an ETA")
         print(f"{name}_status_edits_per_min={per_min:.1f}")
+        print(f"{name}_answered_429={limited}")
+        print(f"{name}_status_posts={posts}")
+        print(f"{name}_status_posts_with_cancel={with_cancel}")
+        print(f"{name}_statuses_with_eta={with_eta}")
 
 
 if __name__ == "__main__":
@@ -107,10 +137,10 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=50, help="at most this many diffusion steps (fewer: shorter jobs)")
     parser.add_argument("--size", type=int, default=64, help="working size in px (larger: longer jobs, a longer run)")
     parser.add_argument("--enforce-limits", action="store_true", help="the fakes answer 429 beyond the limits")
-    parser.add_argument("--smoke", action="store_true", help="2 drawings of 2 steps")
+    parser.add_argument("--smoke", action="store_true", help="4 drawings of 20 steps, the limits enforced")
     args = parser.parse_args()
     if args.smoke:
-        args.drawings, args.steps = 2, 2
+        args.drawings, args.steps, args.enforce_limits = 4, 20, True
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,12 @@ Discord's app commands (bot/adapters/discord_bot.py), Slack's slash commands (sl
 the terminal's (terminal.py) are each built by a loop over ``COMMANDS``, so a command takes the
 same arguments, with the same meaning, everywhere. An ``image`` argument is an image id
 (``img3``); where the platform can attach a file to a command (Discord), an attached image
-may stand in for it. Typed words (Slack, the terminal) become arguments with ``from_words``.
+may stand in for it. Typed words (Slack, the terminal) become arguments with ``from_words``;
+an argument with a ``flag`` is typed as ``--flag VALUE`` anywhere in the line (``/imagine a
+forest --ar 16:9 --seed 42``). A ``choice`` argument takes one of its ``choices`` (Discord
+offers them as a list), an ``int`` one a whole number within its bounds (``limit``: a
+``[limits]`` key that caps it); ``autocomplete``: Discord suggests values as the user types
+(``Core.suggestions``).
 
 What a command does is the core's: a ``tool`` command runs that tool in the conversation
 (``Core.direct``); the others are answered by ``Core.command`` with a text, shown only to
@@ -13,26 +18,44 @@ the asker when ``private``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 TEXT, IMAGE, MODEL, DEVICE = "text", "image", "model", "device"
 USER = "user"  # a user of the platform: Discord's user option, a Slack @mention (<@U123>); the core gets the id
+CHOICE, INT = "choice", "int"
 _PLACEHOLDER = {IMAGE: "IMAGE_ID", MODEL: "MODEL", DEVICE: "DEVICE", USER: "@USER"}  # a text argument: its name
 
 
 @dataclass(frozen=True)
 class Arg:
     name: str
-    kind: Literal["text", "image", "model", "device", "user"]  # text takes the rest of a typed line when last
+    kind: Literal["text", "image", "model", "device", "user", "choice", "int"]  # text: rest of a typed line when last
     description: str  # the platform's hint for it
     required: bool = True
+    choices: tuple[str, ...] = ()  # choice: the values it takes
+    low: int | None = None  # int: the smallest value
+    high: int | None = None  # int: the largest value (``limit`` may lower it)
+    limit: str | None = None  # int: a [limits] key whose value caps it (steps: max_steps)
+    flag: str = ""  # typed as --flag VALUE (Slack, the terminal); "": by its place in the line
+    autocomplete: bool = False  # Discord suggests values as the user types (Core.suggestions)
+    param: str = ""  # the tool's parameter it sets, when not ``name`` (aspect -> aspect_ratio)
 
     @property
     def usage(self) -> str:
-        """PROMPT, IMAGE_ID, [MODEL]."""
+        """PROMPT, IMAGE_ID, [MODEL], [--ar 1:1|3:2|2:3|16:9|9:16]."""
         word = _PLACEHOLDER.get(self.kind, self.name.upper())
+        if self.kind == CHOICE:
+            word = "|".join(self.choices)
+        if self.flag:
+            word = f"--{self.flag} {word}"
         return word if self.required else f"[{word}]"
+
+    def highest(self, limits: object) -> int | None:
+        """The largest value an int argument takes under ``limits`` (a settings.LimitsConfig)."""
+        capped = getattr(limits, self.limit) if self.limit else None
+        return capped if self.high is None else self.high if capped is None else min(self.high, capped)
 
 
 @dataclass(frozen=True)
@@ -61,8 +84,17 @@ class Command:
 
 
 _MODEL = "The model to {}, like Text2Image"
+_ASPECTS = ("1:1", "3:2", "2:3", "16:9", "9:16")
 COMMANDS: tuple[Command, ...] = (
-    Command("imagine", "Draw an image from a description.", (Arg("prompt", TEXT, "What to draw, in English"),),
+    Command("imagine", "Draw an image from a description.",
+            (Arg("prompt", TEXT, "What to draw, in English"),
+             Arg("aspect", CHOICE, "The shape, width:height (1:1 when left out)", False, _ASPECTS, flag="ar",
+                 param="aspect_ratio"),
+             Arg("seed", INT, "A seed: the same seed and prompt draw the same image", False, low=0, high=2**32 - 1,
+                 flag="seed"),
+             Arg("steps", INT, "Diffusion steps: more are finer and slower", False, low=1, limit="max_steps",
+                 flag="steps"),
+             Arg("model", MODEL, "The drawing model (a loaded one)", False, flag="model", autocomplete=True)),
             tool="generate_image"),
     Command("caption", "Describe what an image shows.", (Arg("image", IMAGE, "The image to describe, like img1"),),
             tool="caption_image"),
@@ -70,6 +102,8 @@ COMMANDS: tuple[Command, ...] = (
             (Arg("image", IMAGE, "The image to change, like img1"),
              Arg("instruction", TEXT, "What to change, in English")), tool="edit_image"),
     Command("reset", "Forget this conversation's messages and images."),
+    Command("queue", "Where your requests are in line, and about when they will be done.", private=True),
+    Command("cancel", "Cancel your requests that are running in this conversation.", private=True),
     Command("help", "What this bot can do.", private=True),
     Command("models", "List the image models and where they run.", admin=True, private=True),
     Command("safety", "The safety filter, and what it does in this conversation.", admin=True, private=True),
@@ -94,23 +128,56 @@ COMMANDS: tuple[Command, ...] = (
                         (Arg("user", USER, "The user whose count starts again"),)))),
 )
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
+BY_TOOL: dict[str, Command] = {c.tool: c for c in COMMANDS if c.tool}
+_FLAG = re.compile(r"(?:^|\s)--([a-z]+)(?:\s+(\S+))?")
 
 
 def from_words(command: Command, text: str) -> dict[str, str] | None:
-    """The arguments typed after a command: one word each, a last text argument the rest of the line;
-    None when they do not fit (too few, or too many): answer with ``command.usage``. A group's first word
+    """The arguments typed after a command: ``--flag VALUE`` for those with a flag, then one word each
+    in order, a last text argument the rest of the line; None when they do not fit (too few, too many,
+    a flag it does not take or without its value): answer with ``command.usage``. A group's first word
     names its subcommand, given back as ``{"subcommand": name, ...its arguments}``."""
     if command.subcommands:
         word, _, rest = text.strip().partition(" ")
         sub = next((s for s in command.subcommands if s.name == word.lower()), None)
-        args = from_words(sub, rest) if sub else None
-        return None if args is None else {"subcommand": sub.name, **args}
-    args = command.args
+        sub_args = from_words(sub, rest) if sub else None
+        return None if sub_args is None else {"subcommand": sub.name, **sub_args}
+    flagged = {a.flag: a for a in command.args if a.flag}
+    found: dict[str, str] = {}
+    for match in _FLAG.finditer(text):
+        arg = flagged.get(match[1])
+        if arg is None or match[2] is None or arg.name in found:
+            return None
+        found[arg.name] = match[2]
+    text = _FLAG.sub(" ", text).strip()
+    args = [a for a in command.args if not a.flag]
     takes_rest = bool(args) and args[-1].kind == TEXT
     words = text.split(None, len(args) - 1) if takes_rest else text.split()
     if len(words) > len(args) or len(words) < sum(a.required for a in args):
         return None
-    return {a.name: w for a, w in zip(args, words)}
+    return {**{a.name: w for a, w in zip(args, words)}, **found}
+
+
+def tool_args(command: Command, given: dict[str, Any], limits: object) -> dict[str, Any]:
+    """A tool command's arguments as its tool takes them: named as its parameters, whole numbers as
+    ints within their bounds, choices among theirs. Raises ValueError with the words for the user."""
+    out: dict[str, Any] = {}
+    for arg in command.args:
+        value = given.get(arg.name)
+        if value is None or value == "":
+            continue
+        if arg.kind == INT:
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{arg.name} must be a whole number, like 42; got {value}.") from None
+            high = arg.highest(limits)
+            if (arg.low is not None and value < arg.low) or (high is not None and value > high):
+                raise ValueError(f"{arg.name} must be between {arg.low} and {high}; got {value}.")
+        elif arg.kind == CHOICE and value not in arg.choices:
+            raise ValueError(f"{arg.name} must be one of {', '.join(arg.choices)}; got {value}.")
+        out[arg.param or arg.name] = value
+    return out
 
 
 def _lines(admin: bool) -> list[str]:

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import settings
-from core import actions, commands, history
+from core import actions, commands, history, inflight, lineup
 from core.access import Access, models_of
 from core.agent import images_to_post, run_turn
 from core.commands import HELP
@@ -40,7 +40,8 @@ from core.safety import describe, policy_for, summary, with_notice
 from core.store import NOTE, ImageRow, Store
 from core.tools import BY_NAME
 from core.tools.base import ToolContext, ToolResult, call, duration_text
-from core.turn import OutImage, Outcome, Press, Reply, Turn, quoted
+from core.turn import CancelButton, OutImage, Outcome, Press, Reply, Turn, quoted
+from settings.models import DRAWING_MODELS
 from settings.units import hub_pair, hub_size, mib
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Core:
         self.status_interval = status_interval  # also the delay before a status first shows
         self.jobs = UserQueue(pool, config.limits.per_user_jobs)  # what tools submit through
         self.access = Access(config, store)  # blocks, role gates, quotas, cooldowns (core/access.py)
+        self.requests = inflight.Book()  # requests from arrival to answer: /queue and Cancel read it
         self.stopping = False
         self.admin_notes: dict[str, str] = {}  # adapter problems worth an admin's eye, shown with /models
         if llm is not None:
@@ -95,7 +97,7 @@ class Core:
 
     def _context(self, turn: Turn, status: Progress) -> ToolContext:
         return ToolContext(turn.session_key, turn.user_id, self.images, self.jobs, self.config.limits, status,
-                           policy=policy_for(self.config.safety, turn))
+                           policy=policy_for(self.config.safety, turn), request=status.request)
 
     def _out(self, ids: list[str], session: str, loaded: set[str]) -> list[OutImage]:
         """The images to post, each with its buttons (core/actions.py)."""
@@ -112,9 +114,13 @@ class Core:
         return outcome
 
     async def _guarded(self, turn: Turn, reply: Reply, work) -> Outcome:
-        """The conversation's order, progress, a stop that answers honestly, no exception reaching the adapter."""
+        """The conversation's order, progress with a Cancel button, a stop that answers honestly, no exception
+        reaching the adapter."""
         place = self._order.arrive(turn.session_key)  # before any await: the arrival order is the order
         progress = Progress(reply, delay=self.status_interval, interval=self.status_interval)
+        request = progress.request = self.requests.open(turn)
+        if (offer := getattr(reply, "offer_cancel", None)) is not None:
+            offer(CancelButton(request.token, turn.session_key))
         self._turns += 1
         try:
             try:
@@ -122,10 +128,11 @@ class Core:
             except Exception as e:  # decoration only
                 log.warning("typing indicator in %s failed: %s", turn.session_key, e)
             progress.start()
-            await place.ready()
+            if not await inflight.unless_cancelled(request, place.ready()):
+                return await self._finish(reply, self._cancelled(request, stopped=True), turn.session_key)
             if self.stopping:
                 return await self._finish(reply, Outcome(RESTARTING, error=True), turn.session_key)
-            job = asyncio.create_task(self._run(turn, work, progress), name=f"turn {turn.session_key}")
+            job = request.task = asyncio.create_task(self._run(turn, work, progress), name=f"turn {turn.session_key}")
             self._work.add(job)
             job.add_done_callback(self._work.discard)
             try:
@@ -133,16 +140,39 @@ class Core:
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():
                     raise  # the adapter itself is going away
-                log.info("turn in %s cut short by the stop", turn.session_key)
-                self.store.add_message(turn.session_key, "assistant", RESTARTING)
+                if request.cancelled_by is None:
+                    log.info("turn in %s cut short by the stop", turn.session_key)
+                    self.store.add_message(turn.session_key, "assistant", RESTARTING)
                 outcome = Outcome(RESTARTING, error=True)
+            if request.cancelled_by is not None:
+                outcome = self._cancelled(request, stopped=job.cancelled(), made=outcome.images)
             return await self._finish(reply, outcome, turn.session_key)
         finally:  # after the answer, so the thread is never empty in between
+            self.requests.close(request)
             place.leave()  # the conversation's next message need not wait for the status message to go
             try:
                 await progress.clear()
             finally:
                 self._turns -= 1
+
+    def _cancelled(self, request: inflight.InFlight, stopped: bool, made: list[str] = ()) -> Outcome:
+        """A cancelled request's answer (what it made before, if anything); stored when its work was stopped
+        before saying so itself."""
+        text = inflight.words(request) + (f" Made before that: {', '.join(made)}." if made else "")
+        if stopped:
+            self.store.add_message(request.session, "assistant", text, kind=NOTE)
+        return Outcome(text, list(made), error=True)
+
+    async def cancel(self, token: str, session: str, who: Turn) -> str | None:
+        """A press of a Cancel button: None when the request is being cancelled (the conversation is told when
+        it stopped), else what to tell the presser alone (over already, not theirs, pressed twice)."""
+        request = self.requests.get(token)
+        if request is not None and request.session != session:
+            request = None
+        if (refused := inflight.refusal(request, who)) is not None:
+            return refused
+        await inflight.cancel(request, who, self.pool)
+        return None
 
     async def _run(self, turn: Turn, work, progress: Progress) -> Outcome:
         try:
@@ -274,9 +304,13 @@ class Core:
                 return Outcome(" ".join(problems), error=True)
             if uploaded and "image" in BY_NAME[tool].parameters and not args.get("image"):
                 args["image"] = uploaded[0].image_id
-            what = " ".join(f"{k}={v}" for k, v in args.items())
+            try:  # typed words (Slack, the terminal) as the tool takes them: --seed 42 a number, --ar a shape
+                typed = commands.tool_args(commands.BY_TOOL[tool], args, self.config.limits)
+            except ValueError as e:
+                return Outcome(f"{e} Usage: {commands.BY_TOOL[tool].usage}", error=True)
+            what = " ".join(f"{k}={v}" for k, v in typed.items())
             self.store.add_message(turn.session_key, "user", f"/{tool} {what}", user=turn.user_name)
-            result = await call(BY_NAME[tool], ctx, args)
+            result = await call(BY_NAME[tool], ctx, typed)
             self.access.spent(turn, len(ctx.made))
             return self._answer(ctx, result, result.text.removeprefix("Error: "))
 
@@ -372,7 +406,20 @@ class Core:
                 log.warning("refused /admin from non-admin %s (%s)", turn.user_id, turn.platform)
                 return "Sorry, /admin is for the bot's admins only."
             return self.access.admin(turn, **(args or {}))
+        if name in ("queue", "cancel"):  # core/lineup.py
+            return await getattr(lineup, name)(self.requests, self.pool, turn)
         return await self.admin(turn, name, **(args or {}))
+
+    async def suggestions(self, command: str, arg: str, typed: str, within: float = 1.0) -> list[str]:
+        """Values to suggest for an ``autocomplete`` argument as the user types (Discord drops answers after
+        3 s): /imagine's model, the loaded drawing models; from the cache when the pool is slow to say."""
+        if (command, arg) != ("imagine", "model"):
+            return []
+        try:
+            loaded = await asyncio.wait_for(asyncio.shield(self.loaded_models()), within)
+        except TimeoutError:
+            loaded = self._loaded[1]
+        return [m for m in DRAWING_MODELS if m in loaded and typed.lower() in m.lower()]
 
     async def admin(self, turn: Turn, action: str, model: str | None = None, device: str | None = None) -> str:
         """/models, /safety, /reload, /load, /unload: refused, with an answer, for non-admins."""

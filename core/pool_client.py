@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from core.errors import too_large
-from gpu_pool.protocol import UNAVAILABLE, Event, JobRequest, ModelInfo, event_from_frame, read_frame, request_to_frame
+from gpu_pool.protocol import (UNAVAILABLE, Event, JobRequest, ModelInfo, QueuedJob, event_from_frame, read_frame,
+                               request_to_frame)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ class PoolClient:
             return bool((await self._call("GET", "/health")).get("ok"))
         except PoolUnavailable:
             return False
+
+    async def queue(self) -> list[QueuedJob]:
+        """The jobs in the pool now, per device the running one first (raises PoolUnavailable)."""
+        return [QueuedJob(**j) for j in (await self._call("GET", "/queue"))["jobs"]]
 
     async def models(self) -> list[ModelInfo]:
         return [ModelInfo(**m) for m in (await self._call("GET", "/models"))["models"]]

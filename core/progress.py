@@ -30,6 +30,7 @@ MAX_RETRY_AFTER_S = 10.0  # longest wait for the final delete when the platform 
 class Progress:
     def __init__(self, reply: Reply, *, delay: float = 1.0, interval: float = 1.0):
         self.reply, self.delay, self.interval = reply, delay, interval
+        self.request = None  # the request in flight it shows progress for (core/inflight.py): its Cancel button
         self.budget = getattr(reply, "edit_budget", None)
         self._text: str | None = getattr(reply, "waiting_text", None)  # what should be shown
         self._shown: str | None = None  # what is shown (None: no message)

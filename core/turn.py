@@ -101,6 +101,16 @@ class OutImage:
     tag: str = ""  # tells it from a later image with the same id (ids start again after /reset)
 
 
+@dataclass(frozen=True)
+class CancelButton:
+    """The Cancel button on a request's progress message: a press hands ``token`` and ``session`` back to
+    ``Core.cancel`` (nothing else is needed, and nothing is kept in the adapter)."""
+
+    token: str  # the request in flight (8 hex digits)
+    session: str  # the conversation it runs in (a press elsewhere is refused)
+    label: str = "Cancel"
+
+
 class EditBudget:
     """The status edits one workspace or guild may make: a token bucket every turn there shares,
     so progress stays within the platform's rate limit however many turns run at once. A 429's
@@ -135,7 +145,9 @@ class Reply(Protocol):
 
     Optional attributes the core reads when present: ``edit_budget`` (an EditBudget shared by
     the workspace or guild) and ``waiting_text`` (a status shown after a second when the
-    platform has no typing indicator, e.g. Slack's "Working on it…")."""
+    platform has no typing indicator, e.g. Slack's "Working on it…"). An optional method,
+    ``offer_cancel(CancelButton)``, called once as the request arrives: the progress message
+    carries that Cancel button from its first post on."""
 
     async def status(self, text: str | None) -> None:
         """Post the progress message, or edit it; None deletes it. May raise (the core logs it);

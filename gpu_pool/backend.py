@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from collections.abc import AsyncIterator
 
 import settings
-from gpu_pool.protocol import Event, JobRequest, ModelInfo
+from gpu_pool.protocol import Event, JobRequest, ModelInfo, QueuedJob
 
 
 class Refused(Exception):
@@ -62,6 +62,9 @@ class Backend(Protocol):
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job (its stream ends with failed/cancelled); False: no such job."""
+
+    async def queue(self) -> list[QueuedJob]:
+        """The jobs in the pool now: per device the running one, then the queued ones in the order they run."""
 
     async def models(self) -> list[ModelInfo]:
         """Every model's listing."""

@@ -10,7 +10,7 @@ import settings
 from gpu_pool import load_crashes, openai_api
 from gpu_pool.backend import Refused, Reloaded
 from gpu_pool.load_crashes import LoadCrashes
-from gpu_pool.protocol import Event, JobRequest, ModelInfo
+from gpu_pool.protocol import Event, JobRequest, ModelInfo, QueuedJob
 from gpu_pool.registry import Registry
 from gpu_pool.scheduler import Scheduler
 
@@ -45,6 +45,9 @@ class LocalPool:
 
     async def cancel(self, job_id: str) -> bool:
         return self.scheduler.cancel(job_id)
+
+    async def queue(self) -> list[QueuedJob]:
+        return self.scheduler.listing()
 
     async def models(self) -> list[ModelInfo]:
         return self.registry.infos()

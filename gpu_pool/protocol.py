@@ -3,12 +3,13 @@
     core (PoolClient)                                 pool (gpu_pool.server)
     POST /jobs     frame(JobRequest) + raw pixels  ─▶ check, queue on the model's device
                    ◀─ frames, one per event, on the same response:
-                      queued(job_id, position) · progress(step, total[, text]) ·
+                      queued(job_id, position, done_in_s) · progress(step, total, done_in_s[, text]) ·
                       done(text, data, safety, provenance) + raw pixels | failed(message, code, detail)
                       (progress step 0 of 0: waiting for the model, with its
                        download or load progress, about once a second)
     DELETE /jobs/{job_id}                          ─▶ cancel (the stream ends with failed/cancelled)
                    job_id: a JobId, as the X-Job-Id header and every event name it
+    GET  /queue                                    ◀─ {"jobs": [QueuedJob...]} (running first, per device)
     GET  /models                                   ◀─ {"models": [ModelInfo...]}
     POST /models/reload {"model": name | null}     ─▶ re-read config.toml, reload one or all
     POST /models/load   {"model", "device"?, "dtype"?}
@@ -138,6 +139,28 @@ class Event:
     detail: str | None = None  # failed: remote traceback, for the log only
     safety: list[Verdict] | None = None  # done: one per image of a drawing model; None for analyses
     provenance: dict[str, Any] | None = None  # done: {"model", "source", "params", "prompt"?, "negative_prompt"?}
+    # queued, progress: about how many seconds until this job is done, from its model's recent timings in the
+    # pool (gpu_pool/timings.py); None: no estimate yet. failed/cancelled: ``step`` is the last step it ran.
+    done_in_s: float | None = None
+
+
+@dataclass
+class QueuedJob:
+    """A job in the pool now, as ``GET /queue`` lists it: per device the running job first, then the
+    queued ones in the order they will run."""
+
+    job_id: str
+    model: str
+    device: str
+    state: Literal["running", "queued", "loading"]  # loading: waiting for its model to download or load
+    position: int  # jobs that run before it on its device (0: running, or next)
+    user: str = ""  # JobRequest.user
+    step: int = 0  # running: steps done of total
+    total: int = 0
+    done_in_s: float | None = None  # as in Event
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

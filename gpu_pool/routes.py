@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from gpu_pool import backend as b
 from gpu_pool import openai_api
 from gpu_pool.protocol import FrameError, decode_frame, event_to_frame, request_from_frame
 
+log = logging.getLogger(__name__)
 MAX_REQUEST = 256 * 1024 * 1024
 BACKEND = web.AppKey("backend", b.Backend)
 
@@ -37,6 +39,7 @@ def make_app() -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_post("/jobs", submit)
     app.router.add_delete("/jobs/{job_id}", cancel)
+    app.router.add_get("/queue", queue)
     app.router.add_get("/models", models)
     app.router.add_post("/models/reload", reload)
     app.router.add_post("/models/load", load)
@@ -73,9 +76,13 @@ async def submit(request: web.Request) -> web.StreamResponse:
         first = await anext(events)  # its job id names the stream
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Job-Id": first.job_id})
         await resp.prepare(request)
-        await resp.write(event_to_frame(first))
-        async for ev in events:
-            await resp.write(event_to_frame(ev))
+        try:
+            await resp.write(event_to_frame(first))
+            async for ev in events:
+                await resp.write(event_to_frame(ev))
+        except ConnectionResetError:  # the client left (a cancelled request that stopped waiting): not an error
+            log.info("job %s: its client left before its last event", first.job_id)
+            return resp
     await resp.write_eof()
     return resp
 
@@ -83,6 +90,10 @@ async def submit(request: web.Request) -> web.StreamResponse:
 async def cancel(request: web.Request) -> web.Response:
     ok = await request.app[BACKEND].cancel(request.match_info["job_id"])
     return web.json_response({"ok": ok, "message": "cancelling" if ok else "no such running job"})
+
+
+async def queue(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": [j.to_json() for j in await request.app[BACKEND].queue()]})
 
 
 async def models(request: web.Request) -> web.Response:

@@ -23,6 +23,12 @@ what it can, then fails with code ``too_large`` (``gpu_pool/oom.py``).
 A job for a model that takes a seed and gave none gets one picked here, so
 the done event can say which seed made the image (``Event.provenance``) and a
 user can make it again, or another one like it.
+
+Every finished job's time is kept per model (``gpu_pool/timings.py``): queued
+and progress events say about how long until the job is done (``done_in_s``),
+re-announced when that moves by a few seconds, and ``listing`` is the queue as
+``GET /queue`` shows it. A cancelled job stops at its next step; its failed
+event says which step that was.
 """
 
 from __future__ import annotations
@@ -45,9 +51,10 @@ import torch
 
 from gpu_pool import oom
 from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
-from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage, Verdict
+from gpu_pool.protocol import CHANNELS, Event, JobRequest, QueuedJob, RawImage, Verdict
 from gpu_pool.registry import NotLoaded, Registry, free_memory
 from gpu_pool.residency import DoesNotFit, Residency, warm_first
+from gpu_pool.timings import Timings, bucket, etas, listing, rounded
 from settings import SAFETY_CHECKER
 
 log = logging.getLogger(__name__)
@@ -65,12 +72,16 @@ class Job:
     position: int | None = None  # last position announced
     waited: tuple | None = None  # last download/load progress announced while its model loads
     overtaken: int = 0  # times a later job ran first (warm-first scheduling)
+    started: float | None = None  # time.monotonic() when it began to run
+    step: int = 0  # steps done of total (progress)
+    total: int = 0
+    eta: int | None = None  # the ETA bucket last announced
 
-    def announce(self, position: int) -> None:
-        """A queued event, only when the position changed."""
-        if position != self.position:
-            self.position = position
-            self.emit(Event("queued", self.id, position=position))
+    def announce(self, position: int, done_in_s: float | None = None) -> None:
+        """A queued event, only when the position changed or the ETA moved by a few seconds."""
+        if position != self.position or bucket(done_in_s) != self.eta:
+            self.position, self.eta = position, bucket(done_in_s)
+            self.emit(Event("queued", self.id, position=position, done_in_s=rounded(done_in_s)))
 
     def emit(self, ev: Event) -> None:
         if self.finished:
@@ -80,6 +91,11 @@ class Job:
 
     def fail(self, message: str, code: str, detail: str | None = None) -> None:
         self.emit(Event("failed", self.id, message=message, code=code, detail=detail))
+
+    def cancelled(self) -> None:
+        """The failed event of a cancelled job, with the last step it ran."""
+        self.emit(Event("failed", self.id, message="The job was cancelled.", code="cancelled", step=self.step,
+                        total=self.total))
 
 
 class DeviceQueue:
@@ -117,9 +133,18 @@ class DeviceQueue:
         """Each pending job hears how many jobs will run before it: the running one, and the
         runnable ones ahead of it (a job waiting for its model to load is passed, not waited for)."""
         ahead = int(self.running is not None)
+        done_in = self.etas()
         for job in list(self.pending):
-            job.announce(ahead)
+            job.announce(ahead, done_in.get(job.id))
             ahead += int(self.scheduler.runnable(job))
+
+    def etas(self) -> dict[str, float | None]:
+        """Seconds until each of this device's jobs is done (``gpu_pool/timings.py``)."""
+        return etas(self.running, self.pending, self.scheduler.timings, self.scheduler.runnable)
+
+    def listing(self) -> list[QueuedJob]:
+        """The running job, then the queued ones in the order they run."""
+        return listing(self.device, self.running, list(self.pending), self.etas(), self.scheduler.runnable)
 
     async def _work(self) -> None:
         while True:
@@ -166,6 +191,7 @@ class Scheduler:
         self.registry = registry
         self.queues: dict[str, DeviceQueue] = {}
         self.jobs: dict[str, Job] = {}
+        self.timings = Timings()  # each model's recent jobs, for ETAs
         self._ticker: asyncio.Task | None = None
 
     @property
@@ -217,8 +243,12 @@ class Scheduler:
         job.cancel_flag.set()
         queue = self.queues.get(job.device)
         if queue and queue.remove(job):
-            job.fail("The job was cancelled.", "cancelled")
+            job.cancelled()
         return True
+
+    def listing(self) -> list[QueuedJob]:
+        """Every device's jobs now (``GET /queue``)."""
+        return [j for q in self.queues.values() for j in q.listing()]
 
     def forget(self, job: Job) -> None:
         self.jobs.pop(job.id, None)
@@ -227,7 +257,7 @@ class Scheduler:
         """Run one job on its device's thread and emit its final event; ``soon``: the models
         of the jobs queued behind it, whose weights are evicted last to make room for this one."""
         if job.cancel_flag.is_set():
-            return job.fail("The job was cancelled.", "cancelled")
+            return job.cancelled()
         req = job.request
         try:
             model = await self.registry.get(req.model)
@@ -244,12 +274,13 @@ class Scheduler:
         def progress(step: int, total: int, text: str | None = None) -> None:
             if job.cancel_flag.is_set():
                 raise JobCancelled()
-            loop.call_soon_threadsafe(job.emit, Event("progress", job.id, step=step, total=total, text=text))
+            loop.call_soon_threadsafe(self._stepped, job, step, total, text)
 
         residency = self.registry.manager(job.device)
         if model.draws:  # the checker runs right after: evict it last
             soon = [*soon, SAFETY_CHECKER]
         wanted = self.registry.modules_of(soon) if residency else []
+        job.started = time.monotonic()
         run = functools.partial(_run_sync, model, params, req.images, progress, residency, wanted)
         try:
             out, seconds = await oom.retrying(thread, run, residency, f"{req.model} on {job.device}")
@@ -258,7 +289,8 @@ class Scheduler:
         except DoesNotFit as e:
             return job.fail(str(e), "oom")
         except JobCancelled:
-            return job.fail("The job was cancelled.", "cancelled")
+            log.info("job %s (%s) cancelled at step %d of %d", job.id, req.model, job.step, job.total)
+            return job.cancelled()
         except torch.OutOfMemoryError:  # twice: memory was freed in between (gpu_pool/oom.py)
             return job.fail(f"{req.model} ran out of memory on {job.device} twice, even after freeing what it could.",
                             "too_large")
@@ -267,6 +299,7 @@ class Scheduler:
             log.error("job %s (%s) failed:\n%s", job.id, req.model, detail)
             return job.fail(f"{req.model} failed while running this job; the bot's admins can find the details "
                             "in the pool log.", "internal", detail)
+        self.timings.record(req.model, params, seconds)
         safety = await self._check(out.images, thread) if model.draws and out.images else None
         images = [RawImage.from_pil(im) for im in out.images]
         provenance = {"model": req.model, "source": model.source, "params": params, **model.prompts(params)}
@@ -288,6 +321,15 @@ class Scheduler:
             if isinstance(e, torch.OutOfMemoryError):
                 free_memory()
             return [Verdict(None, note=f"the safety checker failed: {type(e).__name__}: {e}") for _ in images]
+
+    def _stepped(self, job: Job, step: int, total: int, text: str | None) -> None:
+        """On the event loop: a running job made a step; it hears when it will be done, the jobs behind it too."""
+        job.step, job.total = step, total
+        queue = self.queues.get(job.device)
+        done_in = queue.etas() if queue is not None else {}
+        job.emit(Event("progress", job.id, step=step, total=total, text=text, done_in_s=rounded(done_in.get(job.id))))
+        if queue is not None and text is None:  # not for every piece of an LLM's answer
+            queue._announce_positions()
 
     # --- jobs whose model is still downloading or loading ----------------------------------
 

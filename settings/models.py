@@ -53,7 +53,10 @@ def default_source(name: str, sd_base: str) -> str:
     return sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
 
 
-SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")  # the seed's visual models, each used by a tool
+SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")
+# The models that draw a new image from words: what /imagine's model option and generate_image pick among
+# (those loaded). One list: a profile's drawing model is added here, e.g. FLUX.2 [klein].
+DRAWING_MODELS = ("Text2Image",)  # the seed's visual models, each used by a tool
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 

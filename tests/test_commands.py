@@ -14,7 +14,7 @@ import settings
 from bot.adapters import terminal
 from bot.adapters.discord_bot import FILE, DiscordBot
 from bot.adapters.slack_bot import SlackBot
-from core.commands import BY_NAME, COMMANDS, HELP, IMAGE, TEXT, USER, from_words
+from core.commands import BY_NAME, CHOICE, COMMANDS, HELP, IMAGE, INT, TEXT, USER, from_words, tool_args
 from tests.fakes.slack_payloads import slash_command
 from tests.fakes.slack_server import FakeSlack
 
@@ -30,7 +30,9 @@ def test_every_command_has_help_and_described_arguments():
         assert command.description.endswith(".") and len(command.summary) <= 100  # Discord's limit
         assert all(a.description for a in command.args), command.name
         assert f"{command.usage}: {command.description}" in HELP.splitlines()
-        assert all(a.kind != TEXT for a in command.args[:-1]), command.name  # free text comes last
+        in_order = [a for a in command.args if not a.flag]  # a flagged one is typed --flag VALUE, anywhere
+        assert all(a.kind != TEXT for a in in_order[:-1]), command.name  # free text comes last
+        assert all(not a.required and a.kind != TEXT for a in command.args if a.flag), command.name
         assert sum(a.kind == IMAGE for a in command.args) <= 1  # one attachment option on Discord
     assert [a.usage for a in BY_NAME["load"].args] == ["MODEL", "[DEVICE]"]
 
@@ -48,6 +50,22 @@ def test_typed_words_become_arguments():
     assert admin.usage == "/admin block|unblock|reset-quota @USER"
 
 
+def test_flags_become_options_of_imagine(config):
+    imagine = BY_NAME["imagine"]
+    typed = from_words(imagine, "a wide forest --ar 16:9 --seed 42  --steps 3 --model Text2Image")
+    assert typed == {"prompt": "a wide forest", "aspect": "16:9", "seed": "42", "steps": "3", "model": "Text2Image"}
+    assert from_words(imagine, "--ar 9:16 a tall tower") == {"prompt": "a tall tower", "aspect": "9:16"}
+    assert from_words(imagine, "a forest --size 3") is None  # not an option of /imagine
+    assert from_words(imagine, "a forest --seed") is None  # an option without its value
+    assert from_words(imagine, "--ar 16:9") is None  # no prompt
+    assert tool_args(imagine, typed, config.limits) == {"prompt": "a wide forest", "aspect_ratio": "16:9",
+                                                        "seed": 42, "steps": 3, "model": "Text2Image"}
+    for bad, said in (({"seed": "forty"}, "seed must be a whole number"), ({"aspect": "4:3"}, "aspect must be one of"),
+                      ({"steps": str(config.limits.max_steps + 1)}, f"between 1 and {config.limits.max_steps}")):
+        with pytest.raises(ValueError, match=said):
+            tool_args(imagine, {"prompt": "x", **bad}, config.limits)
+
+
 async def test_discord_registers_the_table(config):
     bot = DiscordBot(None, config)
     tree = {c.name: c for c in bot.client.tree.get_commands()}
@@ -60,19 +78,24 @@ async def test_discord_registers_the_table(config):
             assert list(subs) == [s.name for s in command.subcommands]
             for sub in command.subcommands:
                 assert subs[sub.name].description == sub.description
-                assert_options(subs[sub.name], sub)
+                assert_options(subs[sub.name], sub, config)
             continue
-        assert_options(registered, command)
+        assert_options(registered, command, config)
 
 
-def assert_options(registered, command) -> None:
+def assert_options(registered, command, config) -> None:
     options = {p.name: p for p in registered.parameters}
     names = [a.name for a in command.args] + ([FILE] if any(a.kind == IMAGE for a in command.args) else [])
     assert sorted(options) == sorted(names)
     for arg in command.args:  # an image's id may be left out when a file is attached instead
         assert options[arg.name].required == (arg.required and arg.kind != IMAGE)
         assert options[arg.name].description == arg.description
-        kind = discord.AppCommandOptionType.user if arg.kind == USER else discord.AppCommandOptionType.string
+        assert [c.value for c in options[arg.name].choices] == list(arg.choices if arg.kind == CHOICE else [])
+        assert options[arg.name].autocomplete == arg.autocomplete
+        if arg.kind == INT:  # steps: at most [limits] max_steps
+            assert (options[arg.name].min_value, options[arg.name].max_value) == (arg.low, arg.highest(config.limits))
+        kind = {USER: discord.AppCommandOptionType.user,
+                INT: discord.AppCommandOptionType.integer}.get(arg.kind, discord.AppCommandOptionType.string)
         assert options[arg.name].type == (discord.AppCommandOptionType.attachment if arg.name == FILE else kind)
 
 

@@ -29,13 +29,13 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from core.commands import COMMANDS, IMAGE, USER, Command
+from core.commands import CHOICE, COMMANDS, IMAGE, INT, USER, Arg, Command
 from core.engine import Core
 from core.errors import ELSEWHERE, GENERIC, OLD_BUTTON, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
 from settings.units import mib
 
-from bot.adapters.discord_buttons import EditForm, custom_id, form_of, pressed_of
+from bot.adapters.discord_buttons import EditForm, cancel_of, custom_id, form_of, pressed_of
 from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_MINUTE, ChannelReply,
                                         InteractionReply)
 
@@ -238,20 +238,40 @@ class DiscordBot:
             await self._command(interaction, command, options)
 
         params = [Parameter("interaction", Parameter.POSITIONAL_ONLY, annotation=discord.Interaction)]
-        described = {}
+        described, choices = {}, {}
         for arg in command.args:
             required = arg.required and arg.kind != IMAGE
-            kind = discord.User if arg.kind == USER else str
+            kind = self._option_type(arg)
             params.append(Parameter(arg.name, Parameter.KEYWORD_ONLY, annotation=kind if required else kind | None,
                                     default=Parameter.empty if required else None))
             described[arg.name] = arg.description
+            if arg.kind == CHOICE:
+                choices[arg.name] = [app_commands.Choice(name=c, value=c) for c in arg.choices]
             if arg.kind == IMAGE:
                 params.append(Parameter(FILE, Parameter.KEYWORD_ONLY, annotation=discord.Attachment | None,
                                         default=None))
                 described[FILE] = f"Or attach the image here instead of naming its id ({arg.name})"
         callback.__signature__ = Signature(params)  # what discord.py reads the options from
-        return app_commands.describe(**described)(
-            app_commands.Command(name=command.name, description=command.summary, callback=callback))
+        app = app_commands.Command(name=command.name, description=command.summary, callback=callback)
+        for arg in command.args:
+            if arg.autocomplete:
+                app.autocomplete(arg.name)(self._suggest(command, arg))
+        return app_commands.describe(**described)(app_commands.choices(**choices)(app) if choices else app)
+
+    def _option_type(self, arg: Arg):
+        """The option's type: a whole number within its bounds ([limits] included), a user, else text."""
+        if arg.kind == INT:
+            return app_commands.Range[int, arg.low, arg.highest(self.limits)]
+        return discord.User if arg.kind == USER else str
+
+    def _suggest(self, command: Command, arg: Arg):
+        """The autocomplete callback of ``arg``: the core's suggestions, answered within Discord's 3 s."""
+
+        async def suggest(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            names = await self.core.suggestions(command.name, arg.name, current or "")
+            return [app_commands.Choice(name=n, value=n) for n in names[:25]]
+
+        return suggest
 
     def _session(self, interaction: discord.Interaction) -> str:
         if interaction.guild_id is None:
@@ -333,10 +353,26 @@ class DiscordBot:
             return await self.on_form(interaction)
         if interaction.type is not discord.InteractionType.component:
             return
+        if (cancel := cancel_of(interaction)) is not None:
+            return await self.on_cancel(interaction, cancel["token"], cancel["session"])
         pressed = pressed_of(interaction)
         if pressed is None:
             return await self._unknown(interaction)
         await self.on_button(interaction, pressed["action"], pressed["image"], pressed["tag"], pressed["session"])
+
+    async def on_cancel(self, interaction: discord.Interaction, token: str, session: str) -> None:
+        """A press of Cancel on a progress message: acknowledged without a message (type 6) when the request is
+        being cancelled (the conversation is told when it stopped); else told to the presser alone why not."""
+        if session != self._session(interaction):
+            return await interaction.response.send_message(ELSEWHERE, ephemeral=True)
+        user = interaction.user
+        turn = Turn("discord", session, str(user.id), user.display_name, "",
+                    is_admin=self._is_admin(user.id, interaction.permissions), channel=str(interaction.channel_id),
+                    is_dm=interaction.guild_id is None, mention=user.mention)
+        refused = await self.core.cancel(token, session, turn)
+        if refused is not None:
+            return await interaction.response.send_message(refused, ephemeral=True)
+        await interaction.response.defer()
 
     async def _unknown(self, interaction: discord.Interaction) -> None:
         log.info("answered a press of a button this version does not know (%.100s)",

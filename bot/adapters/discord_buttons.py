@@ -13,6 +13,12 @@ shape (``vcform:...``) and its submission is read from the raw interaction
 (``form_of``) the same way, so a restart between opening and submitting loses
 nothing.
 
+The Cancel button on a request's progress message names the request in flight:
+
+    vc:cancel:<token>:<session>                 e.g. vc:cancel:0a1b2c3d:discord:channel:3000
+
+(``cancel_view``, read back by ``cancel_of``); after a restart the request is over, and a press says so.
+
 What a press does is the core's decision (``Core.press``); ``DiscordBot.on_button``
 and ``on_form`` carry it out.
 """
@@ -26,12 +32,13 @@ from typing import Any
 
 import discord
 
-from core.turn import OutImage
+from core.turn import CancelButton, OutImage
 
 log = logging.getLogger(__name__)
 _FIELDS = r"(?P<action>[a-z]+):(?P<image>img[0-9]+):(?P<tag>[0-9a-f]{8}):(?P<session>discord:[a-z]+:[0-9]+)"
 BUTTON = re.compile("vc:" + _FIELDS)
 FORM = re.compile("vcform:" + _FIELDS)
+CANCEL = re.compile(r"vc:cancel:(?P<token>[0-9a-f]{8}):(?P<session>discord:[a-z]+:[0-9]+)")
 INSTRUCTION = "instruction"  # the custom_id of the Edit form's text input
 BUTTON_ROWS = 5  # Discord allows five rows of components per message: one image's buttons each
 
@@ -73,6 +80,22 @@ def view_for(images: Sequence[OutImage]) -> discord.ui.View | None:
         return None
     view.stop()  # sent stopped, discord.py keeps no copy: every press goes to on_interaction, however old
     return view
+
+
+def cancel_view(button: CancelButton | None) -> discord.ui.View | None:
+    """The Cancel button of a progress message (red); None without one."""
+    if button is None:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label=button.label, custom_id=f"vc:cancel:{button.token}:{button.session}",
+                                    style=discord.ButtonStyle.danger))
+    view.stop()  # as view_for: every press goes to on_interaction
+    return view
+
+
+def cancel_of(interaction: discord.Interaction) -> re.Match[str] | None:
+    """The custom_id's fields (token, session) of a pressed Cancel button; None for another component."""
+    return CANCEL.fullmatch((interaction.data or {}).get("custom_id", ""))
 
 
 def buttons_for(group: Sequence[tuple[bytes, str]], images: Sequence[OutImage]) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import discord
 from PIL import Image
 
-from bot.adapters.discord_buttons import BUTTON_ROWS, buttons_for
-from core.turn import EditBudget, OutImage
+from bot.adapters.discord_buttons import BUTTON_ROWS, buttons_for, cancel_view
+from core.turn import CancelButton, EditBudget, OutImage
 from settings.units import mib
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,11 @@ class ChannelReply:
         self._typing_started = self._done = False
         self._status_message: discord.Message | None = None
         self.allowed_mentions: discord.AllowedMentions | None = None  # None: the client's (nobody is pinged)
+        self._cancel: CancelButton | None = None
+
+    def offer_cancel(self, button: CancelButton) -> None:
+        """The status message carries this Cancel button (edits keep it)."""
+        self._cancel = button
 
     async def typing(self) -> None:
         if self._typing_started:
@@ -153,7 +158,9 @@ class ChannelReply:
             if message is not None:
                 await _gone_is_fine(message.delete())
         elif message is None:
-            self._status_message = await self.channel.send(text, reference=self._reference, mention_author=False)
+            view = cancel_view(self._cancel)
+            self._status_message = await self.channel.send(text, reference=self._reference, mention_author=False,
+                                                            **({"view": view} if view else {}))
         else:
             try:
                 await message.edit(content=text)
@@ -185,13 +192,19 @@ class InteractionReply:
         self.interaction, self.ephemeral, self.edit_budget = interaction, ephemeral, budget
         self.upload_limit = interaction.filesize_limit
         self._edited = False
+        self._cancel: CancelButton | None = None
+
+    def offer_cancel(self, button: CancelButton) -> None:
+        """The "thinking…" response, once it shows progress, carries this Cancel button."""
+        self._cancel = button
 
     async def typing(self) -> None:
         """The deferred response already shows "thinking…"."""
 
     async def status(self, text: str | None) -> None:
         if text is not None:
-            await self.interaction.edit_original_response(content=text)
+            view = cancel_view(self._cancel) if not self._edited else None  # the first edit adds it; later ones keep it
+            await self.interaction.edit_original_response(content=text, **({"view": view} if view else {}))
             self._edited = True
         elif self._edited:  # the answer came as a followup: the progress line goes
             self._edited = False

@@ -39,8 +39,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.slack_buttons import EDIT_VIEW, cancel_of, edit_view, meta_of, parse, submitted
 from bot.adapters.slack_users import UserGroups, user_ids
-from bot.adapters.slack_buttons import EDIT_VIEW, edit_view, meta_of, parse, submitted
 from bot.adapters.slack_reply import EDIT_BURST, EDITS_PER_MINUTE, Reactions, SlackReply, mrkdwn
 from core.commands import BY_NAME, COMMANDS, HELP, Command, from_words
 from core.engine import Core
@@ -320,6 +320,8 @@ class SlackBot:
         pressed = parse(action)
         channel, user = body["channel"]["id"], body["user"]
         thread = (body.get("container") or {}).get("thread_ts") or (body.get("message") or {}).get("thread_ts")
+        if (cancel := cancel_of(action)) is not None:
+            return await self._cancel(cancel, channel, user, thread)
         if pressed is None:
             log.info("answered a press of a button this version does not know (%.100s)", action.get("action_id"))
             return await self._private(channel, user["id"], thread, OLD_BUTTON)
@@ -334,6 +336,17 @@ class SlackBot:
             await self.app.client.views_open(trigger_id=body["trigger_id"], view=edit_view(press, meta))
         else:
             await self._act(meta, user)
+
+    async def _cancel(self, pressed: tuple[str, str], channel: str, user: dict, thread: str | None) -> None:
+        """Cancel on a progress message: the request stops and its thread says so; a press that cannot cancel
+        (over already, not the presser's, a second one) is answered to the presser alone."""
+        token, session = pressed
+        name = user.get("username") or user.get("name") or user["id"]
+        turn = Turn("slack", session, user["id"], name, "", is_admin=await self._is_admin(user["id"]),
+                    mention=f"<@{user['id']}>", **_place(channel, thread))
+        refused = await self.core.cancel(token, session, turn)
+        if refused is not None:
+            await self._private(channel, user["id"], thread, refused)
 
     async def _on_form(self, ack, body: dict, view: dict) -> None:
         """The Edit form submitted: refused inside the form when the image is gone, else closed and run."""

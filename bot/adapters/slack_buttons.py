@@ -8,7 +8,11 @@ Kit ``actions`` block. Each button names everything a press needs:
     value      <session>|<image id>|<tag>          e.g. slack:C1:1700000000.000100|img3|0192ab3f
 
 Slack has no disabled buttons: a button whose model is not loaded is left
-out. The Edit form is a modal (``views.open`` with the press's trigger_id)
+out. The Cancel button on a request's progress message (``status_blocks``) is
+
+    action_id  vc:cancel:<token>                 e.g. vc:cancel:0a1b2c3d
+    value      <session>|<token>                 read back by ``cancel_of``
+ The Edit form is a modal (``views.open`` with the press's trigger_id)
 whose ``private_metadata`` holds the same names plus where to answer, so a
 submission needs nothing kept in memory either. What a press does is the
 core's decision (``Core.press``); ``SlackBot`` carries it out.
@@ -20,9 +24,10 @@ import json
 import re
 from typing import Any
 
-from core.turn import OutImage, Press
+from core.turn import CancelButton, OutImage, Press
 
 ACTION_ID = re.compile(r"^vc:(?P<action>[a-z]+):(?P<image>img[0-9]+)$")
+CANCEL_ID = re.compile(r"^vc:cancel:(?P<token>[0-9a-f]{8})$")
 EDIT_VIEW = "vc_edit"  # the Edit form's callback_id
 INSTRUCTION = "instruction"  # its input's block_id and action_id
 
@@ -38,6 +43,23 @@ def blocks_for(images: list[OutImage]) -> list[dict[str, Any]]:
             blocks += [{"type": "context", "elements": [{"type": "mrkdwn", "text": f"*{im.image_id}*"}]},
                        {"type": "actions", "block_id": f"vc|{im.image_id}", "elements": buttons}]
     return blocks
+
+
+def status_blocks(text: str, button: CancelButton) -> list[dict[str, Any]]:
+    """A progress message with its Cancel button: the text (already escaped), then the button."""
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "actions", "block_id": "vc|cancel", "elements": [
+                {"type": "button", "action_id": f"vc:cancel:{button.token}", "style": "danger",
+                 "text": {"type": "plain_text", "text": button.label}, "value": f"{button.session}|{button.token}"}]}]
+
+
+def cancel_of(action: dict[str, Any]) -> tuple[str, str] | None:
+    """(token, session) of a pressed Cancel button; None when it is not one."""
+    match = CANCEL_ID.match(action.get("action_id", ""))
+    session, _, token = (action.get("value") or "").rpartition("|")
+    if match is None or token != match["token"] or not session:
+        return None
+    return token, session
 
 
 def parse(action: dict[str, Any]) -> tuple[str, str, str, str] | None:

@@ -15,9 +15,9 @@ import logging
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack_buttons import blocks_for
+from bot.adapters.slack_buttons import blocks_for, status_blocks
 from core.errors import RateLimited
-from core.turn import EditBudget, OutImage
+from core.turn import CancelButton, EditBudget, OutImage
 
 WORKING = "Working on it…"
 EDITS_PER_MINUTE, EDIT_BURST = 40, 5  # chat.update is Tier 3: about 50 a minute per workspace, for all our turns
@@ -85,6 +85,16 @@ class SlackReply:
         self.reactions, self.message_ts = reactions, message_ts  # the user's message, to put 👀 on
         self._status_ts: str | None = None
         self._seen: asyncio.Task | None = None
+        self._cancel: CancelButton | None = None
+
+    def offer_cancel(self, button: CancelButton) -> None:
+        """The status message carries this Cancel button (every update sends it again: blocks are what shows)."""
+        self._cancel = button
+
+    def _status(self, text: str) -> dict:
+        """The status message's text, and its blocks with the Cancel button when there is one."""
+        shown = mrkdwn(text)
+        return {"text": shown, **({"blocks": status_blocks(shown, self._cancel)} if self._cancel else {})}
 
     async def typing(self) -> None:
         """👀 on the user's message, in a task: the turn never waits for it (see also ``waiting_text``)."""
@@ -104,10 +114,10 @@ class SlackReply:
                 await self.status_client.chat_delete(channel=self.channel, ts=self._status_ts)
                 self._status_ts = None
             elif text is not None and self._status_ts:
-                await self.status_client.chat_update(channel=self.channel, ts=self._status_ts, text=mrkdwn(text))
+                await self.status_client.chat_update(channel=self.channel, ts=self._status_ts, **self._status(text))
             elif text is not None:
                 resp = await self.status_client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
-                                                                 text=mrkdwn(text))
+                                                                 **self._status(text))
                 self._status_ts = resp["ts"]
         except SlackApiError as e:
             if e.response.status_code == 429:

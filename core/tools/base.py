@@ -28,6 +28,7 @@ from PIL import Image
 import settings
 from core.errors import DISK_FULL, BadArguments, PoolFailed, UserFacingError, Withheld, no_room
 from core.images import ImageStore
+from core.inflight import InFlight
 from core.pool_client import PoolClient
 from core.safety import FOR_LLM, NO_RETRY, Policy, judge
 from core.store import ImageRow, Provenance
@@ -37,7 +38,8 @@ from settings.units import hub_pair
 log = logging.getLogger(__name__)
 IMAGE = "x-image"  # marks a parameter whose value is a session image id
 OPTIONAL = "x-optional"  # marks a parameter the call may leave out (all others are required)
-_MARKS = (IMAGE, OPTIONAL)
+COMMAND_ONLY = "x-command-only"  # marks a parameter a slash command may set, never offered to the LLM (optional)
+_MARKS = (IMAGE, OPTIONAL, COMMAND_ONLY)
 
 
 def image_param(description: str) -> dict[str, Any]:
@@ -51,6 +53,16 @@ def text_param(description: str) -> dict[str, Any]:
 def int_param(description: str, minimum: int, maximum: int, optional: bool = False) -> dict[str, Any]:
     spec = {"type": "integer", "description": description, "minimum": minimum, "maximum": maximum}
     return {**spec, OPTIONAL: True} if optional else spec
+
+
+def choice_param(description: str, choices: tuple[str, ...], optional: bool = False) -> dict[str, Any]:
+    spec = {"type": "string", "description": description, "enum": list(choices)}
+    return {**spec, OPTIONAL: True} if optional else spec
+
+
+def command_only(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` for a slash command's option only: optional, and not in the schema the LLM is offered."""
+    return {**spec, OPTIONAL: True, COMMAND_ONLY: True}
 
 
 IMAGE_TO_CHANGE = image_param("the image to change")
@@ -109,6 +121,7 @@ class ToolContext:
     args: Mapping[str, Any] | None = None  # the arguments of this tool call (set by ``call``)
     produced: Produced = field(default_factory=Produced)
     waits: Waits = field(default_factory=Waits)
+    request: InFlight | None = None  # the request in flight it serves: its jobs are noted there (/queue, Cancel)
 
     @property
     def made(self) -> list[str]:
@@ -156,6 +169,8 @@ class Tool:
         """The OpenAI function-tool schema, image parameters limited to ``image_ids``."""
         props = {}
         for key, spec in self.parameters.items():
+            if spec.get(COMMAND_ONLY):
+                continue
             spec = {k: v for k, v in spec.items() if k not in _MARKS}
             if self.parameters[key].get(IMAGE):
                 spec["enum"] = list(image_ids) or ["(no images yet)"]
@@ -192,6 +207,8 @@ def check_args(tool: Tool, ctx: ToolContext, args: Any) -> dict[str, Any]:
                 raise BadArguments(f"'{key}' must be between {spec['minimum']} and {spec['maximum']}, got {value}.")
         elif spec["type"] == "string" and not isinstance(value, str):
             raise BadArguments(f"'{key}' must be text, got {value!r}.")
+        elif "enum" in spec and value not in spec["enum"]:
+            raise BadArguments(f"'{key}' must be one of {', '.join(spec['enum'])}, got {value!r}.")
     return args
 
 
@@ -206,8 +223,8 @@ async def call(tool: Tool, ctx: ToolContext, args: Any) -> ToolResult:
         log.warning("session %s: %s: image withheld by the safety filter (%s)", ctx.session, tool.name, e.why)
         ctx.withheld.append(str(e))
         return ToolResult(FOR_LLM, ok=False)
-    except PoolFailed as e:
-        return ToolResult(f"Error: {e}", ok=False, fatal=e.code == "unavailable")
+    except PoolFailed as e:  # a pool that is gone, or a cancelled request, ends the turn
+        return ToolResult(f"Error: {e}", ok=False, fatal=e.code in ("unavailable", "cancelled"))
     except UserFacingError as e:
         return ToolResult(f"Error: {e}", ok=False)
     except Exception as e:
@@ -232,43 +249,64 @@ class JobOutput:
 
 async def run_job(ctx: ToolContext, model: str, params: dict[str, Any], images: list[Image.Image] = (),
                   label: str = "") -> JobOutput:
-    """Run one pool job, reporting queue position, download/load progress and steps through ``ctx.status``.
+    """Run one pool job, reporting queue position, download/load progress and steps through ``ctx.status``,
+    with about how long until it is done (the pool's ETA). Its events are noted in ``ctx.request``
+    (/queue, Cancel); a cancelled request runs no more jobs, and its job's row says "cancelled".
 
     Time spent waiting for the model to download or load does not count against the turn's deadline.
     """
     label = label or model
     if model in ctx.seeds:
         params = dict(params, seed=ctx.seeds[model])
+    if ctx.request is not None and ctx.request.cancelled_by is not None:
+        raise PoolFailed("Cancelled.", "cancelled")
     request = JobRequest(model, params, [RawImage.from_pil(im) for im in images], user=ctx.user)
     job = ctx.images.store.start_job(ctx.session, ctx.user, model)
-    held = False
+    held, finished = False, False
     try:
         async for ev in ctx.pool.run(request):
+            if ctx.request is not None:
+                ctx.request.seen(model, ev)
             waiting = ev.kind == "progress" and ev.total == 0
             if waiting != held:
                 (ctx.waits.hold if waiting else ctx.waits.release)()
                 held = waiting
             if ev.kind == "queued":
-                await ctx.status(f"{label}: waiting, {ev.position} job(s) ahead" if ev.position
-                                 else f"{label}: starting")
+                await ctx.status((f"{label}: waiting, {ev.position} job(s) ahead" if ev.position
+                                  else f"{label}: starting") + _eta(ev, "done in about {}"))
             elif waiting:
                 await ctx.status(waiting_text(model, ev))
             elif ev.kind == "progress" and ev.total and ev.total > 1:
-                await ctx.status(f"{label}: step {ev.step}/{ev.total}")
+                await ctx.status(f"{label}: step {ev.step}/{ev.total}" + _eta(ev, "about {} left"))
             elif ev.kind == "done":
                 withheld = judge(ctx.policy, ctx.session, model, ev.safety)  # before anything is stored
+                finished = True
                 ctx.images.store.finish_job(job, "withheld" if withheld else "done", withheld and withheld.why)
                 if withheld:
                     raise withheld
                 return JobOutput(ev.text, [im.to_pil() for im in ev.images], ev.data or {},
                                  dict(ev.provenance or {"model": model}, seconds=ev.seconds))
             elif ev.kind == "failed":
+                finished = True
+                if ev.code == "cancelled":  # a cancelled job does not count as one that ran
+                    at = f"at step {ev.step} of {ev.total}" if ev.total else "before it started"
+                    ctx.images.store.finish_job(job, "cancelled", f"cancelled {at}")
+                    raise PoolFailed(f"Cancelled {at}.", "cancelled")
                 ctx.images.store.finish_job(job, "failed", ev.message)
                 raise PoolFailed(ev.message or "The image engine failed.", ev.code or "internal")
     finally:
         if held:
             ctx.waits.release()
+        if not finished and ctx.request is not None and ctx.request.cancelled_by is not None:
+            at = ctx.request.stopped_at  # stopped before the pool answered: the last step seen
+            ctx.images.store.finish_job(job, "cancelled", f"cancelled at step {at[0]} of {at[1]}" if at
+                                        else "cancelled")
     raise PoolFailed("The image engine stopped answering.", "unavailable")
+
+
+def _eta(ev: Event, words: str) -> str:
+    """', about 20 s left' from the pool's ETA; '' when it has none yet."""
+    return f", {words.format(duration_text(ev.done_in_s))}" if ev.done_in_s is not None else ""
 
 
 def waiting_text(model: str, ev: Event) -> str:

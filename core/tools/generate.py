@@ -1,6 +1,18 @@
-"""generate_image: draw a new image from a text description (Stable Diffusion)."""
+"""generate_image: draw a new image from a text description (Stable Diffusion, or another drawing model).
 
-from core.tools.base import Tool, ToolContext, ToolResult, int_param, run_job, save, text_param
+The LLM may ask for a shape (``aspect_ratio``: "a wide banner" is 16:9) or a size; /imagine may also set
+the seed, the steps (at most ``[limits] max_steps``) and which drawing model draws (``DRAWING_MODELS``).
+"""
+
+import math
+
+from core.errors import BadArguments
+from core.tools.base import (Tool, ToolContext, ToolResult, choice_param, command_only, int_param, run_job, save,
+                             text_param)
+from settings.models import DRAWING_MODELS
+
+ASPECTS = ("1:1", "3:2", "2:3", "16:9", "9:16")
+MIN_SIDE = 64  # the pool's smallest width or height
 
 
 class GenerateImage(Tool):
@@ -8,14 +20,27 @@ class GenerateImage(Tool):
     description = "Draw a new image from a text description."
     parameters = {"prompt": text_param("what to draw, in English"),
                   "width": int_param("width in pixels (multiple of 8)", 64, 1024, optional=True),
-                  "height": int_param("height in pixels (multiple of 8)", 64, 1024, optional=True)}
-    models = ("Text2Image",)
+                  "height": int_param("height in pixels (multiple of 8)", 64, 1024, optional=True),
+                  "aspect_ratio": choice_param("shape, width:height (16:9 wide, 9:16 tall)", ASPECTS, optional=True),
+                  "seed": command_only(int_param("random seed: the same seed and prompt draw the same image",
+                                                 0, 2**32 - 1)),
+                  "steps": command_only(int_param("diffusion steps (more: finer, slower)", 1, 1000)),
+                  "model": command_only(choice_param("the drawing model", DRAWING_MODELS))}
+    any_of = tuple((m,) for m in DRAWING_MODELS)  # any one drawing model loaded
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
-        side = ctx.limits.working_size
-        params = {"prompt": args["prompt"], "width": _fit(args.get("width", side), ctx),
-                  "height": _fit(args.get("height", side), ctx)}
-        out = await run_job(ctx, "Text2Image", params, label="Drawing")
+        limits = ctx.limits
+        if args.get("aspect_ratio"):
+            width, height = aspect_size(args["aspect_ratio"], limits.working_size, limits.max_output_size)
+        else:
+            side = limits.working_size
+            width, height = _fit(args.get("width", side), ctx), _fit(args.get("height", side), ctx)
+        if (steps := args.get("steps")) is not None and steps > limits.max_steps:
+            raise BadArguments(f"'steps' must be between 1 and {limits.max_steps}, got {steps}.")
+        params = {"prompt": args["prompt"], "width": width, "height": height}
+        params.update({k: args[k] for k in ("seed", "steps") if args.get(k) is not None})
+        model = args.get("model") or DRAWING_MODELS[0]
+        out = await run_job(ctx, model, params, label="Drawing")
         row = save(ctx, out.images[0], out, parent=None, operation=self.name, params=params)
         return ToolResult(f"Drew {row.image_id} ({row.width}x{row.height}) from \"{args['prompt']}\".", [row.image_id])
 
@@ -23,3 +48,13 @@ class GenerateImage(Tool):
 def _fit(n: int, ctx: ToolContext) -> int:
     """Round to a multiple of 8 inside what the pool allows."""
     return max(64, min(ctx.limits.max_output_size, n // 8 * 8))
+
+
+def aspect_size(aspect: str, working: int, largest: int) -> tuple[int, int]:
+    """Width and height for ``aspect`` ("16:9"): about the pixels of a ``working`` square (512: 680x384),
+    each side a multiple of 8, at least 64 and at most ``largest``."""
+    w, h = (int(n) for n in aspect.split(":"))
+    scale = working / math.sqrt(w * h)
+    scale = max(scale, MIN_SIDE / min(w, h))  # a thin shape grows to the smallest side the pool draws
+    scale = min(scale, largest / max(w, h))
+    return tuple(min(largest, max(MIN_SIDE, round(side * scale / 8) * 8)) for side in (w, h))

@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 import settings
 from gpu_pool import api, backend, openai_api, routes
 from gpu_pool.backend import Refused, Reloaded
-from gpu_pool.protocol import UNAVAILABLE, Event, JobId, JobRequest, ModelInfo
+from gpu_pool.protocol import UNAVAILABLE, Event, JobId, JobRequest, ModelInfo, QueuedJob
 from gpu_pool.ray import router
 from gpu_pool.ray.placement import EVERY_REPLICA
 from gpu_pool.ray.replica import PoolReplica, Spec
@@ -118,6 +118,10 @@ class Front:
             return False
         return bool(await self.handle.options(multiplexed_model_id=router.PIN + jid.replica).cancel.remote(
             jid.replica, jid.job))
+
+    async def queue(self) -> list[QueuedJob]:
+        """Every replica's jobs (each replica is its own devices' queue)."""
+        return [QueuedJob(**j) for jobs in (await self.each("queue")).values() for j in jobs]
 
     async def models(self) -> list[ModelInfo]:
         return [ModelInfo(**m) for m in await self.infos()]

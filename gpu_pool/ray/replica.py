@@ -120,6 +120,12 @@ class PoolReplica:
     async def cancel(self, expect: str, job_id: str) -> bool | None:
         return self.scheduler.cancel(job_id) if expect == self.id else None
 
+    async def queue(self, expect: str) -> list[dict[str, Any]] | None:
+        """This replica's jobs, named as the front names them ("replica:job")."""
+        if expect != self.id:
+            return None
+        return [dict(j.to_json(), job_id=str(JobId(j.job_id, self.id))) for j in self.scheduler.listing()]
+
     async def info(self, expect: str) -> dict[str, Any] | None:
         if expect != self.id:
             return None

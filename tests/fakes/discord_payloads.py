@@ -74,7 +74,7 @@ class Message(TypedDict):
 class Interaction(TypedDict):
     id: str
     application_id: str
-    type: int  # 2 application command, 3 message component (a button), 5 modal submit
+    type: int  # 2 application command, 3 message component (a button), 4 autocomplete, 5 modal submit
     token: str
     version: int
     data: dict

@@ -30,7 +30,8 @@ its components, as Discord keeps them, so a test presses one as a user would, ev
     await discord_fake.push("INTERACTION_CREATE", discord_fake.submit(form, {"instruction": "make it winter"}))
 
 The interaction callback answers as Discord does for each response type: 4 (a message,
-ephemeral with flag 64), 5 (deferred, "thinking"), 6 (deferred update: no message), 9 (a modal).
+ephemeral with flag 64), 5 (deferred, "thinking"), 6 (deferred update: no message), 8 (autocomplete
+choices, for an ``autocomplete`` interaction of type 4), 9 (a modal).
 As on Discord, an interaction must get its callback within 3 s of being sent: a later one is refused
 (404 Unknown interaction), and leaving the ``async with`` fails the test if a pushed interaction got
 none in time (the user saw "This interaction failed"); ``answered(interaction)`` waits for it.
@@ -92,6 +93,7 @@ class FakeDiscord(LoopbackServer):
         self.base = ""
         self._files: dict[str, tuple[bytes, str, float]] = {}  # CDN path -> (bytes, content type, delay)
         self._interactions: dict[str, dict] = {}  # id -> the interactions built here (their callbacks echo them)
+        self._channel_of: dict[str, str] = {}  # interaction token -> its channel (where its webhook messages are)
         self._pushed: dict[str, float] = {}  # interaction id -> when it was sent to the bot
         self._answered: dict[str, float] = {}  # interaction id -> when its (first) callback arrived
         self._arrived = asyncio.Condition()
@@ -142,9 +144,20 @@ class FakeDiscord(LoopbackServer):
                     attachments: list[Attachment] = (), size_limit: int = 10 * 2**20, roles: list[str] = (),
                     users: list[User] = ()) -> Interaction:
         """An INTERACTION_CREATE for the slash command ``name`` (guild_id=None: in a DM)."""
-        return command_interaction(name, options, author=author or user("4000"), channel_id=channel_id,
-                                   guild_id=guild_id, permissions=permissions, attachments=attachments,
-                                   size_limit=size_limit, roles=roles, users=users)
+        payload = command_interaction(name, options, author=author or user("4000"), channel_id=channel_id,
+                                      guild_id=guild_id, permissions=permissions, attachments=attachments,
+                                      size_limit=size_limit, roles=roles, users=users)
+        self._channel_of[payload["token"]] = channel_id
+        return payload
+
+    def autocomplete(self, name: str, options: list[dict], focused: str, *, author: User | None = None) -> Interaction:
+        """An APPLICATION_COMMAND_AUTOCOMPLETE (type 4): ``author`` is typing the option ``focused`` of the slash
+        command ``name`` (its value so far in ``options``); the bot answers with type 8 and its choices."""
+        typed = [{**o, "focused": True} if o["name"] == focused else o for o in options]
+        payload = self.interaction(name, typed, author=author)
+        payload["type"] = 4
+        self._interactions[payload["id"]] = payload
+        return payload
 
     def press(self, posted: Request | dict, custom_id: str, *, author: User | None = None,
               guild_id: str | None = GUILD_ID, permissions: int = 0, roles: list[str] = ()) -> Interaction:
@@ -426,7 +439,7 @@ class FakeDiscord(LoopbackServer):
         kind, data = rec.json["type"], rec.json.get("data") or {}
         interaction = {"id": request.match_info["id"],
                        "type": self._interactions.get(request.match_info["id"], {}).get("type", 2)}
-        if kind in (6, 9):  # deferred update (no message of its own) or a modal
+        if kind in (6, 8, 9):  # deferred update (no message of its own), autocomplete choices, or a modal
             return _json({"interaction": interaction, "resource": {"type": kind}})
         message_id = snowflake()
         message = {**self._message_out(rec, CHANNEL_ID, message_id), "content": data.get("content") or "",
@@ -438,12 +451,16 @@ class FakeDiscord(LoopbackServer):
 
     async def _followup(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
-        rec.response = {**self._message_out(rec, CHANNEL_ID), "webhook_id": APP_ID}
+        channel = self._channel_of.get(request.match_info["token"], CHANNEL_ID)
+        rec.response = {**self._message_out(rec, channel), "webhook_id": APP_ID}
         return _json(rec.response)
 
     async def _edit_original(self, request: web.Request) -> web.Response:
+        """The interaction's response message, edited (answered as it is now: its content and components)."""
         rec = await self._record(request)
-        return _json({**self._message_out(rec, CHANNEL_ID, snowflake()), "webhook_id": APP_ID})
+        channel = self._channel_of.get(request.match_info["token"], CHANNEL_ID)
+        rec.response = {**self._message_out(rec, channel, snowflake()), "webhook_id": APP_ID}
+        return _json(rec.response)
 
     async def _cdn(self, request: web.Request) -> web.Response:
         await self._record(request)
