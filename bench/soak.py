@@ -37,8 +37,9 @@ Figures:
 
     .venv/bin/python bench/soak.py [--minutes 35] [--restart-min 10] [--smoke]
 
-``--smoke``: 60 s of traffic, a restart after 30 s, no warm-up beyond the first round; every life runs at least
-two rounds (the first one loads the models), so a smoke run may go a little over its minute.
+``--smoke``: 60 s of traffic, a restart after 30 s, no warm-up beyond the first round. The first life runs two
+rounds at least (the first one loads the models), every later one a round, and a smoke run starts the bot
+twice at least: on a slow machine it goes over its minute rather than leave out the restart.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ async def main(args, folder: Path) -> None:
     warnings: dict[str, int] = {}
     wall = time.monotonic()
     try:
-        while traffic < args.minutes * 60:
+        while traffic < args.minutes * 60 or len(lives) < args.min_lives:
             identified = sum(1 for f in fake.gateway_received if f.get("op") == 2)
             async with BotProcess(config, env={TOKEN_ENV: fake.token}, discord=fake.base) as bot:
                 start = time.monotonic()
@@ -281,8 +282,10 @@ async def main(args, folder: Path) -> None:
                 sampler = asyncio.create_task(sample(bot, life, args.sample_s))
                 life_end = life.started + args.restart_min * 60
                 rounds = 0
-                try:  # at least two rounds a life: the first warms it up (model loads), RSS is fitted after it
-                    while rounds < 2 or (time.monotonic() < life_end
+                # at least two rounds in the first life (the first loads the models; RSS is fitted after it), one
+                # in the others
+                try:
+                    while rounds < (2 if len(lives) == 1 else 1) or (time.monotonic() < life_end
                                          and traffic + time.monotonic() - life.started < args.minutes * 60):
                         await soak.round()
                         rounds += 1
@@ -365,10 +368,11 @@ if __name__ == "__main__":
     parser.add_argument("--turn-timeout", type=float, default=120, help="a turn unanswered this long is an error")
     parser.add_argument("--start-timeout", type=float, default=300, help="seconds for the bot to connect")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (the logs, the data)")
+    parser.add_argument("--min-lives", type=int, default=1, help="start the bot at least this often")
     parser.add_argument("--smoke", action="store_true", help="60 s of traffic, a restart after 30 s")
     args = parser.parse_args()
     if args.smoke:
-        args.minutes, args.restart_min, args.warmup_s, args.sample_s = 1.0, 0.5, 0.0, 0.5
+        args.minutes, args.restart_min, args.warmup_s, args.sample_s, args.min_lives = 1.0, 0.5, 0.0, 0.5, 2
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         asyncio.run(main(args, args.keep.resolve()))

@@ -110,7 +110,7 @@ def test_every_bench_is_found_and_declares_its_figures():
 def test_the_bench_runs_in_smoke_mode_and_prints_its_figures(name, tiny_dir):
     if name in RAY:
         pytest.importorskip("ray", reason="ray[serve] is not installed: ./scripts/run --ray, or the ray extra")
-    done = run_smoke(name, timeout=600 if name in RAY else 300)
+    done = run_smoke(name, timeout=600 if name in RAY or name == "soak" else 300)  # soak: two bot starts
     assert done.returncode == 0, f"bench/{name}.py --smoke exited {done.returncode}:\n{done.stderr[-4000:]}"
     got = figures(done.stdout)
     missing = [f for f in declared_figures(BENCH / f"{name}.py") if f not in got]
