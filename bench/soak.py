@@ -51,6 +51,7 @@ import re
 import signal
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import closing
@@ -373,9 +374,12 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.smoke:
         args.minutes, args.restart_min, args.warmup_s, args.sample_s, args.min_lives = 1.0, 0.5, 0.0, 0.5, 2
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        asyncio.run(main(args, args.keep.resolve()))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            asyncio.run(main(args, Path(tmp)))
+    try:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            asyncio.run(main(args, args.keep.resolve()))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                asyncio.run(main(args, Path(tmp)))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        sys.exit("soak: stopped before its end; the bot and its pool were killed")
