@@ -330,7 +330,7 @@ async def main(args, folder: Path) -> None:
     turns, hours = len(soak.seconds), traffic / 3600
     print(f"{turns} turns in {soak.rounds} rounds, {traffic / 60:.1f} min of traffic over {len(lives)} process "
           f"lives ({(time.monotonic() - wall) / 60:.1f} min in all); data dir now {size(data) / 2**20:.1f} MiB "
-          f"(images {size(data / 'images') / 2**20:.1f} MiB, bot.db {size(db) / 2**10:.0f} KiB)")
+          f"(images {size(data / 'images') / 2**20:.1f} MiB, bot.db {db_bytes(db) / 2**10:.0f} KiB)")
     for i, life in enumerate(lives, 1):
         for which in ("bot", "pool"):
             pts = getattr(life, which)

@@ -65,6 +65,7 @@ from tests.fakes.discord_payloads import (API, APP_ID, BOT_ID, CHANNEL_ID, EPHEM
 
 
 ANSWER_WITHIN_S = 3.0  # an interaction's first callback must come this soon
+HEARTBEAT_ACK_S = 0.05  # Discord's heartbeat ACK comes a round trip later
 NOT_RESUMABLE = (4007, 4009)  # close codes after which Discord refuses a RESUME: the client must IDENTIFY
 
 
@@ -326,7 +327,8 @@ class FakeDiscord(LoopbackServer):
             frame = json.loads(msg.data)
             self.gateway_received.append(frame)
             op = frame.get("op")
-            if op == 1:
+            if op == 1:  # acked after a network's round trip: discord.py times the beat only once it is sent,
+                await asyncio.sleep(HEARTBEAT_ACK_S)  # so an instant ack reads as "Can't keep up, 41.3s behind"
                 await self._send_now(ws, {"op": 11, "d": None, "s": None, "t": None})
             elif op == 2:
                 assert frame["d"]["token"] == self.token, "IDENTIFY with the wrong token"
