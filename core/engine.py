@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import settings
-from core import actions, commands, history, inflight, lineup
+from core import actions, admin, commands, history, inflight, lineup
 from core.access import Access, models_of
 from core.agent import images_to_post, run_turn
 from core.commands import HELP
@@ -36,13 +36,12 @@ from core.llm import LLM
 from core.ordering import InOrder
 from core.pool_client import PoolClient, PoolUnavailable
 from core.progress import Progress
-from core.safety import describe, policy_for, summary, with_notice
+from core.safety import policy_for, with_notice
 from core.store import NOTE, ImageRow, Store
 from core.tools import BY_NAME
-from core.tools.base import ToolContext, ToolResult, call, duration_text
+from core.tools.base import ToolContext, ToolResult, call
 from core.turn import CancelButton, OutImage, Outcome, Press, Reply, Turn, quoted
 from settings.models import DRAWING_MODELS
-from settings.units import hub_pair, hub_size, mib
 
 log = logging.getLogger(__name__)
 RESTARTING = "I'm restarting; please ask again."
@@ -294,7 +293,8 @@ class Core:
     async def direct(self, turn: Turn, reply: Reply, tool: str, args: dict[str, Any]) -> Outcome:
         """Run one tool without the LLM (slash commands). An attachment becomes the ``image`` argument.
         Like ``handle``, it takes its place in the conversation when called; refused first by the access policy."""
-        if (refusal := self.access.admit(turn, models=models_of(BY_NAME[tool]), explicit=True)) is not None:
+        models = {args["model"]} if args.get("model") else models_of(BY_NAME[tool])  # /imagine model: that one
+        if (refusal := self.access.admit(turn, models=models, explicit=True)) is not None:
             return await self._refused(turn, reply, refusal)
 
         async def work(progress: Progress) -> Outcome:
@@ -422,60 +422,8 @@ class Core:
         return [m for m in DRAWING_MODELS if m in loaded and typed.lower() in m.lower()]
 
     async def admin(self, turn: Turn, action: str, model: str | None = None, device: str | None = None) -> str:
-        """/models, /safety, /reload, /load, /unload: refused, with an answer, for non-admins."""
-        if not turn.is_admin:
-            log.warning("refused /%s from non-admin %s (%s)", action, turn.user_id, turn.platform)
-            return f"Sorry, /{action} is for the bot's admins only."
-        if action == "safety":
-            try:
-                return describe(self.config.safety, turn, await self.pool.models())
-            except PoolUnavailable:
-                return describe(self.config.safety, turn, None)
-        try:
-            if action == "models":
-                infos = await self.pool.models()
-                notes = "".join(f"\n{topic}: {text}" for topic, text in self.admin_notes.items())
-                return format_models(infos, self.config.models) + "\n" + summary(self.config.safety, infos) + notes
-            if action == "reload":
-                reply = await self.pool.reload(model)
-            elif action == "load":
-                reply = await self.pool.load(model or "", device)
-            elif action == "unload":
-                reply = await self.pool.unload(model or "")
-            else:
-                return f"Unknown admin command /{action}. Admins: {commands.names(admin=True)}."
-        except PoolUnavailable as e:
-            return str(e)
-        self._loaded = (0.0, set())
-        return reply.get("message", "Done.")
-
-
-def format_models(infos, configured: dict | None = None) -> str:
-    """One line per model: where it is, whether its weights are on the device now
-    (offloaded: waiting in CPU RAM under a residency budget), its size and last use;
-    while it downloads or loads, how far it got and about how long is left. ``configured`` (config.models)
-    gives each model's label: "Text2Mask (ImageEditing)" for one configured by the seed's name."""
-    if not infos:
-        return "No models are configured."
-    lines = []
-    for m in infos:
-        where = (", resident" if m.resident else ", offloaded to CPU RAM") if m.state == "ready" else ""
-        size = mib(m.bytes, 0) if m.bytes else "no weights"
-        shared = f", {mib(m.shared_bytes, 0)} shared" if m.shared_bytes else ""
-        if m.last_used is None:
-            used = ", not used yet" if m.state == "ready" else ""
-        else:
-            ago = max(0, time.time() - m.last_used)
-            used = ", last used " + (f"{ago:.0f} s" if ago < 90 else f"{ago / 60:.0f} min" if ago < 5400
-                                     else f"{ago / 3600:.1f} h") + " ago"
-        err = f" - {m.error}" if m.error else ""
-        state = m.state
-        if m.state == "loading" and m.phase:  # downloading 1.2 of 2.1 GB / loading 2.1 GB of files
-            state = m.phase
-            if m.download_total:
-                size = (hub_pair(m.downloaded, m.download_total) if m.phase == "downloading"
-                        else f"{hub_size(m.download_total)} of files")
-            size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
-        label = configured[m.name].label if configured and m.name in configured else m.name
-        lines.append(f"{label}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
-    return "\n".join(lines)
+        """/models, /safety, /reload, /load, /unload (core/admin.py): refused, with an answer, for non-admins."""
+        text, changed = await admin.answer(self.config, self.pool, turn, action, model, device, self.admin_notes)
+        if changed:
+            self._loaded = (0.0, set())  # what is loaded is asked again
+        return text

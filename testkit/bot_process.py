@@ -50,10 +50,12 @@ source = "{tiny}/safety-flags-none"
 
 class BotProcess:
     """``python -m bot`` as a user starts it; its log in a file, to find the pool's pid. Leaving the
-    ``async with`` kills the bot and its pool by pid, whatever happened."""
+    ``async with`` kills the bot and its pool by pid, whatever happened. ``discord``: the URL of a fake Discord
+    (tests/fakes/discord_server.py) for discord.py to use (testkit/on_fake_discord.py)."""
 
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None, discord: str = ""):
         self.config, self.args, self.log = config, args, config.parent / "bot.log"
+        self.module = ("testkit.on_fake_discord", discord) if discord else ("bot",)
         self.env = child_env(**(env or {}))
         self.proc: asyncio.subprocess.Process | None = None
         self._pool: int | None = None
@@ -61,7 +63,7 @@ class BotProcess:
     async def __aenter__(self) -> BotProcess:
         with self.log.open("w") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "--config", str(self.config), *self.args, cwd=ROOT, env=self.env,
+                sys.executable, "-m", *self.module, "--config", str(self.config), *self.args, cwd=ROOT, env=self.env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
         return self
 

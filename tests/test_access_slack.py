@@ -5,6 +5,7 @@ the same data directory where a test says so. User groups are read with usergrou
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -246,7 +247,7 @@ async def test_only_the_allowed_user_groups_may_use_the_bot(slack, bots, llm_ser
 async def test_upscale_is_only_for_patrons(slack, bots):
     await bots.start(images_per_day=0)
     await drawn(slack, ALICE)
-    posted = await slack.wait_for("chat.postMessage", lambda c: bool(c.get("blocks")))
+    posted = await slack.wait_for("chat.postMessage", lambda c: "vc:upscale:img1" in json.dumps(c.get("blocks")))
     jobs = len(bots.jobs)
     await slack.press(posted, "vc:upscale:img1", user=ALICE)  # a disabled group does not count (S0OLD)
     private = await slack.wait_for("chat.postEphemeral")

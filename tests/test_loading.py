@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import settings
-from core.engine import format_models
+from core.admin import format_models
 from core.tools.base import waiting_text
 from gpu_pool import fit
 from gpu_pool.protocol import Event, ModelInfo

@@ -109,7 +109,7 @@ def test_flows_are_offered_with_either_way_to_a_mask():
 
 
 async def test_models_lists_the_detector_and_sam(ctx):
-    from core.engine import format_models
+    from core.admin import format_models
 
     infos = {m.name: m for m in await ctx.pool.models()}
     for name in ("Text2Box", "Segmenting"):

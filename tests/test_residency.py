@@ -291,7 +291,7 @@ async def test_a_job_whose_model_cannot_fit_fails_with_the_size():
 
 
 def test_the_admin_listing_says_resident_or_offloaded_and_last_use():
-    from core.engine import format_models
+    from core.admin import format_models
     from gpu_pool.protocol import ModelInfo
 
     text = format_models([

@@ -36,6 +36,14 @@ As on Discord, an interaction must get its callback within 3 s of being sent: a 
 (404 Unknown interaction), and leaving the ``async with`` fails the test if a pushed interaction got
 none in time (the user saw "This interaction failed"); ``answered(interaction)`` waits for it.
 ``notified(request)`` lists the users a posted message notifies (its mentions that allowed_mentions lets through).
+
+The gateway keeps a session as Discord does: each IDENTIFY starts one (a new session id, its sequence from 1),
+every dispatch gets the session's next ``s``. ``drop_connection(code)`` closes the socket; events pushed
+while the client is away are kept in the session. A resumable close (4000, 1001, ...): the client RESUMEs
+with its last ``s`` and the fake replays the events after it, then RESUMED. A non-resumable one (4007 invalid
+seq, 4009 session timed out), or ``invalidate_session()`` (op 9, d=false): the session is over, a RESUME is
+answered op 9 d=false, the client IDENTIFYs anew, and the events pushed in between are never delivered
+(``lost``), as on Discord.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ from tests.fakes.discord_payloads import (API, APP_ID, BOT_ID, CHANNEL_ID, EPHEM
 
 
 ANSWER_WITHIN_S = 3.0  # an interaction's first callback must come this soon
+HEARTBEAT_ACK_S = 0.05  # Discord's heartbeat ACK comes a round trip later
+NOT_RESUMABLE = (4007, 4009)  # close codes after which Discord refuses a RESUME: the client must IDENTIFY
 
 
 # --- the recorder ---------------------------------------------------------------------
@@ -99,7 +109,14 @@ class FakeDiscord(LoopbackServer):
         self._arrived = asyncio.Condition()
         self._ws: web.WebSocketResponse | None = None
         self._ws_lock = asyncio.Lock()
-        self._seq = 0
+        self._seq = self._sent_live = 0  # the session's last s, and the last one sent to the client
+        self.session_id: str | None = None
+        self._sessions = 0
+        self._resumable = False
+        self._events: list[dict] = []  # the dispatches of the current session, for a RESUME to replay
+        self._live: web.WebSocketResponse | None = None  # the socket identified or resumed: dispatches go there
+        self.lost: list[dict] = []  # dispatches of a session that ended before the client got them
+        self.replayed: list[int] = []  # the s of every dispatch sent again on a RESUME
         self._errors, self._watch, self._expected = _ErrorLog(), watch, []
         self.edit_limit = (5, 5.0)  # message edits per channel: (count, seconds)
         self.rate_limited: list[Request] = []
@@ -269,52 +286,103 @@ class FakeDiscord(LoopbackServer):
     # -- the gateway
 
     async def push(self, event: str, data: dict) -> float:
-        """Send a dispatch (op 0) to the connected client; returns time.monotonic() at sending."""
-        await asyncio.wait_for(self.identified.wait(), 10)
+        """Send a dispatch (op 0) to the connected client; returns time.monotonic() at sending. While the client
+        is away (a dropped connection) it is kept in the session, for a RESUME to replay."""
+        if self.session_id is None:
+            await asyncio.wait_for(self.identified.wait(), 10)
         sent = await self._send({"op": 0, "t": event, "d": data})
         if event == "INTERACTION_CREATE":
             self._pushed[data["id"]] = sent
         return sent
 
     async def drop_connection(self, code: int = 4000) -> None:
-        """Close the gateway socket as Discord does when it restarts (the client should resume)."""
-        self.identified.clear()
+        """Close the gateway socket as Discord does when it restarts: after a resumable code the client
+        RESUMEs; after 4007 or 4009 the session is over and the client must IDENTIFY again."""
+        async with self._ws_lock:
+            self.identified.clear()
+            self._live = None
+            if code in NOT_RESUMABLE:
+                self._end_session()
         await self._ws.close(code=code, message=b"fake: reconnect")
+
+    async def invalidate_session(self) -> None:
+        """Op 9 (Invalid Session) with d=false on the open socket: the session is over, the client IDENTIFYs."""
+        async with self._ws_lock:
+            self.identified.clear()
+            self._live = None
+            self._end_session()
+            await self._ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
+
+    def _end_session(self) -> None:
+        """No RESUME of it any more: what the client never got of it is lost (counted at the next IDENTIFY)."""
+        self._resumable = False
 
     async def _send(self, frame: dict) -> float:
         async with self._ws_lock:
+            sent = time.monotonic()
             if frame["op"] == 0:
                 self._seq += 1
                 frame["s"] = self._seq
-            sent = time.monotonic()
+                self._events.append(frame)
+                if self._live is None or self._live.closed:
+                    return sent  # the client is away: kept for a RESUME
+                self._sent_live = self._seq
             await self._ws.send_str(json.dumps(frame))
             return sent
+
+    async def _send_now(self, ws: web.WebSocketResponse, frame: dict) -> None:
+        """A frame outside the session's sequence (hello, heartbeat ack, invalid session) on ``ws``."""
+        async with self._ws_lock:
+            await ws.send_str(json.dumps(frame))
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._ws = ws
         self.gateway_paths.append(request.path)
-        await self._send({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+        await self._send_now(ws, {"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             frame = json.loads(msg.data)
             self.gateway_received.append(frame)
             op = frame.get("op")
-            if op == 1:
-                await self._send({"op": 11, "d": None, "s": None, "t": None})
+            if op == 1:  # acked after a network's round trip: discord.py times the beat only once it is sent,
+                await asyncio.sleep(HEARTBEAT_ACK_S)  # so an instant ack reads as "Can't keep up, 41.3s behind"
+                await self._send_now(ws, {"op": 11, "d": None, "s": None, "t": None})
             elif op == 2:
                 assert frame["d"]["token"] == self.token, "IDENTIFY with the wrong token"
-                await self._ready()
+                await self._ready(ws)
             elif op == 6:
-                await self._send({"op": 0, "t": "RESUMED", "d": {}})
-                self.identified.set()
+                await self._resume(ws, frame["d"])
         return ws
 
-    async def _ready(self) -> None:
+    async def _resume(self, ws: web.WebSocketResponse, d: dict) -> None:
+        """Replay the session's dispatches after the client's ``seq``, then RESUMED; a session that is over
+        (or another one) is refused with op 9 d=false, as Discord does."""
+        assert d["token"] == self.token, "RESUME with the wrong token"
+        async with self._ws_lock:
+            if not self._resumable or d.get("session_id") != self.session_id:
+                await ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
+                return
+            for frame in self._events:
+                if frame["s"] > (d.get("seq") or 0):
+                    self.replayed.append(frame["s"])
+                    await ws.send_str(json.dumps(frame))
+            self._live, self._sent_live = ws, self._seq
+        await self._send({"op": 0, "t": "RESUMED", "d": {}})
+        self.identified.set()
+
+    async def _ready(self, ws: web.WebSocketResponse) -> None:
+        async with self._ws_lock:
+            # the previous session is over (an IDENTIFY ends one that could still resume): Discord never
+            # sends what its client did not get
+            self.lost += [f for f in self._events if f["s"] > self._sent_live]
+            self._sessions += 1
+            self.session_id = f"fake-session-{self._sessions}"
+            self._seq, self._sent_live, self._events, self._resumable, self._live = 0, 0, [], True, ws
         await self._send({"op": 0, "t": "READY", "d": {
-            "v": 10, "user": self.bot_user, "session_id": "fake-session", "private_channels": [],
+            "v": 10, "user": self.bot_user, "session_id": self.session_id, "private_channels": [],
             "guilds": [{"id": g, "unavailable": True} for g in self.guilds],
             "resume_gateway_url": f"{self.ws_base}/resume", "application": {"id": APP_ID, "flags": 0}}})
         for guild in self.guilds.values():

@@ -33,6 +33,14 @@ As strict as Slack where the bot could go wrong:
 - reactions (``slack_reactions.py``): ``reactions.add``/``remove`` on a message that exists, with Slack's errors;
 - user groups (``add_usergroup``): ``usergroups.list`` lists members only with ``include_users``, disabled
   groups only with ``include_disabled``, and answers ``missing_scope`` while ``usergroups_scope`` is off.
+
+Connections, as Socket Mode behaves: ``drop_socket()`` closes the newest websocket without warning (acks
+still on their way are lost with it, even sent on the next one); ``disconnect(reason)`` sends the
+``disconnect`` envelope Slack sends before it moves a connection (``refresh_requested``, ``warning``),
+then closes that socket ``linger_s`` later. Envelopes
+pushed while no socket is open wait for the next one. Slack retries an ``events_api`` envelope the client did
+not ack, on the next connection: a new envelope id, the same event_id, ``retry_attempt`` one more and
+``retry_reason`` "timeout" (``retries`` keeps them); interactive envelopes are not retried.
 """
 
 from __future__ import annotations
@@ -84,6 +92,9 @@ class Envelope:
     sent_at: float
     acked_at: float | None = None
     ack_payload: dict[str, Any] | None = None
+    socket: int = 0  # which connection (index in FakeSlack._sockets) carried it
+    retry_attempt: int = 0
+    retried: bool = False  # never acked, so Slack sent it again (the retry is checked in its place)
 
     @property
     def ack_delay(self) -> float | None:
@@ -129,7 +140,12 @@ class FakeSlack(LoopbackServer):
         self._files: dict[str, StoredFile] = {}
         self._ids = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
+        self._dropped: set[int] = set()  # indexes of sockets this fake dropped: acks arriving on them are lost
+        self.lost_acks: list[str] = []  # envelope ids whose ack arrived on a dropped socket
+        self.retries: list[Envelope] = []  # envelopes Slack sent again because they were not acked
+        self.disconnects: list[str] = []  # reasons of the disconnect envelopes sent
         self._changed = asyncio.Condition()
+        self._background: list[asyncio.Task] = []  # retries waiting for their time, sockets closing later
         self.rate_limits = dict(RATE_LIMITS)
         self.rate_limited: list[Call] = []  # calls answered 429
         self._recent: dict[tuple[str, str], list[float]] = {}
@@ -175,9 +191,44 @@ class FakeSlack(LoopbackServer):
         body = {"envelope_id": envelope_id, "type": kind, "payload": payload,
                 "accepts_response_payload": kind != "events_api", "retry_attempt": retry_attempt,
                 "retry_reason": retry_reason}
-        self.envelopes[envelope_id] = Envelope(envelope_id, kind, payload, time.monotonic())
+        self.envelopes[envelope_id] = Envelope(envelope_id, kind, payload, time.monotonic(),
+                                               socket=self._sockets.index(ws), retry_attempt=retry_attempt)
         await ws.send_str(json.dumps(body))
         return envelope_id
+
+    async def drop_socket(self) -> None:
+        """The newest Socket Mode connection drops without warning (a network blip, a Slack host going away)."""
+        ws = await self.connected()
+        self._dropped.add(self._sockets.index(ws))
+        await ws.close(code=1006, message=b"fake: connection lost")
+
+    async def disconnect(self, reason: str = "refresh_requested", linger_s: float = 1.0) -> None:
+        """Slack's ``disconnect`` envelope on the newest connection; the socket is closed ``linger_s`` later
+        (an ack sent on it until then still counts)."""
+        ws = await self.connected()
+        self.disconnects.append(reason)
+        await ws.send_str(json.dumps({"type": "disconnect", "reason": reason,
+                                      "debug_info": {"host": "fake-host", "approximate_connection_time": 18060}}))
+
+        async def close_later() -> None:
+            await asyncio.sleep(linger_s)
+            self._dropped.add(self._sockets.index(ws))
+            await ws.close(code=1001, message=b"fake: disconnected")
+
+        self._background.append(asyncio.create_task(close_later()))
+
+    async def _retry_unacked(self) -> None:
+        """Once a new connection is open: each events_api envelope of a closed socket still un-acked when its
+        3 s are over is sent again on the newest connection (its retry is then the one that must be acked)."""
+        waiting = [e for e in self.envelopes.values() if e.type == "events_api" and e.acked_at is None
+                   and not e.retried and self._sockets[e.socket].closed]
+        for env in sorted(waiting, key=lambda e: e.sent_at):
+            await asyncio.sleep(max(0.0, env.sent_at + ACK_LIMIT_S - time.monotonic()))
+            if env.acked_at is None and not env.retried:
+                env.retried = True
+                retry = await self.push("events_api", env.payload, retry_attempt=env.retry_attempt + 1,
+                                        retry_reason="timeout")
+                self.retries.append(self.envelopes[retry])
 
     def rate_limit(self, method: str, calls: int, per_s: float, scope: str = "team") -> None:
         self.rate_limits[method] = (calls, per_s, scope)
@@ -269,6 +320,11 @@ class FakeSlack(LoopbackServer):
                 raise AssertionError(f"envelope {envelope_id} ({env.type}) not acked in {timeout} s") from None
         return env
 
+    @property
+    def sockets(self) -> list[web.WebSocketResponse]:
+        """Every Socket Mode connection the client opened, oldest first."""
+        return list(self._sockets)
+
     async def connected(self, timeout: float = 10.0) -> web.WebSocketResponse:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: any(not w.closed for w in self._sockets)), timeout)
@@ -276,9 +332,12 @@ class FakeSlack(LoopbackServer):
 
     async def check(self) -> None:
         """What teardown asserts: nothing unimplemented was hit, every envelope acked in time."""
+        await asyncio.gather(*(t for t in self._background if not t.done()))  # retries due, sockets closing
         assert not self.unimplemented, f"the client called what the fake does not serve: {self.unimplemented}"
         assert not self.violations, f"the client broke Slack's thread rules: {self.violations}"
         for env in list(self.envelopes.values()):
+            if env.retried:
+                continue
             if env.acked_at is None:
                 left = ACK_LIMIT_S - (time.monotonic() - env.sent_at)
                 if left > 0:
@@ -302,6 +361,9 @@ class FakeSlack(LoopbackServer):
         return self
 
     async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for ws in self._sockets:
             await ws.close()
         await self._close()
@@ -454,15 +516,20 @@ class FakeSlack(LoopbackServer):
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._sockets.append(ws)
+        index = len(self._sockets) - 1
         await ws.send_str(json.dumps({"type": "hello", "num_connections": len(self._sockets),
                                       "debug_info": {"host": "fake"}, "connection_info": {"app_id": APP_ID}}))
         async with self._changed:
             self._changed.notify_all()
+        self._background.append(asyncio.create_task(self._retry_unacked()))
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             data = json.loads(msg.data)
             env = self.envelopes.get(data.get("envelope_id", ""))
+            if index in self._dropped or (env is not None and env.acked_at is None and env.socket in self._dropped):
+                self.lost_acks.append(data.get("envelope_id", ""))  # its connection died: Slack retries it
+                continue
             if env is None:
                 self.unimplemented.append(f"websocket message {msg.data[:200]}")
                 continue
