@@ -304,10 +304,11 @@ class Core:
                 return Outcome(" ".join(problems), error=True)
             if uploaded and "image" in BY_NAME[tool].parameters and not args.get("image"):
                 args["image"] = uploaded[0].image_id
+            command = commands.BY_TOOL.get(tool)  # None: a tool no slash command runs (a template's step)
             try:  # typed words (Slack, the terminal) as the tool takes them: --seed 42 a number, --ar a shape
-                typed = commands.tool_args(commands.BY_TOOL[tool], args, self.config.limits)
+                typed = commands.tool_args(command, args, self.config.limits) if command else args
             except ValueError as e:
-                return Outcome(f"{e} Usage: {commands.BY_TOOL[tool].usage}", error=True)
+                return Outcome(f"{e} Usage: {command.usage}", error=True)
             what = " ".join(f"{k}={v}" for k, v in typed.items())
             self.store.add_message(turn.session_key, "user", f"/{tool} {what}", user=turn.user_name)
             result = await call(BY_NAME[tool], ctx, typed)
