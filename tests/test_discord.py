@@ -16,7 +16,7 @@ import settings
 from bot.adapters import discord_bot
 from bot.adapters.discord_bot import DiscordBot, DiscordRejected
 from bot.adapters.discord_reply import split_text
-from core.commands import COMMANDS, IMAGE, USER
+from core.commands import COMMANDS, IMAGE, INT, USER
 from core.engine import HELP
 from tests.fakes.discord_payloads import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                           message, option, user)
@@ -308,8 +308,8 @@ async def test_every_command_is_registered_with_descriptions(fake, bot):
         assert sorted(o["name"] for o in command.get("options", [])) == sorted(names)
         assert {o["name"] for o in command.get("options", []) if o.get("required")} == {
             a.name for a in row.args if a.required and a.kind != IMAGE}
-        assert all(o["type"] == (6 if a.kind == USER else 3) for o in command.get("options", [])
-                   for a in row.args if a.name == o["name"]), command  # 6: a user, 3: a string
+        assert all(o["type"] == {USER: 6, INT: 4}.get(a.kind, 3) for o in command.get("options", [])
+                   for a in row.args if a.name == o["name"]), command  # 6: a user, 4: an integer, 3: a string
 
     for command, row in zip(synced.json, COMMANDS):
         check(command, row)

@@ -322,7 +322,7 @@ async def test_strict_schemas_and_routing_to_more_tools(pool, tmp_path):
     assert {"detect_edges", "generate_from_edges", "more_tools"} <= set(offered[0])  # routed by the user's words
     assert "estimate_depth" not in offered[0] and "estimate_depth" in offered[3]  # unlocked by more_tools
     generate = next(t["function"] for t in server.requests[0]["tools"] if t["function"]["name"] == "generate_image")
-    assert generate["strict"] and generate["parameters"]["required"] == ["prompt", "width", "height"]
+    assert generate["strict"] and generate["parameters"]["required"] == ["prompt", "width", "height", "aspect_ratio"]
     assert generate["parameters"]["properties"]["width"]["type"] == ["integer", "null"]
 
 

@@ -270,7 +270,8 @@ async def test_twenty_concurrent_mentions_are_answered_in_the_right_places(bot, 
 async def test_slash_commands(bot, slack, core):
     env = await slack.push_command("/help", "")
     assert (await slack.wait_acked(env)).ack_payload["text"] == HELP + "\n" + THREADS_NOTE
-    for command, usage in (("/imagine", "Usage: /imagine PROMPT"), ("/caption", "Usage: /caption IMAGE_ID"),
+    imagine = "Usage: /imagine PROMPT [--ar 1:1|3:2|2:3|16:9|9:16] [--seed SEED] [--steps STEPS] [--model MODEL]"
+    for command, usage in (("/imagine", imagine), ("/caption", "Usage: /caption IMAGE_ID"),
                            ("/edit img1", "Usage: /edit IMAGE_ID INSTRUCTION"), ("/unload", "Usage: /unload MODEL"),
                            ("/load", "Usage: /load MODEL [DEVICE]")):
         name, _, text = command.partition(" ")
