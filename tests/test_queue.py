@@ -314,7 +314,7 @@ async def test_slack_queue_cancel_and_a_wide_drawing(slack, slack_bot, core, slo
         return [c for m in ("chat.postMessage", "chat.update") for c in slack.called(m, lambda c: c["channel"] == "C4")
                 if "3 job(s) ahead" in c["text"] and "vc:cancel:" in json.dumps(c.get("blocks"))]
     # progress messages show the ETA too (edits share the workspace's budget with the running job's steps)
-    assert "done in about" in (await until(dave_status, timeout=30))[0]["text"]
+    assert "done in about" in (await until(dave_status, timeout=60))[0]["text"]
 
     await stepping_in(slack, "C1")
     posted, action_id = cancel_of(slack, "C1")
