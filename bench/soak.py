@@ -69,6 +69,7 @@ from tests.fakes.openai_server import FakeLLM, text_of
 FIGURES = ("soak_turns", "soak_errors", "bot_rss_growth_mib_per_hour", "pool_rss_growth_mib_per_hour",
            "sqlite_bytes_per_turn", "data_dir_growth_mib_per_hour", "p95_turn_s")
 TOKEN_ENV = "DISCORD_TOKEN_FOR_SOAK"
+WARM_SAMPLES = 3  # RSS samples a life needs, once warm, for its slope to count
 A, B, DM = "3101", "3102", "9100"  # two channels of the guild, and a DM's channel
 ANN, BOB, DAN = user("4201", "ann"), user("4202", "bob"), user("4203", "dan")  # dan writes in the DM
 HELLO, KEPT, SECRET, CAT, SNOWY = ("Hello! Ask me to draw something.", "A fine photo; I kept it.",
@@ -83,6 +84,10 @@ class Life:
     warm_at: float | None = None
     bot: list[tuple[float, float]] = field(default_factory=list)
     pool: list[tuple[float, float]] = field(default_factory=list)
+
+    def warm(self, which: str) -> list[tuple[float, float]]:
+        """The samples of ``which`` ("bot", "pool") taken once the life was warm: what its slope is fitted on."""
+        return [(t, m) for t, m in getattr(self, which) if self.warm_at is not None and t >= self.warm_at]
 
 
 def rss_mib(pid: int | None) -> float | None:
@@ -99,8 +104,8 @@ def growth_per_hour(lives: list[Life], which: str) -> float:
     """The pooled within-life least-squares slope of RSS over time, in MiB per hour (warm samples only)."""
     sxy = sxx = 0.0
     for life in lives:
-        pts = [(t, m) for t, m in getattr(life, which) if life.warm_at is not None and t >= life.warm_at]
-        if len(pts) < 3:
+        pts = life.warm(which)
+        if len(pts) < WARM_SAMPLES:
             continue
         mt, mm = statistics.fmean(t for t, _ in pts), statistics.fmean(m for _, m in pts)
         sxy += sum((t - mt) * (m - mm) for t, m in pts)
@@ -284,10 +289,14 @@ async def main(args, folder: Path) -> None:
                 life_end = life.started + args.restart_min * 60
                 rounds = 0
                 # at least two rounds in the first life (the first loads the models; RSS is fitted after it), one
-                # in the others
+                # in the others, and enough warm samples for a slope (a slow machine's short smoke lives had none)
                 try:
-                    while rounds < (2 if len(lives) == 1 else 1) or (time.monotonic() < life_end
-                                         and traffic + time.monotonic() - life.started < args.minutes * 60):
+                    while True:
+                        now = time.monotonic()
+                        if not (rounds < (2 if len(lives) == 1 else 1)
+                                or (len(life.warm("pool")) < WARM_SAMPLES and now < life_end + 60)
+                                or (now < life_end and traffic + now - life.started < args.minutes * 60)):
+                            break
                         await soak.round()
                         rounds += 1
                         if life.warm_at is None:
