@@ -16,6 +16,7 @@ from testkit.core import close_core, core_config
 from testkit.pool import write_tiny_config
 from tests.fakes.counting_pool import CountingPool
 from tests.test_agent import RecordingReply, turn
+from testkit.waiting import until
 
 
 @pytest.fixture
@@ -25,13 +26,6 @@ async def chat_core(tmp_path, llm_server):
     c = build_core(cfg, llm_retries=0, status_interval=0)
     yield c
     await close_core(c)
-
-
-async def until(check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 # --- order: four messages in one conversation ---------------------------------------------------

@@ -7,7 +7,6 @@ safety checker. A drawing of 2 steps first gives the pool its timings, so the qu
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import json
@@ -29,6 +28,7 @@ from tests.fakes.discord_server import FakeDiscord, Request
 from tests.fakes.logged_errors import LoggedErrors
 from tests.fakes.slack_payloads import BOT_USER, mention
 from tests.fakes.slack_server import Call, FakeSlack
+from testkit.waiting import until
 
 LONG = 500  # steps: never finished here, always cancelled (PNDM breaks at 1000: it would ask for timestep 1000)
 TOKEN_ENV = "DISCORD_TOKEN_FOR_QUEUE_TESTS"
@@ -49,18 +49,6 @@ async def core(slow_pool, tmp_path, llm_server):
     c = make_core(slow_pool, tmp_path, llm_server)
     yield c
     await close_core(c)
-
-
-async def until(predicate, timeout: float = 60.0, every: float = 0.05):
-    """Poll ``predicate`` (sync or async) until it is truthy; its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        value = await value if asyncio.iscoroutine(value) else value
-        if value:
-            return value
-        await asyncio.sleep(every)
-    raise AssertionError(f"not true within {timeout} s")
 
 
 async def pool_stopped(pool, job_id: str) -> int:

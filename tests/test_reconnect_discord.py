@@ -12,23 +12,11 @@ import asyncio
 import time
 
 from tests.fakes.discord_server import FakeDiscord
-from tests.fakes.openai_server import text_of
+from tests.fakes.openai_server import asked
 from tests.test_discord import ANSWER, CHANNELS, bot, fake, mention  # noqa: F401 (fixtures)
+from testkit.waiting import until
 
 DRAWN = "Here is your cat: img1"
-
-
-async def until(check, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
-def asked(llm_server, words: str) -> int:
-    """How many LLM requests the turn for ``words`` made (a turn handled twice makes twice as many)."""
-    return sum(words in text_of(r["messages"][-1]["content"]) for r in llm_server.requests
-               if r["messages"][-1]["role"] == "user")
 
 
 def replies(fake: FakeDiscord, channel: str, to: dict) -> list:

@@ -7,28 +7,15 @@ event whose ack was lost with the connection comes again (``retry_attempt`` 1) a
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-from tests.fakes.openai_server import text_of
+from tests.fakes.openai_server import asked
 from tests.fakes.slack_payloads import mention
 from tests.fakes.slack_server import FakeSlack
 from tests.test_slack import AT, answer, bot, errors, in_thread, make_bot, slack  # noqa: F401 (fixtures)
+from testkit.waiting import until
 
 DRAWN = "Here is your cat: img1"
-
-
-async def until(check, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
-def asked(llm_server, words: str) -> int:
-    """How many turns the LLM saw for ``words`` (a turn handled twice asks twice)."""
-    return sum(words in text_of(r["messages"][-1]["content"]) for r in llm_server.requests
-               if r["messages"][-1]["role"] == "user")
 
 
 def drawings(slack: FakeSlack, event: dict) -> list:

@@ -57,6 +57,12 @@ Pattern = str | re.Pattern[str]  # str: case-insensitive substring; Pattern: re.
 # --- reading a request ------------------------------------------------------------------
 
 
+def asked(server, words: str) -> int:
+    """How many of ``server``'s requests ended on a user message holding ``words`` (a turn handled twice: 2)."""
+    return sum(words in text_of(r["messages"][-1]["content"]) for r in server.requests
+               if r["messages"][-1]["role"] == "user")
+
+
 def text_of(content: Any) -> str:
     """The text of a message's content: a string, or a list of content parts."""
     if isinstance(content, str):
