@@ -58,7 +58,8 @@ GOALS = {
     "status_edits": lambda f: all(v >= 0 for v in f.values())  # a quick drawing may need no edit
     # issue 24: within the limits (enforced in the smoke run) with a Cancel button on every status message
     and f["slack_answered_429"] == f["discord_answered_429"] == 0
-    and all(0 < f[f"{p}_status_posts"] == f[f"{p}_status_posts_with_cancel"] for p in ("slack", "discord")),
+    and all(0 < f[f"{p}_status_posts"] == f[f"{p}_status_posts_with_cancel"] for p in ("slack", "discord"))
+    and f["slack_statuses_with_eta"] > 0 and f["discord_statuses_with_eta"] > 0,
     "discord_e2e": lambda f: f["errors"] == 0 and 0 < f["first_sign_p95_ms"] < 5000,
     "shutdown": lambda f: f["sigterm_exit_code"] == 0 and f["sigterm_stop_s"] < 15
     and f["pool_gone_after_sigkill_s"] < 30,
