@@ -6,7 +6,8 @@ a background task shows it:
 
 1. nothing before ``delay`` seconds (a fast turn never flashes a status message);
 2. then the latest text, edited at most once per ``interval``, older texts skipped;
-3. an edit only when the workspace's ``EditBudget`` (shared by every turn there) has room;
+3. an edit only when the workspace's ``EditBudget`` (shared by every turn there) has room, in turn
+   with the other statuses waiting there;
 4. a failed call is logged and forgotten; ``RateLimited`` pauses the whole budget for
    its Retry-After; the work goes on either way.
 
@@ -55,11 +56,13 @@ class Progress:
         await asyncio.sleep(self.delay)
         while not self._closed:
             if self._text == self._shown:
+                if self.budget is not None:
+                    self.budget.leave(self)  # nothing to edit: no place in line
                 self._changed.clear()
                 await self._changed.wait()
                 continue
             if self._shown is not None and self._text is not None and self.budget is not None:
-                wait = self.budget.take()
+                wait = self.budget.take(self)
                 if wait > 0:  # the workspace's edits are spent: skip ahead to the latest text later
                     await asyncio.sleep(wait)
                     continue
@@ -89,6 +92,8 @@ class Progress:
     async def clear(self) -> None:
         """Stop updating; remove the message if one is shown (best-effort, never raises)."""
         self._closed = True
+        if self.budget is not None:
+            self.budget.leave(self)
         task, self._task = self._task, None
         if task is not None:
             if self._shown is None:  # a post may be on its way: let it land, so it can be deleted

@@ -114,25 +114,41 @@ class CancelButton:
 class EditBudget:
     """The status edits one workspace or guild may make: a token bucket every turn there shares,
     so progress stays within the platform's rate limit however many turns run at once. A 429's
-    Retry-After pauses it."""
+    Retry-After pauses it.
+
+    Fair: a status that asks and must wait takes its place in line (``take(who)``), and each new
+    token goes to the first in line, so a queued request's "2 job(s) ahead" is shown in its turn and
+    not starved by a running job that asks again the moment each token arrives. A status that no
+    longer needs an edit leaves the line (``leave``)."""
 
     def __init__(self, per_minute: float, burst: int):
         self.rate, self.burst = per_minute / 60.0, burst
         self._tokens, self._at, self._paused_until = float(burst), time.monotonic(), 0.0
+        self._line: list[object] = []  # who waits for an edit, first come first served
         self.spent = 0  # edits granted so far (benchmarks read it)
 
-    def take(self) -> float:
-        """0.0 when an edit may go now (and counts it); else the seconds until one may."""
+    def take(self, who: object | None = None) -> float:
+        """0.0 when an edit may go now (and counts it); else the seconds until ``who``'s turn (``who``
+        keeps its place in line; None: behind everyone waiting)."""
         now = time.monotonic()
         if now < self._paused_until:
             return self._paused_until - now
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        if self._tokens >= 1:
+        if who is not None and who not in self._line:
+            self._line.append(who)
+        ahead = self._line.index(who) if who is not None else len(self._line)
+        if self._tokens >= ahead + 1:  # the ones ahead keep a token each
             self._tokens -= 1
             self.spent += 1
+            self.leave(who)
             return 0.0
-        return (1 - self._tokens) / self.rate
+        return (ahead + 1 - self._tokens) / self.rate
+
+    def leave(self, who: object | None) -> None:
+        """``who`` no longer waits for an edit (its text is shown, or its turn ended)."""
+        if who in self._line:
+            self._line.remove(who)
 
     def pause(self, seconds: float) -> None:
         """The platform said Retry-After: no edit from anyone here until then."""

@@ -82,3 +82,41 @@ def test_the_edit_budget_is_a_shared_token_bucket():
     assert [budget.take() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert 0.9 < budget.take() <= 1.0  # then one a second
     assert budget.spent == 3
+
+
+
+async def test_a_status_that_waits_for_the_budget_gets_its_turn_before_busy_ones_edit_again():
+    # Three running jobs' statuses want an edit every step; a queued request's wants one ("now 2 ahead").
+    # The workspace allows 2 edits a second, each status at most 5: the queued one must be shown in its
+    # turn (before the busy ones take two rounds of tokens), not starved by those who ask more often.
+    budget = EditBudget(per_minute=120, burst=1)
+    platforms = [Platform(budget) for _ in range(4)]
+    *busy, waiting = [Progress(p, delay=0.0, interval=0.2) for p in platforms]
+    for i, b in enumerate(busy):
+        await b(f"job {i} step 0")
+    await waiting("3 job(s) ahead")
+    await asyncio.sleep(0.1)  # all posted (a post needs no edit)
+
+    async def steps():
+        for step in range(1, 10**6):
+            for i, b in enumerate(busy):
+                await b(f"job {i} step {step}")
+            await asyncio.sleep(0.01)
+
+    stepping = asyncio.create_task(steps())
+    try:
+        await asyncio.sleep(1.0)  # the busy ones have the line to themselves
+        asked = time.monotonic()
+        await waiting("2 job(s) ahead")
+        for _ in range(500):
+            if any(t == "2 job(s) ahead" for _, t, _ in platforms[-1].calls):
+                break
+            await asyncio.sleep(0.01)
+        shown = [at for _, t, at in platforms[-1].calls if t == "2 job(s) ahead"]
+        assert shown and shown[0] - asked < 2.2  # its turn: behind at most the 3 busy ones (2 a second)
+        edits = sorted(at for p in platforms for k, _, at in p.calls if k == "edit")
+        assert len(edits) <= 1 + 2 * (edits[-1] - edits[0]) + 1  # and the budget held for all together
+    finally:
+        stepping.cancel()
+        for p in (*busy, waiting):
+            await p.clear()
