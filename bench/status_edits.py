@@ -13,9 +13,9 @@ not cost a call more.
 
 By default the fakes do not rate-limit, so the figure is what the bot asks for;
 ``--enforce-limits`` turns on Slack's Tier 3 and Discord's edit limits.
-``--smoke``: 4 drawings of 50 steps at 128 px (about a second each on a CPU, so the last ones
-queue long enough to show status messages; at 64 px and 20 steps a warm pool drew all 4 in under
-the 1 s before a status shows, and the smoke saw none) with the limits enforced.
+``--smoke``: 6 drawings of 30 steps at 96 px (about 0.3 s each on a calm 2-core CPU, so the last
+ones queue long enough to show status messages; 4 at 64 px and 20 steps were all drawn within the 1 s
+before a status shows, and the smoke saw none) with the limits enforced.
 Ends with ``{slack,discord}_status_edits_per_min=<float>``,
 ``{slack,discord}_answered_429=<int>`` (0: within the platform's limits), and
 ``{slack,discord}_status_posts``, ``_status_posts_with_cancel`` (status messages posted; those
@@ -139,10 +139,10 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=50, help="at most this many diffusion steps (fewer: shorter jobs)")
     parser.add_argument("--size", type=int, default=64, help="working size in px (larger: longer jobs, a longer run)")
     parser.add_argument("--enforce-limits", action="store_true", help="the fakes answer 429 beyond the limits")
-    parser.add_argument("--smoke", action="store_true", help="4 drawings of 50 steps at 128 px, the limits enforced")
+    parser.add_argument("--smoke", action="store_true", help="6 drawings of 30 steps at 96 px, the limits enforced")
     args = parser.parse_args()
     if args.smoke:
-        args.drawings, args.steps, args.size, args.enforce_limits = 4, 50, 128, True
+        args.drawings, args.steps, args.size, args.enforce_limits = 6, 30, 96, True
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
