@@ -37,7 +37,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     digest = _sources_hash()
     if stamp.exists() and stamp.read_text() == digest:
         return out
-    from scripts.tiny_models import detect, hub, llm, safety, sd, upscale, vision
+    from scripts.tiny_models import detect, eyes, hub, llm, safety, sd, upscale, vision
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +48,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     safety.build(tmp)
     upscale.build(tmp)
     llm.build(tmp)
+    eyes.build(tmp)  # Florence-2, SAM 2.1, Depth Anything V2, with their hub layouts
     hub.build(tmp)  # from the folders above, laid out as the real hub repos
     (tmp / ".stamp").write_text(digest)
     old = out.with_name(f"{out.name}.old.{os.getpid()}")

@@ -44,6 +44,14 @@ MODEL_DEFAULTS: dict[str, str] = {
     # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.
     "LLM": "Qwen/Qwen3-VL-2B-Instruct",
 }
+SEED_MODELS = tuple(n for n in MODEL_DEFAULTS if n != "LLM")  # the seed's models only, whatever comes after
+# The modern profile's models (config.modern.toml), after the seed's; each with its licence.
+MODERN_DEFAULTS: dict[str, str] = {
+    "Florence2": "florence-community/Florence-2-base",  # MIT: captions, OCR, phrase grounding
+    "Sam2": "facebook/sam2.1-hiera-base-plus",  # Apache-2.0: masks from boxes or points
+    "DepthAnything": "depth-anything/Depth-Anything-V2-Small-hf",  # Apache-2.0 (Base and Large are NC)
+}
+MODEL_DEFAULTS.update(MODERN_DEFAULTS)
 MODEL_NAMES = tuple(MODEL_DEFAULTS)
 
 
@@ -53,7 +61,6 @@ def default_source(name: str, sd_base: str) -> str:
     return sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
 
 
-SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")
 # The models that draw a new image from words: what /imagine's model option and generate_image pick among
 # (those loaded). One list: a profile's drawing model is added here, e.g. FLUX.2 [klein].
 DRAWING_MODELS = ("Text2Image",)  # the seed's visual models, each used by a tool

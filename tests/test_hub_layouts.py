@@ -77,6 +77,8 @@ def run_once(model: PoolModel):
         params["detect_resolution"] = 64
     if model.name == "LLM":
         params.update(messages=[{"role": "user", "content": "what is on the sofa?"}], max_tokens=4)
+    if model.name == "Sam2":
+        params["boxes"] = [[4, 4, 40, 28]]
     image = Image.new("RGB", (48, 32), (200, 120, 40))
     mask = Image.new("L", (48, 32), 0)
     mask.paste(255, (0, 0, 24, 16))
@@ -88,6 +90,8 @@ def run_once(model: PoolModel):
 def check_output(name: str, out) -> None:
     if name in ("ImageCaptioning", "VisualQuestionAnswering"):
         assert isinstance(out.text, str) and not out.images
+    elif name == "Florence2":  # the tiny Florence-2 says what it says of everything
+        assert out.text == "red car" and not out.images
     elif name == "SafetyChecker":  # the tiny checker's thresholds flag nothing
         assert out.text.startswith("not flagged (score ") and not out.images
     elif name == "Text2Box":  # the tiny detector sees cats: one box per query, inside the image
@@ -176,6 +180,10 @@ def _prefixed(src: Path, dst: Path, weights: str) -> None:
     ("Text2Box", "IDEA-Research/grounding-dino-tiny", "model.safetensors", "GroundingDinoForObjectDetection"),
     ("SafetyChecker", "CompVis/stable-diffusion-safety-checker", "pytorch_model.bin", "StableDiffusionSafetyChecker"),
     ("LLM", "Qwen/Qwen3-VL-2B-Instruct", "model.safetensors", "Qwen3VLForConditionalGeneration"),
+    ("Florence2", "florence-community/Florence-2-base", "model.safetensors", "Florence2ForConditionalGeneration"),
+    ("Sam2", "facebook/sam2.1-hiera-base-plus", "model.safetensors", "Sam2Model"),
+    ("DepthAnything", "depth-anything/Depth-Anything-V2-Small-hf", "model.safetensors",
+     "DepthAnythingForDepthEstimation"),
 ])
 def test_a_checkpoint_whose_keys_do_not_match_fails_the_load(hub, tmp_path, name, repo, weights, network):
     _prefixed(hub / repo, tmp_path / "bad", weights)

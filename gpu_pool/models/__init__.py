@@ -1,4 +1,4 @@
-"""The pool's model table: each seed model name -> the function that loads it.
+"""The pool's model table: each model name (the seed's, then the modern profile's) -> the function that loads it.
 
 Every loader has the signature ``load(spec: LoadSpec, bases: SharedBases) -> PoolModel``.
 Imports are late (inside ``loader``) so listing the table costs nothing and a
@@ -49,6 +49,10 @@ MODEL_TABLE: dict[str, str] = {
     "Upscale": "upscale:load_upscale",
     SAFETY_CHECKER: "safety:load_safety_checker",
     "LLM": "llm:load_llm",
+    # The modern profile's eyes (settings.models.MODERN_DEFAULTS)
+    "Florence2": "florence:load_florence2",
+    "Sam2": "sam2:load_sam2",
+    "DepthAnything": "depth_anything:load_depth_anything",
 }
 
 
