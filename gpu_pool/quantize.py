@@ -8,7 +8,7 @@ manager adopts the weights, so the budget counts the bytes the quantized weights
          elsewhere (older GPUs, CPU):  diffusers' layerwise casting, fp8 storage cast to the model's
          dtype layer by layer for the forward: half the bytes, no speed-up.
     nf4  CUDA, bitsandbytes:  every nn.Linear but ``lm_head`` becomes :class:`NF4Linear` (4-bit
-         NormalFloat, one float32 absmax per 64 weights, bf16 compute): about a quarter of bfloat16.
+         NormalFloat, double quantization, bf16 compute): 0.52 bytes a weight, about a quarter of bfloat16.
 
 What the device cannot run falls back, nf4 -> fp8 -> none, with one warning naming the model, what
 was asked, what is used and why; a load never fails for it. A module two models hold (one Qwen3 is
@@ -116,20 +116,29 @@ def _installed(package: str) -> bool:
 
 
 class NF4Linear(torch.nn.Module):
-    """An ``nn.Linear`` in bitsandbytes NF4. Its packed 4-bit weights, absmax and code are plain
-    buffers, so the residency manager moves and counts them like any weight (bitsandbytes' own
-    ``Params4bit`` keeps its absmax outside the module's tensors)."""
+    """An ``nn.Linear`` in bitsandbytes NF4 with double quantization (``Linear4bit``'s default): 4-bit
+    weights, an 8-bit absmax per 64 of them, a float32 absmax per 256 of those. Every tensor is a plain
+    buffer, so the residency manager moves and counts them like any weight (bitsandbytes' own
+    ``Params4bit`` keeps its quantization state outside the module's tensors)."""
 
     def __init__(self, linear: torch.nn.Linear, device: str, compute_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        from bitsandbytes import functional as bnb_f
+        home, n = linear.weight.device, linear.weight.numel()
+        if home.type == "meta":  # counted, not run (bench/memory.py): the tensors bitsandbytes would give
+            blocks = -(-n // NF4_BLOCK)
+            held = {"packed": torch.empty(((n + 1) // 2, 1), dtype=torch.uint8), "code": torch.empty(16),
+                    "absmax": torch.empty(blocks, dtype=torch.uint8), "offset": torch.empty(()),
+                    "absmax2": torch.empty(-(-blocks // 256)), "code2": torch.empty(256)}
+            held = {k: t.to("meta", torch.uint8 if t.dtype == torch.uint8 else torch.float32) for k, t in held.items()}
+        else:
+            from bitsandbytes import functional as bnb_f
 
-        home = linear.weight.device
-        packed, state = bnb_f.quantize_4bit(linear.weight.data.to(device, compute_dtype), blocksize=NF4_BLOCK,
-                                            quant_type="nf4")
-        self.register_buffer("packed", packed.to(home))
-        self.register_buffer("absmax", state.absmax.to(home))
-        self.register_buffer("code", state.code.to(home))
+            packed, state = bnb_f.quantize_4bit(linear.weight.data.to(device, compute_dtype), blocksize=NF4_BLOCK,
+                                                quant_type="nf4", compress_statistics=True)
+            held = {"packed": packed, "code": state.code, "absmax": state.absmax, "offset": state.offset,
+                    "absmax2": state.state2.absmax, "code2": state.state2.code}
+        for key, t in held.items():
+            self.register_buffer(key, t.to(home))
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.compute_dtype = compute_dtype
@@ -138,8 +147,10 @@ class NF4Linear(torch.nn.Module):
         import bitsandbytes as bnb
         from bitsandbytes.functional import QuantState
 
+        nested = QuantState(self.absmax2, code=self.code2, blocksize=256, dtype=torch.float32)
         state = QuantState(self.absmax, shape=torch.Size((self.out_features, self.in_features)), code=self.code,
-                           blocksize=NF4_BLOCK, quant_type="nf4", dtype=self.compute_dtype)
+                           blocksize=NF4_BLOCK, quant_type="nf4", dtype=self.compute_dtype, offset=self.offset,
+                           state2=nested)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         return bnb.matmul_4bit(x.to(self.compute_dtype), self.packed, quant_state=state, bias=bias).to(x.dtype)
 

@@ -136,6 +136,40 @@ def test_weights_a_tensor_subclass_wraps_are_counted_and_moved_by_what_they_hold
         assert mgr.resident_bytes == 2 * 8 * 8 * 4
 
 
+def test_nf4_holds_what_bitsandbytes_stores_and_leaves_a_tied_lm_head_alone():
+    """On meta (no GPU, no bitsandbytes needed): the buffers NF4 holds, as bench/memory.py counts them."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    with torch.device("meta"):
+        lin = torch.nn.Linear(4096, 1024, dtype=torch.bfloat16)
+        llm = Qwen3ForCausalLM(Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                           tie_word_embeddings=True)).to(torch.bfloat16)
+    n = 4096 * 1024
+    # 4 bits a weight, an 8-bit absmax per 64, a float32 absmax per 256 of those and an offset, the two codes
+    expected = n // 2 + n // 64 + 4 * (n // 64 // 256) + 4 + 4 * (16 + 256) + 2 * 1024  # + the bfloat16 bias
+    assert accounting.unique_bytes([quantize.NF4Linear(lin, "meta")]) == expected
+    assert expected / n < 0.52 + 0.001  # bytes a weight: about a quarter of bfloat16's 2
+    quantize.to_nf4(llm, "meta")
+    assert isinstance(llm.model.layers[0].mlp.down_proj, quantize.NF4Linear)
+    assert type(llm.lm_head) is torch.nn.Linear and llm.lm_head.weight is llm.model.embed_tokens.weight
+
+
+def test_nf4_runs_on_the_weights_bitsandbytes_quantized():
+    """Where bitsandbytes is installed (the quant extra; its CPU backend runs it too): close to the Linear."""
+    pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 128, dtype=torch.bfloat16)
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    nf4 = quantize.NF4Linear(lin, "cpu")
+    with torch.device("meta"):
+        counted = accounting.unique_bytes([quantize.NF4Linear(torch.nn.Linear(256, 128, dtype=torch.bfloat16),
+                                                              "meta")])
+    assert accounting.unique_bytes([nf4]) == counted  # bench/memory.py counts what it really holds
+    error = (nf4(x) - lin(x)).float().norm() / lin(x).float().norm()
+    assert error < 0.15, error
+
+
 # --- the config key ---------------------------------------------------------------------------
 
 
