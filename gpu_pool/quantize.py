@@ -24,6 +24,8 @@ import re
 
 import torch
 
+from gpu_pool import accounting
+
 log = logging.getLogger(__name__)
 METHODS = ("none", "fp8", "nf4")
 MARK = "_vchat_quantized"  # on a module quantized already: what was used ("fp8 (torchao)", ...)
@@ -68,23 +70,24 @@ def apply(name: str, wanted: str, modules: dict[str, torch.nn.Module], device: s
     if not modules:
         log.warning("%s: quantize = %r, but %s has no modules that may be quantized; using none", name, wanted, name)
         return "none"
-    used, why = choose(wanted, device)
+    method, why = choose(wanted, device)
     if why:
-        log.warning("%s: quantize = %r cannot run on %s: %s; using %s", name, wanted, device, why, used)
+        log.warning("%s: quantize = %r cannot run on %s: %s; using %s", name, wanted, device, why, method)
+    used = method
     for part, module in modules.items():
         done = getattr(module, MARK, None)
         if done is not None:  # shared with a model loaded before: quantized once, by it
             log.info("%s: %s is shared and already quantized (%s)", name, part, done)
             continue
         try:
-            _quantize(module, used, device, dtype)
-        except Exception as e:  # noqa: BLE001 - a quantization that fails must not fail the load
-            if used == "none" or _touched(module):
-                raise  # half quantized: the load fails and says why
-            log.warning("%s: quantize = %r failed on %s (%s: %s); using none", name, wanted, part, type(e).__name__, e)
-            used = "none"
-            continue
-        setattr(module, MARK, used)
+            _quantize(module, method, device, dtype)
+            setattr(module, MARK, method)
+        except Exception as e:  # a quantization that fails must not fail the load: each layer works either way
+            partly = _touched(module)
+            log.warning("%s: quantize = %r failed on its %s (%s: %s); %s", name, wanted, part, type(e).__name__, e,
+                        f"some layers are {method}, the others as loaded" if partly else "using none")
+            used = f"{method}, in part" if partly else "none"
+            setattr(module, MARK, used)
     return used
 
 
@@ -104,7 +107,7 @@ def _quantize(module: torch.nn.Module, used: str, device: str, dtype: torch.dtyp
 
 def _touched(module: torch.nn.Module) -> bool:
     """Whether some of ``module`` was changed before a failure."""
-    return any(p.dtype == torch.float8_e4m3fn for p in module.parameters()) or any(
+    return any(p.dtype == torch.float8_e4m3fn or accounting.wraps(p) for p in module.parameters()) or any(
         isinstance(m, NF4Linear) for m in module.modules())
 
 
