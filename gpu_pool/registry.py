@@ -282,6 +282,8 @@ class Registry:
             free = fit.free_memory(dev)
             budget = self.config.residency.budget if self.config.residency.applies_to(dev) else 0
             level, text = fit.report(dev, models, sum(files[dev].values()), free, budget)
+            if quantized := [n for n in models if self._config_of(n).quantize != "none"]:
+                text += f" (file sizes: quantize will hold {', '.join(quantized)} in fewer bytes)"
             log.log(level, text)
 
     async def unload(self, name: str) -> None:

@@ -94,6 +94,8 @@ async def test_nf4_on_the_cpu_falls_back_with_one_warning_and_the_model_works(ti
             "using fp8 (layerwise casting)"]
         assert (await chat(sched))["completion_tokens"] > 0
         assert registry.infos()[0].dtype == "bfloat16, fp8 (layerwise casting)"
+        [fit] = [m for m in caplog.messages if "of weights" in m]  # the start-up estimate, from the file sizes
+        assert fit.endswith("(file sizes: quantize will hold LLM in fewer bytes)")
     finally:
         sched.close()
         registry.close()
