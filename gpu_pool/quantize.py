@@ -27,7 +27,6 @@ import torch
 from gpu_pool import accounting
 
 log = logging.getLogger(__name__)
-METHODS = ("none", "fp8", "nf4")
 MARK = "_vchat_quantized"  # on a module quantized already: what was used ("fp8 (torchao)", ...)
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes' default blocksize for 4-bit)
 SKIP_NF4 = re.compile(r"(^|\.)lm_head$")  # tied to the embeddings in Qwen3: quantizing it would untie them
