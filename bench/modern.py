@@ -101,7 +101,7 @@ def build() -> dict[str, torch.nn.Module]:
 def torchao_fp8_bytes(m: torch.nn.Module) -> int:
     """What torchao float8 (per-row scales) would hold: Linear weights at 1 byte + a float32 scale per row."""
     linears = [lin for fqn, lin in m.named_modules()
-               if isinstance(lin, torch.nn.Linear) and not quantize.SKIP_NF4.search(fqn)]
+               if isinstance(lin, torch.nn.Linear) and not quantize.KEEP.search(fqn)]
     saved = sum(lin.weight.numel() * lin.weight.element_size() - lin.weight.numel() - 4 * lin.out_features
                 for lin in linears)
     return unique_bytes([m]) - saved

@@ -29,7 +29,7 @@ from gpu_pool import accounting
 log = logging.getLogger(__name__)
 MARK = "_vchat_quantized"  # on a module quantized already: what was used ("fp8 (torchao)", ...)
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes' default blocksize for 4-bit)
-SKIP_NF4 = re.compile(r"(^|\.)lm_head$")  # tied to the embeddings in Qwen3: quantizing it would untie them
+KEEP = re.compile(r"(^|\.)lm_head$")  # left as loaded (nf4, torchao): tied to Qwen3's embeddings, it would untie
 
 FP8_TORCHAO, FP8_CAST, NF4 = "fp8 (torchao float8)", "fp8 (layerwise casting)", "nf4 (bitsandbytes)"
 
@@ -99,7 +99,7 @@ def _quantize(module: torch.nn.Module, used: str, device: str, dtype: torch.dtyp
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and not SKIP_NF4.search(fqn))
+                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and not KEEP.search(fqn))
     elif used == NF4:
         to_nf4(module, device)
 
@@ -164,7 +164,7 @@ def to_nf4(module: torch.nn.Module, device: str) -> None:
     """Replace every ``nn.Linear`` under ``module`` (but ``lm_head``) by an :class:`NF4Linear`, in place;
     quantized on ``device``, kept where the weights were."""
     for fqn, linear in [(n, m) for n, m in module.named_modules() if type(m) is torch.nn.Linear]:
-        if not fqn or SKIP_NF4.search(fqn):
+        if not fqn or KEEP.search(fqn):
             continue
         parent_name, _, child = fqn.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
