@@ -36,6 +36,11 @@ else is counted on meta, in seconds, on any machine). Ends with
 ``safety_checker_fp16_mib=``, ``buttons_fp16_mib=``, ``download_fp16_mib=``,
 ``seed_tool_set_fp16_mib=<pool total>`` and
 ``shared_over_seed_ratio=<pool / seed>``.
+
+Then the modern profile (bench/modern.py: FLUX.2 klein 4B, its VAE, Qwen3-4B, Florence-2 base, SAM 2.1
+base+, Depth Anything V2 small) in bf16, fp8 and NF4: ``modern_bf16_mib=``, ``modern_fp8_mib=``,
+``modern_nf4_mib=``, what holding one Qwen3 for the LLM and klein saves (``shared_qwen_saving_mib=``,
+bf16; ``_fp8_``, ``_nf4_``), and ``modern_hit_rate=``, its jobs replayed under an 8 GiB budget in NF4.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from pathlib import Path
 import torch
 
 import settings
+from bench import modern
 from gpu_pool.accounting import model_bytes, unique_bytes
 from scripts.tiny_models.hub import HAS_FP16  # the repos that publish fp16 variant files
 from scripts.tiny_models.sd import SD15_SCHEDULE
@@ -57,7 +63,9 @@ from settings import SEED_MODELS as MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("safety_checker_fp16_mib", "buttons_fp16_mib", "download_fp16_mib", "seed_tool_set_fp16_mib",
-           "shared_over_seed_ratio")
+           "shared_over_seed_ratio", "modern_bf16_mib", "modern_fp8_mib", "modern_fp8_cast_mib", "modern_nf4_mib",
+           "shared_qwen_saving_mib", "shared_qwen_saving_fp8_mib", "shared_qwen_saving_nf4_mib", "modern_hit_rate",
+           "modern_unshared_hit_rate")
 
 MIB = 2**20
 SEED_PUBLISHED_MB = 42_054  # TaskMatrix README, per-tool GPU memory table, summed
@@ -428,6 +436,8 @@ def main() -> None:
     print(f"download_fp16_mib={fetched:.1f}")
     print(f"seed_tool_set_fp16_mib={ours:.1f}")
     print(f"shared_over_seed_ratio={ours / seeds:.4f}")
+    for name, value in modern.figures(jobs=300 if args.smoke else 1000, sensitivity=not args.smoke).items():
+        print(f"{name}={value:.3f}" if name.endswith("rate") else f"{name}={value:.1f}")
 
 
 if __name__ == "__main__":

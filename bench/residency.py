@@ -100,10 +100,11 @@ def make_trace(rng: random.Random, s: float = ZIPF_S, jobs: int = JOBS) -> list[
     return trace
 
 
-def replay(tools: dict, trace: list[str], max_overtakes: int, seed: int) -> tuple[Residency, Counter, int]:
-    """Serve ``trace`` as a device queue would, each drawing checked by the SafetyChecker after it; returns
-    the manager, hits per tool, the most overtakes seen."""
-    mgr = Residency("meta", BUDGET, RESERVE, home="meta")
+def replay(tools: dict, trace: list[str], max_overtakes: int, seed: int, budget: int = BUDGET, reserve: int = RESERVE,
+           draws: set[str] = DRAWS) -> tuple[Residency, Counter, int]:
+    """Serve ``trace`` as a device queue would, each drawing (``draws``) checked by the SafetyChecker after it;
+    returns the manager, hits per tool, the most overtakes seen."""
+    mgr = Residency("meta", budget, reserve, home="meta")
     rng, arrivals, queue = random.Random(seed), deque(trace), []
     hits: Counter = Counter()
     most = 0
@@ -119,7 +120,7 @@ def replay(tools: dict, trace: list[str], max_overtakes: int, seed: int) -> tupl
         job = queue.pop(i)
         most = max([most] + [j["overtaken"] for j in queue])
         soon = [m for j in queue for m in tools[j["model"]]]
-        steps = [job["model"], SAFETY_CHECKER] if job["model"] in DRAWS else [job["model"]]
+        steps = [job["model"], SAFETY_CHECKER] if job["model"] in draws else [job["model"]]
         for i, name in enumerate(steps):
             before = mgr.stats["hits"]
             later = [m for n in steps[i + 1:] for m in tools[n]]  # the checker's weights: evicted last

@@ -65,8 +65,9 @@ def describe(config: settings.Config) -> str:
         for m in config.models.values():
             dev = m.resolved_device()
             dev_text = f"{dev} (auto)" if m.device == "auto" else dev
+            quantized = f" quantize={m.quantize}" if m.quantize != "none" else ""
             lines.append(f"  {m.label:<{width}}  device={dev_text:<12} dtype={m.resolved_dtype():<9} "
-                         f"source={m.source or _no_source(m.name)}")
+                         f"source={m.source or _no_source(m.name)}{quantized}")
     else:
         lines.append("Models: none (the bot can chat but not see or draw)")
     lines.append(_safety(config))

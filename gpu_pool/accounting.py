@@ -3,7 +3,10 @@
 Shared components (one Stable Diffusion base under many pipelines) are found
 by their storage, not by name: two modules that point at the same memory are
 counted once. Works for real tensors and for tensors on the ``meta`` device
-(where storage identity is the parameter object itself).
+(where storage identity is the parameter object itself). Each tensor counts
+the bytes it really holds at its dtype: an fp8 weight 1 byte an element, a
+quantized one (torchao) its data and scales, NF4 (``gpu_pool/quantize.py``)
+its packed 4-bit buffer and absmax.
 """
 
 from __future__ import annotations
@@ -13,9 +16,24 @@ from collections.abc import Iterable
 import torch
 
 
+def wraps(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a tensor subclass holding its data in other tensors (``__tensor_flatten__``)."""
+    return type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__")
+
+
+def leaves(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold ``t``'s data: ``t`` itself, or for a tensor subclass that wraps others
+    (torchao's float8 weights: fp8 data and scales) the tensors inside, whose bytes are what it holds."""
+    if not wraps(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [leaf for name in names if (inner := getattr(t, name)) is not None for leaf in leaves(inner)]
+
+
 def _storages(module: torch.nn.Module) -> dict[object, int]:
     out: dict[object, int] = {}
-    for t in list(module.parameters()) + list(module.buffers()):
+    tensors = list(module.parameters()) + list(module.buffers())
+    for t in (leaf for tensor in tensors for leaf in leaves(tensor)):
         if t.device.type == "meta":
             key: object = ("meta", id(t))
             nbytes = t.numel() * t.element_size()

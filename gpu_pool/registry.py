@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 import settings
-from gpu_pool import accounting, backend, faults, fit
+from gpu_pool import accounting, backend, faults, fit, quantize
 from gpu_pool import weights as w
 from gpu_pool.backend import Refused
 from gpu_pool.fetch import Download, Fetcher
@@ -69,6 +70,8 @@ class Entry:
     downloads: list[Download] = field(default_factory=list)
     load_bytes: int = 0  # weight bytes the loading phase reads
     load_started: float | None = None  # monotonic time the loading thread took it
+    quantize: str = "none"  # what its config asks for: "none", "fp8", "nf4"
+    quantized: str = "none"  # what the load used on its device (gpu_pool/quantize.py): "fp8 (torchao float8)" ...
 
 
 class Registry:
@@ -156,7 +159,8 @@ class Registry:
     def _info(self, name: str, own: int, shared: int, peers: list[str]) -> ModelInfo:
         e = self.entries[name]
         phase, done, total, eta = self.progress(name)
-        return ModelInfo(name, e.device, e.dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
+        dtype = e.dtype if e.quantized == "none" else f"{e.dtype}, {e.quantized}"
+        return ModelInfo(name, e.device, dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
                          self.is_resident(name), phase, done, total, None if eta is None else round(eta, 1))
 
     # --- changes ------------------------------------------------------------
@@ -193,11 +197,11 @@ class Registry:
         if name not in MODEL_TABLE:
             raise _refused(backend.unknown_model(name))
         cfg = self._config_of(name)
-        cfg = settings.ModelConfig(name, device or cfg.device, dtype or cfg.dtype, cfg.source)
+        cfg = dataclasses.replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype)
         old = self.entries.get(name)
         loop = asyncio.get_running_loop()
         entry = Entry(name, settings.resolve_device(cfg.device), cfg.resolved_dtype(), cfg.source,
-                      ready=loop.create_future(), last_used=old.last_used if old else None)
+                      ready=loop.create_future(), last_used=old.last_used if old else None, quantize=cfg.quantize)
         self.entries[name] = entry
         if old is not None:
             if not old.ready.done():
@@ -228,7 +232,7 @@ class Registry:
             mgr = self.manager(dev)
             spec = LoadSpec(name, folders.get(entry.source, entry.source), dev, DTYPES[dt],
                             folders.get(self.config.pool.sd_base, self.config.pool.sd_base), mgr.home if mgr else "",
-                            self.config.limits.working_size)
+                            self.config.limits.working_size, entry.quantize)
             # what the loading phase reads: not a shared base that is in memory already
             entry.load_bytes = sum(d.loaded_bytes() for d in entry.downloads
                                    if not self.bases.holds(d.folder, dev, DTYPES[dt]))
@@ -278,6 +282,8 @@ class Registry:
             free = fit.free_memory(dev)
             budget = self.config.residency.budget if self.config.residency.applies_to(dev) else 0
             level, text = fit.report(dev, models, sum(files[dev].values()), free, budget)
+            if quantized := [n for n in models if self._config_of(n).quantize != "none"]:
+                text += f" (file sizes: quantize will hold {', '.join(quantized)} in fewer bytes)"
             log.log(level, text)
 
     async def unload(self, name: str) -> None:
@@ -334,11 +340,13 @@ class Registry:
 
 def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry: Entry,
                crashes: LoadCrashes | None = None) -> PoolModel:
-    """On the loading thread: load, then hand the weights to the device's manager (pinning them)."""
+    """On the loading thread: load, quantize, then hand the weights to the device's manager (pinning them),
+    which so counts the bytes the quantized weights hold."""
     entry.load_started = time.monotonic()
     with crashes.loading_of(spec.name) if crashes else contextlib.nullcontext():
         faults.on_load(spec.name)
         model = loader(spec.name)(spec, bases)
+        entry.quantized = quantize.apply(spec.name, spec.quantize, model.quantizable(), spec.device, spec.dtype)
     faults.arm(model)
     if mgr is not None:
         mgr.adopt(model.modules().values())

@@ -293,6 +293,8 @@ def _gather(module: torch.nn.Module, home: str, pin: bool) -> Component:
 def _at_home(t: torch.Tensor, home: str, pin: bool) -> torch.Tensor:
     if t.device != torch.device(home):
         t = t.to(home)
+    if accounting.wraps(t):  # a quantized weight (torchao): no pin_memory; its copies are synchronous
+        return t
     return t.pin_memory() if pin and not t.is_pinned() else t
 
 

@@ -98,7 +98,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True, load: str = 
                 m = check_table(f"models.{real}", {**table, **own}, MODEL_KEYS)
             source = m["source"] if m["source"] is not None else default_source(real, sec["pool"]["sd_base"])
             models[real] = ModelConfig(real, m["device"], m["dtype"], _source(source, base_dir),
-                                       alias=name if real != name else "")
+                                       alias=name if real != name else "", quantize=m["quantize"])
 
     p = sec["pool"]
     socket = None if p["host"] else (base_dir / sec["storage"]["data_dir"] / p["socket"]).resolve()

@@ -213,10 +213,21 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "slack_usergroups": (dict, {}, _per_group(_usergroups)),
     },
 }
+QUANTIZE = ("none", "fp8", "nf4")
+
+
+def _quantize(v: str) -> str | None:
+    if v in QUANTIZE:
+        return None
+    return ('accepted values: "none" (the weights in dtype), "fp8" (8-bit float weights, half of bfloat16), '
+            '"nf4" (4-bit NormalFloat weights, about a quarter; bitsandbytes, CUDA GPUs only)')
+
+
 MODEL_KEYS: dict[str, tuple[Any, Any, Check]] = {
     "device": (str, "auto", device_problem),
     "dtype": (str, "auto", _one_of(*DTYPES)),
     "source": (str, None, None),  # default: MODEL_DEFAULTS[name]
+    "quantize": (str, "none", _quantize),
 }
 SECTIONS = (*SCHEMA, "models")
 

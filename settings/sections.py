@@ -72,6 +72,7 @@ class ModelConfig:
     dtype: str  # as written: auto, float16, bfloat16, float32
     source: str  # hub id or absolute local folder ("" = no weights)
     alias: str = ""  # the seed's name it was configured by ("ImageEditing": Text2Mask and Inpainting), else ""
+    quantize: str = "none"  # "none", "fp8" or "nf4": how its big modules hold their weights (gpu_pool/quantize.py)
 
     @property
     def label(self) -> str:

@@ -60,6 +60,7 @@ class LoadSpec:
     sd_base: str  # local folder of the shared Stable Diffusion 1.5 base
     home: str = ""  # where the weights wait between jobs under a residency budget ("cpu"); "": on the device
     working_size: int = 512  # [limits] working_size: the SD family fits input images to it (SD1.5's 512)
+    quantize: str = "none"  # [models.NAME] quantize: "none", "fp8" or "nf4" (gpu_pool/quantize.py, after the load)
 
     @property
     def load_device(self) -> str:
@@ -69,7 +70,7 @@ class LoadSpec:
 
 class PoolModel:
     """Base class of loaded models. Subclasses set ``params`` and ``n_images``
-    and implement ``run``; ``modules`` feeds the byte accounting."""
+    and implement ``run``; ``modules`` feeds the byte accounting; ``quantizable`` names what may be quantized."""
 
     name: str = ""
     params: dict[str, Param] = {}
@@ -90,6 +91,11 @@ class PoolModel:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules this model holds (shared ones included), by component name."""
+        return {}
+
+    def quantizable(self) -> dict[str, torch.nn.Module]:
+        """The modules its ``quantize`` key may quantize (the big ones whose weights dominate), by name;
+        {}: none. The registry quantizes them after the load (``gpu_pool/quantize.py``)."""
         return {}
 
     def prompts(self, params: dict[str, Any]) -> dict[str, Any]:

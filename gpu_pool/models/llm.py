@@ -171,6 +171,9 @@ class ChatModel(PoolModel):
             return Answer(text.strip() or None, calls, "length")  # the complete calls; the cut one is dropped
         return Answer(text.strip(), [], "stop" if finished and not cut else "length")
 
+    def quantizable(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
 
 class _Stream(BaseStreamer):
     """Reports each generated token as progress, with the new text of a text answer (a call is held back)."""
