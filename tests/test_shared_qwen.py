@@ -93,10 +93,11 @@ def test_different_weights_are_not_shared_and_the_log_says_why(tiny_dir, tmp_pat
         models = load_all([("LLM", tiny_dir / "qwen3"), ("Klein", copy)])
     llm, klein = models["LLM"], models["Klein"]
     assert llm.model is not klein.pipe.text_encoder
-    assert not {p.data_ptr() for p in llm.model.parameters()} & {p.data_ptr() for p in klein.pipe.text_encoder.parameters()}
+    ptrs = [{p.data_ptr() for p in m.parameters()} for m in (llm.model, klein.pipe.text_encoder)]
+    assert not ptrs[0] & ptrs[1]
     assert [r.getMessage() for r in caplog.records] == [
-        f"Klein's text encoder loads its own Qwen3 ({copy / 'text_encoder'}), not sharing LLM's ({tiny_dir / 'qwen3'}): "
-        "tensor model.layers.3.mlp.up_proj.weight differs"]
+        f"Klein's text encoder loads its own Qwen3 ({copy / 'text_encoder'}), not sharing LLM's "
+        f"({tiny_dir / 'qwen3'}): tensor model.layers.3.mlp.up_proj.weight differs"]
     assert chat(llm)["completion_tokens"] > 0 and len(draw(klein)) == 64 * 64 * 3  # both run, each on its own
 
 
