@@ -49,7 +49,10 @@ MODEL_TABLE: dict[str, str] = {
     "Upscale": "upscale:load_upscale",
     SAFETY_CHECKER: "safety:load_safety_checker",
     "LLM": "llm:load_llm",
-    # The modern profile's eyes (settings.models.MODERN_DEFAULTS)
+    # the modern profile's (settings.models.MODERN_DEFAULTS)
+    "Klein": "flux2:load_klein",
+    "KleinInpaint": "flux2:load_klein_inpaint",
+    # the modern profile's eyes
     "Florence2": "florence:load_florence2",
     "Sam2": "sam2:load_sam2",
     "DepthAnything": "depth_anything:load_depth_anything",
