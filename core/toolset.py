@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.tools import TOOLS, Tool
-from core.tools.base import IMAGE
+from core.tools.base import IMAGE, IMAGES
 from core.tools.controlnet import CONTROLS
 
 MORE_TOOLS = "more_tools"
@@ -98,12 +98,13 @@ def schema(tool: Tool, image_ids: list[str]) -> dict[str, Any]:
     ``find_object(object="")``; the tools validate lengths too, for servers that do not constrain."""
     out = tool.schema(image_ids)
     for key, spec in out["function"]["parameters"]["properties"].items():
-        image = tool.parameters[key].get(IMAGE)
-        if spec["type"] != "string" or image:
+        image, images = tool.parameters[key].get(IMAGE), tool.parameters[key].get(IMAGES)
+        if spec["type"] not in ("string", "array") or image:  # a list of images keeps its words
             spec.pop("description", None)
-        if image and len(image_ids) > ENUM_IDS:
-            del spec["enum"]
-            spec["pattern"] = ID_PATTERN
+        if (image or images) and len(image_ids) > ENUM_IDS:
+            ids = spec["items"] if images else spec
+            del ids["enum"]
+            ids["pattern"] = ID_PATTERN
     return out
 
 

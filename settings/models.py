@@ -44,6 +44,17 @@ MODEL_DEFAULTS: dict[str, str] = {
     # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.
     "LLM": "Qwen/Qwen3-VL-2B-Instruct",
 }
+SEED_MODELS = tuple(n for n in MODEL_DEFAULTS if n != "LLM")  # the seed's models only, whatever comes after
+# The modern profile's models (config.modern.toml), after the seed's; each with its licence.
+KLEIN = "black-forest-labs/FLUX.2-klein-4B"  # Apache-2.0 (the 9B is non-commercial: never a default)
+MODERN_DEFAULTS: dict[str, str] = {
+    "Klein": KLEIN,  # draws, edits by instruction, composes with up to 4 reference images
+    "KleinInpaint": KLEIN,  # the same transformer, VAE and text encoder as Klein, held once
+    "Florence2": "florence-community/Florence-2-base",  # MIT: captions, OCR, phrase grounding
+    "Sam2": "facebook/sam2.1-hiera-base-plus",  # Apache-2.0: masks from boxes or points
+    "DepthAnything": "depth-anything/Depth-Anything-V2-Small-hf",  # Apache-2.0 (Base and Large are NC)
+}
+MODEL_DEFAULTS.update(MODERN_DEFAULTS)
 MODEL_NAMES = tuple(MODEL_DEFAULTS)
 
 
@@ -53,10 +64,13 @@ def default_source(name: str, sd_base: str) -> str:
     return sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
 
 
-SEED_MODELS = tuple(n for n in MODEL_NAMES if n != "LLM")
 # The models that draw a new image from words: what /imagine's model option and generate_image pick among
-# (those loaded). One list: a profile's drawing model is added here, e.g. FLUX.2 [klein].
-DRAWING_MODELS = ("Text2Image",)  # the seed's visual models, each used by a tool
+# (those loaded), the first loaded drawing when /imagine names none: the modern one before the seed's.
+DRAWING_MODELS = ("Klein", "Text2Image")
+# A drawing model's native square side and the multiple its sides must be (the seed's SD1.5: 8 px, drawn at
+# [limits] working_size; FLUX.2 [klein]: about one megapixel, sides multiples of 16).
+NATIVE_SIDE = {"Klein": 1024}
+SIDE_MULTIPLE = {"Klein": 16, "KleinInpaint": 16}
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 

@@ -1,16 +1,67 @@
-"""edit_image: change an image by an instruction ("make it winter") with InstructPix2Pix."""
+"""edit_image: change an image by an instruction ("make it winter"), with FLUX.2 [klein] when it is loaded,
+else InstructPix2Pix; with klein, also from up to 4 reference images ("put the cat from img1 on the sofa
+in img2": img2 is the image, img1 a reference).
 
-from core.tools.base import IMAGE_TO_CHANGE, Tool, ToolContext, ToolResult, keep, on_image, text_param
+Klein's result keeps the image's size: it draws at the size rounded to multiples of 16 and is resized back.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from PIL import Image
+
+from core.errors import BadArguments
+from core.tools.base import (IMAGE_TO_CHANGE, Tool, ToolContext, ToolResult, images_param, keep, run_job,
+                             text_param)
+from core.tools.choose import loaded_models
+
+KLEIN, PIX2PIX = "Klein", "InstructPix2Pix"
+MOST_REFERENCES = 4
+NEEDS_KLEIN = ("Editing with reference images needs FLUX.2 [klein] (the Klein model), which is not loaded on "
+               "this bot; an admin can load it with /load Klein. Without references I can still edit {image} "
+               "by an instruction.")
 
 
 class EditImage(Tool):
     name = "edit_image"
-    description = "Change an image by an instruction, e.g. 'make it look like winter'."
-    parameters = {"image": IMAGE_TO_CHANGE, "instruction": text_param("the change, in English")}
-    models = ("InstructPix2Pix",)
+    description = ("Change an image by an instruction, e.g. 'make it look like winter', or put things from "
+                   "reference images into it.")
+    parameters = {"image": IMAGE_TO_CHANGE, "instruction": text_param("the change, in English"),
+                  "reference_images": images_param(
+                      f"up to {MOST_REFERENCES} other images to take things from, e.g. the cat to put into it",
+                      MOST_REFERENCES)}
+    any_of = ((KLEIN,), (PIX2PIX,))
+
+    def offered(self, loaded: set[str]) -> Tool:
+        if KLEIN in loaded:
+            return self
+        plain = copy.copy(self)  # InstructPix2Pix alone: no reference images to offer
+        plain.parameters = {k: v for k, v in self.parameters.items() if k != "reference_images"}
+        return plain
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
+        refs = args.get("reference_images") or []
+        klein = KLEIN in await loaded_models(ctx)
+        if refs and not klein:
+            raise BadArguments(NEEDS_KLEIN.format(image=args["image"]))
+        img = ctx.images.open(ctx.session, args["image"])
         params = {"prompt": args["instruction"]}
-        _, out = await on_image(ctx, "InstructPix2Pix", params, "Editing")
-        return keep(ctx, out.images[0], out, self.name, params,
-                    lambda made: f"Made {made} from {args['image']}: {args['instruction']}.")
+        if klein:
+            params.update(klein_size(img))
+            others = [ctx.images.open(ctx.session, r) for r in refs]
+            out = await run_job(ctx, KLEIN, params, [img, *others], label="Editing")
+            made = out.images[0]
+            if made.size != img.size:
+                made = made.resize(img.size, Image.Resampling.LANCZOS)
+        else:
+            out = await run_job(ctx, PIX2PIX, params, [img], label="Editing")
+            made = out.images[0]
+        with_refs = f" with {', '.join(refs)}" if refs else ""
+        return keep(ctx, made, out, self.name, dict(params, reference_images=refs) if refs else params,
+                    lambda new: f"Made {new} from {args['image']}{with_refs}: {args['instruction']}.")
+
+
+def klein_size(img: Image.Image) -> dict[str, int]:
+    """The size klein draws an edit of ``img`` at: its own, each side rounded to a multiple of 16."""
+    return {"width": max(64, round(img.width / 16) * 16), "height": max(64, round(img.height / 16) * 16)}
