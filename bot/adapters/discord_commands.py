@@ -10,6 +10,7 @@ them (Core.direct: the first fills a missing ``image``, the others become ``refe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from inspect import Parameter, Signature
 from typing import Any
@@ -80,7 +81,8 @@ def _files(arg: Arg) -> list[tuple[str, str]]:
 
 def attached(options: dict[str, Any]) -> list[discord.Attachment]:
     """The attachments among ``options``, taken out of them: the image's, then each reference's in order."""
-    names = [FILE, *sorted((k for k in options if k.startswith(REFERENCE.format(""))), key=lambda k: int(k[9:]))]
+    refs = {int(k.removeprefix("reference")): k for k in options if re.fullmatch(r"reference[0-9]+", k)}
+    names = [FILE, *(refs[n] for n in sorted(refs))]
     return [a for a in (options.pop(n, None) for n in names) if a is not None]
 
 
