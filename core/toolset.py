@@ -99,12 +99,15 @@ def schema(tool: Tool, image_ids: list[str]) -> dict[str, Any]:
     out = tool.schema(image_ids)
     for key, spec in out["function"]["parameters"]["properties"].items():
         image, images = tool.parameters[key].get(IMAGE), tool.parameters[key].get(IMAGES)
-        if spec["type"] not in ("string", "array") or image:  # a list of images keeps its words
+        if spec["type"] != "string" or image:
             spec.pop("description", None)
+        if images:  # the ids' enum says they are strings; the tool checks how many
+            spec.pop("maxItems")
+            spec["items"].pop("type")
         if (image or images) and len(image_ids) > ENUM_IDS:
             ids = spec["items"] if images else spec
             del ids["enum"]
-            ids["pattern"] = ID_PATTERN
+            ids.update(type="string", pattern=ID_PATTERN)
     return out
 
 

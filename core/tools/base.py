@@ -48,9 +48,10 @@ def image_param(description: str) -> dict[str, Any]:
 
 
 def images_param(description: str, most: int) -> dict[str, Any]:
-    """An optional list of 1 to ``most`` session image ids, each offered and checked like an image parameter."""
-    return {"type": "array", "description": description, "items": {"type": "string"}, "minItems": 1,
-            "maxItems": most, IMAGES: True, OPTIONAL: True}
+    """An optional list of up to ``most`` session image ids, each offered and checked like an image parameter
+    (an empty list: none)."""
+    return {"type": "array", "description": description, "items": {"type": "string"}, "maxItems": most,
+            IMAGES: True, OPTIONAL: True}
 
 
 def image_ids(tool: Tool, args: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -245,8 +246,8 @@ def _check_ids(key: str, spec: dict[str, Any], ctx: ToolContext, value: Any) -> 
     most = spec["maxItems"]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadArguments(f"'{key}' must be a list of image ids, like [\"img1\", \"img3\"]; got {value!r}.")
-    if not 1 <= len(value) <= most:
-        raise BadArguments(f"'{key}' takes 1 to {most} images, got {len(value)}.")
+    if len(value) > most:
+        raise BadArguments(f"'{key}' takes at most {most} images, got {len(value)}.")
     if len(set(value)) < len(value):
         raise BadArguments(f"'{key}' names an image twice: {', '.join(value)}; name each image once.")
     for image_id in value:

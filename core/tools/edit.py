@@ -25,12 +25,9 @@ NEEDS_KLEIN = ("Editing with reference images needs FLUX.2 [klein] (the Klein mo
 
 class EditImage(Tool):
     name = "edit_image"
-    description = ("Change an image by an instruction, e.g. 'make it look like winter', or put things from "
-                   "reference images into it.")
+    description = "Change an image by an instruction, e.g. 'make it winter'."
     parameters = {"image": IMAGE_TO_CHANGE, "instruction": text_param("the change, in English"),
-                  "reference_images": images_param(
-                      f"up to {MOST_REFERENCES} other images to take things from, e.g. the cat to put into it",
-                      MOST_REFERENCES)}
+                  "reference_images": images_param("other images to take things from", MOST_REFERENCES)}
     any_of = ((KLEIN,), (PIX2PIX,))
 
     def offered(self, loaded: set[str]) -> Tool:

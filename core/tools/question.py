@@ -14,7 +14,7 @@ FLORENCE, VQA = ("Florence2",), ("VisualQuestionAnswering",)
 
 class AnswerQuestion(Tool):
     name = "answer_question"
-    description = "Answer a question about what an image shows, e.g. what breed a dog is."
+    description = "Answer a question about an image, e.g. what breed a dog is."
     parameters = {"image": image_param("the image the question is about"),
                   "question": text_param("the question, in English")}
     any_of = (FLORENCE, VQA)
