@@ -51,8 +51,9 @@ async def answer(config: settings.Config, pool: PoolClient, turn: Turn, action: 
 
 def format_models(infos, configured: dict | None = None) -> str:
     """One line per model: where it is, whether its weights are on the device now
-    (offloaded: waiting in CPU RAM under a residency budget), its size and last use;
-    while it downloads or loads, how far it got and about how long is left. ``configured`` (config.models)
+    (offloaded: waiting in CPU RAM under a residency budget), its size, the part of it held once with
+    which other models, and its last use; while it downloads or loads, how far it got and about how long
+    is left. A last line says what holding shared weights once saves. ``configured`` (config.models)
     gives each model's label: "Text2Mask (ImageEditing)" for one configured by the seed's name."""
     if not infos:
         return "No models are configured."
@@ -60,7 +61,7 @@ def format_models(infos, configured: dict | None = None) -> str:
     for m in infos:
         where = (", resident" if m.resident else ", offloaded to CPU RAM") if m.state == "ready" else ""
         size = mib(m.bytes, 0) if m.bytes else "no weights"
-        shared = f", {mib(m.shared_bytes, 0)} shared" if m.shared_bytes else ""
+        shared = f", {mib(m.shared_bytes, 0)} shared with {', '.join(m.shares_with)}" if m.shared_bytes else ""
         if m.last_used is None:
             used = ", not used yet" if m.state == "ready" else ""
         else:
@@ -77,4 +78,27 @@ def format_models(infos, configured: dict | None = None) -> str:
             size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
         label = configured[m.name].label if configured and m.name in configured else m.name
         lines.append(f"{label}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
+    if saved := sharing_saves(infos):
+        lines.append(f"Weights shared by several models are held once: {mib(saved, 0)} less than each loading its own.")
     return "\n".join(lines)
+
+
+def sharing_saves(infos) -> int:
+    """About the bytes that holding shared weights once saves: in each group of models that share (one SD
+    base and its pipelines; klein, its inpainting and the LLM of one Qwen3), the bytes they share less the
+    shared part of the one holding most of it (the base itself, or Klein, which holds all of them)."""
+    shared = {m.name: m.shared_bytes for m in infos if m.shared_bytes}
+    peers = {m.name: set(m.shares_with) & set(shared) for m in infos if m.name in shared}
+    saved, seen = 0, set()
+    for name in shared:
+        if name in seen:
+            continue
+        group, todo = set(), [name]
+        while todo:
+            n = todo.pop()
+            if n not in group:
+                group.add(n)
+                todo.extend(peers[n] - group)
+        seen |= group
+        saved += sum(shared[n] for n in group) - max(shared[n] for n in group)
+    return saved

@@ -228,7 +228,7 @@ class Registry:
             mgr = self.manager(dev)
             spec = LoadSpec(name, folders.get(entry.source, entry.source), dev, DTYPES[dt],
                             folders.get(self.config.pool.sd_base, self.config.pool.sd_base), mgr.home if mgr else "",
-                            self.config.limits.working_size)
+                            self.config.limits.working_size, self.config.limits.max_output_size)
             # what the loading phase reads: not a shared base that is in memory already
             entry.load_bytes = sum(d.loaded_bytes() for d in entry.downloads
                                    if not self.bases.holds(d.folder, dev, DTYPES[dt]))

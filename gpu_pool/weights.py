@@ -59,9 +59,10 @@ def _files(p: str, safetensors: str, pickled: str, **kw) -> Weights:
     return Weights(forms(".fp16"), forms(""), **kw)
 
 
-def diffusers(sub: str) -> Weights:
+def diffusers(sub: str, full_is_16_bit: bool = False) -> Weights:
     """A diffusers model's weights in ``sub`` ("unet", "vae", or "" for a ControlNet repo)."""
-    return _files(f"{sub}/" if sub else "", "diffusion_pytorch_model", "diffusion_pytorch_model")
+    return _files(f"{sub}/" if sub else "", "diffusion_pytorch_model", "diffusion_pytorch_model",
+                  full_is_16_bit=full_is_16_bit)
 
 
 def transformers(sub: str = "", full_is_16_bit: bool = False) -> Weights:
@@ -103,6 +104,15 @@ SD_BASE_FILES = ("model_index.json", "scheduler/scheduler_config.json", "unet/co
                      "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json",
                      "vocab.json", "merges.txt")))
 SD_BASE_WEIGHTS = (diffusers("unet"), diffusers("vae"), transformers("text_encoder"))
+# FLUX.2 [klein]'s repos (black-forest-labs/FLUX.2-klein-4B): a diffusers pipeline in bfloat16, the text encoder
+# a Qwen3 in two shards, the tokenizer with Qwen3's chat_template.jinja. Not the root's single-file checkpoint
+# (flux-2-klein-4b.safetensors, the transformer again for ComfyUI) nor the sample pictures.
+KLEIN_FILES = ("model_index.json", "scheduler/scheduler_config.json", "transformer/config.json", "vae/config.json",
+               "text_encoder/config.json", "text_encoder/generation_config.json", *(f"tokenizer/{f}" for f in (
+                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json",
+                   "vocab.json", "merges.txt", "chat_template.jinja")))
+KLEIN_WEIGHTS = (diffusers("transformer", full_is_16_bit=True), diffusers("vae", full_is_16_bit=True),
+                 transformers("text_encoder", full_is_16_bit=True))
 OPENPOSE = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 
 
@@ -127,6 +137,8 @@ def plan(name: str, source: str, base: str) -> list[Want]:
         return [sd_base(base), Want(source, ("config.json",), (diffusers(""),))]
     if not source:  # Image2Canny: OpenCV, no weights
         return []
+    if name in ("Klein", "KleinInpaint"):  # one repo, one base: both read all of it
+        return [Want(source, KLEIN_FILES, KLEIN_WEIGHTS)]
     if name == "Image2Line":
         return [Want(source, (), (raw("mlsd_large_512_fp32.pth"),))]
     if name in ("Image2Hed", "Image2Scribble"):

@@ -10,7 +10,7 @@ ANNOTATORS = "lllyasviel/Annotators"
 # The model that checks every image the others draw: the pool runs it after each drawing job (and on every
 # Ray replica), the core reads its verdicts, the bot warns at start when it is not configured.
 SAFETY_CHECKER = "SafetyChecker"
-MODEL_DEFAULTS: dict[str, str] = {
+SEED_DEFAULTS: dict[str, str] = {
     "ImageCaptioning": "Salesforce/blip-image-captioning-base",
     "VisualQuestionAnswering": "Salesforce/blip-vqa-base",
     "Text2Image": SD15,  # unless config.toml says otherwise: [pool] sd_base (see Config.default_source)
@@ -44,17 +44,17 @@ MODEL_DEFAULTS: dict[str, str] = {
     # The built-in LLM (used when [llm] base_url is empty): small, Apache-2.0, calls tools, sees images.
     "LLM": "Qwen/Qwen3-VL-2B-Instruct",
 }
-SEED_MODELS = tuple(n for n in MODEL_DEFAULTS if n != "LLM")  # the seed's models only, whatever comes after
-# The modern profile's models (config.modern.toml), after the seed's; each with its licence.
-KLEIN = "black-forest-labs/FLUX.2-klein-4B"  # Apache-2.0 (the 9B is non-commercial: never a default)
+# The modern profile's models (config.modern.toml), after the seed's. Its LLM is the same "LLM", sourced
+# Qwen/Qwen3-4B there: that Qwen3 is also FLUX.2 [klein]'s text encoder, held once (gpu_pool/models/shared_qwen.py).
+KLEIN = "black-forest-labs/FLUX.2-klein-4B"  # Apache-2.0 (klein 9B is non-commercial)
 MODERN_DEFAULTS: dict[str, str] = {
-    "Klein": KLEIN,  # draws, edits by instruction, composes with up to 4 reference images
-    "KleinInpaint": KLEIN,  # the same transformer, VAE and text encoder as Klein, held once
+    "Klein": KLEIN,  # FLUX.2 [klein]: generate, edit by instruction, compose with up to 4 reference images
+    "KleinInpaint": KLEIN,  # the same weights, loaded once: remove and replace objects in a mask
     "Florence2": "florence-community/Florence-2-base",  # MIT: captions, OCR, phrase grounding
     "Sam2": "facebook/sam2.1-hiera-base-plus",  # Apache-2.0: masks from boxes or points
     "DepthAnything": "depth-anything/Depth-Anything-V2-Small-hf",  # Apache-2.0 (Base and Large are NC)
 }
-MODEL_DEFAULTS.update(MODERN_DEFAULTS)
+MODEL_DEFAULTS: dict[str, str] = {**SEED_DEFAULTS, **MODERN_DEFAULTS}
 MODEL_NAMES = tuple(MODEL_DEFAULTS)
 
 
@@ -64,6 +64,7 @@ def default_source(name: str, sd_base: str) -> str:
     return sd_base if name == "Text2Image" else MODEL_DEFAULTS[name]
 
 
+SEED_MODELS = tuple(n for n in SEED_DEFAULTS if n != "LLM")
 # The models that draw a new image from words: what /imagine's model option and generate_image pick among
 # (those loaded), the first loaded drawing when /imagine names none: the modern one before the seed's.
 DRAWING_MODELS = ("Klein", "Text2Image")

@@ -38,6 +38,7 @@ BY_DTYPE = ["Text2Image", "InstructPix2Pix", "Inpainting", "CannyText2Image", "I
 CASES = [(n, d) for d in ("float16", "bfloat16") for n in BY_DTYPE] + [("Text2Image", "float32"),
                                                                         ("InstructPix2Pix", "float32")]
 OTHERS = [n for n in settings.MODEL_NAMES if n not in BY_DTYPE]
+KLEIN = {"Klein": 1, "KleinInpaint": 2}  # the images their jobs here send: edit an image; image and mask
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def run_once(model: PoolModel):
     params = {"prompt": "a cat on the sofa"} if "prompt" in model.params else {}
     if "steps" in model.params:
         params["steps"] = 1
-    if model.name == "Text2Image":
+    if model.name in ("Text2Image", "Klein"):
         params.update(width=64, height=64)
     if model.name == "VisualQuestionAnswering":
         params["question"] = "what is on the sofa?"
@@ -77,10 +78,11 @@ def run_once(model: PoolModel):
         params["detect_resolution"] = 64
     if model.name == "LLM":
         params.update(messages=[{"role": "user", "content": "what is on the sofa?"}], max_tokens=4)
-    image = Image.new("RGB", (48, 32), (200, 120, 40))
-    mask = Image.new("L", (48, 32), 0)
+    size = (64, 64) if model.name in KLEIN else (48, 32)  # klein takes at least 64 px a side
+    image = Image.new("RGB", size, (200, 120, 40))
+    mask = Image.new("L", size, 0)
     mask.paste(255, (0, 0, 24, 16))
-    images = [image, mask][:model.n_images or 0]
+    images = [image, mask][:KLEIN.get(model.name, model.n_images or 0)]
     with torch.inference_mode():
         return model.run(check_params(model, params, LIMITS), images, lambda step, total, text=None: None)
 
@@ -97,7 +99,7 @@ def check_output(name: str, out) -> None:
         answer = json.loads(out.text)
         assert answer["completion_tokens"] > 0 and answer["finish_reason"] in ("stop", "length")
     else:
-        expected = (64, 64) if name == "Text2Image" else (96, 64) if name == "Upscale" else (48, 32)
+        expected = (64, 64) if name in ("Text2Image", *KLEIN) else (96, 64) if name == "Upscale" else (48, 32)
         assert [im.size for im in out.images] == [expected]
 
 

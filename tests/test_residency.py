@@ -300,9 +300,12 @@ def test_the_admin_listing_says_resident_or_offloaded_and_last_use():
         ModelInfo("InstructPix2Pix", "cuda:0", "float16", "p2p", "ready", 2**31, 2**28, ["Text2Image"]),
         ModelInfo("Image2Depth", "cuda:0", "float16", "dpt", "loading")])
     assert text.splitlines() == [
-        "Text2Image: ready on cuda:0 (float16), resident, 2,048 MiB, 2,048 MiB shared, last used 5 min ago",
-        "InstructPix2Pix: ready on cuda:0 (float16), offloaded to CPU RAM, 2,048 MiB, 256 MiB shared, not used yet",
-        "Image2Depth: loading on cuda:0 (float16), no weights"]
+        "Text2Image: ready on cuda:0 (float16), resident, 2,048 MiB, 2,048 MiB shared with CannyText2Image, "
+        "last used 5 min ago",
+        "InstructPix2Pix: ready on cuda:0 (float16), offloaded to CPU RAM, 2,048 MiB, 256 MiB shared with Text2Image, "
+        "not used yet",
+        "Image2Depth: loading on cuda:0 (float16), no weights",
+        "Weights shared by several models are held once: 256 MiB less than each loading its own."]
 
 
 # --- config ---------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ MODEL_TABLE: dict[str, str] = {
     "Upscale": "upscale:load_upscale",
     SAFETY_CHECKER: "safety:load_safety_checker",
     "LLM": "llm:load_llm",
+    # the modern profile's (settings.models.MODERN_DEFAULTS)
+    "Klein": "flux2:load_klein",
+    "KleinInpaint": "flux2:load_klein_inpaint",
 }
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from .shared_qwen import SharedQwen
+
 
 class BadRequest(ValueError):
     """A job's input is wrong; the message says how to fix it (shown to the user)."""
@@ -60,6 +62,7 @@ class LoadSpec:
     sd_base: str  # local folder of the shared Stable Diffusion 1.5 base
     home: str = ""  # where the weights wait between jobs under a residency budget ("cpu"); "": on the device
     working_size: int = 512  # [limits] working_size: the SD family fits input images to it (SD1.5's 512)
+    max_output_size: int = 0  # [limits] max_output_size: models that pick their own output size keep under it
 
     @property
     def load_device(self) -> str:
@@ -103,7 +106,8 @@ class PoolModel:
 
 class SharedBases:
     """One Stable Diffusion 1.5 base per (source, device, dtype), loaded on first use
-    (onto ``home`` when the device has a residency budget).
+    (onto ``home`` when the device has a residency budget); FLUX.2 [klein]'s base the same way
+    (``get(..., loader=)``), and the Qwen3 models its text encoder and the LLM may share (``qwen``).
 
     Thread-safe: loaders run on worker threads. ``get`` returns the base
     pipeline (a ``StableDiffusionPipeline``); every SD-family model on that
@@ -115,12 +119,15 @@ class SharedBases:
         self._loader = loader
         self._bases: dict[tuple[str, str, torch.dtype], Any] = {}
         self._lock = threading.Lock()
+        self.qwen = SharedQwen()
 
-    def get(self, source: str, device: str, dtype: torch.dtype, home: str = "") -> Any:
+    def get(self, source: str, device: str, dtype: torch.dtype, home: str = "",
+            loader: Callable[[str, str, torch.dtype], Any] | None = None) -> Any:
+        """The base pipeline from ``source``, loaded by ``loader`` (the SD1.5 loader unless given) the first time."""
         key = (source, device, dtype)  # by the device it runs on: a cpu model never shares a cuda model's base
         with self._lock:
             if key not in self._bases:
-                self._bases[key] = self._loader(source, home or device, dtype)
+                self._bases[key] = (loader or self._loader)(source, home or device, dtype)
             return self._bases[key]
 
     def holds(self, source: str, device: str, dtype: torch.dtype) -> bool:
@@ -131,15 +138,17 @@ class SharedBases:
         """Ids of the modules of every base held."""
         with self._lock:
             return {id(m) for base in self._bases.values() for m in base.components.values()
-                    if isinstance(m, torch.nn.Module)}
+                    if isinstance(m, torch.nn.Module)} | self.qwen.module_ids()
 
     def drop_unused(self, in_use: set[int]) -> None:
         """Forget bases none of whose modules a loaded model holds (``in_use``: ids of modules)."""
+        qwen = self.qwen.module_ids()  # another model may hold a base's Qwen3 (the LLM): that keeps only the Qwen3
         with self._lock:
             for key, base in list(self._bases.items()):
-                mods = [m for m in base.components.values() if isinstance(m, torch.nn.Module)]
+                mods = [m for m in base.components.values() if isinstance(m, torch.nn.Module) and id(m) not in qwen]
                 if not any(id(m) in in_use for m in mods):
                     del self._bases[key]
+        self.qwen.drop_unused(in_use)
 
 
 def check_params(model: PoolModel, params: dict[str, Any], limits: dict[str, int]) -> dict[str, Any]:

@@ -6,10 +6,18 @@ The prompt is the model's own chat template with the tools; decoding runs under
 a grammar from the tools' schemas (``grammar.py``) so that a tool call always parses.
 The answer is ``Output.text``: the JSON of :class:`Answer`. Pieces of a text answer are
 reported as they are generated (``progress(step, total, text)``) for streaming.
+
+A text-only Qwen3 (Qwen/Qwen3-4B, the modern profile's) may be the very network FLUX.2 [klein] reads its
+prompts with: it is had through ``SharedBases.qwen`` (``shared_qwen.py``), which hands out one object when
+the weights are the same. This model keeps its own tokenizer and generation settings, and never changes
+the network. Qwen3 thinks before it answers unless its template is rendered with ``enable_thinking=False``:
+tool turns render it so (an empty think block opens the answer), since the grammar constrains a call from
+its first token and the agent wants the call, not an essay before it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -23,6 +31,7 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
+    GenerationConfig,
 )
 from transformers.generation.streamers import BaseStreamer
 
@@ -61,7 +70,7 @@ class ChatModel(PoolModel):
         "stop": Param(list, []),
     }
 
-    def __init__(self, spec: LoadSpec):
+    def __init__(self, spec: LoadSpec, bases: SharedBases):
         super().__init__(spec)
         config = AutoConfig.from_pretrained(spec.source)
         self.vision = getattr(config, "vision_config", None) is not None
@@ -74,9 +83,17 @@ class ChatModel(PoolModel):
             self.processor = None
             self.tokenizer = AutoTokenizer.from_pretrained(spec.source)
             auto = AutoModelForCausalLM
-        self.model = checked(auto, spec.source, spec.dtype, w.transformers()).to(spec.load_device).eval()
+        def load() -> torch.nn.Module:
+            return checked(auto, spec.source, spec.dtype, w.transformers()).to(spec.load_device).eval()
+
+        if config.model_type == "qwen3":  # a text-only Qwen3: perhaps klein's text encoder too
+            self.model = bases.qwen.get(spec.source, spec.device, spec.dtype, load, spec.name)
+        else:
+            self.model = load()
+        # its own, not the network's: a shared Qwen3 may have been loaded from klein's text_encoder/ folder
+        self.generation = _generation_config(spec.source, self.model)
         self.format = grammar.ToolFormat.of(self.tokenizer)
-        stops = self.model.generation_config.eos_token_id
+        stops = self.generation.eos_token_id
         stops = [stops] if isinstance(stops, int) else list(stops or [])
         # the tokenizer's end token too: it is the one the grammar allows once an answer is complete
         self.stops = sorted({*stops, self.tokenizer.eos_token_id} - {None})
@@ -87,6 +104,7 @@ class ChatModel(PoolModel):
             raise ValueError(f"{spec.source} has no chat template (chat_template.jinja, chat_template.json, or one in "
                              "tokenizer_config.json), so the model cannot chat. Check the LLM's source in config.toml.")
         self.template_has_tools = "tools" in template
+        self.template_thinks = "enable_thinking" in template  # Qwen3's: thinking on unless told otherwise
         if not self.template_has_tools:
             log.warning("%s: its chat template does not show tools; they go in a system note instead", spec.source)
 
@@ -107,9 +125,10 @@ class ChatModel(PoolModel):
         streamer = _Stream(self.tokenizer, params["max_tokens"], progress,
                            hold=bool(params["stop"]) or constraint is not None and lark.startswith("start: calls"),
                            call_id=self.format.start_id)
-        out = self.model.generate(**inputs, **self._sampling(params), max_new_tokens=params["max_tokens"],
-                                  eos_token_id=self.stops, logits_processor=[constraint] if constraint else None,
-                                  streamer=streamer)
+        generation = copy.deepcopy(self.generation)
+        generation.update(**self._sampling(params), max_new_tokens=params["max_tokens"], eos_token_id=self.stops)
+        out = self.model.generate(**inputs, generation_config=generation,
+                                  logits_processor=[constraint] if constraint else None, streamer=streamer)
         ids = out[0, n_prompt:].tolist()
         ended = bool(ids) and ids[-1] in self.stops
         stopped = constraint is not None and constraint.matcher.is_stopped()
@@ -123,7 +142,9 @@ class ChatModel(PoolModel):
             messages = [{"role": "system", "content": _tools_note(tools)}, *messages]
             tools = None
         render = (self.processor or self.tokenizer).apply_chat_template
-        prompt = render(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        # a tool turn: the grammar constrains the call, and the model answers without thinking first
+        thinking = {"enable_thinking": False} if self.template_thinks and params["tools"] else {}
+        prompt = render(messages, tools=tools, tokenize=False, add_generation_prompt=True, **thinking)
         n_slots = prompt.count("<|image_pad|>") if self.vision else 0
         if self.vision and n_slots != len(images):
             raise BadRequest(f"The chat has {len(images)} image(s) but its template placed {n_slots}.")
@@ -197,6 +218,14 @@ class _Stream(BaseStreamer):
         pass
 
 
+def _generation_config(source: str, model: torch.nn.Module) -> GenerationConfig:
+    """The LLM's sampling defaults and end tokens, from its own folder (the model's when it has none)."""
+    try:
+        return GenerationConfig.from_pretrained(source)
+    except OSError:  # no generation_config.json
+        return model.generation_config
+
+
 def _cap_pixels(image_processor: Any) -> None:
     """Look at images of at most IMAGE_PIXELS pixels (the processor would take megapixels)."""
     size = dict(getattr(image_processor, "size", None) or {})
@@ -216,4 +245,4 @@ def _tools_note(tools: list[dict]) -> str:
 
 
 def load_llm(spec: LoadSpec, bases: SharedBases) -> PoolModel:
-    return ChatModel(spec)
+    return ChatModel(spec, bases)

@@ -75,8 +75,8 @@ def build(out: Path) -> None:
     _qwen3_vl(out / "llm")
 
 
-def tokenizer():
-    """A byte-level BPE tokenizer with Qwen's special tokens and tool tags, built offline."""
+def tokenizer(tags: list[str] = TAGS):
+    """A byte-level BPE tokenizer with Qwen's special tokens and ``tags`` (plain added tokens), built offline."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
@@ -95,7 +95,7 @@ def tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
-    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in TAGS])
+    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in tags])
     return Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                               unk_token=None, bos_token=None, model_max_length=32768)
 
