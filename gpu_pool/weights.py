@@ -147,8 +147,11 @@ def plan(name: str, source: str, base: str) -> list[Want]:
         return [Want(source, (), tuple(raw(f) for f in OPENPOSE))]
     if name == "LLM":  # today's LLMs ship bfloat16 weights, not float32
         return [Want(source, TRANSFORMERS_FILES, (transformers(full_is_16_bit=True),))]
-    # The transformers models (SafetyChecker, Text2Box and Segmenting among them), and any model
-    # added later that is laid out like one.
+    if name == "Florence2":  # transformers' port saved it in float16 (its conversion script loads it so)
+        return [Want(source, TRANSFORMERS_FILES, (transformers(full_is_16_bit=True),))]
+    # The transformers models (SafetyChecker, Text2Box, Segmenting, Sam2 and DepthAnything among them), and
+    # any model added later that is laid out like one. Sam2's repo also holds the original checkpoint
+    # (sam2.1_hiera_base_plus.pt) and its .yaml: neither is in these lists, so neither is fetched.
     return [Want(source, TRANSFORMERS_FILES, (transformers(),))]
 
 

@@ -37,7 +37,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     digest = _sources_hash()
     if stamp.exists() and stamp.read_text() == digest:
         return out
-    from scripts.tiny_models import detect, flux2, hub, llm, qwen3, safety, sd, upscale, vision
+    from scripts.tiny_models import detect, eyes, flux2, hub, llm, qwen3, safety, sd, upscale, vision
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +50,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     llm.build(tmp)
     qwen3.build(tmp)  # the modern profile's LLM, and klein's text encoder:
     flux2.build(tmp)  # built from it
+    eyes.build(tmp)  # Florence-2, SAM 2.1, Depth Anything V2, with their hub layouts
     hub.build(tmp)  # from the folders above, laid out as the real hub repos
     (tmp / ".stamp").write_text(digest)
     old = out.with_name(f"{out.name}.old.{os.getpid()}")

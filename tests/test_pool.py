@@ -64,6 +64,9 @@ CASES = {
     "LLM": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, []),  # the built-in LLM, as a job
     "Klein": ({"prompt": "put the cat on the sofa", "steps": 2, "width": 96, "height": 64}, [IMG, picture(64, 64)]),
     "KleinInpaint": ({"prompt": "a red house", "steps": 2}, [IMG, mask()]),
+    "Florence2": ({"task": "grounding", "text": "the red car"}, [IMG]),
+    "Sam2": ({"boxes": [[24, 16, 48, 56]]}, [IMG]),
+    "DepthAnything": ({}, [IMG]),
 }
 
 
@@ -81,14 +84,14 @@ async def test_every_model_runs_through_the_pool(client, name):
     if name in ("ImageCaptioning", "VisualQuestionAnswering", "SafetyChecker", "LLM"):
         assert isinstance(last.text, str) and not last.images
         return
-    if name == "Text2Box":  # boxes come back as data, in pixels of the image sent
+    if name in ("Text2Box", "Florence2"):  # boxes come back as data, in pixels of the image sent
         assert not last.images and last.data["boxes"] and len(last.data["boxes"][0]) == 4
         return
     assert len(last.images) == 1
     out = last.images[0].to_pil()
     expected = (64, 96) if name == "Text2Image" else (2 * IMG.width, 2 * IMG.height) if name == "Upscale" else IMG.size
     assert out.size == expected
-    assert out.mode == ("L" if name in ("Text2Mask", "Segmenting") else "RGB")
+    assert out.mode == ("L" if name in ("Text2Mask", "Segmenting", "Sam2") else "RGB")
 
 
 async def test_models_listing_shows_the_shared_base(client):

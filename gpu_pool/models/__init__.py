@@ -1,4 +1,4 @@
-"""The pool's model table: each seed model name -> the function that loads it.
+"""The pool's model table: each model name (the seed's, then the modern profile's) -> the function that loads it.
 
 Every loader has the signature ``load(spec: LoadSpec, bases: SharedBases) -> PoolModel``.
 Imports are late (inside ``loader``) so listing the table costs nothing and a
@@ -52,6 +52,9 @@ MODEL_TABLE: dict[str, str] = {
     # the modern profile's (settings.models.MODERN_DEFAULTS)
     "Klein": "flux2:load_klein",
     "KleinInpaint": "flux2:load_klein_inpaint",
+    "Florence2": "florence:load_florence2",
+    "Sam2": "sam2:load_sam2",
+    "DepthAnything": "depth_anything:load_depth_anything",
 }
 
 

@@ -179,14 +179,18 @@ def load_seg(spec: LoadSpec, bases: SharedBases) -> PoolModel:
 # DPT's first fusion layer has a residual branch its forward never uses (there is nothing to fuse
 # yet); Intel/dpt-hybrid-midas ships without its weights, which is not a mismatch.
 DPT_UNUSED = (r"neck\.fusion_stage\.layers\.0\.residual_layer1\.",)
+Predict = Callable[[Image.Image], torch.Tensor]
 
 
-def _depth(spec: LoadSpec) -> tuple[Callable[[Image.Image], torch.Tensor], torch.nn.Module]:
-    """DPT: a function from an image to its depth (float32, the image's size), and the network."""
+def depth_predictor(spec: LoadSpec, network: type | None = None,
+                    allow_missing: tuple[str, ...] = DPT_UNUSED) -> tuple[Predict, torch.nn.Module]:
+    """A depth network (DPT unless ``network`` says otherwise): a function from an image to its depth
+    (float32, the image's size; larger is nearer), and the network."""
     from transformers import AutoImageProcessor, DPTForDepthEstimation
 
     processor = AutoImageProcessor.from_pretrained(spec.source)
-    model = checked(DPTForDepthEstimation, spec.source, spec.dtype, w.transformers(), allow_missing=DPT_UNUSED)
+    model = checked(network or DPTForDepthEstimation, spec.source, spec.dtype, w.transformers(),
+                    allow_missing=allow_missing)
     model = model.to(spec.load_device).eval()
 
     def predict(image: Image.Image) -> torch.Tensor:
@@ -199,19 +203,20 @@ def _depth(spec: LoadSpec) -> tuple[Callable[[Image.Image], torch.Tensor], torch
     return predict, model
 
 
+def depth_map(depth: torch.Tensor) -> np.ndarray:
+    """The seed's depth map: the depth stretched to 0-255, near = bright (a flat scene: all black)."""
+    d = depth.cpu().numpy()
+    span = float(d.max() - d.min())
+    return ((d - d.min()) / span * 255 if span > 0 else np.zeros_like(d)).astype(np.uint8)
+
+
 def load_depth(spec: LoadSpec, bases: SharedBases) -> PoolModel:
-    predict, model = _depth(spec)
-
-    def detect(image: Image.Image, params: dict[str, Any]) -> np.ndarray:
-        d = predict(image).cpu().numpy()
-        span = float(d.max() - d.min())
-        return ((d - d.min()) / span * 255 if span > 0 else np.zeros_like(d)).astype(np.uint8)
-
-    return Annotator(spec, detect, {"model": model})
+    predict, model = depth_predictor(spec)
+    return Annotator(spec, lambda im, p: depth_map(predict(im)), {"model": model})
 
 
 def load_normal(spec: LoadSpec, bases: SharedBases) -> PoolModel:
-    predict, model = _depth(spec)
+    predict, model = depth_predictor(spec)
     return Annotator(spec, lambda im, p: depth_to_normal(predict(im)), {"model": model})
 
 

@@ -53,9 +53,9 @@ class Segmenting(TransformersModel):
         if boxes and points:
             raise BadRequest("Segmenting takes boxes or points, not both.")
         if boxes:
-            out = self._prompted(image, input_boxes=[_coords(boxes, 4, "boxes", "[x0, y0, x1, y1]")])
+            out = self._prompted(image, input_boxes=[coords(boxes, 4, "boxes", "[x0, y0, x1, y1]")])
         elif points:
-            pts = _coords(points, 2, "points", "[x, y]")
+            pts = coords(points, 2, "points", "[x, y]")
             out = self._prompted(image, input_points=[[pts]], input_labels=[[[1] * len(pts)]])
         else:
             return self._everything(image, params, progress)
@@ -115,7 +115,7 @@ class Segmenting(TransformersModel):
                       data={"regions": len(found), "areas": areas})
 
 
-def _coords(value: list, n: int, name: str, shape: str) -> list[list[float]]:
+def coords(value: list, n: int, name: str, shape: str) -> list[list[float]]:
     """``value`` as a list of n-number lists; BadRequest saying the expected shape otherwise."""
     ok = 0 < len(value) <= MAX_PROMPTS and all(
         isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
