@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import settings
@@ -127,6 +129,27 @@ def start_pool_with(config: Path, *args: str, group: bool = False, timeout: floa
 def start_pool(folder: Path, extra: str = "") -> Pool:
     """A pool process with every tiny model (tests/config.tiny.toml plus ``extra``), ready."""
     return start_pool_with(write_tiny_config(folder, extra))
+
+
+@contextlib.contextmanager
+def without(pool: Pool, names: Iterable[str]):
+    """``pool`` with the models ``names`` unloaded for the block, loaded again (on the CPU) after it: the
+    seed's profile on a pool that holds both profiles' tiny models, where each tool picks the modern one."""
+
+    async def each(step: str) -> None:
+        client = pool.client()
+        try:
+            for name in names:
+                await (client.unload(name) if step == "unload" else client.load(name, device="cpu"))
+        finally:
+            await client.close()
+
+    asyncio.run(each("unload"))
+    try:
+        yield pool
+    finally:
+        asyncio.run(each("load"))
+        asyncio.run(pool.ready())
 
 
 def stop_pool(pool: Pool, timeout: float = 10) -> None:

@@ -17,13 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from core.tools import klein
 from core.tools.base import JobOutput, ToolContext, run_job
+from core.tools.klein import KLEIN_INPAINT
 from core.tools.choose import combined, first_loaded
 from core.tools.objects import MODERN, PRECISE, find_boxes, not_found, outline
 
 SAM2, SAM, CLIPSEG = "Florence2+SAM2", "GroundingDINO+SAM", "CLIPSeg"
 MASKERS = (MODERN, PRECISE, ("Text2Mask",))  # the ways to a mask, the preferred first: any will do
-PAINTERS = (("KleinInpaint",), ("Inpainting",))  # the ways to repaint a mask
+PAINTERS = ((KLEIN_INPAINT,), ("Inpainting",))
+NEAREST = Image.Resampling.NEAREST  # the ways to repaint a mask
 REPAINTERS = combined(MASKERS, PAINTERS)  # the object flows' Tool.any_of: a mask and a painter
 # The seed grew masks by 20 px: on CLIPSeg's 352 px map, and on the ~512 px image SAM segmented.
 PADDING = {CLIPSEG: 20 / 352, SAM: 20 / 512, SAM2: 20 / 512}
@@ -65,7 +68,13 @@ async def repaint_object(ctx: ToolContext, prompt: str, label: str) -> tuple[Job
     img = ctx.images.open(ctx.session, ctx.args["image"])
     mask = await object_mask(ctx, img, ctx.args["object"], ctx.args["image"])
     (painter,) = await first_loaded(ctx, *PAINTERS)
-    out = await run_job(ctx, painter, {"prompt": prompt}, [img, mask.for_inpainting()], label=label)
+    grown = mask.for_inpainting()
+    if painter == KLEIN_INPAINT:  # at least 64 px a side, scaled back after
+        out = await run_job(ctx, painter, {"prompt": prompt}, [klein.ready(img), klein.ready(grown, NEAREST)],
+                            label=label)
+        out.images[0] = klein.back(out.images[0], img)
+    else:
+        out = await run_job(ctx, painter, {"prompt": prompt}, [img, grown], label=label)
     return out, mask
 
 

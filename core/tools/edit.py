@@ -2,21 +2,20 @@
 else InstructPix2Pix; with klein, also from up to 4 reference images ("put the cat from img1 on the sofa
 in img2": img2 is the image, img1 a reference).
 
-Klein's result keeps the image's size: it draws at the size rounded to multiples of 16 and is resized back.
+Klein's result keeps the image's size (core/tools/klein.py).
 """
 
 from __future__ import annotations
 
 import copy
 
-from PIL import Image
-
 from core.errors import BadArguments
 from core.tools.base import (IMAGE_TO_CHANGE, Tool, ToolContext, ToolResult, images_param, keep, run_job,
                              text_param)
 from core.tools.choose import loaded_models
+from core.tools.klein import KLEIN, back, ready, size
 
-KLEIN, PIX2PIX = "Klein", "InstructPix2Pix"
+PIX2PIX = "InstructPix2Pix"
 MOST_REFERENCES = 4
 NEEDS_KLEIN = ("Editing with reference images needs FLUX.2 [klein] (the Klein model), which is not loaded on "
                "this bot; an admin can load it with /load Klein. Without references I can still edit {image} "
@@ -45,20 +44,14 @@ class EditImage(Tool):
         img = ctx.images.open(ctx.session, args["image"])
         params = {"prompt": args["instruction"]}
         if klein:
-            params.update(klein_size(img))
-            others = [ctx.images.open(ctx.session, r) for r in refs]
-            out = await run_job(ctx, KLEIN, params, [img, *others], label="Editing")
-            made = out.images[0]
-            if made.size != img.size:
-                made = made.resize(img.size, Image.Resampling.LANCZOS)
+            work = ready(img)
+            params.update(size(work))
+            others = [ready(ctx.images.open(ctx.session, r)) for r in refs]
+            out = await run_job(ctx, KLEIN, params, [work, *others], label="Editing")
+            made = back(out.images[0], img)
         else:
             out = await run_job(ctx, PIX2PIX, params, [img], label="Editing")
             made = out.images[0]
         with_refs = f" with {', '.join(refs)}" if refs else ""
         return keep(ctx, made, out, self.name, dict(params, reference_images=refs) if refs else params,
                     lambda new: f"Made {new} from {args['image']}{with_refs}: {args['instruction']}.")
-
-
-def klein_size(img: Image.Image) -> dict[str, int]:
-    """The size klein draws an edit of ``img`` at: its own, each side rounded to a multiple of 16."""
-    return {"width": max(64, round(img.width / 16) * 16), "height": max(64, round(img.height / 16) * 16)}

@@ -7,9 +7,9 @@ leads. Each call draws with a new seed.
 """
 
 from core.store import ImageRow
-from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, on_image
+from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, on_image, run_job
 from core.tools.choose import first_loaded
-from core.tools.edit import klein_size
+from core.tools.klein import back, ready, size
 
 KLEIN_VARIATION = "A variation of this image: the same subject, layout and colours, with other details."
 
@@ -27,9 +27,10 @@ class MakeVariation(Tool):
         about = prompt_of(ctx.images.row(ctx.session, args["image"]))
         if await first_loaded(ctx, *self.any_of) == ("Klein",):
             img = ctx.images.open(ctx.session, args["image"])
-            params = {"prompt": f"{KLEIN_VARIATION} {about}".strip(), **klein_size(img)}
-            img, out = await on_image(ctx, "Klein", params, "Varying")
-            made = out.images[0].resize(img.size) if out.images[0].size != img.size else out.images[0]
+            work = ready(img)
+            params = {"prompt": f"{KLEIN_VARIATION} {about}".strip(), **size(work)}
+            out = await run_job(ctx, "Klein", params, [work], label="Varying")
+            made = back(out.images[0], img)
         else:
             params = {"prompt": about}
             _, out = await on_image(ctx, "Variations", params, "Varying")
