@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -131,24 +130,21 @@ def start_pool(folder: Path, extra: str = "") -> Pool:
     return start_pool_with(write_tiny_config(folder, extra))
 
 
-@contextlib.contextmanager
-def without(pool: Pool, names: Iterable[str]):
-    """``pool`` with the models ``names`` unloaded for the block, loaded again (on the CPU) after it: the
-    seed's profile on a pool that holds both profiles' tiny models, where each tool picks the modern one."""
+def hold(pool: Pool, names: Iterable[str], loaded: bool) -> None:
+    """Load (on the CPU) or unload the models ``names`` in ``pool``; loaded: until every model is ready.
+    A pool with both profiles' tiny models runs the seed's profile with the modern models unloaded, since each
+    tool picks the modern model while it is loaded (tests/conftest.py's ``profile``)."""
 
-    async def each(step: str) -> None:
+    async def each() -> None:
         client = pool.client()
         try:
             for name in names:
-                await (client.unload(name) if step == "unload" else client.load(name, device="cpu"))
+                await (client.load(name, device="cpu") if loaded else client.unload(name))
         finally:
             await client.close()
 
-    asyncio.run(each("unload"))
-    try:
-        yield pool
-    finally:
-        asyncio.run(each("load"))
+    asyncio.run(each())
+    if loaded:
         asyncio.run(pool.ready())
 
 

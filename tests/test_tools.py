@@ -1,5 +1,6 @@
 """Every tool and template end to end against the pool with the tiny models: the seed's profile (the modern
-profile's models unloaded for this module; tests/test_tools_modern.py runs the same tools on those)."""
+profile's models unloaded: tests/conftest.py's ``profile``; tests/test_tools_modern.py runs the same tools on
+those)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from core.store import Store
 from core import toolset
 from core.tools import BUTTONS, BY_NAME, TOOLS, available
 from core.tools.base import Tool, ToolContext, ToolResult, call, run_job, save, text_param
-from testkit.pool import without
 
 
 def photo_bytes(w: int = 96, h: int = 64) -> bytes:
@@ -32,13 +32,6 @@ class Statuses(list):
 
     async def __call__(self, text: str) -> None:
         self.append(text)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def seed_profile(pool):
-    """The seed's models only: with the modern ones loaded too, each tool would pick those."""
-    with without(pool, settings.models.MODERN_DEFAULTS):
-        yield
 
 
 @pytest.fixture
