@@ -1,7 +1,8 @@
 """Count the bytes models hold, each tensor storage once.
 
-Shared components (one Stable Diffusion base under many pipelines) are found
-by their storage, not by name: two modules that point at the same memory are
+Shared components (one Stable Diffusion base under many pipelines; FLUX.2 [klein]'s
+networks under Klein and KleinInpaint; one Qwen3 as the LLM and klein's text encoder)
+are found by their storage, not by name: two modules that point at the same memory are
 counted once. Works for real tensors and for tensors on the ``meta`` device
 (where storage identity is the parameter object itself).
 """

@@ -12,8 +12,8 @@ from tests.fakes.hub_server import FakeHub
 from tests.test_fetch import config, fetch, hub_env, start_pool
 
 KLEIN, QWEN = "black-forest-labs/FLUX.2-klein-4B", "Qwen/Qwen3-4B"
-MODELS = "".join(f'\n[models.{name}]\ndevice = "cpu"\ndtype = "bfloat16"\n' for name in ("Klein", "KleinInpaint",
-                                                                                          "LLM")) + f'source = "{QWEN}"\n'
+MODELS = "".join(f'\n[models.{name}]\ndevice = "cpu"\ndtype = "bfloat16"\n'
+                 for name in ("Klein", "KleinInpaint", "LLM")) + f'source = "{QWEN}"\n'  # the LLM last: its source
 
 
 @pytest.fixture(scope="module")

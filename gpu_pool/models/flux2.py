@@ -24,9 +24,10 @@ The output is the size asked for, else the first image's fitted to about 1 MP, e
 ``[limits] max_output_size``; the pipeline draws at multiples of 16 and a size between them is scaled to.
 Klein 4B is distilled to 4 steps and ignores guidance (its default, 1.0, is what it was distilled at).
 
-KleinInpaint takes [image, mask (white = repaint), *up to 4 references]. The pipeline blends the kept
-part in latent space only, which the VAE smears at the mask's edge and changes everywhere a little, so
-the original pixels are pasted back outside the mask (the mask's grey edge blends the two).
+KleinInpaint takes [image, mask (white = repaint), *up to 4 references]; the pipeline brings the references
+to the first one's size (cropping) to batch them. It blends the kept part in latent space only, which the
+VAE smears at the mask's edge and changes everywhere a little, so the original pixels are pasted back
+outside the mask (the mask's grey edge blends the two).
 """
 
 from __future__ import annotations

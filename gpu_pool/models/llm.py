@@ -10,9 +10,10 @@ reported as they are generated (``progress(step, total, text)``) for streaming.
 A text-only Qwen3 (Qwen/Qwen3-4B, the modern profile's) may be the very network FLUX.2 [klein] reads its
 prompts with: it is had through ``SharedBases.qwen`` (``shared_qwen.py``), which hands out one object when
 the weights are the same. This model keeps its own tokenizer and generation settings, and never changes
-the network. Qwen3 thinks before it answers unless its template is rendered with ``enable_thinking=False``:
-tool turns render it so (an empty think block opens the answer), since the grammar constrains a call from
-its first token and the agent wants the call, not an essay before it.
+the network. Qwen3 thinks before it answers unless its template is rendered with ``enable_thinking=False``
+(an empty think block then opens the answer). Every turn renders it so: a tool turn's call is constrained by
+the grammar from its first token, and a plain answer streams to the chat, where a think block would show and
+would spend the answer's ``max_tokens`` (often all of them) before the answer begins.
 """
 
 from __future__ import annotations
@@ -142,8 +143,7 @@ class ChatModel(PoolModel):
             messages = [{"role": "system", "content": _tools_note(tools)}, *messages]
             tools = None
         render = (self.processor or self.tokenizer).apply_chat_template
-        # a tool turn: the grammar constrains the call, and the model answers without thinking first
-        thinking = {"enable_thinking": False} if self.template_thinks and params["tools"] else {}
+        thinking = {"enable_thinking": False} if self.template_thinks else {}  # see the module's docstring
         prompt = render(messages, tools=tools, tokenize=False, add_generation_prompt=True, **thinking)
         n_slots = prompt.count("<|image_pad|>") if self.vision else 0
         if self.vision and n_slots != len(images):

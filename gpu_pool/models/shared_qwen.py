@@ -69,7 +69,10 @@ class SharedQwen:
                 if h.folder == folder:
                     return h.model
             for h in held:
-                why = compare(folder, h.folder, dtype)
+                try:
+                    why = compare(folder, h.folder, dtype)
+                except (OSError, ValueError) as e:  # a folder gone from the cache, a broken index: load anew
+                    why = f"their weights could not be compared ({type(e).__name__}: {e})"
                 if why is None:
                     log.info("%s shares the Qwen3 that %s loaded (%s): the weights are the same, held once", who,
                              h.who, h.folder)
