@@ -172,6 +172,7 @@ def run_all(label: str, models: dict, sizes: list[int], meter: Meter, deadline: 
             params.update({"width": size, "height": size} if name == "Text2Image" else {})
             params.update({"question": "what is in the picture?"} if name == "VisualQuestionAnswering" else {})
             params.update({"detect_resolution": size} if "detect_resolution" in model.params else {})
+            params.update({"boxes": [[size // 5, size // 3, size // 2, size - size // 8]]} if name == "Sam2" else {})
             model.spec = dataclasses.replace(model.spec, working_size=size)  # SD tools work at this size
             images = [image] if model.n_images is None else [image, mask][:model.n_images]  # None: the LLM
             try:
@@ -292,7 +293,7 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
         s[name] = str(scratch / "controlnet")
     import settings
 
-    return {name: s[name] for name in settings.MODEL_NAMES}
+    return {name: s[name] for name in (*settings.SEED_MODELS, "LLM")}  # the seed's (the modern: not written here)
 
 
 # Qwen/Qwen3-VL-2B-Instruct's sizes (its language model is Qwen3-1.7B's shape); token ids stay the tiny

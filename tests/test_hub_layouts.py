@@ -182,6 +182,10 @@ def _prefixed(src: Path, dst: Path, weights: str) -> None:
     ("Text2Box", "IDEA-Research/grounding-dino-tiny", "model.safetensors", "GroundingDinoForObjectDetection"),
     ("SafetyChecker", "CompVis/stable-diffusion-safety-checker", "pytorch_model.bin", "StableDiffusionSafetyChecker"),
     ("LLM", "Qwen/Qwen3-VL-2B-Instruct", "model.safetensors", "Qwen3VLForConditionalGeneration"),
+    ("Florence2", "florence-community/Florence-2-base", "model.safetensors", "Florence2ForConditionalGeneration"),
+    ("Sam2", "facebook/sam2.1-hiera-base-plus", "model.safetensors", "Sam2Model"),
+    ("DepthAnything", "depth-anything/Depth-Anything-V2-Small-hf", "model.safetensors",
+     "DepthAnythingForDepthEstimation"),
 ])
 def test_a_checkpoint_whose_keys_do_not_match_fails_the_load(hub, tmp_path, name, repo, weights, network):
     _prefixed(hub / repo, tmp_path / "bad", weights)

@@ -104,6 +104,8 @@ NEEDS_TEXT = "Florence2's grounding needs 'text': the phrase to find, e.g. 'the 
     ({"task": "ocr", "text": "a car"},
      "Florence2 takes 'text' only for task 'grounding' (the phrase to find), not for 'ocr'."),
     ({"task": "grounding", "text": "car " * 200}, "'text' must be at most 500 characters, got 799."),
+    ({"task": "grounding", "text": "<OCR>"}, "'text' must be plain words, without <...> tokens."),
+    ({"task": "grounding", "text": "a car <loc_1>"}, "'text' must be plain words, without <...> tokens."),
 ])
 def test_florence2_says_how_to_fix_a_request(load, image, params, message):
     assert refusal(load("Florence2"), params, image) == message

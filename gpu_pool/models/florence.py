@@ -12,6 +12,7 @@ Generation as the model card runs it: 3 beams (the repo's generation config), up
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -53,6 +54,8 @@ class Florence2(TransformersModel):
                              f"not for '{task}'.")
         if len(text) > MAX_TEXT:
             raise BadRequest(f"'text' must be at most {MAX_TEXT} characters, got {len(text)}.")
+        if re.search(r"<[^<>]*>", text):  # a task token in it would change the task (or fail the processor)
+            raise BadRequest("'text' must be plain words, without <...> tokens.")
         image = images[0].convert("RGB")
         inputs = self.processor(images=image, text=TASKS[task] + text, return_tensors="pt")
         inputs = inputs.to(self.device, self.dtype)  # casts only the float tensors (pixel values)
