@@ -14,7 +14,8 @@ from core.tools.klein import back, ready, size
 KLEIN_VARIATION = "A variation of this image: the same subject, layout and colours, with other details."
 
 # Pool models whose prompt describes the whole picture (InstructPix2Pix's is an instruction, Inpainting's
-# describes the repainted part only, maps have none): Text2Image, the ControlNet generators, Variations.
+# describes the repainted part only, maps have none): Text2Image, the ControlNet generators, Variations, and
+# whatever drew for generate_image (klein).
 
 
 class MakeVariation(Tool):
@@ -42,6 +43,6 @@ class MakeVariation(Tool):
 def prompt_of(row: ImageRow) -> str:
     """What the image shows, in words, as well as the bot knows it."""
     model, asked = row.made.model or "", (row.made.model_params or {}).get("prompt")
-    if asked and (model.endswith("Text2Image") or model == "Variations"):
+    if asked and (model.endswith("Text2Image") or model == "Variations" or row.operation == "generate_image"):
         return asked
     return row.caption or ""
