@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 import settings
 from core.images import ImageStore
 from core.store import Store
-from core import toolset
+from core import llm_json, toolset
 from core.tools import BUTTONS, BY_NAME, TOOLS, available
 from core.tools.base import Tool, ToolContext, ToolResult, call, run_job, save, text_param
 
@@ -219,6 +219,9 @@ def test_reference_images_are_offered_only_while_klein_is_loaded():
     assert refs == {"type": "array", "items": {"enum": ["img1", "img2", "img3"]}}  # compact: the tool checks the rest
     full = BY_NAME["edit_image"].schema(["img1"])["function"]["parameters"]["properties"]["reference_images"]
     assert full["maxItems"] == 4 and "take things from" in full["description"]
+    assert llm_json.signature(toolset.schema(BY_NAME["edit_image"], ["img1", "img2"])) == (  # the JSON format's
+        "- edit_image(image, instruction: the change, in English, reference_images?: [image ids]): Change an image "
+        "by an instruction, e.g. 'make it winter'.")
     many = toolset.schema(BY_NAME["edit_image"], [f"img{n}" for n in range(1, 8)])  # past the enum: a pattern
     assert many["function"]["parameters"]["properties"]["reference_images"]["items"] == {
         "type": "string", "pattern": toolset.ID_PATTERN}
