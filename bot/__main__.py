@@ -58,7 +58,8 @@ def describe(config: settings.Config) -> str:
         lines.append(f"Pool backend: ray, {r.replicas} replica(s) with {r.gpus_per_replica:g} GPU(s) each, on {where}"
                      + ("" if importlib.util.find_spec("ray")
                         else " (ray[serve] is not installed: ./scripts/run --ray)"))
-    lines.append(f"Stable Diffusion base: {config.pool.sd_base}")
+    if any(n.endswith("Text2Image") or n in ("Variations", "InstructPix2Pix", "Inpainting") for n in config.models):
+        lines.append(f"Stable Diffusion base: {config.pool.sd_base}")
     if config.models:
         lines.append(f"Models (from --load {config.load}):" if config.load else "Models:")
         width = max(len(m.label) for m in config.models.values())
@@ -92,8 +93,8 @@ def _safety(config: settings.Config) -> str:
     allowed = [n for n, on in (("age-restricted Discord channels", s.allow_in_nsfw_channels), ("DMs", s.allow_in_dms))
                if on] + [f"Slack {c}" for c in s.allow_in_slack_channels]
     line = "Safety: on; flagged images are withheld everywhere" + (f" except {', '.join(allowed)}" if allowed else "")
-    draws = [n for n in config.models if n.endswith("Text2Image") or n in ("InstructPix2Pix", "Inpainting",
-                                                                             "Variations", "Upscale")]
+    draws = [n for n in config.models if n.endswith("Text2Image") or n in (
+        "InstructPix2Pix", "Inpainting", "Variations", "Upscale", "Klein", "KleinInpaint")]
     if draws and settings.SAFETY_CHECKER not in config.models:
         line += ("\n  warning: no [models.SafetyChecker], so every drawn image will be withheld where the filter "
                  "applies; add the section, or set [safety] enabled = false")

@@ -31,7 +31,7 @@ from typing import Any
 import settings
 from core.store import ImageRow, Store
 from core.tools import BUTTONS, BY_NAME, Tool
-from core.tools.base import IMAGE, ToolContext, ToolResult, call
+from core.tools.base import ToolContext, ToolResult, call, image_ids
 from core.tools.upscale import can_upscale
 from core.turn import ImageAction, Press
 
@@ -108,7 +108,7 @@ def lost(store: Store, path: Callable[[ImageRow], Path], row: ImageRow, action: 
     tool read) is gone from the data directory; None when all are there. The admins get one log line."""
     if action == "reroll":
         tool = rerollable(row)
-        used = [v for k, v in (row.made.args or {}).items() if tool and tool.parameters.get(k, {}).get(IMAGE)]
+        used = [v for _, v in image_ids(tool, row.made.args or {})] if tool else []
     else:
         used = [] if action == "info" else [row.image_id]
     for image_id in used:
@@ -186,6 +186,8 @@ def info(store: Store, row: ImageRow) -> str:
     if row.operation == "upload":
         lines.append(f"Uploaded as {row.params.get('filename') or 'a file'}: no model made it, so it has no "
                      "prompt or seed.")
+    if inputs := _inputs(row):
+        lines.append("Input images: " + inputs)
     if made.model:
         took = f", {made.seconds:.1f} s in the model" if made.seconds is not None else ""
         lines.append(f"Model: {made.model} ({made.source or 'no weights'}){took}")
@@ -198,6 +200,15 @@ def info(store: Store, row: ImageRow) -> str:
     if row.caption:
         lines.append(f"Caption: {row.caption}")
     return "\n".join(lines)
+
+
+def _inputs(row: ImageRow) -> str:
+    """'img2 (the image), img1 (reference 1), img3 (reference 2)': every image the tool that made ``row`` read."""
+    tool = BY_NAME.get(row.operation) or BUTTONS.get(row.operation)
+    used = image_ids(tool, row.made.args or {}) if tool else []
+    refs = [v for k, v in used if k == "reference_images"]
+    return ", ".join(f"{v} (reference {refs.index(v) + 1})" if k == "reference_images" else
+                     f"{v} (the {k})" for k, v in used)
 
 
 def _settings(params: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from core import history, tokens, toolset, vision
 from core.llm import LLM, LLMAnswer, LLMFailed, LLMLoading, ToolCall
 from core.store import NOTE
 from core.tools import BY_NAME, Tool, available
-from core.tools.base import IMAGE, ToolContext, ToolResult, call, waiting_text
+from core.tools.base import ToolContext, ToolResult, call, image_ids, waiting_text
 from gpu_pool.protocol import Event
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ async def _one(ctx: ToolContext, c: ToolCall, tool: Tool | None, state: _TurnSta
             state.repeated = state.seen[key]
         return ToolResult(f"Error: {c.name} was already called with these arguments this turn; its result is "
                           "above. Use it, or answer the user.", ok=False)
-    inputs = {v for k, v in args.items() if tool.parameters.get(k, {}).get(IMAGE)} if isinstance(args, dict) else set()
+    inputs = {v for _, v in image_ids(tool, args)} if isinstance(args, dict) else set()
     length, last = state.chains.get(c.name, (0, None))
     on_own_output = last is not None and bool(inputs & set(last.images))
     if on_own_output and length >= MAX_CHAIN:

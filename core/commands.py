@@ -23,20 +23,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 TEXT, IMAGE, MODEL, DEVICE = "text", "image", "model", "device"
+IMAGES = "images"  # up to ``high`` image ids: typed one after another (img1 img3); on Discord also attached files
 USER = "user"  # a user of the platform: Discord's user option, a Slack @mention (<@U123>); the core gets the id
 CHOICE, INT = "choice", "int"
-_PLACEHOLDER = {IMAGE: "IMAGE_ID", MODEL: "MODEL", DEVICE: "DEVICE", USER: "@USER"}  # a text argument: its name
+_PLACEHOLDER = {IMAGE: "IMAGE_ID", IMAGES: "IMAGE_ID...", MODEL: "MODEL", DEVICE: "DEVICE", USER: "@USER"}
+_ID = re.compile(r"(img[0-9]+)(?:\s+|$)")  # a text argument: its name
 
 
 @dataclass(frozen=True)
 class Arg:
     name: str
-    kind: Literal["text", "image", "model", "device", "user", "choice", "int"]  # text: rest of a typed line when last
+    # text: the rest of a typed line when last
+    kind: Literal["text", "image", "images", "model", "device", "user", "choice", "int"]
     description: str  # the platform's hint for it
     required: bool = True
     choices: tuple[str, ...] = ()  # choice: the values it takes
     low: int | None = None  # int: the smallest value
-    high: int | None = None  # int: the largest value (``limit`` may lower it)
+    high: int | None = None  # int: the largest value (``limit`` may lower it); images: the most ids
     limit: str | None = None  # int: a [limits] key whose value caps it (steps: max_steps)
     flag: str = ""  # typed as --flag VALUE (Slack, the terminal); "": by its place in the line
     autocomplete: bool = False  # Discord suggests values as the user types (Core.suggestions)
@@ -98,8 +101,10 @@ COMMANDS: tuple[Command, ...] = (
             tool="generate_image"),
     Command("caption", "Describe what an image shows.", (Arg("image", IMAGE, "The image to describe, like img1"),),
             tool="caption_image"),
-    Command("edit", "Change an image by an instruction, like 'make it winter'.",
+    Command("edit", "Change an image by an instruction, like 'make it winter', with up to 3 reference images.",
             (Arg("image", IMAGE, "The image to change, like img1"),
+             Arg("references", IMAGES, "Up to 3 images to take things from, like img1 img3", False, high=3,
+                 param="reference_images"),
              Arg("instruction", TEXT, "What to change, in English")), tool="edit_image"),
     Command("reset", "Forget this conversation's messages and images."),
     Command("queue", "Where your requests are in line, and about when they will be done.", private=True),
@@ -149,13 +154,26 @@ def from_words(command: Command, text: str) -> dict[str, str] | None:
         if arg is None or match[2] is None or arg.name in found:
             return None
         found[arg.name] = match[2]
-    text = _FLAG.sub(" ", text).strip()
+    rest = _FLAG.sub(" ", text).strip()
     args = [a for a in command.args if not a.flag]
-    takes_rest = bool(args) and args[-1].kind == TEXT
-    words = text.split(None, len(args) - 1) if takes_rest else text.split()
-    if len(words) > len(args) or len(words) < sum(a.required for a in args):
+    for i, arg in enumerate(args):
+        if not rest:
+            break
+        if arg.kind == TEXT and i == len(args) - 1:  # a last text: the rest of the line
+            found[arg.name], rest = rest, ""
+        elif arg.kind == IMAGES:  # the image ids that come next, if any
+            ids = []
+            while len(ids) < (arg.high or 1) and (match := _ID.match(rest)):
+                ids.append(match[1])
+                rest = rest[match.end():]
+            if ids:
+                found[arg.name] = " ".join(ids)
+        else:
+            word, *more = rest.split(None, 1)
+            found[arg.name], rest = word, (more[0] if more else "")
+    if rest or any(a.required and a.name not in found for a in command.args):
         return None
-    return {**{a.name: w for a, w in zip(args, words)}, **found}
+    return found
 
 
 def tool_args(command: Command, given: dict[str, Any], limits: object) -> dict[str, Any]:
@@ -176,8 +194,24 @@ def tool_args(command: Command, given: dict[str, Any], limits: object) -> dict[s
                 raise ValueError(f"{arg.name} must be between {arg.low} and {high}; got {value}.")
         elif arg.kind == CHOICE and value not in arg.choices:
             raise ValueError(f"{arg.name} must be one of {', '.join(arg.choices)}; got {value}.")
+        elif arg.kind == IMAGES:
+            value = [v for v in (re.split(r"[\s,]+", value.strip()) if isinstance(value, str) else value) if v]
+            if len(value) > (arg.high or 1):
+                raise ValueError(f"{arg.name}: at most {arg.high} images; got {len(value)} ({', '.join(value)}).")
         out[arg.param or arg.name] = value
     return out
+
+
+def with_uploads(command: Command | None, takes_image: bool, given: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """A tool command's arguments with the images attached to it (``ids``, in order): the first fills a
+    missing ``image``, the others join its list of images (/edit's references) after those it names."""
+    given, ids = dict(given), list(ids)
+    if ids and takes_image and not given.get("image"):
+        given["image"] = ids.pop(0)
+    listed = next((a for a in command.args if a.kind == IMAGES), None) if command else None
+    if ids and listed:
+        given[listed.name] = " ".join([*str(given.get(listed.name) or "").split(), *ids])
+    return given
 
 
 def _lines(admin: bool) -> list[str]:

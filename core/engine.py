@@ -258,7 +258,7 @@ class Core:
 
     async def _ingest(self, turn: Turn, ctx: ToolContext) -> tuple[list, list[str]]:
         """Fetch, validate and store attachments (decoded off the event loop, a few at once);
-        caption them when a captioning model is loaded."""
+        caption them when a captioning model is loaded (Florence-2's detailed caption, else BLIP's)."""
         fetched = await asyncio.gather(*(self._fetch(att) for att in turn.attachments))
         rows, problems = [], []
         for att, got in zip(turn.attachments, fetched):
@@ -271,7 +271,7 @@ class Core:
             except UserFacingError as e:
                 log.info("refused upload %s in %s: %s", quoted(att.filename), turn.session_key, e)
                 problems.append(str(e))
-        if rows and "ImageCaptioning" in await self.loaded_models():
+        if rows and BY_NAME["caption_image"].usable(await self.loaded_models()):  # Florence-2 or BLIP
             for row in rows:
                 await call(BY_NAME["caption_image"], ctx, {"image": row.image_id})
             rows = [self.store.image(turn.session_key, r.image_id) for r in rows]
@@ -291,7 +291,7 @@ class Core:
     # --- direct commands ----------------------------------------------------
 
     async def direct(self, turn: Turn, reply: Reply, tool: str, args: dict[str, Any]) -> Outcome:
-        """Run one tool without the LLM (slash commands). An attachment becomes the ``image`` argument.
+        """Run one tool without the LLM (slash commands). Attachments become image arguments (``with_uploads``).
         Like ``handle``, it takes its place in the conversation when called; refused first by the access policy."""
         models = {args["model"]} if args.get("model") else models_of(BY_NAME[tool])  # /imagine model: that one
         if (refusal := self.access.admit(turn, models=models, explicit=True)) is not None:
@@ -302,11 +302,11 @@ class Core:
             uploaded, problems = await self._ingest(turn, ctx)
             if problems:
                 return Outcome(" ".join(problems), error=True)
-            if uploaded and "image" in BY_NAME[tool].parameters and not args.get("image"):
-                args["image"] = uploaded[0].image_id
             command = commands.BY_TOOL.get(tool)  # None: a tool no slash command runs (a template's step)
+            given = commands.with_uploads(command, "image" in BY_NAME[tool].parameters, args,
+                                          [r.image_id for r in uploaded])
             try:  # typed words (Slack, the terminal) as the tool takes them: --seed 42 a number, --ar a shape
-                typed = commands.tool_args(command, args, self.config.limits) if command else args
+                typed = commands.tool_args(command, given, self.config.limits) if command else given
             except ValueError as e:
                 return Outcome(f"{e} Usage: {command.usage}", error=True)
             what = " ".join(f"{k}={v}" for k, v in typed.items())

@@ -24,7 +24,9 @@ def signature(tool: dict[str, Any]) -> str:
     args = []
     for key, spec in params["properties"].items():
         arg = key if key in params.get("required", ()) else f"{key}?"
-        if "minimum" in spec:
+        if spec.get("type") == "array":  # a list of image ids (edit_image's reference_images)
+            arg += ": [image ids]"
+        elif "minimum" in spec:
             arg += f" {spec['minimum']}-{spec['maximum']}"
         elif "enum" in spec and not _image_ids(spec):
             arg += " " + "|".join(spec["enum"])

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.tools import TOOLS, Tool
-from core.tools.base import IMAGE
+from core.tools.base import IMAGE, IMAGES
 from core.tools.controlnet import CONTROLS
 
 MORE_TOOLS = "more_tools"
@@ -98,12 +98,16 @@ def schema(tool: Tool, image_ids: list[str]) -> dict[str, Any]:
     ``find_object(object="")``; the tools validate lengths too, for servers that do not constrain."""
     out = tool.schema(image_ids)
     for key, spec in out["function"]["parameters"]["properties"].items():
-        image = tool.parameters[key].get(IMAGE)
+        image, images = tool.parameters[key].get(IMAGE), tool.parameters[key].get(IMAGES)
         if spec["type"] != "string" or image:
             spec.pop("description", None)
-        if image and len(image_ids) > ENUM_IDS:
-            del spec["enum"]
-            spec["pattern"] = ID_PATTERN
+        if images:  # the ids' enum says they are strings; the tool checks how many
+            spec.pop("maxItems")
+            spec["items"].pop("type")
+        if (image or images) and len(image_ids) > ENUM_IDS:
+            ids = spec["items"] if images else spec
+            del ids["enum"]
+            ids.update(type="string", pattern=ID_PATTERN)
     return out
 
 

@@ -48,9 +48,9 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
     safety.build(tmp)
     upscale.build(tmp)
     llm.build(tmp)
-    eyes.build(tmp)  # Florence-2, SAM 2.1, Depth Anything V2, with their hub layouts
     qwen3.build(tmp)  # the modern profile's LLM, and klein's text encoder:
     flux2.build(tmp)  # built from it
+    eyes.build(tmp)  # Florence-2, SAM 2.1, Depth Anything V2, with their hub layouts
     hub.build(tmp)  # from the folders above, laid out as the real hub repos
     (tmp / ".stamp").write_text(digest)
     old = out.with_name(f"{out.name}.old.{os.getpid()}")

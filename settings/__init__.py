@@ -181,6 +181,13 @@ def _residency(r: dict[str, Any]) -> ResidencyConfig:
 def load(path: str | os.PathLike[str], env_check: bool = True, load: str = "") -> Config:
     """Read and validate a config file (``load``: the command line's --load, see ``parse``)."""
     path = Path(path)
+    return parse(_read(path), path, env_check=env_check, load=load)
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The TOML at ``path``; a profile that says ``extends = "config.toml"`` (config.modern.toml) is that
+    file with the profile's keys over it, section by section, and the profile's [models.*] sections
+    instead of that file's: a profile names its own models."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -189,7 +196,32 @@ def load(path: str | os.PathLike[str], env_check: bool = True, load: str = "") -
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse(data, path, env_check=env_check, load=load)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: extends: must be the file this profile builds on, like \"config.toml\"")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends: {base} extends this file again; a profile builds on a plain config")
+    merged = _read(base_path, (*seen, path.resolve()))
+    for name, table in data.items():
+        if name != "models" and isinstance(table, dict) and isinstance(merged.get(name), dict):
+            merged[name] = _merged(merged[name], table)
+        else:
+            merged[name] = table
+    if "models" not in data:
+        merged.pop("models", None)
+    return merged
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over``'s keys over ``base``'s; an inner table ([pool.ray]) merged the same way."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if both else value
+    return out
 
 
 def reload(config: Config) -> Config:

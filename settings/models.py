@@ -66,8 +66,12 @@ def default_source(name: str, sd_base: str) -> str:
 
 SEED_MODELS = tuple(n for n in SEED_DEFAULTS if n != "LLM")
 # The models that draw a new image from words: what /imagine's model option and generate_image pick among
-# (those loaded). One list: a profile's drawing model is added here, e.g. FLUX.2 [klein].
-DRAWING_MODELS = ("Text2Image",)  # the seed's visual models, each used by a tool
+# (those loaded), the first loaded drawing when /imagine names none: the modern one before the seed's.
+DRAWING_MODELS = ("Klein", "Text2Image")
+# A drawing model's native square side and the multiple its sides must be (the seed's SD1.5: 8 px, drawn at
+# [limits] working_size; FLUX.2 [klein]: about one megapixel, sides multiples of 16).
+NATIVE_SIDE = {"Klein": 1024}
+SIDE_MULTIPLE = {"Klein": 16, "KleinInpaint": 16}
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import settings
@@ -127,6 +128,24 @@ def start_pool_with(config: Path, *args: str, group: bool = False, timeout: floa
 def start_pool(folder: Path, extra: str = "") -> Pool:
     """A pool process with every tiny model (tests/config.tiny.toml plus ``extra``), ready."""
     return start_pool_with(write_tiny_config(folder, extra))
+
+
+def hold(pool: Pool, names: Iterable[str], loaded: bool) -> None:
+    """Load (on the CPU) or unload the models ``names`` in ``pool``; loaded: until every model is ready.
+    A pool with both profiles' tiny models runs the seed's profile with the modern models unloaded, since each
+    tool picks the modern model while it is loaded (tests/conftest.py's ``profile``)."""
+
+    async def each() -> None:
+        client = pool.client()
+        try:
+            for name in names:
+                await (client.load(name, device="cpu") if loaded else client.unload(name))
+        finally:
+            await client.close()
+
+    asyncio.run(each())
+    if loaded:
+        asyncio.run(pool.ready())
 
 
 def stop_pool(pool: Pool, timeout: float = 10) -> None:

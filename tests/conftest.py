@@ -59,6 +59,27 @@ def pool(tiny_dir, tmp_path_factory):
     stop_pool(p)
 
 
+# The session pool holds both profiles' tiny models, and each tool picks the modern model while it is loaded.
+# A test that uses the pool gets the seed's profile (the modern models unloaded) unless its module is one of
+# these, which get every model; the pool switches only where the next test's module wants the other.
+EVERY_MODEL = {"test_pool", "test_tools_modern", "test_e2e_modern"}
+_modern_loaded = [True]  # as the pool starts
+
+
+@pytest.fixture(autouse=True)
+def profile(request):
+    """The seed's profile, or every model (``EVERY_MODEL``), on the session pool for this test."""
+    if "pool" in request.fixturenames:
+        want = request.module.__name__.rsplit(".", 1)[-1] in EVERY_MODEL
+        if _modern_loaded[0] != want:
+            import settings
+            from testkit.pool import hold
+
+            hold(request.getfixturevalue("pool"), settings.models.MODERN_DEFAULTS, want)
+            _modern_loaded[0] = want
+    yield
+
+
 # --- a core wired to the pool and a scripted LLM ------------------------------------
 
 

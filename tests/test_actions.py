@@ -123,10 +123,11 @@ async def test_info_tells_the_chain_prompts_and_settings(core):
     assert lines[0].startswith(f"img4: {row.width}x{row.height}, made 20")
     assert lines[1] == ("Tool chain: upload (img1) → edit_image (img2) → detect_edges (img3) → "
                         "generate_from_edges (img4)")
-    assert lines[2].startswith("Model: CannyText2Image (") and "tiny-models/controlnet-canny), " in lines[2]
-    assert lines[3] == "Prompt sent: a house, best quality, extremely detailed"
-    assert lines[4].startswith("Negative prompt: longbody, lowres, bad anatomy")
-    assert lines[5] == f"Seed {row.made.seed} · 10 steps · guidance 9"
+    assert lines[2] == "Input images: img3 (the image)"
+    assert lines[3].startswith("Model: CannyText2Image (") and "tiny-models/controlnet-canny), " in lines[3]
+    assert lines[4] == "Prompt sent: a house, best quality, extremely detailed"
+    assert lines[5].startswith("Negative prompt: longbody, lowres, bad anatomy")
+    assert lines[6] == f"Seed {row.made.seed} · 10 steps · guidance 9"
     upload = core.store.image(HERE, "img1")
     text = (await core.press(HERE, "img1", upload.tag, "info")).text
     assert "Uploaded as house.jpg: no model made it, so it has no prompt or seed." in text

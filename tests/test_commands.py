@@ -12,9 +12,10 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 
 import settings
 from bot.adapters import terminal
-from bot.adapters.discord_bot import FILE, DiscordBot
+from bot.adapters.discord_bot import DiscordBot
+from bot.adapters.discord_commands import FILE, REFERENCE
 from bot.adapters.slack_bot import SlackBot
-from core.commands import BY_NAME, CHOICE, COMMANDS, HELP, IMAGE, INT, TEXT, USER, from_words, tool_args
+from core.commands import BY_NAME, CHOICE, COMMANDS, HELP, IMAGE, IMAGES, INT, TEXT, USER, from_words, tool_args
 from tests.fakes.slack_payloads import slash_command
 from tests.fakes.slack_server import FakeSlack
 
@@ -40,6 +41,18 @@ def test_every_command_has_help_and_described_arguments():
 def test_typed_words_become_arguments():
     assert from_words(BY_NAME["edit"], "img1 make it  winter") == {"image": "img1", "instruction": "make it  winter"}
     assert from_words(BY_NAME["edit"], "img1") is None
+    # /edit's reference images: the ids after the image's, up to 3; the rest is the instruction
+    edit = BY_NAME["edit"]
+    assert from_words(edit, "img2 img1 img3 put the cat from img1 here") == {
+        "image": "img2", "references": "img1 img3", "instruction": "put the cat from img1 here"}
+    assert from_words(edit, "img2 img1") is None  # no instruction
+    assert from_words(edit, "img5 img1 img2 img3 img4 x") == {
+        "image": "img5", "references": "img1 img2 img3", "instruction": "img4 x"}
+    assert edit.usage == "/edit IMAGE_ID [IMAGE_ID...] INSTRUCTION"
+    typed = tool_args(edit, {"image": "img2", "references": "img1, img3", "instruction": "x"}, None)
+    assert typed == {"image": "img2", "reference_images": ["img1", "img3"], "instruction": "x"}
+    with pytest.raises(ValueError, match="references: at most 3 images; got 4"):
+        tool_args(edit, {"image": "img2", "references": "img1 img3 img4 img5", "instruction": "x"}, None)
     assert from_words(BY_NAME["load"], "Text2Image") == {"model": "Text2Image"}
     assert from_words(BY_NAME["load"], "Text2Image cpu extra") is None
     assert from_words(BY_NAME["reload"], "") == {} and from_words(BY_NAME["models"], "now") is None
@@ -85,10 +98,13 @@ async def test_discord_registers_the_table(config):
 
 def assert_options(registered, command, config) -> None:
     options = {p.name: p for p in registered.parameters}
-    names = [a.name for a in command.args] + ([FILE] if any(a.kind == IMAGE for a in command.args) else [])
-    assert sorted(options) == sorted(names)
+    files = [FILE] if any(a.kind == IMAGE for a in command.args) else []
+    files += [REFERENCE.format(n) for a in command.args if a.kind == IMAGES for n in range(1, a.high + 1)]
+    assert sorted(options) == sorted([a.name for a in command.args] + files)
+    for name in files:  # an attached image, optional
+        assert (options[name].type, options[name].required) == (discord.AppCommandOptionType.attachment, False)
     for arg in command.args:  # an image's id may be left out when a file is attached instead
-        assert options[arg.name].required == (arg.required and arg.kind != IMAGE)
+        assert options[arg.name].required == (arg.required and arg.kind not in (IMAGE, IMAGES))
         assert options[arg.name].description == arg.description
         assert [c.value for c in options[arg.name].choices] == list(arg.choices if arg.kind == CHOICE else [])
         assert options[arg.name].autocomplete == arg.autocomplete
@@ -96,7 +112,7 @@ def assert_options(registered, command, config) -> None:
             assert (options[arg.name].min_value, options[arg.name].max_value) == (arg.low, arg.highest(config.limits))
         kind = {USER: discord.AppCommandOptionType.user,
                 INT: discord.AppCommandOptionType.integer}.get(arg.kind, discord.AppCommandOptionType.string)
-        assert options[arg.name].type == (discord.AppCommandOptionType.attachment if arg.name == FILE else kind)
+        assert options[arg.name].type == kind
 
 
 @pytest.fixture

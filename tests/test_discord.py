@@ -16,7 +16,7 @@ import settings
 from bot.adapters import discord_bot
 from bot.adapters.discord_bot import DiscordBot, DiscordRejected
 from bot.adapters.discord_reply import split_text
-from core.commands import COMMANDS, IMAGE, INT, USER
+from core.commands import COMMANDS, IMAGE, IMAGES, INT, USER
 from core.engine import HELP
 from tests.fakes.discord_payloads import (ADMINISTRATOR, APP_ID, BOT_ID, CHANNEL_ID, EPHEMERAL, MANAGE_GUILD,
                                           message, option, user)
@@ -246,6 +246,15 @@ async def test_caption_and_edit_take_an_image_id_or_an_uploaded_image(fake, bot,
     _, made = await answered(fake, edit)
     assert made.content == "Made img4 from img1: make it night."
 
+    # a reference image (attached, or named) needs FLUX.2 klein, which this (the seed's) pool has not loaded
+    ref = fake.add_file(photo(sky=(90, 30, 30)).data, "cat.jpg", "image/jpeg")
+    edit = fake.interaction("edit", [option("image", "img1"), option("reference1", ref["id"], 11),
+                                     option("instruction", "put the cat from the reference here")], attachments=[ref])
+    _, refused = await answered(fake, edit)
+    assert refused.content.startswith("Editing with reference images needs FLUX.2 [klein] (the Klein model), which "
+                                      "is not loaded on this bot; an admin can load it with /load Klein.")
+    assert not refused.files and core.store.image(f"discord:channel:{CHANNEL_ID}", "img5").operation == "upload"
+
 
 async def test_reset_clears_only_this_channel(fake, bot, core):
     here, there = f"discord:channel:{CHANNEL_ID}", f"discord:channel:{CHANNELS[0]}"
@@ -305,9 +314,12 @@ async def test_every_command_is_registered_with_descriptions(fake, bot):
                 check(sub, sub_row)
             return
         names = [a.name for a in row.args] + (["file"] if any(a.kind == IMAGE for a in row.args) else [])
+        names += [f"reference{n}" for a in row.args if a.kind == IMAGES for n in range(1, a.high + 1)]
         assert sorted(o["name"] for o in command.get("options", [])) == sorted(names)
         assert {o["name"] for o in command.get("options", []) if o.get("required")} == {
-            a.name for a in row.args if a.required and a.kind != IMAGE}
+            a.name for a in row.args if a.required and a.kind not in (IMAGE, IMAGES)}
+        files = {"file", *(f"reference{n}" for n in range(1, 4))}  # attachments: type 11
+        assert all(o["type"] == 11 for o in command.get("options", []) if o["name"] in files)
         assert all(o["type"] == {USER: 6, INT: 4}.get(a.kind, 3) for o in command.get("options", [])
                    for a in row.args if a.name == o["name"]), command  # 6: a user, 4: an integer, 3: a string
 

@@ -62,11 +62,11 @@ CASES = {
     "Upscale": ({"steps": 2}, [IMG]),
     "SafetyChecker": ({}, [IMG]),  # as a job of its own it answers in words
     "LLM": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, []),  # the built-in LLM, as a job
+    "Klein": ({"prompt": "put the cat on the sofa", "steps": 2, "width": 96, "height": 64}, [IMG, picture(64, 64)]),
+    "KleinInpaint": ({"prompt": "a red house", "steps": 2}, [IMG, mask()]),
     "Florence2": ({"task": "grounding", "text": "the red car"}, [IMG]),
     "Sam2": ({"boxes": [[24, 16, 48, 56]]}, [IMG]),
     "DepthAnything": ({}, [IMG]),
-    "Klein": ({"prompt": "put the cat on the sofa", "steps": 2, "width": 96, "height": 64}, [IMG, picture(64, 64)]),
-    "KleinInpaint": ({"prompt": "a red house", "steps": 2}, [IMG, mask()]),
 }
 
 

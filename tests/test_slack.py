@@ -272,7 +272,8 @@ async def test_slash_commands(bot, slack, core):
     assert (await slack.wait_acked(env)).ack_payload["text"] == HELP + "\n" + THREADS_NOTE
     imagine = "Usage: /imagine PROMPT [--ar 1:1|3:2|2:3|16:9|9:16] [--seed SEED] [--steps STEPS] [--model MODEL]"
     for command, usage in (("/imagine", imagine), ("/caption", "Usage: /caption IMAGE_ID"),
-                           ("/edit img1", "Usage: /edit IMAGE_ID INSTRUCTION"), ("/unload", "Usage: /unload MODEL"),
+                           ("/edit img1", "Usage: /edit IMAGE_ID [IMAGE_ID...] INSTRUCTION"),
+                           ("/unload", "Usage: /unload MODEL"),
                            ("/load", "Usage: /load MODEL [DEVICE]")):
         name, _, text = command.partition(" ")
         env = await slack.push_command(name, text)
@@ -294,6 +295,13 @@ async def test_slash_commands(bot, slack, core):
     assert edited["initial_comment"] == "Made img2 from img1: make it winter."
     assert core.store.image("slack:C1", "img2").parent == "img1"
 
+    # reference images after the image's id need FLUX.2 klein, which this (the seed's) pool has not loaded
+    await slack.push_command("/edit", "img2 img1 put the boat from img1 here")
+    refused = await slack.wait_for("chat.postMessage", lambda c: "reference images" in c["text"])
+    assert refused["text"].startswith("Editing with reference images needs FLUX.2 [klein] (the Klein model), which "
+                                      "is not loaded on this bot; an admin can load it with /load Klein.")
+    assert [r.image_id for r in core.store.images("slack:C1")] == ["img1", "img2"]
+
     await slack.push_command("/reset", "")
     reset = await slack.wait_for("response_url")
     assert reset["response_type"] == "in_channel"
@@ -301,8 +309,8 @@ async def test_slash_commands(bot, slack, core):
                              f"({THREADS_NOTE})")  # which conversation, even when typed in a thread
     assert core.store.images("slack:C1") == []
     await bot.idle()
-    assert len(slack.called("chat.postMessage", lambda c: c["text"] == WORKING)) == 3
-    assert len(slack.called("chat.delete")) == 3
+    assert len(slack.called("chat.postMessage", lambda c: c["text"] == WORKING)) == 4
+    assert len(slack.called("chat.delete")) == 4
 
 
 async def test_admin_commands_allowed_and_refused_ephemerally(make_bot, slack):

@@ -1,4 +1,6 @@
-"""Every tool and template end to end against the pool with the tiny models."""
+"""Every tool and template end to end against the pool with the tiny models: the seed's profile (the modern
+profile's models unloaded: tests/conftest.py's ``profile``; tests/test_tools_modern.py runs the same tools on
+those)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from PIL import Image, ImageDraw
 import settings
 from core.images import ImageStore
 from core.store import Store
+from core import llm_json, toolset
 from core.tools import BUTTONS, BY_NAME, TOOLS, available
 from core.tools.base import Tool, ToolContext, ToolResult, call, run_job, save, text_param
 
@@ -191,18 +194,67 @@ def test_every_tool_has_a_description_a_valid_schema_and_known_models():
         params = schema["parameters"]
         assert set(params["required"]) <= set(params["properties"]), tool.name
         for key, spec in params["properties"].items():
-            assert spec["type"] in ("string", "integer") and spec["description"], (tool.name, key)
-            assert "x-image" not in spec
+            assert spec["type"] in ("string", "integer", "array") and spec["description"], (tool.name, key)
+            assert "x-image" not in spec and "x-images" not in spec
         assert set(tool.models) <= set(settings.MODEL_NAMES), tool.name
         assert tool.models or tool.any_of or tool.read_only, tool.name  # only a tool that makes nothing needs no model
         assert all(group and set(group) <= set(settings.MODEL_NAMES) for group in tool.any_of), tool.name
     covered = {m for t in [*TOOLS, *BUTTONS.values()] for m in (*t.models, *(m for g in t.any_of for m in g))}
-    assert covered == set(settings.SEED_MODELS) - {"SafetyChecker"}  # every visual model is reachable by a tool
+    # every visual model, the seed's and the modern profile's, is reachable by a tool
+    assert covered == set(settings.MODEL_NAMES) - {"SafetyChecker", "LLM"}
 
 
 def test_image_parameters_are_enums_of_the_session_ids():
     spec = BY_NAME["edit_image"].schema(["img1", "img4"])["function"]["parameters"]["properties"]["image"]
     assert spec["enum"] == ["img1", "img4"]
+
+
+def test_reference_images_are_offered_only_while_klein_is_loaded():
+    def edit_props(loaded):
+        (edit,) = [t for t in available(loaded) if t.name == "edit_image"]
+        return toolset.schema(edit, ["img1", "img2", "img3"])["function"]["parameters"]["properties"]
+
+    assert set(edit_props({"InstructPix2Pix"})) == {"image", "instruction"}
+    refs = edit_props({"Klein"})["reference_images"]
+    assert refs == {"type": "array", "items": {"enum": ["img1", "img2", "img3"]}}  # compact: the tool checks the rest
+    full = BY_NAME["edit_image"].schema(["img1"])["function"]["parameters"]["properties"]["reference_images"]
+    assert full["maxItems"] == 4 and "take things from" in full["description"]
+    assert llm_json.signature(toolset.schema(BY_NAME["edit_image"], ["img1", "img2"])) == (  # the JSON format's
+        "- edit_image(image, instruction: the change, in English, reference_images?: [image ids]): Change an image "
+        "by an instruction, e.g. 'make it winter'.")
+    many = toolset.schema(BY_NAME["edit_image"], [f"img{n}" for n in range(1, 8)])  # past the enum: a pattern
+    assert many["function"]["parameters"]["properties"]["reference_images"]["items"] == {
+        "type": "string", "pattern": toolset.ID_PATTERN}
+
+
+def test_each_capability_has_one_tool_name_for_both_profiles():
+    seed = {"Text2Image", "InstructPix2Pix", "Inpainting", "Text2Mask", "Text2Box", "Segmenting", "ImageCaptioning",
+            "VisualQuestionAnswering", "Image2Depth", "Upscale"}
+    modern = {"Klein", "KleinInpaint", "Florence2", "Sam2", "DepthAnything"}
+    both = ["generate_image", "edit_image", "remove_object", "replace_object", "remove_background", "extend_image",
+            "caption_image", "answer_question", "detect_objects", "segment_object", "estimate_depth"]
+    assert {t.name for t in available(modern)} >= set(both)
+    assert {t.name for t in available(seed)} >= set(both)
+    assert BUTTONS["upscale_image"].usable(modern) and BUTTONS["make_variation"].usable(modern)
+
+
+async def test_reference_images_are_checked_like_image_ids(ctx):
+    edit = BY_NAME["edit_image"]
+    ctx.images.ingest(ctx.session, "sofa.png", photo_bytes(80, 80))
+    result = await call(edit, ctx, {"image": "img1", "instruction": "x", "reference_images": "img2"})
+    assert result.text == ("Error: 'reference_images' must be a list of image ids, like [\"img1\", \"img3\"]; "
+                           "got 'img2'.")
+    result = await call(edit, ctx, {"image": "img1", "instruction": "x", "reference_images": ["img9"]})
+    assert result.text == "Error: 'img9' does not exist in this conversation; images: img1, img2."
+    result = await call(edit, ctx, {"image": "img1", "instruction": "x", "reference_images": ["img2"] * 5})
+    assert result.text == "Error: 'reference_images' takes at most 4 images, got 5."
+    result = await call(edit, ctx, {"image": "img1", "instruction": "x", "reference_images": ["img2", "img2"]})
+    assert result.text == "Error: 'reference_images' names an image twice: img2, img2; name each image once."
+    # the seed's pool has no klein: references are refused with what to do, and nothing is made
+    result = await call(edit, ctx, {"image": "img1", "instruction": "put the cat here", "reference_images": ["img2"]})
+    assert not result.ok and ctx.made == []
+    assert result.text.startswith("Error: Editing with reference images needs FLUX.2 [klein] (the Klein model), "
+                                  "which is not loaded on this bot; an admin can load it with /load Klein.")
 
 
 class DrawThenCaption(Tool):

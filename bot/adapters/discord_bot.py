@@ -23,25 +23,24 @@ import logging
 import mimetypes
 import re
 from collections.abc import Sequence
-from inspect import Parameter, Signature
 
 import aiohttp
 import discord
 from discord import app_commands
 
-from core.commands import CHOICE, COMMANDS, IMAGE, INT, USER, Arg, Command
+from core.commands import Command
 from core.engine import Core
 from core.errors import ELSEWHERE, GENERIC, OLD_BUTTON, BadImage
 from core.turn import Attachment, EditBudget, Turn, clean_name
 from settings.units import mib
 
 from bot.adapters.discord_buttons import EditForm, cancel_of, custom_id, form_of, pressed_of
+from bot.adapters.discord_commands import add_commands, attached
 from bot.adapters.discord_reply import (DM_UPLOAD_LIMIT, EDIT_BURST, EDITS_PER_MINUTE, ChannelReply,
                                         InteractionReply)
 
 log = logging.getLogger(__name__)
 ANSWERED = (discord.MessageType.default, discord.MessageType.reply)  # not joins, pins, thread notices
-FILE = "file"  # the option of a command with an image argument that takes an attached image instead
 
 
 class DiscordRejected(RuntimeError):
@@ -96,7 +95,7 @@ class DiscordBot:
         self.client = _Client(self, intents=intents, allowed_mentions=mentions, max_messages=None,
                               guild_ready_timeout=guild_ready_timeout)
         self.client.tree.on_error = self._on_command_error
-        self._add_commands(self.client.tree)
+        add_commands(self.client.tree, self._command, self._suggestions, self.limits)
         self._connection: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._budgets: dict[int | None, EditBudget] = {}  # per guild (None: DMs)
@@ -217,61 +216,8 @@ class DiscordBot:
 
     # --- slash commands ---------------------------------------------------------------------
 
-    def _add_commands(self, tree: app_commands.CommandTree) -> None:
-        for command in COMMANDS:
-            if command.subcommands:  # /admin block @user: a group of app commands
-                group = app_commands.Group(name=command.name, description=command.summary)
-                for sub in command.subcommands:
-                    group.add_command(self._app_command(sub, command))
-                tree.add_command(group)
-            else:
-                tree.add_command(self._app_command(command))
-
-    def _app_command(self, command: Command, group: Command | None = None) -> app_commands.Command:
-        """The app command of a row of core/commands.py: its options are the row's arguments, an image's
-        id optional beside an attached ``file`` that may stand in for it, a user a user option (its id goes to
-        the core). A subcommand of ``group`` runs the group's row with ``subcommand`` among its arguments."""
-
-        async def callback(interaction: discord.Interaction, **options) -> None:
-            if group is not None:
-                return await self._command(interaction, group, dict(options, subcommand=command.name))
-            await self._command(interaction, command, options)
-
-        params = [Parameter("interaction", Parameter.POSITIONAL_ONLY, annotation=discord.Interaction)]
-        described, choices = {}, {}
-        for arg in command.args:
-            required = arg.required and arg.kind != IMAGE
-            kind = self._option_type(arg)
-            params.append(Parameter(arg.name, Parameter.KEYWORD_ONLY, annotation=kind if required else kind | None,
-                                    default=Parameter.empty if required else None))
-            described[arg.name] = arg.description
-            if arg.kind == CHOICE:
-                choices[arg.name] = [app_commands.Choice(name=c, value=c) for c in arg.choices]
-            if arg.kind == IMAGE:
-                params.append(Parameter(FILE, Parameter.KEYWORD_ONLY, annotation=discord.Attachment | None,
-                                        default=None))
-                described[FILE] = f"Or attach the image here instead of naming its id ({arg.name})"
-        callback.__signature__ = Signature(params)  # what discord.py reads the options from
-        app = app_commands.Command(name=command.name, description=command.summary, callback=callback)
-        for arg in command.args:
-            if arg.autocomplete:
-                app.autocomplete(arg.name)(self._suggest(command, arg))
-        return app_commands.describe(**described)(app_commands.choices(**choices)(app) if choices else app)
-
-    def _option_type(self, arg: Arg):
-        """The option's type: a whole number within its bounds ([limits] included), a user, else text."""
-        if arg.kind == INT:
-            return app_commands.Range[int, arg.low, arg.highest(self.limits)]
-        return discord.User if arg.kind == USER else str
-
-    def _suggest(self, command: Command, arg: Arg):
-        """The autocomplete callback of ``arg``: the core's suggestions, answered within Discord's 3 s."""
-
-        async def suggest(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-            names = await self.core.suggestions(command.name, arg.name, current or "")
-            return [app_commands.Choice(name=n, value=n) for n in names[:25]]
-
-        return suggest
+    async def _suggestions(self, command: str, arg: str, typed: str) -> list[str]:
+        return await self.core.suggestions(command, arg, typed)
 
     def _session(self, interaction: discord.Interaction) -> str:
         if interaction.guild_id is None:
@@ -294,12 +240,12 @@ class DiscordBot:
         return bool(permissions and (permissions.manage_guild or permissions.administrator))
 
     async def _direct(self, interaction: discord.Interaction, tool: str, args: dict,
-                      image: discord.Attachment | None = None) -> None:
+                      images: Sequence[discord.Attachment] = ()) -> None:
         await interaction.response.defer(thinking=True)
         self._track()
         reply = InteractionReply(interaction, budget=self.budget(interaction.guild_id))
         try:
-            files = self._attachments([image] if image else [])
+            files = self._attachments(images)
             await self.core.direct(self._turn(interaction, files), reply, tool, args)
         except Exception:
             await self._failed(reply, self._session(interaction))
@@ -307,10 +253,10 @@ class DiscordBot:
             await reply.close()
 
     async def _command(self, interaction: discord.Interaction, command: Command, options: dict) -> None:
-        file = options.pop(FILE, None)
+        files = attached(options)  # the image's, then the references'
         args = {k: str(v.id) if isinstance(v, discord.abc.User) else v for k, v in options.items() if v is not None}
         if command.tool:
-            return await self._direct(interaction, command.tool, args, file)
+            return await self._direct(interaction, command.tool, args, files)
         await interaction.response.defer(thinking=True, ephemeral=command.private)
         self._track()
         text = await self.core.command(self._turn(interaction), command.name, args)

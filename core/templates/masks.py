@@ -1,8 +1,10 @@
-"""The step three flows share: a mask of an object named in words.
+"""The steps three flows share: a mask of an object named in words, and repainting it.
 
-GroundingDINO boxes + SAM masks when both are loaded (the seed's final
-version), CLIPSeg (Text2Mask) otherwise; ``ObjectMask.by`` says which, and the
-flows keep it in the image's provenance (``mask_by``). Both give a mask
+Florence-2 boxes + SAM 2 masks when both are loaded (the modern profile), else
+GroundingDINO boxes + SAM masks when both are (the seed's final version), else
+CLIPSeg (Text2Mask); ``ObjectMask.by`` says which, and the flows keep it in the
+image's provenance (``mask_by``). The mask is repainted by FLUX.2 [klein]'s
+inpainting (KleinInpaint) when it is loaded, else by SD1.5's (Inpainting). Both give a mask
 that is not grown and has smooth edges. Inpainting grows it by the seed's
 20 px, so the object's edge is repainted too; a cut-out uses it as it is,
 so no rim of background comes with the object.
@@ -15,13 +17,19 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from core.tools import klein
 from core.tools.base import JobOutput, ToolContext, run_job
-from core.tools.objects import PRECISE, find_boxes, loaded_models, not_found, outline
+from core.tools.klein import KLEIN_INPAINT
+from core.tools.choose import combined, first_loaded
+from core.tools.objects import MODERN, PRECISE, find_boxes, not_found, outline
 
-SAM, CLIPSEG = "GroundingDINO+SAM", "CLIPSeg"
-MASKERS = (PRECISE, ("Text2Mask",))  # a flow's Tool.any_of: either way to a mask will do
+SAM2, SAM, CLIPSEG = "Florence2+SAM2", "GroundingDINO+SAM", "CLIPSeg"
+MASKERS = (MODERN, PRECISE, ("Text2Mask",))  # the ways to a mask, the preferred first: any will do
+PAINTERS = ((KLEIN_INPAINT,), ("Inpainting",))
+NEAREST = Image.Resampling.NEAREST  # the ways to repaint a mask
+REPAINTERS = combined(MASKERS, PAINTERS)  # the object flows' Tool.any_of: a mask and a painter
 # The seed grew masks by 20 px: on CLIPSeg's 352 px map, and on the ~512 px image SAM segmented.
-PADDING = {CLIPSEG: 20 / 352, SAM: 20 / 512}
+PADDING = {CLIPSEG: 20 / 352, SAM: 20 / 512, SAM2: 20 / 512}
 
 
 @dataclass
@@ -42,9 +50,11 @@ class ObjectMask:
 
 async def object_mask(ctx: ToolContext, img: Image.Image, what: str, image_id: str) -> ObjectMask:
     """``what`` in ``img``; raises BadArguments (I could not find ...) when it is not there."""
-    if set(PRECISE) <= await loaded_models(ctx):
+    way = await first_loaded(ctx, *MASKERS)
+    if way != ("Text2Mask",):
         masks, job = await outline(ctx, img, await find_boxes(ctx, img, what, image_id), what)
-        mask = ObjectMask(Image.fromarray(np.maximum.reduce([np.asarray(m) for m in masks]), "L"), SAM, job)
+        union = np.maximum.reduce([np.asarray(m) for m in masks])
+        mask = ObjectMask(Image.fromarray(union, "L"), SAM2 if way == MODERN else SAM, job)
     else:  # Text2Mask's answer under the seed's 2 % minimum is all black: "not found" too
         out = await run_job(ctx, "Text2Mask", {"prompt": what, "soft": True}, [img], label=f"Finding {what}")
         mask = ObjectMask(out.images[0].convert("L"), CLIPSEG, out)
@@ -57,7 +67,14 @@ async def repaint_object(ctx: ToolContext, prompt: str, label: str) -> tuple[Job
     """The call's ``object`` in its ``image``, masked (grown) and inpainted with ``prompt``; and the mask."""
     img = ctx.images.open(ctx.session, ctx.args["image"])
     mask = await object_mask(ctx, img, ctx.args["object"], ctx.args["image"])
-    out = await run_job(ctx, "Inpainting", {"prompt": prompt}, [img, mask.for_inpainting()], label=label)
+    (painter,) = await first_loaded(ctx, *PAINTERS)
+    grown = mask.for_inpainting()
+    if painter == KLEIN_INPAINT:  # at least 64 px a side, scaled back after
+        out = await run_job(ctx, painter, {"prompt": prompt}, [klein.ready(img), klein.ready(grown, NEAREST)],
+                            label=label)
+        out.images[0] = klein.back(out.images[0], img)
+    else:
+        out = await run_job(ctx, painter, {"prompt": prompt}, [img, grown], label=label)
     return out, mask
 
 

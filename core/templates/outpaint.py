@@ -4,6 +4,9 @@ The seed's InfinityOutPainting: describe the picture (caption, and ask VQA
 for its background and style), then repeatedly place the image at the centre
 of a larger canvas and inpaint the new border, at most doubling each side per
 round, and blend the seam with a feathered mask so it does not show.
+In the modern profile Florence-2's detailed caption (which names the background
+and the style) describes the picture and FLUX.2 [klein]'s inpainting
+(KleinInpaint, sides in multiples of 16) paints the border.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ from __future__ import annotations
 from PIL import Image, ImageFilter, ImageOps
 
 from core.errors import BadArguments
+from core.templates.masks import PAINTERS
 from core.tools.base import JobOutput, Tool, ToolContext, ToolResult, image_param, int_param, keep, run_job
+from core.tools.choose import combined, first_loaded
+from settings.models import SIDE_MULTIPLE
 
 EXPAND = 2.0  # largest growth per round, as the seed
 CROP = 8  # pixels trimmed from a growing side: generated borders are often smeared
 FEATHER = 16  # width of the blended seam in pixels
+DESCRIBERS = (("Florence2",), ("ImageCaptioning", "VisualQuestionAnswering"))
 
 
 class ExtendImage(Tool):
@@ -24,16 +31,18 @@ class ExtendImage(Tool):
     parameters = {"image": image_param("the image to extend"),
                   "width": int_param("the new width in pixels", 8, 4096),
                   "height": int_param("the new height in pixels", 8, 4096)}
-    models = ("ImageCaptioning", "VisualQuestionAnswering", "Inpainting")
+    any_of = combined(DESCRIBERS, PAINTERS)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
         img = ctx.images.open(ctx.session, args["image"]).convert("RGB")
         target = self._target(ctx, img, args["width"], args["height"])
         prompt = await self._describe(ctx, img)
+        (painter,) = await first_loaded(ctx, *PAINTERS)
         rounds, job = 0, None
         while img.size != target:
             rounds += 1
-            img, job = await self._grow(ctx, img, target, prompt, rounds)  # the last round's job made the border
+            # the last round's job made the border
+            img, job = await self._grow(ctx, img, target, prompt, rounds, painter)
         params = {"width": target[0], "height": target[1], "prompt": prompt}
         return keep(ctx, img, job, self.name, params,
                     lambda made: f"Made {made}: {args['image']} extended to {target[0]}x{target[1]} ({prompt}).")
@@ -48,6 +57,9 @@ class ExtendImage(Tool):
         return width // 8 * 8 if width > img.width else width, height // 8 * 8 if height > img.height else height
 
     async def _describe(self, ctx: ToolContext, img: Image.Image) -> str:
+        if await first_loaded(ctx, *DESCRIBERS) == ("Florence2",):
+            out = await run_job(ctx, "Florence2", {"task": "detailed_caption"}, [img], label="Looking at the image")
+            return (out.text or "").strip() or "a detailed scene"
         caption = (await run_job(ctx, "ImageCaptioning", {}, [img], label="Looking at the image")).text or ""
         ask = {"question": "what is the background color of this image?"}
         background = (await run_job(ctx, "VisualQuestionAnswering", ask, [img], label="Looking at the image")).text
@@ -61,7 +73,7 @@ class ExtendImage(Tool):
         return ", ".join(p for p in parts if p) or "a detailed scene"
 
     async def _grow(self, ctx: ToolContext, img: Image.Image, target: tuple[int, int], prompt: str,
-                    round_no: int) -> tuple[Image.Image, JobOutput]:
+                    round_no: int, painter: str) -> tuple[Image.Image, JobOutput]:
         # trim the sides that still grow, then place at the centre of a larger canvas
         cw = CROP if img.width < target[0] and img.width > 4 * CROP else 0
         ch = CROP if img.height < target[1] and img.height > 4 * CROP else 0
@@ -74,16 +86,16 @@ class ExtendImage(Tool):
         canvas.paste(inner, (x, y))
         mask = Image.new("L", size, 255)
         mask.paste(0, (x, y, x + inner.width, y + inner.height))
-        work = canvas.resize(_multiple_of_8(size), Image.Resampling.LANCZOS)
+        work = canvas.resize(_multiple_of(size, SIDE_MULTIPLE.get(painter, 8)), Image.Resampling.LANCZOS)
         work_mask = mask.resize(work.size, Image.Resampling.NEAREST)
-        out = await run_job(ctx, "Inpainting", {"prompt": prompt}, [work, work_mask],
+        out = await run_job(ctx, painter, {"prompt": prompt}, [work, work_mask],
                             label=f"Extending (round {round_no})")
         painted = out.images[0].resize(size, Image.Resampling.LANCZOS)
         return _blend(painted, inner, (x, y)), out
 
 
-def _multiple_of_8(size: tuple[int, int]) -> tuple[int, int]:
-    return max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8)
+def _multiple_of(size: tuple[int, int], step: int) -> tuple[int, int]:
+    return max(64, size[0] // step * step), max(64, size[1] // step * step)
 
 
 def _blend(painted: Image.Image, original: Image.Image, at: tuple[int, int]) -> Image.Image:

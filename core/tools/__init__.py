@@ -50,5 +50,5 @@ BUTTONS: dict[str, Tool] = {t.name: t for t in (MakeVariation(), UpscaleImage())
 
 
 def available(loaded: set[str]) -> list[Tool]:
-    """Tools whose models are loaded (see ``Tool.usable``)."""
-    return [t for t in TOOLS if t.usable(loaded)]
+    """Tools whose models are loaded (see ``Tool.usable``), as offered while they are (``Tool.offered``)."""
+    return [t.offered(loaded) for t in TOOLS if t.usable(loaded)]

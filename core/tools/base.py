@@ -39,11 +39,32 @@ log = logging.getLogger(__name__)
 IMAGE = "x-image"  # marks a parameter whose value is a session image id
 OPTIONAL = "x-optional"  # marks a parameter the call may leave out (all others are required)
 COMMAND_ONLY = "x-command-only"  # marks a parameter a slash command may set, never offered to the LLM (optional)
-_MARKS = (IMAGE, OPTIONAL, COMMAND_ONLY)
+IMAGES = "x-images"  # marks a parameter whose value is a list of session image ids (optional)
+_MARKS = (IMAGE, OPTIONAL, COMMAND_ONLY, IMAGES)
 
 
 def image_param(description: str) -> dict[str, Any]:
     return {"type": "string", "description": description, IMAGE: True}
+
+
+def images_param(description: str, most: int) -> dict[str, Any]:
+    """An optional list of up to ``most`` session image ids, each offered and checked like an image parameter
+    (an empty list: none)."""
+    return {"type": "array", "description": description, "items": {"type": "string"}, "maxItems": most,
+            IMAGES: True, OPTIONAL: True}
+
+
+def image_ids(tool: Tool, args: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The images a call reads, as (parameter, id) in the order of its parameters: ``image``, a mask, each
+    reference image."""
+    out = []
+    for key, spec in tool.parameters.items():
+        value = args.get(key)
+        if spec.get(IMAGE) and isinstance(value, str):
+            out.append((key, value))
+        elif spec.get(IMAGES) and isinstance(value, list):
+            out += [(key, v) for v in value if isinstance(v, str)]
+    return out
 
 
 def text_param(description: str) -> dict[str, Any]:
@@ -158,6 +179,11 @@ class Tool:
         """Whether the models this tool needs are all among ``loaded``."""
         return set(self.models) <= loaded and (not self.any_of or any(set(g) <= loaded for g in self.any_of))
 
+    def offered(self, loaded: set[str]) -> Tool:
+        """The tool as the LLM is offered it while ``loaded`` are loaded (a tool may leave out a parameter
+        that only a model not loaded now can use)."""
+        return self
+
     @property
     def required(self) -> tuple[str, ...]:
         return tuple(k for k, spec in self.parameters.items() if not spec.get(OPTIONAL))
@@ -174,6 +200,8 @@ class Tool:
             spec = {k: v for k, v in spec.items() if k not in _MARKS}
             if self.parameters[key].get(IMAGE):
                 spec["enum"] = list(image_ids) or ["(no images yet)"]
+            elif self.parameters[key].get(IMAGES):
+                spec["items"] = {"type": "string", "enum": list(image_ids) or ["(no images yet)"]}
             props[key] = spec
         return {"type": "function", "function": {
             "name": self.name, "description": self.description,
@@ -198,6 +226,8 @@ def check_args(tool: Tool, ctx: ToolContext, args: Any) -> dict[str, Any]:
         spec = tool.parameters[key]
         if spec.get(IMAGE):
             ctx.images.row(ctx.session, value)  # raises UnknownImage listing the ids that exist
+        elif spec.get(IMAGES):
+            _check_ids(key, spec, ctx, value)
         elif spec["type"] == "integer":
             if isinstance(value, float) and value.is_integer():
                 value = args[key] = int(value)
@@ -210,6 +240,18 @@ def check_args(tool: Tool, ctx: ToolContext, args: Any) -> dict[str, Any]:
         elif "enum" in spec and value not in spec["enum"]:
             raise BadArguments(f"'{key}' must be one of {', '.join(spec['enum'])}, got {value!r}.")
     return args
+
+
+def _check_ids(key: str, spec: dict[str, Any], ctx: ToolContext, value: Any) -> None:
+    most = spec["maxItems"]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadArguments(f"'{key}' must be a list of image ids, like [\"img1\", \"img3\"]; got {value!r}.")
+    if len(value) > most:
+        raise BadArguments(f"'{key}' takes at most {most} images, got {len(value)}.")
+    if len(set(value)) < len(value):
+        raise BadArguments(f"'{key}' names an image twice: {', '.join(value)}; name each image once.")
+    for image_id in value:
+        ctx.images.row(ctx.session, image_id)  # raises UnknownImage listing the ids that exist
 
 
 async def call(tool: Tool, ctx: ToolContext, args: Any) -> ToolResult:

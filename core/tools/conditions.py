@@ -1,9 +1,11 @@
 """Condition maps of an image (edges, lines, pose, depth ...): one tool per annotator.
 
-They differ only in model and wording, so they are one table and one class.
+They differ only in model and wording, so they are one table and one class. A map a modern model also
+makes (depth: Depth Anything V2) is made by it when it is loaded (``MODERN``).
 """
 
 from core.tools.base import Tool, ToolContext, ToolResult, image_param, keep, on_image
+from core.tools.choose import first_loaded
 
 # tool name -> (pool model, what it makes, when to use it)
 CONDITIONS = {
@@ -19,6 +21,7 @@ CONDITIONS = {
     "estimate_depth": ("Image2Depth", "depth map", "Estimate how far away each part of an image is (depth map)."),
     "estimate_normals": ("Image2Normal", "normal map", "Estimate the surface directions in an image (normal map)."),
 }
+MODERN = {"estimate_depth": "DepthAnything"}  # tool name -> the modern model preferred for it
 
 
 class DetectCondition(Tool):
@@ -27,10 +30,11 @@ class DetectCondition(Tool):
     def __init__(self, name: str):
         self.name = name
         self.model, self.made_what, self.description = CONDITIONS[name]
-        self.models = (self.model,)
+        self.any_of = ((MODERN[name],), (self.model,)) if name in MODERN else ((self.model,),)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
-        _, out = await on_image(ctx, self.model, {}, f"Making a {self.made_what}")
+        (model,) = await first_loaded(ctx, *self.any_of) if len(self.any_of) > 1 else self.any_of[0]
+        _, out = await on_image(ctx, model, {}, f"Making a {self.made_what}")
         return keep(ctx, out.images[0], out, self.name, {},
                     lambda made: f"Made {made}, the {self.made_what} of {args['image']}.")
 

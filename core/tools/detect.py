@@ -1,7 +1,8 @@
-"""detect_objects: labelled boxes around objects named in words (GroundingDINO), and the boxes in words."""
+"""detect_objects: labelled boxes around objects named in words (Florence-2's grounding, or GroundingDINO),
+and the boxes in words."""
 
 from core.tools.base import IMAGE_TO_SEARCH, Tool, ToolContext, ToolResult, keep, text_param
-from core.tools.objects import find_boxes
+from core.tools.objects import BOXERS, find_boxes
 from core.tools.overlay import draw_boxes
 
 
@@ -10,7 +11,7 @@ class DetectObjects(Tool):
     description = "Find the objects named in words in an image and draw a labelled box around each one."
     parameters = {"image": IMAGE_TO_SEARCH,
                   "object": text_param("what to find, e.g. 'the dog' or 'cars. people'")}
-    models = ("Text2Box",)
+    any_of = BOXERS
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
         img = ctx.images.open(ctx.session, args["image"])

@@ -1,11 +1,12 @@
 """segment_object: the precise outline of an object named in words (the seed's ObjectSegmenting):
-GroundingDINO boxes it, SAM outlines it; the result is a coloured overlay and a mask."""
+Florence-2 boxes it and SAM 2 outlines it (the modern profile), or GroundingDINO and SAM; the result is
+a coloured overlay and a mask."""
 
 import numpy as np
 from PIL import Image
 
 from core.tools.base import Tool, ToolContext, ToolResult, image_param, save, text_param
-from core.tools.objects import find_boxes, not_found, outline
+from core.tools.objects import MODERN, PRECISE, find_boxes, not_found, outline
 from core.tools.overlay import paint_masks
 
 
@@ -14,7 +15,7 @@ class SegmentObject(Tool):
     description = "Outline an object named in words precisely: a coloured overlay, and a mask (white = the object)."
     parameters = {"image": image_param("the image to segment"),
                   "object": text_param("the object to outline, e.g. 'the cat'")}
-    models = ("Text2Box", "Segmenting")
+    any_of = (MODERN, PRECISE)
 
     async def run(self, ctx: ToolContext, args: dict) -> ToolResult:
         img = ctx.images.open(ctx.session, args["image"])

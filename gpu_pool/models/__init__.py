@@ -52,7 +52,6 @@ MODEL_TABLE: dict[str, str] = {
     # the modern profile's (settings.models.MODERN_DEFAULTS)
     "Klein": "flux2:load_klein",
     "KleinInpaint": "flux2:load_klein_inpaint",
-    # the modern profile's eyes
     "Florence2": "florence:load_florence2",
     "Sam2": "sam2:load_sam2",
     "DepthAnything": "depth_anything:load_depth_anything",
