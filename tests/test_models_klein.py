@@ -214,3 +214,26 @@ def test_the_hub_layout_loads_in_bfloat16(tiny_dir):
                             SharedBases(load_sd_base))
     assert all(p.dtype == torch.bfloat16 for m in klein.modules().values() for p in m.parameters())
     assert run(klein, [picture(64, 64)], width=64, height=64).images[0].size == (64, 64)
+
+
+def test_klein_draws_and_repaints_with_its_transformer_and_qwen3_held_in_fp8(tiny_dir, bases, caplog):
+    # The modern profile's quantize = "fp8" on the CPU: fp8 storage, bfloat16 compute (layerwise casting).
+    # The pipeline makes the prompt's embeddings in its text encoder's dtype, float8 once the Qwen3 is held
+    # so: the job failed ("normal_kernel_cpu" not implemented for Float8) until klein encodes in its own.
+    from gpu_pool import quantize
+
+    def bf16(name):
+        return LoadSpec(name, str(tiny_dir / "klein"), "cpu", torch.bfloat16, "", max_output_size=CAP)
+
+    klein, inpaint = (loader(n)(bf16(n), bases) for n in ("Klein", "KleinInpaint"))
+    held = {"transformer": klein.pipe.transformer, "text_encoder": klein.pipe.text_encoder}
+    assert quantize.apply("Klein", "fp8", held, "cpu", torch.bfloat16) == "fp8 (layerwise casting)"
+    assert klein.pipe.text_encoder.model.layers[0].mlp.up_proj.weight.dtype == torch.float8_e4m3fn
+    drawn = run(klein, width=64, height=64).images[0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    original = picture(64, 64)
+    repainted = run(inpaint, [original, mask], prompt="a red house").images[0]
+    assert drawn.size == repainted.size == (64, 64)
+    outside = pixels(mask) == 0
+    assert (pixels(repainted)[outside] == pixels(original)[outside]).all()
