@@ -37,7 +37,7 @@ else is counted on meta, in seconds, on any machine). Ends with
 ``seed_tool_set_fp16_mib=<pool total>`` and
 ``shared_over_seed_ratio=<pool / seed>``.
 
-Then the modern profile (bench/modern.py: FLUX.2 klein 4B, its VAE, Qwen3-4B, Florence-2 base, SAM 2.1
+Then the modern profile (bench/_modern.py: FLUX.2 klein 4B, its VAE, Qwen3-4B, Florence-2 base, SAM 2.1
 base+, Depth Anything V2 small) in bf16, fp8 and NF4: ``modern_bf16_mib=``, ``modern_fp8_mib=``,
 ``modern_nf4_mib=``, what holding one Qwen3 for the LLM and klein saves (``shared_qwen_saving_mib=``,
 bf16; ``_fp8_``, ``_nf4_``), and ``modern_hit_rate=``, its jobs replayed under an 8 GiB budget in NF4.
@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 import settings
-from bench import modern
+from bench import _modern as modern
 from gpu_pool.accounting import model_bytes, unique_bytes
 from scripts.tiny_models.hub import HAS_FP16  # the repos that publish fp16 variant files
 from scripts.tiny_models.sd import SD15_SCHEDULE
