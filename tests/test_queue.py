@@ -31,6 +31,10 @@ from tests.fakes.slack_server import Call, FakeSlack
 from testkit.waiting import until
 
 LONG = 500  # steps: never finished here, always cancelled (PNDM breaks at 1000: it would ask for timestep 1000)
+# The long drawings' size: at 128 px 500 steps take about 20 s here, long enough for every status to take its
+# turn in the workspace's edit budget (Slack: one edit each 1.5 s) while they run; at 64 px they took 5 s, and
+# the waiting request's "3 job(s) ahead" was never due before the first drawing ended.
+SIZE = 128
 TOKEN_ENV = "DISCORD_TOKEN_FOR_QUEUE_TESTS"
 ALICE, BOB, CAROL, DAVE, ADMIN = (user(str(60 + i), n) for i, n in enumerate(("alice", "bob", "carol", "dave",
                                                                                "admin")))
@@ -39,7 +43,7 @@ CHANNELS = {"alice": "3201", "bob": "3202", "carol": "3203", "dave": "3204"}  # 
 
 @pytest.fixture(scope="module")
 def slow_pool(tiny_dir, tmp_path_factory):
-    pool = start_pool_with(drawing_config(tmp_path_factory.mktemp("queue-pool"), 64, LONG))
+    pool = start_pool_with(drawing_config(tmp_path_factory.mktemp("queue-pool"), SIZE, LONG))
     yield pool
     stop_pool(pool)
 
@@ -302,7 +306,14 @@ async def test_slack_queue_cancel_and_a_wide_drawing(slack, slack_bot, core, slo
         return [c for m in ("chat.postMessage", "chat.update") for c in slack.called(m, lambda c: c["channel"] == "C4")
                 if "3 job(s) ahead" in c["text"] and "vc:cancel:" in json.dumps(c.get("blocks"))]
     # progress messages show the ETA too (edits share the workspace's budget with the running job's steps)
-    assert "done in about" in (await until(dave_status, timeout=60))[0]["text"]
+    try:
+        shown = await until(dave_status, timeout=60)
+    except AssertionError:
+        c4 = [(m, c["text"], "vc:cancel:" in json.dumps(c.get("blocks"))) for m in ("chat.postMessage", "chat.update")
+              for c in slack.called(m, lambda c: c["channel"] == "C4")]
+        raise AssertionError(f"no status in C4 says 3 job(s) ahead with a Cancel button within 60 s; C4 got {c4}, "
+                             f"429s: {[c.method for c in slack.rate_limited]}") from None
+    assert "done in about" in shown[0]["text"]
 
     await stepping_in(slack, "C1")
     posted, action_id = cancel_of(slack, "C1")
