@@ -48,6 +48,44 @@ def loaded_once(make_spec, bases):
     return get
 
 
+def loaded_by_dtype(tiny_dir, sources: dict[str, str]):
+    """load(name, dtype=float32) -> pool model ``name`` from the tiny folder ``sources[name]`` on the CPU in
+    ``dtype``, loaded the first time, the same object after that (a module-scoped ``load`` fixture returns this)."""
+    import torch
+
+    from gpu_pool.models import loader
+    from gpu_pool.models.base import LoadSpec
+
+    loaded = {}
+
+    def get(name: str, dtype=torch.float32):
+        if (name, dtype) not in loaded:
+            spec = LoadSpec(name, str(tiny_dir / sources[name]), "cpu", dtype, sd_base="")
+            loaded[name, dtype] = loader(name)(spec, None)
+        return loaded[name, dtype]
+
+    return get
+
+
+def boxed_picture():
+    """A 96x64 blue picture with a yellow box in it: something for the models that see to find."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (96, 64), (40, 100, 170))
+    ImageDraw.Draw(img).rectangle((20, 10, 60, 50), fill=(230, 200, 40))
+    return img
+
+
+def run_to_the_end(model, params: dict, image):
+    """``model`` run on ``image`` with ``params`` (checked), asserting its progress reached the last step."""
+    from gpu_pool.models.base import check_params
+
+    steps: list[tuple[int, int]] = []
+    out = model.run(check_params(model, params, {}), [image], lambda i, n: steps.append((i, n)))
+    assert steps and steps[-1][0] == steps[-1][1], "the last progress report is the final step"
+    return out
+
+
 # --- a real pool process -------------------------------------------------------
 
 

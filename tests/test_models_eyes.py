@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from gpu_pool import weights as w
 from gpu_pool.models import loader
 from gpu_pool.models.base import BadRequest, LoadSpec, PoolModel, check_params
 from gpu_pool.models.florence import ground
+from tests.conftest import boxed_picture, loaded_by_dtype, run_to_the_end
 
 SOURCES = {"Florence2": "florence2", "Sam2": "sam2", "DepthAnything": "depth-anything"}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -28,29 +29,15 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 @pytest.fixture(scope="module")
 def load(tiny_dir: Path):
-    loaded: dict[tuple[str, torch.dtype], PoolModel] = {}
-
-    def get(name: str, dtype: torch.dtype = torch.float32) -> PoolModel:
-        if (name, dtype) not in loaded:
-            spec = LoadSpec(name, str(tiny_dir / SOURCES[name]), "cpu", dtype, sd_base="")
-            loaded[name, dtype] = loader(name)(spec, None)
-        return loaded[name, dtype]
-
-    return get
+    return loaded_by_dtype(tiny_dir, SOURCES)
 
 
 @pytest.fixture
 def image() -> Image.Image:
-    img = Image.new("RGB", (96, 64), (40, 100, 170))
-    ImageDraw.Draw(img).rectangle((20, 10, 60, 50), fill=(230, 200, 40))
-    return img
+    return boxed_picture()
 
 
-def run(model: PoolModel, params: dict, image: Image.Image):
-    steps: list[tuple[int, int]] = []
-    out = model.run(check_params(model, params, {}), [image], lambda i, n: steps.append((i, n)))
-    assert steps and steps[-1][0] == steps[-1][1], "the last progress report is the final step"
-    return out
+run = run_to_the_end
 
 
 def refusal(model: PoolModel, params: dict, image: Image.Image) -> str:
