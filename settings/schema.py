@@ -50,6 +50,12 @@ def _ids(v: list) -> str | None:
     return None if all(isinstance(x, (str, int)) for x in v) else "must be a list of user ids"
 
 
+def _warmup_sizes(v: list) -> str | None:
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 64 <= x <= 4096 and x % 8 == 0 for x in v):
+        return "must be a list of sizes in pixels, multiples of 8 between 64 and 4096 (e.g. [512, 768, 1024])"
+    return None
+
+
 def _size(v: str) -> str | None:
     return None if parse_size(v) is not None else 'must be a size like "8GiB", "512MiB" or "1.5GB"'
 
@@ -133,6 +139,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "sd_base": (str, SD15, None),
         "startup_timeout_s": ((int, float), 600, _positive),
         "backend": (str, "local", _one_of("local", "ray")),
+        # speed (gpu_pool/fast.py, gpu_pool/batching.py)
+        "fast": (str, "auto", _one_of("auto", "on", "off")),
+        "warmup_sizes": (list, [512, 768, 1024], _warmup_sizes),
+        "max_batch": (int, 4, lambda v: None if 1 <= v <= 16 else "must be between 1 and 16"),
+        "step_cache": ((int, float), 0, lambda v: None if 0 <= v < 1 else "must be 0 (off) or between 0 and 1"),
     },
     "pool.ray": {
         "address": (str, "", None),

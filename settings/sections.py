@@ -59,6 +59,10 @@ class PoolConfig:
     startup_timeout_s: float
     backend: str = "local"  # "local": the pool runs the models itself; "ray": on Ray Serve replicas
     ray: RayConfig = field(default_factory=RayConfig)
+    fast: str = "auto"  # the diffusion fast path (gpu_pool/fast.py): "auto" (on CUDA), "on" (CPU too), "off"
+    warmup_sizes: tuple[int, ...] = (512, 768, 1024)  # square sizes the fast path compiles while a model loads
+    max_batch: int = 4  # queued jobs for one model with the same settings run as one batch of up to this many
+    step_cache: float = 0.0  # first-block cache threshold for FLUX.2 klein (0: off; about 0.1: faster, less exact)
 
     @property
     def url(self) -> str:
