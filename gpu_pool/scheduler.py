@@ -17,6 +17,9 @@ resident first, each queued job being passed at most ``max_overtakes`` times.
 The images of a drawing model go to the SafetyChecker before the done event,
 on the same device thread; the event carries its verdicts (``Event.safety``).
 
+Jobs queued for the same model with the same settings (size, steps, guidance) run as one batch of up to
+``[pool] max_batch`` (``gpu_pool/batching.py``); each keeps its own events, seed, verdict and result.
+
 A job that runs out of GPU memory is run once more after the pool frees
 what it can, then fails with code ``too_large`` (``gpu_pool/oom.py``).
 
@@ -34,68 +37,27 @@ event says which step that was.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import itertools
 import logging
 import secrets
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from threading import Event as ThreadFlag
 
 import torch
 
-from gpu_pool import oom
-from gpu_pool.models.base import BadRequest, JobCancelled, Output, PoolModel, check_params
-from gpu_pool.protocol import CHANNELS, Event, JobRequest, QueuedJob, RawImage, Verdict
+from gpu_pool import batching, oom
+from gpu_pool.jobs import Job, check_count, check_images, check_sync, run_sync
+from gpu_pool.models.base import BadRequest, JobCancelled, PoolModel, check_params
+from gpu_pool.protocol import Event, JobRequest, QueuedJob, RawImage, Verdict
 from gpu_pool.registry import NotLoaded, Registry, free_memory
-from gpu_pool.residency import DoesNotFit, Residency, warm_first
-from gpu_pool.timings import Timings, bucket, etas, listing, rounded
+from gpu_pool.residency import DoesNotFit, warm_first
+from gpu_pool.timings import Timings, etas, listing, rounded
 from settings import SAFETY_CHECKER
 
 log = logging.getLogger(__name__)
-_ids = itertools.count(1)
-
-
-@dataclass
-class Job:
-    request: JobRequest
-    id: str = field(default_factory=lambda: f"j{next(_ids)}")
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancel_flag: ThreadFlag = field(default_factory=ThreadFlag)
-    device: str = ""
-    finished: bool = False
-    position: int | None = None  # last position announced
-    waited: tuple | None = None  # last download/load progress announced while its model loads
-    overtaken: int = 0  # times a later job ran first (warm-first scheduling)
-    started: float | None = None  # time.monotonic() when it began to run
-    step: int = 0  # steps done of total (progress)
-    total: int = 0
-    eta: int | None = None  # the ETA bucket last announced
-
-    def announce(self, position: int, done_in_s: float | None = None) -> None:
-        """A queued event, only when the position changed or the ETA moved by a few seconds."""
-        if position != self.position or bucket(done_in_s) != self.eta:
-            self.position, self.eta = position, bucket(done_in_s)
-            self.emit(Event("queued", self.id, position=position, done_in_s=rounded(done_in_s)))
-
-    def emit(self, ev: Event) -> None:
-        if self.finished:
-            return
-        self.finished = ev.kind in ("done", "failed")
-        self.events.put_nowait(ev)
-
-    def fail(self, message: str, code: str, detail: str | None = None) -> None:
-        self.emit(Event("failed", self.id, message=message, code=code, detail=detail))
-
-    def cancelled(self) -> None:
-        """The failed event of a cancelled job, with the last step it ran."""
-        self.emit(Event("failed", self.id, message="The job was cancelled.", code="cancelled", step=self.step,
-                        total=self.total))
 
 
 class DeviceQueue:
@@ -110,7 +72,7 @@ class DeviceQueue:
         self.device = device
         self.scheduler = scheduler
         self.pending: deque[Job] = deque()
-        self.running: Job | None = None
+        self.running: list[Job] = []  # the job running, or the jobs of the batch running
         self._wake = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"run-{device}")
         self._task = asyncio.create_task(self._work(), name=f"worker-{device}")
@@ -130,9 +92,9 @@ class DeviceQueue:
         return True
 
     def _announce_positions(self) -> None:
-        """Each pending job hears how many jobs will run before it: the running one, and the
+        """Each pending job hears how many jobs will run before it: the running ones, and the
         runnable ones ahead of it (a job waiting for its model to load is passed, not waited for)."""
-        ahead = int(self.running is not None)
+        ahead = len(self.running)
         done_in = self.etas()
         for job in list(self.pending):
             job.announce(ahead, done_in.get(job.id))
@@ -143,43 +105,48 @@ class DeviceQueue:
         return etas(self.running, self.pending, self.scheduler.timings, self.scheduler.runnable)
 
     def listing(self) -> list[QueuedJob]:
-        """The running job, then the queued ones in the order they run."""
+        """The running jobs, then the queued ones in the order they run."""
         return listing(self.device, self.running, list(self.pending), self.etas(), self.scheduler.runnable)
 
     async def _work(self) -> None:
         while True:
-            job = self._take()
-            if job is None:  # nothing, or only jobs whose models are still loading
+            jobs = self._take()
+            if not jobs:  # nothing, or only jobs whose models are still loading
                 self._wake.clear()
                 for waiting in self.pending:
                     self.scheduler.wake_when_ready(waiting, self._wake)
                 await self._wake.wait()
                 continue
-            self.running = job
+            self.running = jobs
             self._announce_positions()
             try:
-                await self.scheduler.run(job, self._thread, soon=[j.request.model for j in self.pending])
+                await self.scheduler.run(jobs, self._thread, soon=[j.request.model for j in self.pending])
             except Exception:  # never let one job stop the device
-                log.exception("job %s crashed the worker", job.id)
-                job.fail("Something went wrong in the image engine.", "internal", traceback.format_exc())
+                log.exception("jobs %s crashed the worker", ", ".join(j.id for j in jobs))
+                for job in jobs:
+                    job.fail("Something went wrong in the image engine.", "internal", traceback.format_exc())
             finally:
-                self.running = None
+                self.running = []
 
-    def _take(self) -> Job | None:
-        """The next job whose model is ready: first come, first served; warm first on a device with a budget."""
+    def _take(self) -> list[Job]:
+        """The next job whose model is ready (first come, first served; warm first on a device with a budget),
+        with the jobs queued behind it that run in one batch with it (``gpu_pool/batching.py``)."""
         registry = self.scheduler.registry
         runnable = [j for j in self.pending if self.scheduler.runnable(j)]
         if not runnable:
-            return None
+            return []
         index = 0
+        max_overtakes = registry.config.residency.max_overtakes
         if registry.manager(self.device) is not None:
-            index = warm_first(runnable, lambda j: registry.is_resident(j.request.model),
-                               lambda j: j.overtaken, registry.config.residency.max_overtakes)
-        for ahead in runnable[:index]:
+            index = warm_first(runnable, lambda j: registry.is_resident(j.request.model), lambda j: j.overtaken,
+                               max_overtakes)
+        batch, passed = batching.gather(runnable, index, self.scheduler.batch_key, registry.config.pool.max_batch,
+                                        lambda j: j.overtaken, max_overtakes)
+        for ahead in passed:
             ahead.overtaken += 1
-        job = runnable[index]
-        self.pending.remove(job)
-        return job
+        for job in batch:
+            self.pending.remove(job)
+        return batch
 
     def close(self) -> None:
         self._task.cancel()
@@ -221,7 +188,7 @@ class Scheduler:
         job = Job(request)
         self.jobs[job.id] = job
         try:
-            _check_images(request.images, self.limits["max_image_pixels"])
+            check_images(request.images, self.limits["max_image_pixels"])
             job.device = self.registry.device_of(request.model)
         except BadRequest as e:
             job.fail(str(e), "bad_request")
@@ -253,58 +220,99 @@ class Scheduler:
     def forget(self, job: Job) -> None:
         self.jobs.pop(job.id, None)
 
-    async def run(self, job: Job, thread: ThreadPoolExecutor, soon: list[str] = ()) -> None:
-        """Run one job on its device's thread and emit its final event; ``soon``: the models
-        of the jobs queued behind it, whose weights are evicted last to make room for this one."""
-        if job.cancel_flag.is_set():
-            return job.cancelled()
-        req = job.request
+    def batch_key(self, job: Job) -> Hashable | None:
+        """What the jobs run in one batch with ``job`` share (``gpu_pool/batching.py``); None: it runs alone
+        (its model not ready or never batched, its params wrong, or it takes images)."""
+        entry = self.registry.entries.get(job.request.model)
+        if job.request.images or entry is None or entry.state != "ready" or entry.model is None:
+            return None
         try:
-            model = await self.registry.get(req.model)
-            params = check_params(model, req.params, self.limits)
-            _check_count(model, req.images)
-            if "seed" in model.params and params["seed"] is None:
-                params["seed"] = secrets.randbelow(2**32)  # SEED's range; returned in the provenance
-        except BadRequest as e:
-            return job.fail(str(e), "bad_request")
+            return batching.settings_key(entry.model, check_params(entry.model, job.request.params, self.limits))
+        except BadRequest:
+            return None
+
+    async def run(self, jobs: list[Job], thread: ThreadPoolExecutor, soon: list[str] = ()) -> None:
+        """Run a job, or a batch of jobs for one model with the same settings, on their device's thread and emit
+        each one's final event; ``soon``: the models of the jobs queued behind, whose weights are evicted last
+        to make room for these."""
+        for job in [j for j in jobs if j.cancel_flag.is_set()]:  # cancelled before it began
+            job.cancelled()
+        jobs = [job for job in jobs if not job.finished]
+        if not jobs:
+            return
+        name, device = jobs[0].request.model, jobs[0].device
+        try:
+            model = await self.registry.get(name)
         except NotLoaded as e:
-            return job.fail(str(e), e.code)
+            for job in jobs:
+                job.fail(str(e), e.code)
+            return
+        batch = [(job, params) for job in jobs if (params := self._params(job, model)) is not None]
+        if not batch:
+            return
+        jobs = [job for job, _ in batch]
+        dropped: set[str] = set()  # jobs of the batch cancelled while it runs
         loop = asyncio.get_running_loop()
 
         def progress(step: int, total: int, text: str | None = None) -> None:
-            if job.cancel_flag.is_set():
+            for job in jobs:
+                if job.cancel_flag.is_set() and job.id not in dropped:
+                    dropped.add(job.id)
+                    loop.call_soon_threadsafe(job.cancelled)  # its last step's event is on the loop already
+            if len(dropped) == len(jobs):
                 raise JobCancelled()
-            loop.call_soon_threadsafe(self._stepped, job, step, total, text)
+            loop.call_soon_threadsafe(self._stepped, [j for j in jobs if j.id not in dropped], step, total, text)
 
-        residency = self.registry.manager(job.device)
+        residency = self.registry.manager(device)
         if model.draws:  # the checker runs right after: evict it last
             soon = [*soon, SAFETY_CHECKER]
         wanted = self.registry.modules_of(soon) if residency else []
-        job.started = time.monotonic()
-        run = functools.partial(_run_sync, model, params, req.images, progress, residency, wanted)
+        for job in jobs:
+            job.started = time.monotonic()
+        run = functools.partial(run_sync, model, [params for _, params in batch], jobs[0].request.images, progress,
+                                residency, wanted)
+        what = f"{name} on {device}" + (f" (a batch of {len(jobs)})" if len(jobs) > 1 else "")
         try:
-            out, seconds = await oom.retrying(thread, run, residency, f"{req.model} on {job.device}")
-        except BadRequest as e:
-            return job.fail(str(e), "bad_request")
-        except DoesNotFit as e:
-            return job.fail(str(e), "oom")
+            outs, seconds = await oom.retrying(thread, run, residency, what)
         except JobCancelled:
-            log.info("job %s (%s) cancelled at step %d of %d", job.id, req.model, job.step, job.total)
-            return job.cancelled()
-        except torch.OutOfMemoryError:  # twice: memory was freed in between (gpu_pool/oom.py)
-            return job.fail(f"{req.model} ran out of memory on {job.device} twice, even after freeing what it could.",
-                            "too_large")
-        except Exception:
-            detail = traceback.format_exc()
-            log.error("job %s (%s) failed:\n%s", job.id, req.model, detail)
-            return job.fail(f"{req.model} failed while running this job; the bot's admins can find the details "
-                            "in the pool log.", "internal", detail)
-        self.timings.record(req.model, params, seconds)
-        safety = await self._check(out.images, thread) if model.draws and out.images else None
-        images = [RawImage.from_pil(im) for im in out.images]
-        provenance = {"model": req.model, "source": model.source, "params": params, **model.prompts(params)}
-        job.emit(Event("done", job.id, text=out.text, images=images, data=out.data, seconds=round(seconds, 6),
-                       safety=safety, provenance=provenance))
+            log.info("%s cancelled at step %d of %d", what, jobs[0].step, jobs[0].total)
+            for job in jobs:
+                job.cancelled()
+            return
+        except Exception as e:
+            if isinstance(e, torch.OutOfMemoryError) and len(jobs) > 1:  # twice: its jobs run one at a time
+                log.warning("%s ran out of memory twice; running its jobs one at a time", what)
+                for job in jobs:
+                    await self.run([job], thread, soon)
+                return
+            for job in jobs:
+                job.fail(*_failure(e, what, job))
+            return
+        live = [(job, params, out) for (job, params), out in zip(batch, outs) if job.id not in dropped]
+        drawn = [im for _, _, out in live for im in out.images] if model.draws else []
+        verdicts = await self._check(drawn, thread) if drawn else []
+        for job, params, out in live:
+            self.timings.record(name, params, seconds / len(batch))  # the time each job of the batch costs
+            safety = None
+            if drawn:
+                safety, verdicts = verdicts[:len(out.images)], verdicts[len(out.images):]
+            images = [RawImage.from_pil(im) for im in out.images]
+            provenance = {"model": name, "source": model.source, "params": params, **model.prompts(params)}
+            job.emit(Event("done", job.id, text=out.text, images=images, data=out.data, seconds=round(seconds, 6),
+                           safety=safety, provenance=provenance))
+
+    def _params(self, job: Job, model: PoolModel) -> dict | None:
+        """The job's params checked, defaults filled and a seed picked when the model takes one and it gave
+        none (so the done event can say which seed made the image); None: the job failed and says why."""
+        try:
+            params = check_params(model, job.request.params, self.limits)
+            check_count(model, job.request.images)
+        except BadRequest as e:
+            job.fail(str(e), "bad_request")
+            return None
+        if "seed" in model.params and params["seed"] is None:
+            params["seed"] = secrets.randbelow(2**32)  # SEED's range; returned in the provenance
+        return params
 
     async def _check(self, images: list, thread: ThreadPoolExecutor) -> list[Verdict]:
         """The safety checker's verdict on each drawn image. One it could not check says why
@@ -315,19 +323,23 @@ class Scheduler:
             return [Verdict(None, note=str(e)) for _ in images]
         residency = self.registry.manager(checker.device)
         try:
-            return await asyncio.get_running_loop().run_in_executor(thread, _check_sync, checker, images, residency)
+            return await asyncio.get_running_loop().run_in_executor(thread, check_sync, checker, images, residency)
         except Exception as e:
             log.error("the safety checker failed:\n%s", traceback.format_exc())
             if isinstance(e, torch.OutOfMemoryError):
                 free_memory()
             return [Verdict(None, note=f"the safety checker failed: {type(e).__name__}: {e}") for _ in images]
 
-    def _stepped(self, job: Job, step: int, total: int, text: str | None) -> None:
-        """On the event loop: a running job made a step; it hears when it will be done, the jobs behind it too."""
-        job.step, job.total = step, total
-        queue = self.queues.get(job.device)
+    def _stepped(self, jobs: list[Job], step: int, total: int, text: str | None) -> None:
+        """On the event loop: a running job (or batch) made a step; each hears when it will be done, the jobs
+        behind them too."""
+        queue = self.queues.get(jobs[0].device)
+        for job in jobs:
+            job.step, job.total = step, total
         done_in = queue.etas() if queue is not None else {}
-        job.emit(Event("progress", job.id, step=step, total=total, text=text, done_in_s=rounded(done_in.get(job.id))))
+        for job in jobs:
+            job.emit(Event("progress", job.id, step=step, total=total, text=text,
+                           done_in_s=rounded(done_in.get(job.id))))
         if queue is not None and text is None:  # not for every piece of an LLM's answer
             queue._announce_positions()
 
@@ -375,52 +387,16 @@ class Scheduler:
             self._ticker.cancel()
 
 
-def _run_sync(model: PoolModel, params: dict, images: list[RawImage], progress,
-              residency: Residency | None = None, soon: list = ()) -> tuple[Output, float]:
-    """Run on the device thread; returns the output and the seconds spent inside the model.
-
-    Under a budget the model's weights are brought onto the device first and stay locked there until it returns.
-    """
-    pil = [im.to_pil() for im in images]
-    on_device = contextlib.nullcontext()
-    if residency is not None:
-        on_device = residency.use(model.name, model.modules().values(), soon=soon)
-    with on_device:
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = model.run(params, pil, progress)
-        return out, time.perf_counter() - started
-
-
-def _check_sync(checker: PoolModel, images: list, residency: Residency | None) -> list[Verdict]:
-    """On a device thread: the checker's weights on its device (under a budget), then its verdicts."""
-    on_device = contextlib.nullcontext()
-    if residency is not None:
-        on_device = residency.use(checker.name, checker.modules().values())
-    with on_device:
-        return checker.check(images)
-
-
-def _check_images(images: list[RawImage], max_pixels: int) -> None:
-    for i, im in enumerate(images, 1):
-        if im.mode not in CHANNELS:
-            raise BadRequest(f"Image {i} is not a decodable image: mode {im.mode!r} is not one of "
-                             f"{', '.join(CHANNELS)}.")
-        if im.width <= 0 or im.height <= 0:
-            raise BadRequest(f"Image {i} is not a decodable image: its size is {im.width}x{im.height}.")
-        if im.width * im.height > max_pixels:
-            raise BadRequest(f"Image {i} is {im.width}x{im.height} = {im.width * im.height:,} pixels; "
-                             f"the limit is {max_pixels:,}. Send a smaller image.")
-        expected = im.width * im.height * CHANNELS[im.mode]
-        if len(im.data) != expected:
-            raise BadRequest(f"Image {i} is not a decodable image: {im.width}x{im.height} {im.mode} needs "
-                             f"{expected:,} bytes, got {len(im.data):,}.")
-
-
-def _check_count(model: PoolModel, images: list[RawImage]) -> None:
-    if model.n_images is not None and len(images) != model.n_images:
-        names = " and ".join(model.image_names) or f"{model.n_images} image(s)"
-        need = "no image" if model.n_images == 0 else names
-        raise BadRequest(f"{model.name} takes {need}; got {len(images)} image(s).")
-
-
+def _failure(e: Exception, what: str, job: Job) -> tuple[str, str, str | None]:
+    """A failed run's (message, code, detail) for ``job``: what to tell its user, and the cause for the log."""
+    name = job.request.model
+    if isinstance(e, BadRequest):
+        return str(e), "bad_request", None
+    if isinstance(e, DoesNotFit):
+        return str(e), "oom", None
+    if isinstance(e, torch.OutOfMemoryError):  # twice: memory was freed in between (gpu_pool/oom.py)
+        return f"{name} ran out of memory on {job.device} twice, even after freeing what it could.", "too_large", None
+    detail = traceback.format_exc()
+    log.error("job %s (%s) failed:\n%s", job.id, what, detail)
+    return (f"{name} failed while running this job; the bot's admins can find the details in the pool log.",
+            "internal", detail)

@@ -11,6 +11,7 @@ job yet has no estimate, and neither has anything behind it: an honest "no estim
     timings.record("Text2Image", {"steps": 20, "width": 512, "height": 512}, 4.1)
     timings.estimate("Text2Image", {"steps": 40})            # about 8.2 s
     etas(running, pending, timings, runnable)                 # job id -> seconds until done, or None
+                                                              # (running: the job or the batch running)
 """
 
 from __future__ import annotations
@@ -70,17 +71,19 @@ class Timings:
         return max(0.0, expected - (now - started if started is not None else 0.0))
 
 
-def etas(running: Any, pending: Iterable[Any], timings: Timings, runnable: Callable[[Any], bool]
+def etas(running: Iterable[Any], pending: Iterable[Any], timings: Timings, runnable: Callable[[Any], bool]
          ) -> dict[str, float | None]:
-    """Seconds until each job of one device is done: the running one (``Job`` with ``started``, ``step``,
-    ``total``) and the pending ones in the order they run (a job waiting for its model to load is passed
-    by the runnable ones, and waits for nobody: it gets no estimate)."""
+    """Seconds until each job of one device is done: the running ones (``Job`` with ``started``, ``step``,
+    ``total``: one job, or the jobs of a batch, done together) and the pending ones in the order they run
+    (a job waiting for its model to load is passed by the runnable ones, and waits for nobody: it gets no
+    estimate)."""
     out: dict[str, float | None] = {}
     clock: float | None = 0.0
-    if running is not None:
-        req = running.request
-        clock = timings.remaining(req.model, req.params, running.started, running.step, running.total)
-        out[running.id] = clock
+    for job in running:
+        req = job.request
+        left = timings.remaining(req.model, req.params, job.started, job.step, job.total)
+        clock = None if clock is None or left is None else max(clock, left)
+        out[job.id] = left
     for job in pending:
         if not runnable(job):
             out[job.id] = None
@@ -102,15 +105,13 @@ def rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 1)
 
 
-def listing(device: str, running: Any, pending: list[Any], done_in: dict[str, float | None],
+def listing(device: str, running: list[Any], pending: list[Any], done_in: dict[str, float | None],
             runnable: Callable[[Any], bool]) -> list[QueuedJob]:
-    """One device's queue as ``GET /queue`` shows it: the running job, then the queued ones in the order
-    they run (a job waiting for its model to load is passed by the runnable ones)."""
-    out, ahead = [], 0
-    if running is not None:
-        out.append(QueuedJob(running.id, running.request.model, device, "running", 0, running.request.user,
-                             running.step, running.total, rounded(done_in.get(running.id))))
-        ahead = 1
+    """One device's queue as ``GET /queue`` shows it: the running jobs (one, or a batch), then the queued ones
+    in the order they run (a job waiting for its model to load is passed by the runnable ones)."""
+    out = [QueuedJob(job.id, job.request.model, device, "running", 0, job.request.user, job.step, job.total,
+                     rounded(done_in.get(job.id))) for job in running]
+    ahead = len(running)
     for job in pending:
         ready = runnable(job)
         out.append(QueuedJob(job.id, job.request.model, device, "queued" if ready else "loading", ahead,

@@ -80,6 +80,9 @@ class PoolModel:
     n_images: int | None = 0  # images the job must send (e.g. 1 image, or image + mask); None: any number
     image_names: tuple[str, ...] = ()  # what each input image is, for error messages
     draws: bool = False  # its images are drawn, not maps of the input: the safety checker sees them first
+    # The params each job of a batch keeps its own (prompt, seed ...): jobs for this model whose other params
+    # are the same may run as one batch (``run_batch``, ``gpu_pool/batching.py``); (): never batched.
+    batch_keeps: tuple[str, ...] = ()
 
     def __init__(self, spec: LoadSpec):
         self.spec = spec
@@ -107,6 +110,11 @@ class PoolModel:
         return {}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
+        raise NotImplementedError
+
+    def run_batch(self, batch: list[dict[str, Any]], progress: Progress) -> list[Output]:
+        """Several jobs (their params, the same but for ``batch_keeps``) in one run, an output per job in
+        order; only for a model with ``batch_keeps``, whose jobs take no image. ``progress`` is the batch's."""
         raise NotImplementedError
 
 

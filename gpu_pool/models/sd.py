@@ -68,7 +68,25 @@ def load_base(source: str, device: str, dtype: torch.dtype) -> StableDiffusionPi
     pipe = StableDiffusionPipeline.from_pretrained(source, unet=unet, vae=vae, text_encoder=text_encoder,
                                                    safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)
+    _one_time_row(unet)
+    # A batch's latents decode one image at a time: its peak memory stays one image's (the VAE decode is
+    # the peak at 1024 px), and each image is byte-identical on the CPU to its job's alone (see _one_time_row).
+    vae.enable_slicing()
     return pipe.to(device)
+
+
+def _one_time_row(unet: UNet2DConditionModel) -> None:
+    """Embed a step's timestep once, not once per row of the batch: every row of a denoising step has the same
+    timestep, and the resnets add the embedding by broadcasting. Besides sparing the work, this keeps a
+    batch's images byte-identical on the CPU to the jobs run alone (``gpu_pool/batching.py``): a matrix
+    product with a handful of rows (the embedding's) rounds differently for 2 rows than for 8 in MKL."""
+    def hook(module: torch.nn.Module, args: tuple) -> tuple | None:
+        t_emb = args[0]
+        if t_emb.shape[0] > 1 and torch.equal(t_emb, t_emb[:1].expand_as(t_emb)):
+            return (t_emb[:1], *args[1:])
+        return None
+
+    unet.time_embedding.register_forward_pre_hook(hook)
 
 
 def fit_size(width: int, height: int, working: int) -> tuple[int, int]:
@@ -121,10 +139,9 @@ class _Diffusion(PoolModel):
         return {k: m for k, m in self.pipe.components.items() if isinstance(m, torch.nn.Module)}
 
     def _run_pipe(self, params: dict[str, Any], progress: Progress, width: int, height: int,
-                  **kwargs: Any) -> Image.Image:
-        """Call the pipeline at ``width`` x ``height`` with the job's seed, reporting each denoising step.
-
-        """
+                  seeds: list[int | None] | None = None, **kwargs: Any) -> list[Image.Image]:
+        """Call the pipeline at ``width`` x ``height`` with the job's seed, reporting each denoising step;
+        ``seeds``: a batch's, one generator each (its prompts a list each in ``kwargs``), an image per seed."""
 
         def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
             # PNDM (SD1.5's scheduler, kept by Text2Image) runs one warm-up pass more than the steps
@@ -134,13 +151,14 @@ class _Diffusion(PoolModel):
                 progress(i + 1 - warmup, pipe.num_timesteps - warmup)  # raises JobCancelled to stop the loop
             return callback_kwargs
 
-        seed = params.get("seed")
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        seeds = [params.get("seed")] if seeds is None else seeds
+        generators = [None if seed is None else torch.Generator(self.device).manual_seed(seed) for seed in seeds]
         with _vae_tiling(self.pipe.vae, max(width, height) > TILE_OVER):
             result = self.pipe(num_inference_steps=params["steps"], guidance_scale=params["guidance"],
-                               generator=generator, callback_on_step_end=on_step_end, output_type="pil",
+                               generator=generators if len(generators) > 1 else generators[0],
+                               callback_on_step_end=on_step_end, output_type="pil",
                                **({"width": width, "height": height} if self.sized else {}), **kwargs)
-        return result.images[0].convert("RGB")
+        return [image.convert("RGB") for image in result.images]
 
     def _fit(self, image: Image.Image, resample: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
         """``image`` at the working size (see the module's docstring), and where it lies on the canvas:
@@ -169,6 +187,7 @@ class _Diffusion(PoolModel):
 
 
 class Text2Image(_Diffusion):
+    batch_keeps = ("prompt", "negative_prompt", "seed")
     params = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": steps(50), "guidance": guidance(7.5),
               "width": size(512), "height": size(512), "seed": SEED}
 
@@ -176,8 +195,22 @@ class Text2Image(_Diffusion):
         return {"prompt": params["prompt"] + QUALITY, "negative_prompt": params["negative_prompt"] or SEED_NEGATIVE}
 
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
-        image = self._run_pipe(params, progress, params["width"], params["height"], **self.prompts(params))
+        image, = self._run_pipe(params, progress, params["width"], params["height"], **self.prompts(params))
         return Output(images=[image])
+
+    def run_batch(self, batch: list[dict[str, Any]], progress: Progress) -> list[Output]:
+        """One pipeline call for the batch: a prompt, negative prompt and generator per job, so each job's
+        image is the one it would get alone (``tests/test_batching.py``)."""
+        first = batch[0]
+        guided = first["guidance"] > 1  # as the pipeline decides classifier-free guidance
+        # Each prompt encoded on its own, as its job alone would: the text encoder then sees the same shapes.
+        encoded = [self.pipe.encode_prompt(p["prompt"], self.device, 1, guided, p["negative_prompt"])
+                   for p in map(self.prompts, batch)]
+        negative = torch.cat([negative for _, negative in encoded]) if guided else None
+        images = self._run_pipe(first, progress, first["width"], first["height"],
+                                seeds=[params["seed"] for params in batch], negative_prompt_embeds=negative,
+                                prompt_embeds=torch.cat([positive for positive, _ in encoded]))
+        return [Output(images=[image]) for image in images]
 
 
 class InstructPix2Pix(_Diffusion):
@@ -194,8 +227,8 @@ class InstructPix2Pix(_Diffusion):
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         original = images[0].convert("RGB")
         image, box = self._fit(original, Image.Resampling.LANCZOS)
-        out = self._run_pipe(params, progress, image.width, image.height, image=image,
-                             image_guidance_scale=params["image_guidance"], **self.prompts(params))
+        out, = self._run_pipe(params, progress, image.width, image.height, image=image,
+                              image_guidance_scale=params["image_guidance"], **self.prompts(params))
         return self._back(out, original.size, box)
 
 
@@ -216,8 +249,8 @@ class Inpainting(_Diffusion):
                              "make the mask from the same image.")
         image, box = self._fit(original, Image.Resampling.LANCZOS)
         mask, _ = self._fit(mask, Image.Resampling.NEAREST)  # a mask stays black and white
-        out = self._run_pipe(params, progress, image.width, image.height, image=image, mask_image=mask,
-                             **self.prompts(params))
+        out, = self._run_pipe(params, progress, image.width, image.height, image=image, mask_image=mask,
+                              **self.prompts(params))
         return self._back(out, original.size, box)
 
 
@@ -234,8 +267,8 @@ class ControlNetText2Image(_Diffusion):
         # Edge, line and scribble maps are black and white, as ControlNet was trained on: no grey when scaling.
         condition, box = self._fit(original,
                                    Image.Resampling.NEAREST if _is_binary(original) else Image.Resampling.BILINEAR)
-        out = self._run_pipe(params, progress, condition.width, condition.height, image=condition, eta=0.0,
-                             **self.prompts(params))
+        out, = self._run_pipe(params, progress, condition.width, condition.height, image=condition, eta=0.0,
+                              **self.prompts(params))
         return self._back(out, original.size, box)
 
 
@@ -279,6 +312,7 @@ def _with_own_unet(spec: LoadSpec, base: StableDiffusionPipeline, scheduler_cls:
     trained the UNet only, on SD's VAE and CLIP text encoder, so the base's serve.
     """
     unet = checked(UNet2DConditionModel, spec.source, base.unet.dtype, w.diffusers("unet"), "unet")
+    _one_time_row(unet)
     scheduler = scheduler_cls.from_config(scheduler_cls.load_config(spec.source, subfolder="scheduler"))
     return dict(unet=unet.to(spec.load_device), scheduler=scheduler, vae=base.vae, text_encoder=base.text_encoder,
                 tokenizer=base.tokenizer, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -44,8 +44,8 @@ class Variations(_Diffusion):
         image, box = self._fit(original, Image.Resampling.LANCZOS)
         # The pipeline runs int(schedule * strength) steps, from the image's latents noised that far.
         schedule = dict(params, steps=math.ceil(params["steps"] / params["strength"]))
-        out = self._run_pipe(schedule, progress, image.width, image.height, image=image, strength=params["strength"],
-                             **self.prompts(params))
+        out, = self._run_pipe(schedule, progress, image.width, image.height, image=image, strength=params["strength"],
+                              **self.prompts(params))
         return self._back(out, original.size, box)
 
 
