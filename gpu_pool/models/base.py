@@ -109,6 +109,10 @@ class PoolModel:
     def run(self, params: dict[str, Any], images: list[Image.Image], progress: Progress) -> Output:
         raise NotImplementedError
 
+    def tokens_per_s(self) -> float | None:
+        """A text generator's recent decoding speed, for /models; None for the others, and before its first job."""
+        return None
+
 
 class SharedBases:
     """One Stable Diffusion 1.5 base per (source, device, dtype), loaded on first use
