@@ -52,9 +52,10 @@ async def answer(config: settings.Config, pool: PoolClient, turn: Turn, action: 
 def format_models(infos, configured: dict | None = None) -> str:
     """One line per model: where it is, whether its weights are on the device now
     (offloaded: waiting in CPU RAM under a residency budget), its size, the part of it held once with
-    which other models, and its last use; while it downloads or loads, how far it got and about how long
-    is left. A last line says what holding shared weights once saves. ``configured`` (config.models)
-    gives each model's label: "Text2Mask (ImageEditing)" for one configured by the seed's name."""
+    which other models, an LLM's decoding speed (tokens/s over its recent jobs), and its last use; while it
+    downloads or loads, how far it got and about how long is left. A last line says what holding shared
+    weights once saves. ``configured`` (config.models) gives each model's label: "Text2Mask (ImageEditing)"
+    for one configured by the seed's name."""
     if not infos:
         return "No models are configured."
     lines = []
@@ -68,6 +69,7 @@ def format_models(infos, configured: dict | None = None) -> str:
             ago = max(0, time.time() - m.last_used)
             used = ", last used " + (f"{ago:.0f} s" if ago < 90 else f"{ago / 60:.0f} min" if ago < 5400
                                      else f"{ago / 3600:.1f} h") + " ago"
+        speed = f", {_rate(m.tokens_per_s)} tokens/s" if m.tokens_per_s else ""  # an LLM's decoding
         err = f" - {m.error}" if m.error else ""
         state = m.state
         if m.state == "loading" and m.phase:  # downloading 1.2 of 2.1 GB / loading 2.1 GB of files
@@ -77,10 +79,14 @@ def format_models(infos, configured: dict | None = None) -> str:
                         else f"{hub_size(m.download_total)} of files")
             size += f", about {duration_text(m.eta_s)} left" if m.eta_s else ""
         label = configured[m.name].label if configured and m.name in configured else m.name
-        lines.append(f"{label}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{used}{err}")
+        lines.append(f"{label}: {state} on {m.device} ({m.dtype}){where}, {size}{shared}{speed}{used}{err}")
     if saved := sharing_saves(infos):
         lines.append(f"Weights shared by several models are held once: {mib(saved, 0)} less than each loading its own.")
     return "\n".join(lines)
+
+
+def _rate(x: float) -> str:
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
 
 
 def sharing_saves(infos) -> int:

@@ -100,7 +100,7 @@ class PoolClient:
         return [QueuedJob(**j) for j in (await self._call("GET", "/queue"))["jobs"]]
 
     async def models(self) -> list[ModelInfo]:
-        return [ModelInfo(**m) for m in (await self._call("GET", "/models"))["models"]]
+        return [ModelInfo.from_json(m) for m in (await self._call("GET", "/models"))["models"]]
 
     async def reload(self, model: str | None = None) -> dict[str, Any]:
         return _worded(await self._call("POST", "/models/reload", {"model": model}))

@@ -181,9 +181,15 @@ class ModelInfo:
     downloaded: int = 0  # bytes of its files on this machine (from the cache or arrived)
     download_total: int = 0  # bytes of its files (0 while the hub's listing is not in, or none to fetch)
     eta_s: float | None = None  # estimated seconds until ready; None: no estimate yet
+    tokens_per_s: float | None = None  # an LLM's decoding speed over its recent jobs; None: not an LLM, or no job yet
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelInfo:
+        """From ``to_json``'s dict, leaving out fields a newer peer added (an older peer's lack ours: defaults)."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 # --- framing ---------------------------------------------------------------

@@ -161,7 +161,8 @@ class Registry:
         phase, done, total, eta = self.progress(name)
         dtype = e.dtype if e.quantized == "none" else f"{e.dtype}, {e.quantized}"
         return ModelInfo(name, e.device, dtype, e.source, e.state, own, shared, peers, e.error, e.last_used,
-                         self.is_resident(name), phase, done, total, None if eta is None else round(eta, 1))
+                         self.is_resident(name), phase, done, total, None if eta is None else round(eta, 1),
+                         e.model.tokens_per_s() if e.model else None)
 
     # --- changes ------------------------------------------------------------
 

@@ -117,6 +117,10 @@ class PoolModel:
         order; only for a model with ``batch_keeps``, whose jobs take no image. ``progress`` is the batch's."""
         raise NotImplementedError
 
+    def tokens_per_s(self) -> float | None:
+        """A text generator's recent decoding speed, for /models; None for the others, and before its first job."""
+        return None
+
 
 class SharedBases:
     """One Stable Diffusion 1.5 base per (source, device, dtype), loaded on first use

@@ -14,6 +14,14 @@ the network. Qwen3 thinks before it answers unless its template is rendered with
 (an empty think block then opens the answer). Every turn renders it so: a tool turn's call is constrained by
 the grammar from its first token, and a plain answer streams to the chat, where a think block would show and
 would spend the answer's ``max_tokens`` (often all of them) before the answer begins.
+
+Decoding keeps its keys and values in a static cache (``cache_implementation="static"``: one buffer of the
+prompt's and answer's length, the same answers as the dynamic cache). On CUDA that lets transformers compile
+the decode step (``torch.compile``, CUDA graphs), see :meth:`ChatModel._compiles`; the cache is then sized in
+powers of two (``_cache_len``) so that a few graphs serve every request. Only ``generate`` uses the compiled
+call: klein, encoding with a shared Qwen3, runs the network as it is. Each job's decoding speed (tokens after
+the first over the seconds after the first, so the prompt's processing is not counted) feeds a rolling figure
+over recent jobs, ``tokens_per_s``, which /models shows.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +46,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from gpu_pool import quantize
 from gpu_pool import weights as w
 
 from . import grammar
@@ -44,6 +55,8 @@ from .loading import checked
 
 log = logging.getLogger(__name__)
 IMAGE_PIXELS = 512 * 512  # the most pixels of one image the model looks at (about 256 image tokens for Qwen3-VL)
+CACHE_MIN = 1024  # the smallest static cache when the decode step is compiled (tokens)
+SPEED_JOBS = 20  # recent jobs in the decoding speed /models shows
 
 
 @dataclass
@@ -93,6 +106,8 @@ class ChatModel(PoolModel):
             self.model = load()
         # its own, not the network's: a shared Qwen3 may have been loaded from klein's text_encoder/ folder
         self.generation = _generation_config(spec.source, self.model)
+        self.cache = "static"  # the KV cache generate() makes ("dynamic": transformers' default, the tests' reference)
+        self.speed = DecodeSpeed()
         self.format = grammar.ToolFormat.of(self.tokenizer)
         stops = self.generation.eos_token_id
         stops = [stops] if isinstance(stops, int) else list(stops or [])
@@ -127,15 +142,29 @@ class ChatModel(PoolModel):
                            hold=bool(params["stop"]) or constraint is not None and lark.startswith("start: calls"),
                            call_id=self.format.start_id)
         generation = copy.deepcopy(self.generation)
-        generation.update(**self._sampling(params), max_new_tokens=params["max_tokens"], eos_token_id=self.stops)
+        compiles = self.cache == "static" and self._compiles()
+        generation.update(**self._sampling(params), max_new_tokens=params["max_tokens"], eos_token_id=self.stops,
+                          cache_implementation=self.cache, disable_compile=not compiles,
+                          max_cache_len=_cache_len(n_prompt + params["max_tokens"]) if compiles else None)
         out = self.model.generate(**inputs, generation_config=generation,
                                   logits_processor=[constraint] if constraint else None, streamer=streamer)
+        self.speed.add(*streamer.decoding())
         ids = out[0, n_prompt:].tolist()
         ended = bool(ids) and ids[-1] in self.stops
         stopped = constraint is not None and constraint.matcher.is_stopped()
         answer = self._answer(ids, params, finished=ended or stopped)
         answer.prompt_tokens, answer.completion_tokens = n_prompt, len(ids)
         return Output(text=json.dumps(asdict(answer)))
+
+    def tokens_per_s(self) -> float | None:
+        return self.speed.rate()
+
+    def _compiles(self) -> bool:
+        """Whether ``generate`` compiles the decode step: on CUDA only (on the CPU it would not pay off), not under
+        a residency budget (the weights move every job, and CUDA graphs would be recorded again each time), and
+        not with weights held by hooks or bitsandbytes (fp8 layerwise casting, nf4: the graph breaks at every layer)."""
+        quantized = getattr(self.model, quantize.MARK, "none")
+        return self.device.startswith("cuda") and not self.spec.home and quantized in ("none", quantize.FP8_TORCHAO)
 
     def _inputs(self, params: dict[str, Any], images: list[Image.Image]) -> dict[str, torch.Tensor]:
         messages, tools = params["messages"], params["tools"] or None
@@ -204,11 +233,15 @@ class _Stream(BaseStreamer):
         self.ids: list[int] = []
         self.sent = ""
         self.prompt_seen = False
+        self.first = self.last = 0.0  # perf_counter at the first generated token (after the prompt), at the last
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate() hands over the prompt first
             self.prompt_seen = True
             return
+        self.last = time.perf_counter()
+        if not self.ids:
+            self.first = self.last
         self.ids.extend(value.flatten().tolist())
         delta = None
         if not self.hold and self.ids[0] != self.call_id:
@@ -220,6 +253,27 @@ class _Stream(BaseStreamer):
     def end(self) -> None:
         pass
 
+    def decoding(self) -> tuple[int, float]:
+        """(tokens decoded after the first, their seconds): the first token ends the prompt's processing."""
+        return max(0, len(self.ids) - 1), self.last - self.first
+
+
+class DecodeSpeed:
+    """Tokens per second of decoding over the last ``SPEED_JOBS`` jobs, all their tokens over all their seconds.
+    Jobs add on the device's thread and /models reads on the event loop: a deque's append and copy are atomic."""
+
+    def __init__(self) -> None:
+        self.recent: deque[tuple[int, float]] = deque(maxlen=SPEED_JOBS)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        if tokens > 0 and seconds > 0:  # an answer of one token has no decoding to time
+            self.recent.append((tokens, seconds))
+
+    def rate(self) -> float | None:
+        recent = list(self.recent)
+        seconds = sum(s for _, s in recent)
+        return round(sum(t for t, _ in recent) / seconds, 1) if seconds else None
+
 
 def _generation_config(source: str, model: torch.nn.Module) -> GenerationConfig:
     """The LLM's sampling defaults and end tokens, from its own folder (the model's when it has none)."""
@@ -227,6 +281,12 @@ def _generation_config(source: str, model: torch.nn.Module) -> GenerationConfig:
         return GenerationConfig.from_pretrained(source)
     except OSError:  # no generation_config.json
         return model.generation_config
+
+
+def _cache_len(needed: int) -> int:
+    """The static cache's length for a compiled decode step: a power of two, at least CACHE_MIN tokens, so that
+    a few cache shapes (one graph each) serve every request, not one per prompt length."""
+    return max(CACHE_MIN, 1 << (needed - 1).bit_length())
 
 
 def _cap_pixels(image_processor: Any) -> None:

@@ -124,7 +124,7 @@ class Front:
         return [QueuedJob(**j) for jobs in (await self.each("queue")).values() for j in jobs]
 
     async def models(self) -> list[ModelInfo]:
-        return [ModelInfo(**m) for m in await self.infos()]
+        return [ModelInfo.from_json(m) for m in await self.infos()]
 
     async def reload(self, name: str | None) -> Reloaded:
         """Re-read config.toml, reload on every replica that holds the model(s), place what nobody holds."""
@@ -158,7 +158,7 @@ class Front:
         listed = [a for a in (await self.each("load", name, (device, dtype))).values() if a]
         if not listed:  # no replica holds it yet
             listed = [await self.place(name)]
-        return [ModelInfo(**m) for m in listed]
+        return [ModelInfo.from_json(m) for m in listed]
 
     async def unload(self, name: str) -> None:
         if name not in self.allowed:
@@ -193,7 +193,7 @@ class Front:
         """The LLM's best listing over the replicas: ready where any copy is ready."""
         if openai_api.MODEL not in self.allowed:
             return None
-        copies = [ModelInfo(**m) for m in await self.infos() if m["name"] == openai_api.MODEL]
+        copies = [ModelInfo.from_json(m) for m in await self.infos() if m["name"] == openai_api.MODEL]
         rank = {"ready": 0, "loading": 1, "failed": 2}
         return min(copies, key=lambda m: rank.get(m.state, 3), default=None)
 
