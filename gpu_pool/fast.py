@@ -10,7 +10,8 @@ it comes). On a model whose class names modules in ``fast_modules()`` (the SD1.5
    fastest attention backend torch and the GPU offer (``ATTENTION``: cuDNN's on Hopper and newer, torch's
    flash kernel on Ampere and newer, in 16-bit dtypes, where diffusers' attention dispatches: klein; SD's
    processors call torch's SDPA, which picks its kernel itself; a backend that will not set is skipped, never
-   a failed load); for klein with ``[pool] step_cache`` > 0, the first-block cache; then regional
+   a failed load); with ``[pool] step_cache`` > 0, diffusers' first-block cache on a denoiser that takes
+   it (not FLUX.2 klein with diffusers 0.42: see ``NO_STEP_CACHE``; a warning says so); then regional
    ``torch.compile`` of the denoiser's repeated blocks (diffusers' ``compile_repeated_blocks``: about the
    speed of a whole-model compile for a tenth of its compile time). The SD base's UNet and VAE are the same
    objects under several models (``SharedBases``), so every step is done once per module object (``MARK`` on
@@ -61,6 +62,11 @@ WARM_WAIT = 120.0  # seconds a warm-up waits for room on a budgeted device befor
 RECOMPILE_LIMIT = 16  # compiled variants per block before a new shape runs it eagerly
 # Attention backends to try on CUDA, fastest first, with the compute capability each needs (16-bit only).
 ATTENTION = (("_native_cudnn", (9, 0)), ("_native_flash", (8, 0)))
+# Denoisers diffusers' FirstBlockCache breaks (checked on the tiny models), and why: their jobs would fail.
+NO_STEP_CACHE = {
+    "Flux2Transformer2DModel": "diffusers 0.42's first-block cache fails on FLUX.2 (its single blocks return the "
+                               "text and image tokens joined, which the cache subtracts from the first block's pair)",
+}
 _cache_lock = threading.Lock()
 _loaded_mega: set[Path] = set()
 
@@ -138,10 +144,13 @@ def apply(model: Any, step_cache: float = 0.0) -> list[str]:
         if (backend := _attention(module, model.device, model.dtype)) is not None:
             marks.append(f"attention {backend}")
         if step_cache > 0 and hasattr(module, "enable_cache"):
-            from diffusers import FirstBlockCacheConfig
+            if (why := NO_STEP_CACHE.get(type(module).__name__)) is not None:
+                log.warning("%s: [pool] step_cache is not applied: %s", model.name, why)
+            else:
+                from diffusers import FirstBlockCacheConfig
 
-            module.enable_cache(FirstBlockCacheConfig(threshold=step_cache))
-            marks.append(f"first-block cache {step_cache}")
+                module.enable_cache(FirstBlockCacheConfig(threshold=step_cache))
+                marks.append(f"first-block cache {step_cache}")
         if getattr(module, "_repeated_blocks", None):
             module.compile_repeated_blocks(fullgraph=False)
             marks.append("compiled blocks")
