@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 
 import numpy as np
@@ -89,6 +90,19 @@ def test_a_size_past_the_recompile_limit_runs_eagerly(fast_t2i):
     assert not torch._dynamo.config.fail_on_recompile_limit_hit and torch._dynamo.config.suppress_errors
     with torch._dynamo.config.patch(recompile_limit=1):  # every block has compiled once: the limit is hit
         assert draw(fast_t2i, 80, 72).size == (80, 72)
+
+
+def test_under_a_budget_the_warm_up_runs_with_the_weights_on_the_device_or_is_skipped(fast_t2i, caplog):
+    from gpu_pool.residency import Residency
+
+    caplog.set_level(logging.INFO, logger="gpu_pool.fast")
+    roomy = Residency("cpu", 10**12)
+    assert fast.warm_up(fast_t2i, (WARM,), roomy, None) is not None
+    assert roomy.stats["jobs"] == 1 and roomy.is_resident(fast_t2i.modules().values())
+    tight = Residency("cpu", 1000)  # the model alone is larger than the budget: skipped, with a log line
+    assert fast.warm_up(fast_t2i, (WARM,), tight, None) is None
+    assert "Text2Image: warm-up skipped" in caplog.text
+    assert fast.compiled(fast_t2i.pipe.unet)  # still on: its first job of each size compiles
 
 
 def test_fast_off_leaves_the_modules_as_diffusers_made_them(tiny_dir, tmp_path):
