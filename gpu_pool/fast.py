@@ -84,7 +84,6 @@ def use_cache(data_dir: Path, mode: str) -> Path | None:
     folder = Path(data_dir) / CACHE
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    _never_fail_a_job()
     with _cache_lock:
         mega = folder / MEGA
         if folder not in _loaded_mega and mega.is_file():
@@ -125,6 +124,8 @@ def _never_fail_a_job() -> None:
 def apply(model: Any, step_cache: float = 0.0) -> list[str]:
     """The fast path on ``model``'s ``fast_modules()``; returns what was done, for the log ([] for none)."""
     done: list[str] = []
+    if model.fast_modules():
+        _never_fail_a_job()
     for name, module in model.fast_modules().items():
         marks = getattr(module, MARK, None)
         if marks is not None:  # a shared module: done (or undone) by the model that loaded first
