@@ -27,12 +27,13 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from collections.abc import Callable, Iterable
 
 import torch
 
 import settings
-from gpu_pool import accounting, backend, faults, fit, quantize
+from gpu_pool import accounting, backend, faults, fast, fit, quantize
 from gpu_pool import weights as w
 from gpu_pool.backend import Refused
 from gpu_pool.fetch import Download, Fetcher
@@ -86,6 +87,8 @@ class Registry:
         self.residency: dict[str, Residency] = {}  # device -> its manager, for budgeted devices only
         self.fetcher = Fetcher()
         self._load_rate = LOAD_RATE  # bytes/s, timed on each load
+        # the compile cache of the diffusion fast path, before anything compiles (gpu_pool/fast.py)
+        self.compile_cache = fast.use_cache(config.storage.data_dir, config.pool.fast)
 
     # --- queries ------------------------------------------------------------
 
@@ -238,7 +241,8 @@ class Registry:
             entry.load_bytes = sum(d.loaded_bytes() for d in entry.downloads
                                    if not self.bases.holds(d.folder, dev, DTYPES[dt]))
             entry.phase = "loading"
-            model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr, entry, self.crashes)
+            model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr, entry, self.crashes,
+                                               self._fast_of(dev))
         except Exception as e:
             log.error("loading %s failed:\n%s", name, traceback.format_exc())
             if self.entries.get(name) is entry:
@@ -254,6 +258,13 @@ class Registry:
         self._release()  # a base nobody uses any more
         log.info("%s ready on %s in %.1f s", name, dev, time.perf_counter() - started)
         return entry
+
+    def _fast_of(self, device: str) -> Fast | None:
+        """The fast path's settings for a load on ``device``; None where ``[pool] fast`` leaves it off."""
+        pool = self.config.pool
+        if not fast.enabled(pool.fast, device):
+            return None
+        return Fast(tuple(pool.warmup_sizes), float(pool.step_cache), self.compile_cache)
 
     def _time_load(self, entry: Entry) -> None:
         """Learn how fast this machine loads, for the next estimates."""
@@ -339,21 +350,36 @@ class Registry:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+@dataclass(frozen=True)
+class Fast:
+    """``[pool]``'s fast-path keys for one load (``gpu_pool/fast.py``)."""
+
+    warmup_sizes: tuple[int, ...]
+    step_cache: float
+    cache: Path | None  # the compile cache's folder
+
+
 def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry: Entry,
-               crashes: LoadCrashes | None = None) -> PoolModel:
-    """On the loading thread: load, quantize, then hand the weights to the device's manager (pinning them),
-    which so counts the bytes the quantized weights hold."""
+               crashes: LoadCrashes | None = None, speed: Fast | None = None) -> PoolModel:
+    """On the loading thread: load, quantize, the fast path (``speed``; it makes new weights), then hand the
+    weights to the device's manager (pinning them), which so counts the bytes the quantized weights hold;
+    last, with the entry still "loading", the fast path's warm-up (on the device under a budget)."""
     entry.load_started = time.monotonic()
-    with crashes.loading_of(spec.name) if crashes else contextlib.nullcontext():
+    with crashes.loading_of(spec.name) if crashes else contextlib.nullcontext():  # a crashing compile too
         faults.on_load(spec.name)
         model = loader(spec.name)(spec, bases)
         entry.quantized = quantize.apply(spec.name, spec.quantize, model.quantizable(), spec.device, spec.dtype)
-    faults.arm(model)
-    if mgr is not None:
-        mgr.adopt(model.modules().values())
-        if (need := mgr.bytes_of(model.modules().values())) > mgr.limit:  # its jobs will fail and say why
-            log.warning("%s needs %s, more than the %s budget of %s", spec.name, memory_size(need),
-                        memory_size(mgr.limit), spec.device)
+        applied = fast.apply(model, speed.step_cache) if speed else []
+        if applied:
+            log.info("%s: fast path: %s", spec.name, ", ".join(applied))
+        if mgr is not None:
+            mgr.adopt(model.modules().values())
+            if (need := mgr.bytes_of(model.modules().values())) > mgr.limit:  # its jobs will fail and say why
+                log.warning("%s needs %s, more than the %s budget of %s", spec.name, memory_size(need),
+                            memory_size(mgr.limit), spec.device)
+        if applied and speed.warmup_sizes:
+            fast.warm_up(model, speed.warmup_sizes, mgr, speed.cache)
+    faults.arm(model)  # after the warm-up, which is not one of the jobs it counts
     return model
 
 

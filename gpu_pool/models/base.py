@@ -104,6 +104,17 @@ class PoolModel:
         {}: none. The registry quantizes them after the load (``gpu_pool/quantize.py``)."""
         return {}
 
+    def fast_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules the diffusion fast path speeds up (``gpu_pool/fast.py``): its denoiser ("unet",
+        "transformer") and "vae"; {}: none, the model loads as it is."""
+        return {}
+
+    def warm_up(self, sizes: tuple[int, ...]) -> list[int]:
+        """Short runs (2 steps, no progress) at the shapes its jobs will have for the square ``sizes``, so the
+        fast path compiles them before the model is ready; returns the sizes it drew at. Only models with
+        ``fast_modules`` are warmed up."""
+        return []
+
     def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
         """The prompt and negative prompt the model really gives its pipeline for ``params`` (the SD family adds
         the seed's quality words and default negative prompt), for the images' provenance; {} for none."""
@@ -167,6 +178,10 @@ class SharedBases:
                 if not any(id(m) in in_use for m in mods):
                     del self._bases[key]
         self.qwen.drop_unused(in_use)
+
+
+def no_progress(*args: Any, **kwargs: Any) -> None:
+    """The progress of a run nobody watches (a warm-up)."""
 
 
 def check_params(model: PoolModel, params: dict[str, Any], limits: dict[str, int]) -> dict[str, Any]:

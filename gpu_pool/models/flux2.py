@@ -44,7 +44,8 @@ from transformers import Qwen3ForCausalLM
 
 from gpu_pool import weights as w
 
-from .base import PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases, guidance
+from .base import (PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases, check_params,
+                   guidance, no_progress)
 from .loading import checked
 
 MULTIPLE = 16  # the pipeline's sides: the VAE's 8x down, then 2x2 patches
@@ -114,6 +115,27 @@ class _Klein(PoolModel):
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {k: m for k, m in self.pipe.components.items() if isinstance(m, torch.nn.Module)}
+
+    def fast_modules(self) -> dict[str, torch.nn.Module]:
+        """The transformer and VAE the two klein pipelines share; never the text encoder (the LLM's Qwen3)."""
+        return {"transformer": self.pipe.transformer, "vae": self.pipe.vae}
+
+    def warm_up(self, sizes: tuple[int, ...]) -> list[int]:
+        """A drawing from the prompt alone at each size (KleinInpaint: a repaint of a size x size image);
+        an edit's image adds tokens, so the first edit of a size compiles (once: its shapes then turn dynamic)."""
+        cap = self.spec.max_output_size or max(sizes, default=0)
+        drawn = sorted({min(side, cap) // MULTIPLE * MULTIPLE for side in sizes})
+        for side in drawn:
+            params = {"prompt": "a warm-up", "steps": 2, "seed": 0}
+            images: list[Image.Image] = []
+            if "width" in self.params:
+                params |= {"width": side, "height": side}
+            else:
+                mask = Image.new("L", (side, side), 0)
+                mask.paste(255, (side // 4, side // 4, side * 3 // 4, side * 3 // 4))
+                images = [Image.new("RGB", (side, side), (128, 128, 128)), mask]
+            self.run(check_params(self, params, {}), images, no_progress)
+        return drawn
 
     def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": params["prompt"]}

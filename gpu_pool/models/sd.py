@@ -44,7 +44,7 @@ from transformers import CLIPTextModel
 from gpu_pool import weights as w
 
 from .base import (NEGATIVE, PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases,
-                   guidance, size, steps)
+                   check_params, guidance, no_progress, size, steps)
 from .loading import checked
 
 # The seed appended this to every generation prompt and used this negative prompt.
@@ -137,6 +137,26 @@ class _Diffusion(PoolModel):
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {k: m for k, m in self.pipe.components.items() if isinstance(m, torch.nn.Module)}
+
+    def fast_modules(self) -> dict[str, torch.nn.Module]:
+        """The UNet (the base's, or its own) and the shared VAE; a ControlNet runs as diffusers made it."""
+        return {"unet": self.pipe.unet, "vae": self.pipe.vae}
+
+    def warm_up(self, sizes: tuple[int, ...]) -> list[int]:
+        """Text2Image draws at each size; the models that take an image draw it at the working size whatever
+        its size (``_fit``), so they warm up at that one."""
+        drawn = list(sizes) if self.n_images == 0 else [self.spec.working_size]
+        for side in drawn:
+            params = {"prompt": "a warm-up", "steps": 2, "seed": 0}
+            if self.n_images == 0:
+                params |= {"width": side, "height": side}
+            images = [Image.new("RGB", (side, side), (128, 128, 128))]
+            if self.n_images == 2:  # Inpainting's mask: a white (repaint) square
+                mask = Image.new("L", (side, side), 0)
+                mask.paste(255, (side // 4, side // 4, side * 3 // 4, side * 3 // 4))
+                images.append(mask)
+            self.run(check_params(self, params, {}), images[:self.n_images], no_progress)
+        return drawn
 
     def _run_pipe(self, params: dict[str, Any], progress: Progress, width: int, height: int,
                   seeds: list[int | None] | None = None, **kwargs: Any) -> list[Image.Image]:
