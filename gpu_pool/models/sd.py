@@ -156,6 +156,10 @@ class _Diffusion(PoolModel):
                 mask.paste(255, (side // 4, side // 4, side * 3 // 4, side * 3 // 4))
                 images.append(mask)
             self.run(check_params(self, params, {}), images[:self.n_images], no_progress)
+        if self.batch_keeps and drawn:  # a batch too (gpu_pool/batching.py): the batch size then turns dynamic
+            params = check_params(self, {"prompt": "a warm-up", "steps": 2, "seed": 0, "width": drawn[0],
+                                         "height": drawn[0]}, {})
+            self.run_batch([params, params], no_progress)
         return drawn
 
     def _run_pipe(self, params: dict[str, Any], progress: Progress, width: int, height: int,
