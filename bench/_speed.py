@@ -13,6 +13,7 @@ import json
 import shutil
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -72,8 +73,8 @@ def write_qwen3(folder: Path, tiny_qwen3: Path, device: str, dtype: torch.dtype,
         model = Qwen3ForCausalLM(Qwen3Config(**cfg)).eval()
     model.save_pretrained(folder)
     del model
-    for f in tiny_qwen3.iterdir():
-        if not (folder / f.name).exists():  # the tokenizer, its chat template, generation_config.json
+    for f in tiny_qwen3.iterdir():  # the tokenizer, its chat template, generation_config.json; not its weights
+        if f.name != "config.json" and not f.name.startswith("model"):  # (Qwen3-4B's are shards: model-0000N-...)
             shutil.copy(f, folder / f.name)
     return folder
 
@@ -113,10 +114,15 @@ def pool_config(path: Path, data: Path, models: dict[str, tuple[str, str, str]],
 
 
 class Clock:
-    """Wall time of GPU work: synchronized before and after on CUDA."""
+    """Wall time of GPU work: synchronized before and after on CUDA, run on a thread of its own as the pool
+    runs its jobs (on a busy CPU the same pipeline ran 3x slower on the main thread than on another)."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="bench")
+
+    def call(self, fn):
+        return self._thread.submit(fn).result()
 
     def sync(self) -> None:
         if self.cuda:
@@ -128,7 +134,7 @@ class Clock:
         for _ in range(runs):
             self.sync()
             started = time.perf_counter()
-            fn()
+            self.call(fn)
             self.sync()
             times.append(time.perf_counter() - started)
         return statistics.median(times)

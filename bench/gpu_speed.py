@@ -87,6 +87,12 @@ def say(name: str, value: float | str) -> None:
     print(f"{name}={value}", flush=True)
 
 
+def ratio(name: str, over: str, under: str) -> None:
+    """``name`` = ``over`` / ``under``, when both were measured."""
+    if over in measured and under in measured:
+        say(name, measured[over] / measured[under])
+
+
 def torch_dtype(name: str):
     import torch
 
@@ -189,7 +195,7 @@ def sd15_default(run: Run, clock, folder: Path) -> None:
         pipe(PROMPT + QUALITY, negative_prompt=SEED_NEGATIVE, num_inference_steps=run.steps, width=run.size,
              height=run.size, generator=torch.Generator(run.device).manual_seed(1))
 
-    draw()  # warm-up
+    clock.call(draw)  # warm-up
     say("sd15_default_its", run.steps / clock.time(draw, run.runs))
 
 
@@ -246,7 +252,7 @@ def klein_default(run: Run, clock, folder: Path) -> None:
         pipe(prompt=PROMPT, num_inference_steps=run.klein_steps, width=run.klein_size, height=run.klein_size,
              guidance_scale=1.0, generator=torch.Generator(run.device).manual_seed(1))
 
-    draw()  # warm-up
+    clock.call(draw)  # warm-up
     say("klein_default_s", clock.time(draw, run.runs))
 
 
@@ -290,40 +296,40 @@ def measure(run: Run, parts: list[str], scratch: Path) -> None:
         keys = {"fast": run.fast, "warmup_sizes": run.warmup_sizes, **keys}
         return _speed.pool_config(scratch / f"{name}.toml", data, models, size=run.size, steps=run.steps, **keys)
 
+    # the checkpoints, then diffusers' defaults, then the pool: the fast path may turn on process-wide switches
+    # (an attention backend, matmul precision) that must not speed up a default measured after it
     sd = tiny / "sd15" if small else attempt("write_sd15", _speed.write_sd15, scratch / "sd15", run.device)
-    if sd is None:
-        return
-    sd_model = {"Text2Image": (run.device, run.sd_dtype, str(sd))}
-    if "compile" in parts:
-        attempt("compile", compile_part, run, config("compile", sd_model, fast="on"), scratch)
-    if "sd15" in parts:
-        attempt("sd15_default", sd15_default, run, clock, sd)
-        attempt("sd15_pool", sd15_pool, run, clock, config("pool", sd_model))
-        if {"sd15_default_its", "sd15_pool_its"} <= measured.keys():
-            say("sd15_speedup", measured["sd15_pool_its"] / measured["sd15_default_its"])
-    if "batch" in parts:
-        attempt("batch", batch, run, clock, config("batch4", sd_model, max_batch=4),
-                config("serial4", sd_model, max_batch=1))
-        if {"batch4_images_per_s", "serial4_images_per_s"} <= measured.keys():
-            say("batch_speedup", measured["batch4_images_per_s"] / measured["serial4_images_per_s"])
-    if not {"llm", "klein"} & set(parts):
-        return
-    qwen3 = attempt("write_qwen3", _speed.write_qwen3, scratch / "qwen3", tiny / "qwen3", run.device,
-                    torch_dtype(run.dtype), _speed.SMALL_QWEN3 if small else {})
-    if qwen3 is None:
-        return
-    say("llm_model", f"Qwen3-{'small' if small else '4B'}-random-{run.dtype}")
-    if "llm" in parts:
-        attempt("llm", llm, run, clock, config("llm", {"LLM": (run.device, run.dtype, str(qwen3))}))
-    if "klein" in parts:
+    qwen3 = klein = None
+    if sd is not None and {"llm", "klein"} & set(parts):
+        qwen3 = attempt("write_qwen3", _speed.write_qwen3, scratch / "qwen3", tiny / "qwen3", run.device,
+                        torch_dtype(run.dtype), _speed.SMALL_QWEN3 if small else {})
+    if qwen3 is not None and "klein" in parts:
         klein = attempt("write_klein", _speed.write_klein, scratch / "klein", tiny / "klein", qwen3, run.device,
                         torch_dtype(run.dtype), _speed.SMALL_KLEIN if small else {},
                         _speed.SMALL_KLEIN_VAE if small else {})
-        if klein is None:
-            return
+    if sd is None or {"llm", "klein"} & set(parts) and qwen3 is None or "klein" in parts and klein is None:
+        return  # a checkpoint could not be written (error_write_... says why)
+    sd_model = {"Text2Image": (run.device, run.sd_dtype, str(sd))}
+    if "sd15" in parts:
+        attempt("sd15_default", sd15_default, run, clock, sd)
+    if "klein" in parts:
         attempt("klein_default", klein_default, run, clock, klein)
+    if "compile" in parts:
+        attempt("compile", compile_part, run, config("compile", sd_model, fast="on"), scratch)
+    if "sd15" in parts:
+        attempt("sd15_pool", sd15_pool, run, clock, config("pool", sd_model))
+        ratio("sd15_speedup", "sd15_pool_its", "sd15_default_its")
+    if "batch" in parts:
+        attempt("batch", batch, run, clock, config("batch4", sd_model, max_batch=4),
+                config("serial4", sd_model, max_batch=1))
+        ratio("batch_speedup", "batch4_images_per_s", "serial4_images_per_s")
+    if "llm" in parts:
+        say("llm_model", f"Qwen3-{'small' if small else '4B'}-random-{run.dtype}")
+        attempt("llm", llm, run, clock, config("llm", {"LLM": (run.device, run.dtype, str(qwen3))}))
+    if "klein" in parts:
         attempt("klein_pool", klein_pool, run, clock,
                 config("klein", {"Klein": (run.device, run.dtype, str(klein))}, warmup_sizes=[run.klein_size]))
+        ratio("klein_speedup", "klein_default_s", "klein_pool_s")
 
 
 def main() -> int:
@@ -338,6 +344,11 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
     warnings.simplefilter("ignore")
+    from gpu_pool import heap
+
+    # as in a pool process (gpu_pool/__main__.py), for both sides: without it the first runs here took
+    # 5-20x as long on the CPU, mapping and faulting in each big buffer anew
+    heap.keep_freed_buffers()
     if args.ready:
         say("ready_s", asyncio.run(ready_s(Path(args.ready))))
         return 0
