@@ -1,35 +1,38 @@
 """Speed on one GPU (issue 22): diffusers' defaults against the pool's fast path, same-model batching, the
 compile cache and the built-in LLM's tokens/s, in one run; ``name=value`` lines, the device and versions first.
 
-    python bench/gpu_speed.py > bench/results/gpu_speed_h100.txt   # CUDA (about 10 min, 20 GB of scratch)
-    python bench/gpu_speed.py --smoke                              # CPU, tiny shapes, 64 px (well under 2 min)
+    python bench/gpu_speed.py > bench/results/gpu_speed_h100.txt   # CUDA (not timed yet; ~20 GB of scratch)
+    python bench/gpu_speed.py --smoke                              # CPU, tiny shapes, 64 px (about 80 s)
 
 Real-size random weights (speed does not depend on their values), written to ``--scratch`` in the hub's
 layout and loaded as a user's would be: SD1.5 (bench/_speed.py, as bench/gpu_check.py writes it), Qwen3-4B
-and FLUX.2 klein 4B (bench/_modern.py's configs; klein's text encoder is that Qwen3).
+and FLUX.2 klein 4B (bench/_modern.py's configs; klein's text encoder is that Qwen3). In this order:
 
-1. ``compile_cold_s``, ``compile_warm_s``: a fresh ``python bench/gpu_speed.py --ready CONFIG`` times a
-   LocalPool from its start until Text2Image is ready, with ``fast = "on"`` and the default warmup_sizes,
-   first on an empty data dir, then again on the same one. Each child gets empty torch caches of its own
-   (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR): only what the pool keeps in its data dir carries over.
-2. ``sd15_default_its``: diffusers' StableDiffusionPipeline from that folder, fp16, default attention, 512²,
-   50 steps (iterations per second: steps / seconds per image; one warm-up, the median of ``--runs``).
-   ``sd15_pool_its``: the pool's Text2Image (Registry and Scheduler in this process, ``fast = "on"``, the
-   data dir of 1.), same prompt, steps and size, one job at a time; ``sd15_speedup``: their ratio.
-3. ``batch4_images_per_s``: 4 Text2Image jobs (seeds 1-4) queued at once with ``max_batch = 4``,
+1. ``sd15_default_its``: diffusers' StableDiffusionPipeline from that folder, fp16, default attention, 512²,
+   50 steps (iterations per second: steps / seconds per image; one warm-up, the median of ``--runs``);
+   ``klein_default_s``: diffusers' Flux2KleinPipeline, bfloat16, seconds per 1024² image, 4 steps. Both
+   before the pool runs here (its fast path may set process-wide switches), each on a thread of its own
+   as the pool runs jobs, with the pool process's malloc thresholds (gpu_pool/heap.py).
+2. ``compile_cold_s``, ``compile_warm_s``: a fresh ``python bench/gpu_speed.py --ready CONFIG`` times a
+   LocalPool from its start (its modules imported) until Text2Image is ready, ``fast = "on"`` and the
+   default warmup_sizes, first on an empty data dir, then again on the same one. Each child gets empty
+   torch caches of its own (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR): only the pool's data dir carries over.
+3. ``sd15_pool_its``: the pool's Text2Image (Registry and Scheduler in this process, ``fast = "on"``, the
+   data dir of 2.), same prompt, steps and size, one job at a time; ``sd15_speedup``: over the default.
+4. ``batch4_images_per_s``: 4 Text2Image jobs (seeds 1-4) queued at once with ``max_batch = 4``,
    ``serial4_images_per_s`` the same with ``max_batch = 1`` (another pool, same data dir), each after a
    warm-up round; ``batch_speedup``. ``batch_max_pixel_diff``: the largest difference of a pixel channel
    between the two rounds' images of one seed; ``batch_min_progress_events``: the fewest progress events
    a batched job got.
-4. ``llm_tokens_per_s``: the pool's LLM (Qwen3-4B, random, bfloat16, not quantized) answering one chat
-   message, generated tokens over the job's wall time (``llm_completion_tokens`` of ``--llm-tokens``).
-5. ``klein_default_s`` (diffusers' Flux2KleinPipeline, bfloat16) and ``klein_pool_s`` (the pool's Klein,
-   ``fast = "on"``, warmed up at 1024 only, not quantized): seconds per 1024² image, 4 steps.
+5. ``llm_tokens_per_s``: the pool's LLM (Qwen3-4B, random, bfloat16, not quantized) answering one chat
+   message: tokens generated (``llm_completion_tokens``, up to ``--llm-tokens``) over the job's wall time.
+6. ``klein_pool_s``: the pool's Klein (``fast = "on"``, warmed up at 1024 only, not quantized), as 1.;
+   ``klein_speedup``: the default's seconds over the pool's.
 
 A part that fails prints ``error_<part>=`` (its traceback on stderr) and nothing it did not measure; the
 exit status is then 1. Without a CUDA GPU (and without ``--smoke``) it prints ``no GPU`` and exits 0.
 ``--smoke``: the same code on the CPU at 64 px with the tiny SD1.5 and small shapes of Qwen3 and klein,
-the pool parts with ``fast = "off"`` but 1. with ``"on"`` (a CPU compile takes about 35 s).
+the pool parts with ``fast = "off"`` but 2. with ``"on"`` (a CPU compile of the tiny UNet took 35 s).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import re
@@ -286,7 +290,7 @@ def measure(run: Run, parts: list[str], scratch: Path) -> None:
     def attempt(name: str, fn, *args):
         """``fn(*args)`` (awaited when it is a coroutine function); a failure prints ``error_<name>=``."""
         try:
-            return asyncio.run(fn(*args)) if asyncio.iscoroutinefunction(fn) else fn(*args)
+            return asyncio.run(fn(*args)) if inspect.iscoroutinefunction(fn) else fn(*args)
         except Exception as e:
             fail(name, e)
         finally:
