@@ -84,6 +84,7 @@ def use_cache(data_dir: Path, mode: str) -> Path | None:
     folder = Path(data_dir) / CACHE
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")  # the GPU kernels inductor built, beside its graphs
     with _cache_lock:
         mega = folder / MEGA
         if folder not in _loaded_mega and mega.is_file():
