@@ -19,12 +19,14 @@ from testkit.core import close_core, core_config
 from testkit.pool import tiny_models
 
 
-def drawing_config(folder: Path, size: int = 64, steps: int = 50) -> Path:
+def drawing_config(folder: Path, size: int = 64, steps: int = 50, max_batch: int = 4) -> Path:
     """A pool config with the tiny Text2Image at ``size`` px, at most ``steps`` steps, and the safety checker
-    (on by default: the tiny one flags nothing, as a real one would pass these drawings)."""
+    (on by default: the tiny one flags nothing, as a real one would pass these drawings); ``max_batch``: the
+    pool's (1: one job at a time)."""
     tiny = tiny_models()
     config = folder / "config.toml"
-    config.write_text(f'''[pool]\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"\n[storage]\ndata_dir = "data"
+    config.write_text(f'''[pool]\nmax_batch = {max_batch}\nsocket = "pool.sock"\nsd_base = "{tiny}/sd15"
+[storage]\ndata_dir = "data"
 [limits]\nworking_size = {size}\nmax_steps = {steps}\n[models.Text2Image]\ndevice = "cpu"\nsource = "{tiny}/sd15"\n
 [models.SafetyChecker]\ndevice = "cpu"\nsource = "{tiny}/safety-flags-none"\n''')
     return config

@@ -258,7 +258,7 @@ class Scheduler:
             for job in jobs:
                 if job.cancel_flag.is_set() and job.id not in dropped:
                     dropped.add(job.id)
-                    loop.call_soon_threadsafe(job.cancelled)  # its last step's event is on the loop already
+                    loop.call_soon_threadsafe(_cancelled, job)  # its last step's event is on the loop already
             if len(dropped) == len(jobs):
                 raise JobCancelled()
             loop.call_soon_threadsafe(self._stepped, [j for j in jobs if j.id not in dropped], step, total, text)
@@ -274,10 +274,9 @@ class Scheduler:
         what = f"{name} on {device}" + (f" (a batch of {len(jobs)})" if len(jobs) > 1 else "")
         try:
             outs, seconds = await oom.retrying(thread, run, residency, what)
-        except JobCancelled:
-            log.info("%s cancelled at step %d of %d", what, jobs[0].step, jobs[0].total)
+        except JobCancelled:  # every job of it was cancelled (each said so as it left)
             for job in jobs:
-                job.cancelled()
+                _cancelled(job)
             return
         except Exception as e:
             if isinstance(e, torch.OutOfMemoryError) and len(jobs) > 1:  # twice: its jobs run one at a time
@@ -385,6 +384,13 @@ class Scheduler:
             q.close()
         if self._ticker is not None:
             self._ticker.cancel()
+
+
+def _cancelled(job: Job) -> None:
+    """On the event loop: a running job was cancelled; it stopped at its last step (a batch goes on without it)."""
+    if not job.finished:
+        log.info("job %s (%s) cancelled at step %d of %d", job.id, job.request.model, job.step, job.total)
+        job.cancelled()
 
 
 def _failure(e: Exception, what: str, job: Job) -> tuple[str, str, str | None]:

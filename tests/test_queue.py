@@ -43,7 +43,8 @@ CHANNELS = {"alice": "3201", "bob": "3202", "carol": "3203", "dave": "3204"}  # 
 
 @pytest.fixture(scope="module")
 def slow_pool(tiny_dir, tmp_path_factory):
-    pool = start_pool_with(drawing_config(tmp_path_factory.mktemp("queue-pool"), SIZE, LONG))
+    # one job at a time: the queue's order and cancels as users see them (batches: tests/test_batching.py)
+    pool = start_pool_with(drawing_config(tmp_path_factory.mktemp("queue-pool"), SIZE, LONG, max_batch=1))
     yield pool
     stop_pool(pool)
 
