@@ -10,8 +10,9 @@ it comes). On a model whose class names modules in ``fast_modules()`` (the SD1.5
    fastest attention backend torch and the GPU offer (``ATTENTION``: cuDNN's on Hopper and newer, torch's
    flash kernel on Ampere and newer, in 16-bit dtypes, where diffusers' attention dispatches: klein; SD's
    processors call torch's SDPA, which picks its kernel itself; a backend that will not set is skipped, never
-   a failed load); with ``[pool] step_cache`` > 0, diffusers' first-block cache on a denoiser that takes
-   it (not FLUX.2 klein with diffusers 0.42: see ``NO_STEP_CACHE``; a warning says so); then regional
+   a failed load); with ``[pool] step_cache`` = N (2 or more), diffusers' TaylorSeer cache on FLUX.2
+   klein's transformer (``STEP_CACHE``): from step ``CACHE_AFTER`` on, a full pass every N steps and the
+   steps between predicted from the last ones (a Taylor series), trading fine detail for speed; then regional
    ``torch.compile`` of the denoiser's repeated blocks (diffusers' ``compile_repeated_blocks``: about the
    speed of a whole-model compile for a tenth of its compile time). The SD base's UNet and VAE are the same
    objects under several models (``SharedBases``), so every step is done once per module object (``MARK`` on
@@ -62,11 +63,11 @@ WARM_WAIT = 120.0  # seconds a warm-up waits for room on a budgeted device befor
 RECOMPILE_LIMIT = 16  # compiled variants per block before a new shape runs it eagerly
 # Attention backends to try on CUDA, fastest first, with the compute capability each needs (16-bit only).
 ATTENTION = (("_native_cudnn", (9, 0)), ("_native_flash", (8, 0)))
-# Denoisers diffusers' FirstBlockCache breaks (checked on the tiny models), and why: their jobs would fail.
-NO_STEP_CACHE = {
-    "Flux2Transformer2DModel": "diffusers 0.42's first-block cache fails on FLUX.2 (its single blocks return the "
-                               "text and image tokens joined, which the cache subtracts from the first block's pair)",
-}
+# Denoisers ``[pool] step_cache`` applies to (checked on the tiny models). diffusers 0.42's first-block cache
+# fails on FLUX.2 (its single blocks return the text and image tokens joined, which that cache subtracts from
+# the first block's pair); its TaylorSeer cache works. SD1.5's UNet takes neither.
+STEP_CACHE = ("Flux2Transformer2DModel",)
+CACHE_AFTER = 3  # the step cache predicts no step before this one: the first steps set the picture's layout
 _cache_lock = threading.Lock()
 _loaded_mega: set[Path] = set()
 
@@ -122,7 +123,7 @@ def _never_fail_a_job() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
 
-def apply(model: Any, step_cache: float = 0.0) -> list[str]:
+def apply(model: Any, step_cache: int = 0) -> list[str]:
     """The fast path on ``model``'s ``fast_modules()``; returns what was done, for the log ([] for none)."""
     done: list[str] = []
     if model.fast_modules():
@@ -145,14 +146,13 @@ def apply(model: Any, step_cache: float = 0.0) -> list[str]:
                 log.info("%s's %s: no fused qkv (%s)", model.name, name, e)
         if (backend := _attention(module, model.device, model.dtype)) is not None:
             marks.append(f"attention {backend}")
-        if step_cache > 0 and hasattr(module, "enable_cache"):
-            if (why := NO_STEP_CACHE.get(type(module).__name__)) is not None:
-                log.warning("%s: [pool] step_cache is not applied: %s", model.name, why)
-            else:
-                from diffusers import FirstBlockCacheConfig
+        if step_cache and type(module).__name__ in STEP_CACHE:
+            from diffusers import TaylorSeerCacheConfig
 
-                module.enable_cache(FirstBlockCacheConfig(threshold=step_cache))
-                marks.append(f"first-block cache {step_cache}")
+            module.enable_cache(TaylorSeerCacheConfig(cache_interval=step_cache, disable_cache_before_step=CACHE_AFTER))
+            marks.append(f"step cache every {step_cache}")
+        elif step_cache and name in ("unet", "transformer"):
+            log.info("%s: [pool] step_cache applies to FLUX.2 klein only", model.name)
         if getattr(module, "_repeated_blocks", None):
             module.compile_repeated_blocks(fullgraph=False)
             marks.append("compiled blocks")
@@ -171,7 +171,7 @@ def undo(model: Any) -> None:
                 sub._compiled_call_impl = None  # what nn.Module.compile set
         if any(m.startswith("attention ") for m in marks):
             module.set_attention_backend("native")
-        if any(m.startswith("first-block cache") for m in marks):
+        if any(m.startswith("step cache") for m in marks):
             module.disable_cache()
         setattr(module, MARK, [])  # the next model on this module leaves it as it is now
 

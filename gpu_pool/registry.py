@@ -264,7 +264,7 @@ class Registry:
         pool = self.config.pool
         if not fast.enabled(pool.fast, device):
             return None
-        return Fast(tuple(pool.warmup_sizes), float(pool.step_cache), self.compile_cache)
+        return Fast(tuple(pool.warmup_sizes), pool.step_cache, self.compile_cache)
 
     def _time_load(self, entry: Entry) -> None:
         """Learn how fast this machine loads, for the next estimates."""
@@ -355,7 +355,7 @@ class Fast:
     """``[pool]``'s fast-path keys for one load (``gpu_pool/fast.py``)."""
 
     warmup_sizes: tuple[int, ...]
-    step_cache: float
+    step_cache: int
     cache: Path | None  # the compile cache's folder
 
 

@@ -108,7 +108,7 @@ def parse(data: dict[str, Any], path: Path, env_check: bool = True, load: str = 
     ray = RayConfig(r["address"], r["replicas"], r["gpus_per_replica"], r["cpus_per_replica"], r["spread_after"],
                     r["num_cpus"], parse_size(r["object_store_memory"]) or 0)
     pool = PoolConfig(p["start"], socket, p["host"], p["port"], _source(p["sd_base"], base_dir), p["startup_timeout_s"],
-                      p["backend"], ray, p["fast"], tuple(p["warmup_sizes"]), p["max_batch"], float(p["step_cache"]))
+                      p["backend"], ray, p["fast"], tuple(p["warmup_sizes"]), p["max_batch"], p["step_cache"])
     if pool.backend == "ray":
         for m in models.values():
             if m.device.startswith("cuda:") and m.device != "cuda:0":

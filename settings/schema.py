@@ -143,7 +143,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, Check]]] = {
         "fast": (str, "auto", _one_of("auto", "on", "off")),
         "warmup_sizes": (list, [512, 768, 1024], _warmup_sizes),
         "max_batch": (int, 4, lambda v: None if 1 <= v <= 16 else "must be between 1 and 16"),
-        "step_cache": ((int, float), 0, lambda v: None if 0 <= v < 1 else "must be 0 (off) or between 0 and 1"),
+        "step_cache": (int, 0, lambda v: None if v == 0 or 2 <= v <= 10 else "must be 0 (off) or between 2 and 10"),
     },
     "pool.ray": {
         "address": (str, "", None),

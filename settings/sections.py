@@ -62,7 +62,7 @@ class PoolConfig:
     fast: str = "auto"  # the diffusion fast path (gpu_pool/fast.py): "auto" (on CUDA), "on" (CPU too), "off"
     warmup_sizes: tuple[int, ...] = (512, 768, 1024)  # square sizes the fast path compiles while a model loads
     max_batch: int = 4  # queued jobs for one model with the same settings run as one batch of up to this many
-    step_cache: float = 0.0  # first-block cache threshold for FLUX.2 klein (0: off; about 0.1: faster, less exact)
+    step_cache: int = 0  # FLUX.2 klein: a full transformer pass every this many steps, predicted between; 0: off
 
     @property
     def url(self) -> str:
