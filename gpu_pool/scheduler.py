@@ -272,6 +272,8 @@ class Scheduler:
         run = functools.partial(run_sync, model, [params for _, params in batch], jobs[0].request.images, progress,
                                 residency, wanted)
         what = f"{name} on {device}" + (f" (a batch of {len(jobs)})" if len(jobs) > 1 else "")
+        if len(jobs) > 1:
+            log.info("jobs %s run %s as one batch of %d", ", ".join(j.id for j in jobs), name, len(jobs))
         try:
             outs, seconds = await oom.retrying(thread, run, residency, what)
         except JobCancelled:  # every job of it was cancelled (each said so as it left)

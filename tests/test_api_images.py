@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import aiohttp
 import numpy as np
@@ -80,6 +81,16 @@ async def test_generate_gives_n_pngs_as_b64_or_url(client, pools):
     async with aiohttp.ClientSession() as http, http.get(r.data[0].url) as got:  # no key needed: unguessable
         assert got.status == 200 and got.content_type == "image/png"
         assert Image.open(io.BytesIO(await got.read())).size == (128, 64)
+
+
+async def test_n_images_are_queued_together_and_drawn_as_one_batch(client, pools):
+    """n = 4: the four jobs reach the pool at once, which draws them as one batch ([pool] max_batch = 4), each
+    with its own seed: four different pictures."""
+    r = await client.images.generate(prompt="a blue house", n=4, size="72x72", response_format="b64_json")
+    pictures = [np.asarray(picture(d.b64_json)) for d in r.data]
+    assert [p.shape for p in pictures] == [(72, 72, 3)] * 4
+    assert len({p.tobytes() for p in pictures}) == 4
+    assert re.search(r"jobs j\d+, j\d+, j\d+, j\d+ run Text2Image as one batch of 4", pools[0].log.read_text())
 
 
 async def test_edit_two_images_with_a_mask_edits_each(client):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import asyncio
 import contextlib
 import io
 import logging
@@ -189,24 +190,30 @@ class Service:
 
     async def _draw(self, key: ApiKey, model: str, n: int, job: Callable[[int], tuple[dict, list[Image.Image]]],
                     progress: Progress) -> list[Image.Image]:
-        """``n`` jobs of a drawing model, one after the other; progress counts every step of all of them."""
+        """``n`` jobs of a drawing model, queued together (the pool runs those with the same settings as one
+        batch, ``gpu_pool/batching.py``), their images in order; progress counts every step of all of them.
+        One failing cancels the others, and the images not made go back to the key's day."""
         self._take(key, [model], n)
-        out: list[Image.Image] = []
+        steps = [0] * n
 
-        async def all_of_them() -> list[Image.Image]:
-            for i in range(n):
-                async def step(s: int, total: int, i: int = i) -> None:
-                    await progress(i * total + s, n * total, f"image {i + 1} of {n}: step {s} of {total}")
+        async def one(i: int) -> list[Image.Image]:
+            async def step(s: int, total: int) -> None:
+                steps[i] = s
+                await progress(sum(steps), n * total, f"{n} image(s): step {min(steps)} of {total}" if n > 1
+                               else f"step {s} of {total}")
 
-                params, images = job(i)
-                done = await self._job(key, model, params, images, step)
-                out.extend(done.images)
-            return out
+            params, images = job(i)
+            return (await self._job(key, model, params, images, step)).images
 
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
         try:
-            return await all_of_them()
+            return [im for made in await asyncio.gather(*tasks) for im in made]
         except BaseException:
-            self.keys.give_back(key, n - len(out))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            made = sum(len(t.result()) for t in tasks if not t.cancelled() and t.exception() is None)
+            self.keys.give_back(key, n - made)
             raise
 
     async def _job(self, key: ApiKey, model: str, params: dict[str, Any], images: list[Image.Image],
