@@ -153,9 +153,11 @@ def apply(model: Any, step_cache: int = 0) -> list[str]:
             marks.append(f"step cache every {step_cache}")
         elif step_cache and name in ("unet", "transformer"):
             log.info("%s: [pool] step_cache applies to FLUX.2 klein only", model.name)
-        if getattr(module, "_repeated_blocks", None):
+        if any(type(m).__name__ in (getattr(module, "_repeated_blocks", None) or ()) for m in module.modules()):
             module.compile_repeated_blocks(fullgraph=False)
             marks.append("compiled blocks")
+        elif name in ("unet", "transformer"):  # the upscaler's UNet has no transformer blocks: it runs eager
+            log.info("%s's %s: no repeated blocks to compile", model.name, name)
         done += [f"{name}: {m}" for m in marks]
     return done
 

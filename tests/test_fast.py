@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import settings
 from gpu_pool import fast
@@ -103,6 +104,20 @@ def test_under_a_budget_the_warm_up_runs_with_the_weights_on_the_device_or_is_sk
     assert fast.warm_up(fast_t2i, (WARM,), tight, None) is None
     assert "Text2Image: warm-up skipped" in caplog.text
     assert fast.compiled(fast_t2i.pipe.unet)  # still on: its first job of each size compiles
+
+
+def test_a_denoiser_without_repeated_blocks_loads_uncompiled_and_upscales(tiny_dir, caplog):
+    """The upscaler's UNet has no transformer blocks (found by starting the bot with fast = "on": Upscale
+    failed to load): it gets the rest of the fast path, runs eagerly, warms up and upscales."""
+    caplog.set_level(logging.INFO, logger="gpu_pool.fast")
+    model = load_fast(spec(tiny_dir, "Upscale", "upscaler"), Fast((WARM,), 0, None))
+    marks = getattr(model.pipe.unet, fast.MARK)
+    assert "compiled blocks" not in marks and not fast.compiled(model.pipe.unet)
+    assert "Upscale's unet: no repeated blocks to compile" in caplog.text and "Upscale: warm-up at" in caplog.text
+    params = check_params(model, {"prompt": "sharp", "steps": 2}, {})
+    with torch.inference_mode():
+        out = model.run(params, [Image.new("RGB", (32, 32), (90, 120, 200))], no_progress).images[0]
+    assert out.width > 32
 
 
 def test_fast_off_leaves_the_modules_as_diffusers_made_them(tiny_dir, tmp_path):
