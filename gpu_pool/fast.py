@@ -47,6 +47,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,23 @@ STEP_CACHE = ("Flux2Transformer2DModel",)
 CACHE_AFTER = 3  # the step cache predicts no step before this one: the first steps set the picture's layout
 _cache_lock = threading.Lock()
 _loaded_mega: set[Path] = set()
+
+
+@dataclass(frozen=True)
+class Fast:
+    """``[pool]``'s fast-path keys for one load."""
+
+    warmup_sizes: tuple[int, ...]
+    step_cache: int
+    cache: Path | None  # the compile cache's folder
+
+
+def settings(pool: Any, device: str, cache: Path | None) -> Fast | None:
+    """The fast path's settings for a load on ``device`` (``pool``: the config's ``[pool]``); None where
+    ``[pool] fast`` leaves it off."""
+    if not enabled(pool.fast, device):
+        return None
+    return Fast(tuple(pool.warmup_sizes), pool.step_cache, cache)
 
 
 def enabled(mode: str, device: str) -> bool:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from threading import Event as ThreadFlag
 
@@ -19,9 +21,10 @@ import torch
 
 from gpu_pool.models.base import BadRequest, Output, PoolModel
 from gpu_pool.protocol import CHANNELS, Event, JobRequest, RawImage, Verdict
-from gpu_pool.residency import Residency
+from gpu_pool.residency import DoesNotFit, Residency
 from gpu_pool.timings import bucket, rounded
 
+log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
@@ -114,3 +117,23 @@ def check_count(model: PoolModel, images: list[RawImage]) -> None:
         raise BadRequest(f"{model.name} takes {need}; got {len(images)} image(s).")
 
 
+def cancelled_while_running(job: Job) -> None:
+    """On the event loop: a running job was cancelled; it stopped at its last step (a batch goes on without it)."""
+    if not job.finished:
+        log.info("job %s (%s) cancelled at step %d of %d", job.id, job.request.model, job.step, job.total)
+        job.cancelled()
+
+
+def failure(e: Exception, what: str, job: Job) -> tuple[str, str, str | None]:
+    """A failed run's (message, code, detail) for ``job``: what to tell its user, and the cause for the log."""
+    name = job.request.model
+    if isinstance(e, BadRequest):
+        return str(e), "bad_request", None
+    if isinstance(e, DoesNotFit):
+        return str(e), "oom", None
+    if isinstance(e, torch.OutOfMemoryError):  # twice: memory was freed in between (gpu_pool/oom.py)
+        return f"{name} ran out of memory on {job.device} twice, even after freeing what it could.", "too_large", None
+    detail = traceback.format_exc()
+    log.error("job %s (%s) failed:\n%s", job.id, what, detail)
+    return (f"{name} failed while running this job; the bot's admins can find the details in the pool log.",
+            "internal", detail)

@@ -27,7 +27,6 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable, Iterable
 
 import torch
@@ -242,7 +241,7 @@ class Registry:
                                    if not self.bases.holds(d.folder, dev, DTYPES[dt]))
             entry.phase = "loading"
             model = await loop.run_in_executor(self._executor, _load_sync, spec, self.bases, mgr, entry, self.crashes,
-                                               self._fast_of(dev))
+                                               fast.settings(self.config.pool, dev, self.compile_cache))
         except Exception as e:
             log.error("loading %s failed:\n%s", name, traceback.format_exc())
             if self.entries.get(name) is entry:
@@ -258,13 +257,6 @@ class Registry:
         self._release()  # a base nobody uses any more
         log.info("%s ready on %s in %.1f s", name, dev, time.perf_counter() - started)
         return entry
-
-    def _fast_of(self, device: str) -> Fast | None:
-        """The fast path's settings for a load on ``device``; None where ``[pool] fast`` leaves it off."""
-        pool = self.config.pool
-        if not fast.enabled(pool.fast, device):
-            return None
-        return Fast(tuple(pool.warmup_sizes), pool.step_cache, self.compile_cache)
 
     def _time_load(self, entry: Entry) -> None:
         """Learn how fast this machine loads, for the next estimates."""
@@ -350,17 +342,8 @@ class Registry:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-@dataclass(frozen=True)
-class Fast:
-    """``[pool]``'s fast-path keys for one load (``gpu_pool/fast.py``)."""
-
-    warmup_sizes: tuple[int, ...]
-    step_cache: int
-    cache: Path | None  # the compile cache's folder
-
-
 def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry: Entry,
-               crashes: LoadCrashes | None = None, speed: Fast | None = None) -> PoolModel:
+               crashes: LoadCrashes | None = None, speed: fast.Fast | None = None) -> PoolModel:
     """On the loading thread: load, quantize, the fast path (``speed``; it makes new weights), then hand the
     weights to the device's manager (pinning them), which so counts the bytes the quantized weights hold;
     last, with the entry still "loading", the fast path's warm-up (on the device under a budget)."""

@@ -49,11 +49,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from gpu_pool import batching, oom
-from gpu_pool.jobs import Job, check_count, check_images, check_sync, run_sync
+from gpu_pool.jobs import Job, cancelled_while_running, check_count, check_images, check_sync, failure, run_sync
 from gpu_pool.models.base import BadRequest, JobCancelled, PoolModel, check_params
 from gpu_pool.protocol import Event, JobRequest, QueuedJob, RawImage, Verdict
 from gpu_pool.registry import NotLoaded, Registry, free_memory
-from gpu_pool.residency import DoesNotFit, warm_first
+from gpu_pool.residency import warm_first
 from gpu_pool.timings import Timings, etas, listing, rounded
 from settings import SAFETY_CHECKER
 
@@ -258,7 +258,8 @@ class Scheduler:
             for job in jobs:
                 if job.cancel_flag.is_set() and job.id not in dropped:
                     dropped.add(job.id)
-                    loop.call_soon_threadsafe(_cancelled, job)  # its last step's event is on the loop already
+                    # its last step's event is on the loop already
+                    loop.call_soon_threadsafe(cancelled_while_running, job)
             if len(dropped) == len(jobs):
                 raise JobCancelled()
             loop.call_soon_threadsafe(self._stepped, [j for j in jobs if j.id not in dropped], step, total, text)
@@ -278,7 +279,7 @@ class Scheduler:
             outs, seconds = await oom.retrying(thread, run, residency, what)
         except JobCancelled:  # every job of it was cancelled (each said so as it left)
             for job in jobs:
-                _cancelled(job)
+                cancelled_while_running(job)
             return
         except Exception as e:
             if isinstance(e, torch.OutOfMemoryError) and len(jobs) > 1:  # twice: its jobs run one at a time
@@ -287,7 +288,7 @@ class Scheduler:
                     await self.run([job], thread, soon)
                 return
             for job in jobs:
-                job.fail(*_failure(e, what, job))
+                job.fail(*failure(e, what, job))
             return
         live = [(job, params, out) for (job, params), out in zip(batch, outs) if job.id not in dropped]
         drawn = [im for _, _, out in live for im in out.images] if model.draws else []
@@ -386,25 +387,3 @@ class Scheduler:
             q.close()
         if self._ticker is not None:
             self._ticker.cancel()
-
-
-def _cancelled(job: Job) -> None:
-    """On the event loop: a running job was cancelled; it stopped at its last step (a batch goes on without it)."""
-    if not job.finished:
-        log.info("job %s (%s) cancelled at step %d of %d", job.id, job.request.model, job.step, job.total)
-        job.cancelled()
-
-
-def _failure(e: Exception, what: str, job: Job) -> tuple[str, str, str | None]:
-    """A failed run's (message, code, detail) for ``job``: what to tell its user, and the cause for the log."""
-    name = job.request.model
-    if isinstance(e, BadRequest):
-        return str(e), "bad_request", None
-    if isinstance(e, DoesNotFit):
-        return str(e), "oom", None
-    if isinstance(e, torch.OutOfMemoryError):  # twice: memory was freed in between (gpu_pool/oom.py)
-        return f"{name} ran out of memory on {job.device} twice, even after freeing what it could.", "too_large", None
-    detail = traceback.format_exc()
-    log.error("job %s (%s) failed:\n%s", job.id, what, detail)
-    return (f"{name} failed while running this job; the bot's admins can find the details in the pool log.",
-            "internal", detail)

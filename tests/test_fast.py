@@ -18,7 +18,8 @@ import settings
 from gpu_pool import fast
 from gpu_pool.models import load_sd_base
 from gpu_pool.models.base import LoadSpec, SharedBases, check_params, no_progress
-from gpu_pool.registry import Entry, Fast, Registry, _load_sync
+from gpu_pool.fast import Fast
+from gpu_pool.registry import Entry, Registry, _load_sync
 from testkit.pool import spawn_pool, stop_pool, Pool
 from tests.conftest import loaded_once
 
