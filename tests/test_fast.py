@@ -125,7 +125,7 @@ def test_fast_off_leaves_the_modules_as_diffusers_made_them(tiny_dir, tmp_path):
     config = dataclasses.replace(settings.load(_config(tmp_path, "off"), env_check=False))
     registry = Registry(config)
     try:
-        assert registry._fast_of("cpu") is None and registry.compile_cache is None
+        assert fast.settings(config.pool, "cpu", None) is None and registry.compile_cache is None
         assert not (tmp_path / "data" / fast.CACHE).exists()
     finally:
         registry.close()

@@ -135,12 +135,13 @@ async def test_done_says_how_the_image_was_made_and_the_seed_makes_it_again(clie
 
 
 async def test_queue_positions_on_one_device(client):
-    async def first_event(prompt):
-        agen = client.run(JobRequest("Text2Image", {"prompt": prompt, "steps": 2, "width": 64, "height": 64}))
+    async def first_event(prompt, steps):
+        agen = client.run(JobRequest("Text2Image", {"prompt": prompt, "steps": steps, "width": 64, "height": 64}))
         evs = [ev async for ev in agen]
         return evs
 
-    results = await asyncio.gather(*(first_event(f"cat {i}") for i in range(3)))
+    # each its own step count: never one batch (gpu_pool/batching.py), so each waits for the one before
+    results = await asyncio.gather(*(first_event(f"cat {i}", 2 + i) for i in range(3)))
     first_positions = sorted(r[0].position for r in results)
     assert first_positions == [0, 1, 2]
     assert all(r[-1].kind == "done" for r in results)
