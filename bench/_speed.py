@@ -15,6 +15,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,15 +40,16 @@ def built_on(device: str, dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def write_sd15(folder: Path, device: str) -> Path:
-    """Real-size SD1.5 (random, fp16) as the hub has it, with fp16 variant files (as bench/gpu_check.py)."""
+def write_sd15(folder: Path, device: str, tokenizer: Any = None) -> Path:
+    """Real-size SD1.5 (random, fp16) as the hub has it, with fp16 variant files (bench/gpu_check.py's too);
+    ``tokenizer``: the small CLIP tokenizer it gets (one made beside ``folder`` when None)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     from bench import memory as real
     from scripts.tiny_models.common import clip_tokenizer
     from scripts.tiny_models.sd import SD15_SCHEDULE
 
-    tokenizer = clip_tokenizer(folder.parent / "clip-tokenizer")
+    tokenizer = tokenizer or clip_tokenizer(folder.parent / "clip-tokenizer")
     real.SD15_TEXT.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id)  # the small vocabulary's ids, inside CLIP's
     with real.fp16_on(device):

@@ -221,7 +221,8 @@ def tiny_folders(tiny: Path) -> dict[str, str]:
 def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
     """Real-size random checkpoints, built on ``device`` in fp16 and saved as the hub lays them out."""
     from bench import memory as real  # the real configs and builders
-    from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline)
+    from bench._speed import write_sd15
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
     from transformers import (BlipImageProcessor, BlipProcessor, CLIPImageProcessor, CLIPSegProcessor,
                               DPTImageProcessor, GroundingDinoImageProcessor, GroundingDinoProcessor,
                               SamImageProcessor, SamProcessor, SegformerImageProcessor, ViTImageProcessor)
@@ -247,13 +248,7 @@ def write_real(scratch: Path, tiny: Path, device: str) -> dict[str, str]:
         say(f"real_write_{name.replace('/', '_')}_s", f"{time.perf_counter() - started:.2f}")
 
     started = time.perf_counter()
-    with real.fp16_on(device):
-        parts = dict(unet=real.unet(), vae=real.vae(), text_encoder=real.text_encoder())
-    base = StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None, feature_extractor=None,
-                                   scheduler=PNDMScheduler(**SD15_SCHEDULE, skip_prk_steps=True),
-                                   requires_safety_checker=False)
-    base.save_pretrained(scratch / "sd15", variant="fp16")  # as the hub: *.fp16.safetensors
-    del base, parts
+    write_sd15(scratch / "sd15", device, tokenizer)  # as the hub: *.fp16.safetensors
     say("real_write_sd15_s", f"{time.perf_counter() - started:.2f}")
     for name, channels, scheduler in (("pix2pix", 8, EulerAncestralDiscreteScheduler),
                                       ("inpaint", 9, DDIMScheduler)):

@@ -184,6 +184,14 @@ def no_progress(*args: Any, **kwargs: Any) -> None:
     """The progress of a run nobody watches (a warm-up)."""
 
 
+def warm_up_inputs(side: int) -> list[Image.Image]:
+    """A warm-up's input images at ``side`` x ``side``: a grey picture, and a mask whose white square (the part
+    to repaint) is its middle half, for the models that take one."""
+    mask = Image.new("L", (side, side), 0)
+    mask.paste(255, (side // 4, side // 4, side * 3 // 4, side * 3 // 4))
+    return [Image.new("RGB", (side, side), (128, 128, 128)), mask]
+
+
 def check_params(model: PoolModel, params: dict[str, Any], limits: dict[str, int]) -> dict[str, Any]:
     """Validate job ``params`` against ``model.params``; returns them with defaults filled.
 

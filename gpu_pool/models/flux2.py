@@ -45,7 +45,7 @@ from transformers import Qwen3ForCausalLM
 from gpu_pool import weights as w
 
 from .base import (PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases, check_params,
-                   guidance, no_progress)
+                   guidance, no_progress, warm_up_inputs)
 from .loading import checked
 
 MULTIPLE = 16  # the pipeline's sides: the VAE's 8x down, then 2x2 patches
@@ -131,9 +131,7 @@ class _Klein(PoolModel):
             if "width" in self.params:
                 params |= {"width": side, "height": side}
             else:
-                mask = Image.new("L", (side, side), 0)
-                mask.paste(255, (side // 4, side // 4, side * 3 // 4, side * 3 // 4))
-                images = [Image.new("RGB", (side, side), (128, 128, 128)), mask]
+                images = warm_up_inputs(side)
             self.run(check_params(self, params, {}), images, no_progress)
         return drawn
 

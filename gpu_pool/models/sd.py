@@ -44,7 +44,7 @@ from transformers import CLIPTextModel
 from gpu_pool import weights as w
 
 from .base import (NEGATIVE, PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases,
-                   check_params, guidance, no_progress, size, steps)
+                   check_params, guidance, no_progress, size, steps, warm_up_inputs)
 from .loading import checked
 
 # The seed appended this to every generation prompt and used this negative prompt.
@@ -150,12 +150,7 @@ class _Diffusion(PoolModel):
             params = {"prompt": "a warm-up", "steps": 2, "seed": 0}
             if self.n_images == 0:
                 params |= {"width": side, "height": side}
-            images = [Image.new("RGB", (side, side), (128, 128, 128))]
-            if self.n_images == 2:  # Inpainting's mask: a white (repaint) square
-                mask = Image.new("L", (side, side), 0)
-                mask.paste(255, (side // 4, side // 4, side * 3 // 4, side * 3 // 4))
-                images.append(mask)
-            self.run(check_params(self, params, {}), images[:self.n_images], no_progress)
+            self.run(check_params(self, params, {}), warm_up_inputs(side)[:self.n_images], no_progress)
         if self.batch_keeps and drawn:  # a batch too (gpu_pool/batching.py): the batch size then turns dynamic
             params = check_params(self, {"prompt": "a warm-up", "steps": 2, "seed": 0, "width": drawn[0],
                                          "height": drawn[0]}, {})
