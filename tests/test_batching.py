@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import torch
+from PIL import Image
 
 import settings
 from gpu_pool.models.base import Output, Param
-from gpu_pool.protocol import JobRequest
+from gpu_pool.protocol import JobRequest, RawImage
 from gpu_pool.registry import Registry
 from gpu_pool.scheduler import Scheduler
 from tests.test_residency import Holder, budget_registry, linear
@@ -163,6 +164,41 @@ async def test_a_job_with_another_size_or_steps_waits_for_its_own_run(registry):
     assert seconds[0] == seconds[2] == seconds[4]  # the three at 64 px and 4 steps: one batch
     assert len({seconds[0], seconds[1], seconds[3]}) == 3  # the others: a run each
     assert results[1][-1].images[0].width == 128 and [e.total for e in results[3] if e.kind == "progress"][-1] == 5
+
+
+async def test_klein_s_drawings_batch_with_each_its_image_alone_and_an_edit_waits_for_its_own_run(tiny_dir,
+                                                                                                   tmp_path):
+    """FLUX.2 [klein] on its tiny repo: three drawings from prompts alone run as one batch, each byte-identical
+    to its run alone; an edit queued among them (it takes an image) runs on its own."""
+    (tmp_path / "config.toml").write_text(f'''[storage]\ndata_dir = "data"\n[limits]\nmax_output_size = 128
+[models.Klein]\ndevice = "cpu"\nsource = "{tiny_dir}/klein"\n
+[models.SafetyChecker]\ndevice = "cpu"\nsource = "{tiny_dir}/safety-flags-none"\n''')
+    reg = Registry(settings.load(tmp_path / "config.toml", env_check=False))
+    try:
+        await reg.load("Klein")
+        await reg.load("SafetyChecker")
+
+        def klein(seed: int) -> JobRequest:
+            return JobRequest("Klein", {"prompt": f"a cat number {seed}", "seed": seed, "steps": 3, "width": 64,
+                                        "height": 64})
+
+        serial = scheduler(reg, 1)
+        alone = await run_all(serial, [klein(s) for s in SEEDS[:3]])
+        serial.close()
+        grey = RawImage.from_pil(Image.new("RGB", (64, 64), (128, 128, 128)))
+        edit = JobRequest("Klein", {"prompt": "make it winter", "seed": 5, "steps": 3}, [grey])
+        batched = scheduler(reg, 4)
+        together = await run_all(batched, [klein(SEEDS[0]), edit, klein(SEEDS[1]), klein(SEEDS[2])])
+        batched.close()
+    finally:
+        reg.close()
+    drawn = [together[0], *together[2:]]
+    assert all(evs[-1].kind == "done" for evs in together)
+    assert [evs[-1].images[0].data for evs in alone] == [evs[-1].images[0].data for evs in drawn]
+    assert len({evs[-1].images[0].data for evs in drawn}) == 3
+    assert len({evs[-1].seconds for evs in drawn}) == 1  # one run of the model for the three drawings
+    assert together[1][-1].seconds not in {evs[-1].seconds for evs in drawn}  # the edit: a run of its own
+    assert [e.step for e in drawn[2] if e.kind == "progress"] == [1, 2, 3]  # each hears the batch's steps
 
 
 class Batchable(Holder):

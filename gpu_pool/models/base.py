@@ -192,6 +192,31 @@ def warm_up_inputs(side: int) -> list[Image.Image]:
     return [Image.new("RGB", (side, side), (128, 128, 128)), mask]
 
 
+def embed_once(embedding: torch.nn.Module) -> None:
+    """Make a denoiser's timestep ``embedding`` (SD1.5's UNet ``time_embedding``, klein's
+    ``time_guidance_embed``) run on one row when every row of its inputs is the same, as in each step of a
+    batch (``gpu_pool/batching.py``): the denoiser then broadcasts the one row. Besides sparing the work, this
+    keeps a batch's images byte-identical on the CPU to its jobs run alone: a matrix product with a handful of
+    rows rounds differently for 2 rows than for 8 in MKL."""
+    def hook(module: torch.nn.Module, args: tuple) -> tuple | None:
+        rows = [a for a in args if isinstance(a, torch.Tensor)]
+        if not rows or rows[0].shape[0] < 2:
+            return None
+        if not all(a.shape[0] == rows[0].shape[0] and torch.equal(a, a[:1].expand_as(a)) for a in rows):
+            return None
+        return tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args)
+
+    embedding.register_forward_pre_hook(hook)
+
+
+def warm_up_batch(model: PoolModel, side: int) -> None:
+    """A batch of two drawings at ``side`` x ``side`` for a model that batches (``batch_keeps``): the fast path's
+    compile then takes the batch size as dynamic, so a batch of any size at a warmed-up size finds it compiled."""
+    if model.batch_keeps:
+        params = check_params(model, {"prompt": "a warm-up", "steps": 2, "seed": 0, "width": side, "height": side}, {})
+        model.run_batch([params, params], no_progress)
+
+
 def check_params(model: PoolModel, params: dict[str, Any], limits: dict[str, int]) -> dict[str, Any]:
     """Validate job ``params`` against ``model.params``; returns them with defaults filled.
 

@@ -23,6 +23,8 @@ attention by 25. Images must be at least 64 px a side and at most 8:1, as klein 
 The output is the size asked for, else the first image's fitted to about 1 MP, else 1024x1024, never over
 ``[limits] max_output_size``; the pipeline draws at multiples of 16 and a size between them is scaled to.
 Klein 4B is distilled to 4 steps and ignores guidance (its default, 1.0, is what it was distilled at).
+Klein's drawings from a prompt alone, queued together with the same size and steps, run as one batch
+(``run_batch``, ``gpu_pool/batching.py``); edits and compositions run one job at a time.
 
 KleinInpaint takes [image, mask (white = repaint), *up to 4 references]; the pipeline brings the references
 to the first one's size (cropping) to batch them. It blends the kept part in latent space only, which the
@@ -45,7 +47,7 @@ from transformers import Qwen3ForCausalLM
 from gpu_pool import weights as w
 
 from .base import (PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases, check_params,
-                   guidance, no_progress, warm_up_inputs)
+                   embed_once, guidance, no_progress, warm_up_batch, warm_up_inputs)
 from .loading import checked
 
 MULTIPLE = 16  # the pipeline's sides: the VAE's 8x down, then 2x2 patches
@@ -133,24 +135,34 @@ class _Klein(PoolModel):
             else:
                 images = warm_up_inputs(side)
             self.run(check_params(self, params, {}), images, no_progress)
+        if drawn:
+            warm_up_batch(self, drawn[0])  # Klein (gpu_pool/batching.py)
         return drawn
 
     def prompts(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": params["prompt"]}
 
     def _draw(self, params: dict[str, Any], progress: Progress, **kwargs: Any) -> Image.Image:
+        image, = self._draw_all([params], progress, **kwargs)
+        return image
+
+    def _draw_all(self, batch: list[dict[str, Any]], progress: Progress, **kwargs: Any) -> list[Image.Image]:
+        """One pipeline call for the jobs of ``batch`` (the same but for prompt and seed; one job alone:
+        ``_draw``): each prompt encoded on its own and a generator per job, so each image is its job's alone."""
         def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
             progress(i + 1, pipe.num_timesteps)  # raises JobCancelled to stop the loop
             return callback_kwargs
 
-        seed = params["seed"]
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        embeds = {"prompt_embeds": self._encode(params["prompt"])}
-        if params["guidance"] > 1 and not self.pipe.config.is_distilled:  # the pipeline's classifier-free guidance
-            embeds["negative_prompt_embeds"] = self._encode("")
-        result = self.pipe(num_inference_steps=params["steps"], guidance_scale=params["guidance"], generator=generator,
+        first = batch[0]
+        generators = [None if p["seed"] is None else torch.Generator(self.device).manual_seed(p["seed"])
+                      for p in batch]
+        embeds = {"prompt_embeds": torch.cat([self._encode(p["prompt"]) for p in batch])}
+        if first["guidance"] > 1 and not self.pipe.config.is_distilled:  # the pipeline's classifier-free guidance
+            embeds["negative_prompt_embeds"] = self._encode("").expand(len(batch), -1, -1)
+        result = self.pipe(num_inference_steps=first["steps"], guidance_scale=first["guidance"],
+                           generator=generators if len(batch) > 1 else generators[0],
                            callback_on_step_end=on_step_end, output_type="pil", **embeds, **kwargs)
-        return result.images[0].convert("RGB")
+        return [image.convert("RGB") for image in result.images]
 
     def _encode(self, prompt: str) -> torch.Tensor:
         """The prompt's embeddings in the model's dtype. The pipeline would make them in its text encoder's
@@ -168,6 +180,7 @@ class Klein(_Klein):
               "steps": Param(int, 4, min=1, limit="max_steps", help="diffusion steps (klein is made for 4)"),
               "guidance": guidance(1.0), "seed": SEED}
     image_names = ("image", *(f"reference {i}" for i in range(1, MAX_REFERENCES + 1)))
+    batch_keeps = ("prompt", "seed")  # drawings from prompts alone batch (jobs with images never do)
 
     def quantizable(self) -> dict[str, torch.nn.Module]:
         """The transformer (7.2 GiB of klein 4B's 7.4); the text encoder is the shared Qwen3, quantized as the LLM."""
@@ -186,9 +199,19 @@ class Klein(_Klein):
         if first is not None:
             condition = [shrink(first, canvas[0] * canvas[1]), *references(images[1:], 2)]
         out = self._draw(params, progress, image=condition or None, width=canvas[0], height=canvas[1])
-        if out.size != (width, height):
-            out = out.resize((width, height), Image.Resampling.LANCZOS)
-        return Output(images=[out])
+        return self._output(out, (width, height))
+
+    def run_batch(self, batch: list[dict[str, Any]], progress: Progress) -> list[Output]:
+        """Drawings from prompts alone, the same size, steps and guidance (``gpu_pool/batching.py``), in one call."""
+        width, height = self._size(batch[0], None)
+        canvas = fit(width, height, width * height)
+        return [self._output(out, (width, height))
+                for out in self._draw_all(batch, progress, width=canvas[0], height=canvas[1])]
+
+    @staticmethod
+    def _output(image: Image.Image, size: tuple[int, int]) -> Output:
+        """The drawing at the size asked for (the pipeline draws at multiples of 16)."""
+        return Output(images=[image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)])
 
     def _size(self, params: dict[str, Any], first: Image.Image | None) -> tuple[int, int]:
         """The size asked for, the missing side(s) from the first image fitted to about 1 MP (else 1024²)."""
@@ -237,7 +260,9 @@ def _base(spec: LoadSpec, bases: SharedBases) -> Flux2KleinPipeline:
 
     def load(source: str, device: str, dtype: torch.dtype) -> Flux2KleinPipeline:
         transformer = checked(Flux2Transformer2DModel, source, dtype, TRANSFORMER, "transformer").to(device)
+        embed_once(transformer.time_guidance_embed)  # a batch's images are each its job's alone
         vae = checked(AutoencoderKLFlux2, source, dtype, VAE, "vae").to(device)
+        vae.enable_slicing()  # a batch decodes one image at a time: one image's peak, each image its job's alone
         text_encoder = bases.qwen.get(
             os.path.join(source, "text_encoder"), spec.device, dtype,
             lambda: checked(Qwen3ForCausalLM, source, dtype, TEXT_ENCODER, "text_encoder").to(device).eval(),

@@ -44,7 +44,8 @@ from transformers import CLIPTextModel
 from gpu_pool import weights as w
 
 from .base import (NEGATIVE, PROMPT, SEED, BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases,
-                   check_params, guidance, no_progress, size, steps, warm_up_inputs)
+                   check_params, embed_once, guidance, no_progress, size, steps, warm_up_batch,
+                   warm_up_inputs)
 from .loading import checked
 
 # The seed appended this to every generation prompt and used this negative prompt.
@@ -68,25 +69,11 @@ def load_base(source: str, device: str, dtype: torch.dtype) -> StableDiffusionPi
     pipe = StableDiffusionPipeline.from_pretrained(source, unet=unet, vae=vae, text_encoder=text_encoder,
                                                    safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)
-    _one_time_row(unet)
+    embed_once(unet.time_embedding)
     # A batch's latents decode one image at a time: its peak memory stays one image's (the VAE decode is
-    # the peak at 1024 px), and each image is byte-identical on the CPU to its job's alone (see _one_time_row).
+    # the peak at 1024 px), and each image is byte-identical on the CPU to its job's alone (see embed_once).
     vae.enable_slicing()
     return pipe.to(device)
-
-
-def _one_time_row(unet: UNet2DConditionModel) -> None:
-    """Embed a step's timestep once, not once per row of the batch: every row of a denoising step has the same
-    timestep, and the resnets add the embedding by broadcasting. Besides sparing the work, this keeps a
-    batch's images byte-identical on the CPU to the jobs run alone (``gpu_pool/batching.py``): a matrix
-    product with a handful of rows (the embedding's) rounds differently for 2 rows than for 8 in MKL."""
-    def hook(module: torch.nn.Module, args: tuple) -> tuple | None:
-        t_emb = args[0]
-        if t_emb.shape[0] > 1 and torch.equal(t_emb, t_emb[:1].expand_as(t_emb)):
-            return (t_emb[:1], *args[1:])
-        return None
-
-    unet.time_embedding.register_forward_pre_hook(hook)
 
 
 def fit_size(width: int, height: int, working: int) -> tuple[int, int]:
@@ -151,10 +138,8 @@ class _Diffusion(PoolModel):
             if self.n_images == 0:
                 params |= {"width": side, "height": side}
             self.run(check_params(self, params, {}), warm_up_inputs(side)[:self.n_images], no_progress)
-        if self.batch_keeps and drawn:  # a batch too (gpu_pool/batching.py): the batch size then turns dynamic
-            params = check_params(self, {"prompt": "a warm-up", "steps": 2, "seed": 0, "width": drawn[0],
-                                         "height": drawn[0]}, {})
-            self.run_batch([params, params], no_progress)
+        if drawn:
+            warm_up_batch(self, drawn[0])  # Text2Image (gpu_pool/batching.py)
         return drawn
 
     def _run_pipe(self, params: dict[str, Any], progress: Progress, width: int, height: int,
@@ -331,7 +316,7 @@ def _with_own_unet(spec: LoadSpec, base: StableDiffusionPipeline, scheduler_cls:
     trained the UNet only, on SD's VAE and CLIP text encoder, so the base's serve.
     """
     unet = checked(UNet2DConditionModel, spec.source, base.unet.dtype, w.diffusers("unet"), "unet")
-    _one_time_row(unet)
+    embed_once(unet.time_embedding)
     scheduler = scheduler_cls.from_config(scheduler_cls.load_config(spec.source, subfolder="scheduler"))
     return dict(unet=unet.to(spec.load_device), scheduler=scheduler, vae=base.vae, text_encoder=base.text_encoder,
                 tokenizer=base.tokenizer, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
