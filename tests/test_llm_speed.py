@@ -1,8 +1,10 @@
-"""The built-in LLM decodes with a static KV cache (the dynamic cache's answers, token for token) and its
-decoding speed, tokens per second over its recent jobs, reaches the admins' /models."""
+"""The built-in LLM decodes with a static KV cache (the dynamic cache's answers, token for token), which a
+residency budget counts while it answers; its decoding speed, tokens per second over its recent jobs,
+reaches the admins' /models."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 
@@ -11,13 +13,22 @@ import pytest
 import torch
 
 from core import local_llm
+from core.admin import format_models
+from gpu_pool import accounting
+from gpu_pool.fit import cache_bytes
 from gpu_pool.models.base import LoadSpec, check_params
-from gpu_pool.protocol import ModelInfo
+from gpu_pool.protocol import JobRequest, ModelInfo
+from gpu_pool.registry import Entry
+from gpu_pool.scheduler import Scheduler
+from settings.units import memory_size
 from tests.conftest import loaded_once
 from tests.test_agent import turn
 from tests.test_local_llm import SCHEMAS, SYSTEM
+from tests.test_residency import budget_registry, linear
+from tests.test_scheduler import finish
 
 SPEED = re.compile(r", (\d+(?:\.\d+)?) tokens/s")
+CHAT_TOKENS = 1024  # the chat the tests' LLM counts its KV cache for (the pool's: history_tokens + llm_max_tokens)
 # a JSON answer with a long string: the grammar keeps a random model decoding for many tokens
 ESSAY = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
     "type": "object", "properties": {"essay": {"type": "string", "minLength": 20}}, "required": ["essay"]}}}
@@ -58,7 +69,7 @@ def test_a_listing_from_a_newer_or_older_peer_still_reads():
 def llm(request, tiny_dir, bases):
     """The tiny Qwen3-VL (the built-in LLM of the tests' pool), and the tiny text-only Qwen3 (klein's kind)."""
     def spec(name: str) -> LoadSpec:
-        return LoadSpec(name, str(tiny_dir / request.param), "cpu", torch.float32, sd_base="")
+        return LoadSpec(name, str(tiny_dir / request.param), "cpu", torch.float32, sd_base="", chat_tokens=CHAT_TOKENS)
 
     return loaded_once(spec, bases)("LLM")
 
@@ -122,3 +133,53 @@ def test_the_speed_is_a_rolling_figure_over_recent_jobs():
         speed.add(50, 1.0)
     assert speed.rate() == 50.0  # the older jobs have left the window
     assert [_cache_len(n) for n in (1, 1024, 1025, 3000)] == [1024, 1024, 2048, 4096]
+
+
+def test_the_counted_cache_is_the_one_transformers_allocates(llm):
+    """``cache_bytes`` (what the budget and, from config.json, the start-up estimate count) against a real job's
+    static cache."""
+    caches = []
+    hook = llm.model.register_forward_pre_hook(lambda m, a, kw: caches.append(kw.get("cache")), with_kwargs=True)
+    try:
+        llm.run(check_params(llm, requests(llm)[0][0], {}), [], lambda *a: None)
+    finally:
+        hook.remove()
+    held = sum(t.numel() * t.element_size() for layer in caches[0].layers for t in (layer.keys, layer.values))
+    config = llm.model.config.to_dict()  # as its config.json has it
+    assert held == cache_bytes(config, caches[0].layers[0].max_cache_len, llm.dtype) > 0
+    assert llm.working_bytes() == cache_bytes(config, CHAT_TOKENS, llm.dtype)
+
+
+async def test_a_budget_makes_room_for_the_cache_while_the_llm_answers(llm):
+    """Room for the LLM's weights and another model's, not for its KV cache besides: the other model is moved
+    out while the LLM answers, as /models shows; under its weights and cache, the LLM's job fails saying why."""
+    weights, cache, other = accounting.unique_bytes([llm.model]), llm.working_bytes(), [linear()]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0.0}
+
+    async def run(budget: int) -> tuple[list, list, object]:
+        registry = budget_registry({"Image2Canny": other}, str(budget))
+        ready = asyncio.get_running_loop().create_future()
+        ready.set_result(llm)
+        registry.entries["LLM"] = Entry("LLM", "cpu", "float32", llm.source, state="ready", model=llm, ready=ready)
+        sched = Scheduler(registry)
+        try:
+            first = await finish(sched.submit(JobRequest("Image2Canny", {})))
+            answered = await finish(sched.submit(JobRequest("LLM", chat)))
+        finally:
+            sched.close()
+        assert first[-1].kind == "done"
+        return answered, format_models(registry.infos()).splitlines(), registry.manager("cpu")
+
+    budget = weights + cache + accounting.unique_bytes(other) // 2
+    assert weights + accounting.unique_bytes(other) <= budget  # weights alone would both stay
+    answered, listing, mgr = await run(budget)
+    assert answered[-1].kind == "done", answered[-1]
+    assert listing[0].startswith("Image2Canny: ready on cpu (float32), offloaded to CPU RAM")
+    assert listing[1].startswith("LLM: ready on cpu (float32), resident")
+    assert mgr.peak_bytes == weights + cache and mgr.working_bytes == 0  # the cache's bytes free after the job
+
+    answered, _, _ = await run(weights + cache // 2)
+    assert answered[-1].code == "oom"
+    assert answered[-1].message == (f"LLM needs {memory_size(weights + cache)} on cpu ({memory_size(weights)} of "
+                                    f"weights, {memory_size(cache)} of working memory) but the budget there is "
+                                    f"{memory_size(weights + cache // 2)}.")
