@@ -1,6 +1,6 @@
 """The built-in LLM decodes with a static KV cache (the dynamic cache's answers, token for token), which a
 residency budget counts while it answers; its decoding speed, tokens per second over its recent jobs,
-reaches the admins' /models."""
+reaches the admins' /models, OpenAI clients' GET /v1/models and MCP clients' list_models."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ import re
 import openai
 import pytest
 import torch
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from mcp import Client
 
+import settings
 from core import local_llm
 from core.admin import format_models
-from gpu_pool import accounting
+from core.pool_client import PoolClient
+from gpu_pool import accounting, openai_api
+from gpu_pool.api import mcp_server
+from gpu_pool.api.keys import Keys, load_keys
+from gpu_pool.api.service import Service
 from gpu_pool.fit import cache_bytes
 from gpu_pool.models.base import LoadSpec, check_params
 from gpu_pool.protocol import JobRequest, ModelInfo
@@ -34,15 +42,20 @@ ESSAY = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
     "type": "object", "properties": {"essay": {"type": "string", "minLength": 20}}, "required": ["essay"]}}}
 
 
+async def essay(client: openai.AsyncOpenAI) -> None:
+    """A real chat job on the tiny LLM through the pool, long enough to time its decoding."""
+    r = await client.chat.completions.create(model="built-in", messages=[{"role": "user", "content": "write"}],
+                                             max_tokens=40, temperature=0, response_format=ESSAY)
+    assert r.usage.completion_tokens >= 2  # a first token and at least one decoded after it
+
+
 async def test_models_shows_the_llm_s_tokens_per_second_and_no_other_model_s(pool, core):
-    """A real chat job on the tiny LLM through the pool, then /models as an admin reads it."""
+    """A chat job, then /models as an admin reads it."""
     client = openai.AsyncOpenAI(api_key="unused", max_retries=0, **local_llm.connection(pool.url))
     try:
-        r = await client.chat.completions.create(model="built-in", messages=[{"role": "user", "content": "write"}],
-                                                 max_tokens=40, temperature=0, response_format=ESSAY)
+        await essay(client)
     finally:
         await client.close()
-    assert r.usage.completion_tokens >= 2  # a first token and at least one decoded after it
 
     listing = await core.command(dataclasses.replace(turn("/models"), is_admin=True), "models")
     lines = {line.split(":")[0]: line for line in listing.splitlines() if ": " in line}
@@ -55,6 +68,48 @@ async def test_models_shows_the_llm_s_tokens_per_second_and_no_other_model_s(poo
     infos = {m.name: m for m in await core.pool.models()}  # the figure as it travels over the pool's protocol
     assert infos["LLM"].tokens_per_s > 0
     assert infos["Text2Image"].tokens_per_s is None
+
+
+async def test_openai_and_mcp_clients_see_the_llm_s_speed_too(pool):
+    """After a chat job: OpenAI's GET /v1/models, through the openai package, has it as a field of the LLM's
+    model object; the MCP tool list_models, through the mcp SDK's client, on the LLM's line alone."""
+    client = openai.AsyncOpenAI(api_key="unused", max_retries=0, **local_llm.connection(pool.url))
+    jobs = PoolClient(pool.url)
+    cfg = settings.load(pool.config, env_check=False)
+    keys = Keys(load_keys(cfg.api, {cfg.api.keys_env: "alice=sk-alice-0123456789"}))
+    try:
+        await essay(client)
+        [model] = (await client.models.list()).data
+        async with Client(mcp_server.build(Service(lambda: jobs, cfg, keys), local_key=keys.keys["alice"])) as mcp:
+            listed = (await mcp.call_tool("list_models", {})).content[0].text.splitlines()
+        speed = {m.name: m for m in await jobs.models()}["LLM"].tokens_per_s
+    finally:
+        await client.close()
+        await jobs.close()
+    assert speed > 0 and model.tokens_per_s == speed and model.state == "ready"
+    assert f"LLM: ready on cpu (float32), {speed} tokens/s" in listed
+    assert [line for line in listed if "tokens/s" in line] == [f"LLM: ready on cpu (float32), {speed} tokens/s"]
+
+
+async def test_the_openai_listing_has_no_speed_before_the_first_answer():
+    class Pool:  # the one Backend method GET /v1/models asks
+        speed = None
+
+        async def llm_info(self) -> ModelInfo:
+            return ModelInfo("LLM", "cpu", "float32", "tiny/llm", "ready", tokens_per_s=self.speed)
+
+    backend = web.AppKey("backend", Pool)
+    app = web.Application()
+    app[backend] = Pool()
+    openai_api.add_routes(app, backend)
+    async with TestServer(app) as server:
+        client = openai.AsyncOpenAI(api_key="unused", max_retries=0, base_url=str(server.make_url("/v1")))
+        [before] = (await client.models.list()).data
+        app[backend].speed = 41.5
+        [after] = (await client.models.list()).data
+        await client.close()
+    assert before.id == "tiny/llm" and "tokens_per_s" not in before.model_extra
+    assert after.tokens_per_s == 41.5
 
 
 def test_a_listing_from_a_newer_or_older_peer_still_reads():

@@ -23,7 +23,7 @@ call: klein, encoding with a shared Qwen3, runs the network as it is. The cache 
 runs, so a residency budget and the start-up estimate count it (``fit.cache_bytes``, for the longest chat the
 core sends: ``LoadSpec.chat_tokens``). Each job's decoding speed (tokens after the first over the seconds after
 the first, so the prompt's processing is not counted) feeds a rolling figure over recent jobs, ``tokens_per_s``,
-which /models shows.
+which /models, GET /v1/models and the MCP tool list_models show.
 """
 
 from __future__ import annotations
