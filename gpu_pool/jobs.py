@@ -72,12 +72,14 @@ def run_sync(model: PoolModel, batch: list[dict], images: list[RawImage], progre
     of jobs with the same settings through ``model.run_batch``; returns an output per job and the
     seconds spent inside the model.
 
-    Under a budget the model's weights are brought onto the device first and stay locked there until it returns.
+    Under a budget the model's weights are brought onto the device first and stay locked there until it returns,
+    with room for what each job holds besides (``working_bytes``: the LLM's KV cache).
     """
     pil = [im.to_pil() for im in images]
     on_device = contextlib.nullcontext()
     if residency is not None:
-        on_device = residency.use(model.name, model.modules().values(), soon=soon)
+        on_device = residency.use(model.name, model.modules().values(), soon=soon,
+                                  working=model.working_bytes() * len(batch))
     with on_device:
         started = time.perf_counter()
         with torch.inference_mode():

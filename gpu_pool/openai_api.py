@@ -3,7 +3,8 @@
     POST /v1/chat/completions   an OpenAI chat request ─▶ checked here, one LLM job where the pool runs
                                 its jobs (like any job: queue position, residency, cancel)
                                 ◀─ the OpenAI answer: JSON, or SSE chunks with "stream": true
-    GET  /v1/models             ◀─ the model this pool serves, and its state
+    GET  /v1/models             ◀─ the model this pool serves, its state and (once it has answered) its
+                                decoding speed, ``tokens_per_s``: fields OpenAI's model object lacks
 
 The core reaches it with the openai package over the pool's socket (``core/local_llm.py``),
 exactly as it reaches Ollama or vLLM. Errors have OpenAI's shape,
@@ -69,6 +70,8 @@ def add_routes(app: web.Application, backend: web.AppKey) -> None:
         info = await request.app[backend].llm_info()
         data = [{"id": info.source, "object": "model", "created": 0, "owned_by": "pool", "state": info.state}
                 ] if info else []
+        if info and info.tokens_per_s:
+            data[0]["tokens_per_s"] = info.tokens_per_s
         return web.json_response({"object": "list", "data": data})
 
     app.router.add_post("/v1/chat/completions", completions)

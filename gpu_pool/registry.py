@@ -183,7 +183,7 @@ class Registry:
                 entry = self._begin(name)
                 entry.state, entry.error = "failed", why
                 _fail(entry.ready, NotLoaded(f"{name} is not loaded: it {why}.", "load_failed", name))
-        return [*starting, asyncio.create_task(self.log_fit())]
+        return [*starting, asyncio.create_task(fit.log_fit(self.config, self.fetcher))]
 
     async def load(self, name: str, device: str | None = None, dtype: str | None = None) -> Entry:
         """Load (or reload) ``name``; ``device``/``dtype`` override the config until the next reload."""
@@ -235,7 +235,8 @@ class Registry:
             mgr = self.manager(dev)
             spec = LoadSpec(name, folders.get(entry.source, entry.source), dev, DTYPES[dt],
                             folders.get(self.config.pool.sd_base, self.config.pool.sd_base), mgr.home if mgr else "",
-                            self.config.limits.working_size, entry.quantize, self.config.limits.max_output_size)
+                            self.config.limits.working_size, entry.quantize, self.config.limits.max_output_size,
+                            fit.chat_tokens(self.config))
             # what the loading phase reads: not a shared base that is in memory already
             entry.load_bytes = sum(d.loaded_bytes() for d in entry.downloads
                                    if not self.bases.holds(d.folder, dev, DTYPES[dt]))
@@ -264,31 +265,6 @@ class Registry:
             return
         seconds = max(0.1, time.monotonic() - entry.load_started)
         self._load_rate = (self._load_rate + entry.load_bytes / seconds) / 2
-
-    async def log_fit(self) -> None:
-        """Log each device's weight bytes against its free memory, warning when they will not fit."""
-        per_device: dict[str, dict[str, int]] = {}  # device -> model -> weight bytes
-        files: dict[str, dict[tuple[str, str], int]] = {}  # device -> (repo, file) -> bytes, each file once
-        for name in self.config.models:
-            cfg = self._config_of(name)
-            dev, dt = settings.resolve_device(cfg.device), cfg.resolved_dtype()
-            try:
-                _check_device(dev)
-            except NotLoaded:  # its load fails and says why
-                continue
-            for want in w.plan(name, cfg.source, self.config.pool.sd_base):
-                d = await self.fetcher.listed(want, dt)
-                for f, b in d.weight_bytes().items():
-                    files.setdefault(dev, {})[(want.source, f)] = b
-                    per_device.setdefault(dev, {}).setdefault(name, 0)
-                    per_device[dev][name] += b
-        for dev, models in per_device.items():
-            free = fit.free_memory(dev)
-            budget = self.config.residency.budget if self.config.residency.applies_to(dev) else 0
-            level, text = fit.report(dev, models, sum(files[dev].values()), free, budget)
-            if quantized := [n for n in models if self._config_of(n).quantize != "none"]:
-                text += f" (file sizes: quantize will hold {', '.join(quantized)} in fewer bytes)"
-            log.log(level, text)
 
     async def unload(self, name: str) -> None:
         entry = self._entry(name)
@@ -357,7 +333,8 @@ def _load_sync(spec: LoadSpec, bases: SharedBases, mgr: Residency | None, entry:
             log.info("%s: fast path: %s", spec.name, ", ".join(applied))
         if mgr is not None:
             mgr.adopt(model.modules().values())
-            if (need := mgr.bytes_of(model.modules().values())) > mgr.limit:  # its jobs will fail and say why
+            need = mgr.bytes_of(model.modules().values()) + model.working_bytes()
+            if need > mgr.limit:  # its jobs will fail and say why
                 log.warning("%s needs %s, more than the %s budget of %s", spec.name, memory_size(need),
                             memory_size(mgr.limit), spec.device)
         if applied and speed.warmup_sizes:
@@ -389,13 +366,8 @@ def _fail(fut: asyncio.Future, exc: Exception) -> None:
 
 
 def _check_device(device: str) -> None:
-    if device.startswith("cuda"):
-        index = int(device.split(":")[1]) if ":" in device else 0
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise NotLoaded(f"{device} does not exist on the pool's machine ({count} GPU(s) found).")
-    elif device == "mps" and not torch.backends.mps.is_available():
-        raise NotLoaded("mps is not available on the pool's machine.")
+    if why := fit.device_problem(device):
+        raise NotLoaded(why)
 
 
 def free_memory() -> None:

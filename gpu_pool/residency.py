@@ -10,6 +10,9 @@
 - Home tensors are kept for good: moving in copies home -> device; evicting
   points the module back at its home tensors. No copy back: inference never
   writes weights, and the pinned home stays pinned.
+- A job may hold memory besides its weights while it runs (the LLM's KV
+  cache, ``PoolModel.working_bytes``): counted with the weights until the job
+  ends, so the budget makes room for it as for a model.
 - Eviction: least recently used first, among components no running job holds
   (locked: the shared base under a running ControlNet pipeline included);
   those that queued jobs will need go last. Nothing is evicted unless that
@@ -68,6 +71,7 @@ class Residency:
         # Pinned home memory makes the copies asynchronous and about twice as fast.
         self.pin = home == "cpu" and device.startswith("cuda") and torch.cuda.is_available()
         self.resident_bytes = 0
+        self.working_bytes = 0  # held by running jobs besides their weights (make_resident's ``working``)
         self.peak_bytes = 0
         self.stats: Counter[str] = Counter()  # jobs, hits, moves_in, moves_out, bytes_in
         self._components: dict[int, Component] = {}  # id(module) -> Component
@@ -103,8 +107,9 @@ class Residency:
                     self._components.setdefault(id(m), comp)
 
     def make_resident(self, name: str, modules: Modules, timeout: float | None = None,
-                      soon: Modules = ()) -> list[Component]:
-        """Lock ``name``'s components and bring the missing ones onto the device.
+                      soon: Modules = (), working: int = 0) -> list[Component]:
+        """Lock ``name``'s components and bring the missing ones onto the device, with room for the
+        ``working`` bytes its job holds besides (counted until :meth:`release` frees them).
 
         Evicts the least recently used unlocked components first, those that
         queued jobs need (``soon``) last; waits (up to ``timeout`` seconds, then
@@ -117,19 +122,20 @@ class Residency:
         with self._moving:
             with self._state:
                 comps = self._find(modules)
-                need = _union_bytes(comps)
-                if need > self.limit:
-                    raise DoesNotFit(self._too_big(name, need))
+                weights = _union_bytes(comps)
+                if weights + working > self.limit:
+                    raise DoesNotFit(self._too_big(name, weights, working))
                 self._lock(comps)
                 missing = [c for c in comps if not c.resident]
                 try:
-                    self._make_room(missing, timeout, {id(m) for m in soon})
+                    self._make_room(missing, timeout, {id(m) for m in soon}, working)
                 except BaseException:
                     self._unlock(comps)
                     raise
                 for c in missing:  # counted before the copy, so no reader ever sees too few bytes
                     self._count(c, +1)
-                self.peak_bytes = max(self.peak_bytes, self.resident_bytes)
+                self.working_bytes += working
+                self.peak_bytes = max(self.peak_bytes, self.resident_bytes + self.working_bytes)
                 self.stats.update(jobs=1, hits=int(not missing), moves_in=len(missing),
                                   bytes_in=sum(sum(c.storages.values()) for c in missing))
             try:
@@ -140,24 +146,26 @@ class Residency:
                 with self._state:
                     for c in missing:
                         self._evict(c)
+                    self.working_bytes -= working
                     self._unlock(comps)
                 raise
         return comps
 
-    def release(self, comps: Sequence[Component]) -> None:
-        """Unlock a model after its job; its components stay until evicted."""
+    def release(self, comps: Sequence[Component], working: int = 0) -> None:
+        """Unlock a model after its job, whose ``working`` bytes are free again; its components stay until evicted."""
         with self._state:
+            self.working_bytes -= working
             self._unlock(comps)
 
     @contextmanager
     def use(self, name: str, modules: Modules, timeout: float | None = None,
-            soon: Modules = ()) -> Iterator[list[Component]]:
+            soon: Modules = (), working: int = 0) -> Iterator[list[Component]]:
         """``make_resident`` for the duration of a job."""
-        comps = self.make_resident(name, modules, timeout, soon)
+        comps = self.make_resident(name, modules, timeout, soon, working)
         try:
             yield comps
         finally:
-            self.release(comps)
+            self.release(comps, working)
 
     def evict(self, modules: Modules) -> None:
         """Move the given components home now, unless a running job holds them."""
@@ -190,11 +198,11 @@ class Residency:
         found = {id(m): self._components[id(m)] for m in modules}  # a module listed twice counts once
         return list(found.values())
 
-    def _make_room(self, missing: list[Component], timeout: float | None, soon: set[int]) -> None:
-        """Evict until ``missing`` fits; wait for running jobs when even evicting every unlocked
-        component would not make room (so nothing is evicted for nothing)."""
-        while (extra := self._extra(missing)) + self.resident_bytes > self.limit:
-            locked = _union_bytes(c for c in self._components.values() if c.resident and c.locks)
+    def _make_room(self, missing: list[Component], timeout: float | None, soon: set[int], working: int) -> None:
+        """Evict until ``missing`` and ``working`` bytes fit; wait for running jobs when even evicting every
+        unlocked component would not make room (so nothing is evicted for nothing)."""
+        while (extra := self._extra(missing) + working) + self.resident_bytes + self.working_bytes > self.limit:
+            locked = self.working_bytes + _union_bytes(c for c in self._components.values() if c.resident and c.locks)
             victims = [c for c in self._components.values() if c.resident and not c.locks]
             if victims and locked + extra <= self.limit:
                 self._evict(min(victims, key=lambda c: (id(c.module) in soon, c.last_used)))
@@ -239,11 +247,14 @@ class Residency:
             c.last_used = tick
         self._state.notify_all()
 
-    def _too_big(self, name: str, need: int) -> str:
+    def _too_big(self, name: str, weights: int, working: int) -> str:
         budget = memory_size(self.limit)
         if self.reserve:
             budget += f" ({memory_size(self.budget)} minus a {memory_size(self.reserve)} reserve)"
-        return f"{name} needs {memory_size(need)} on {self.device} but the budget there is {budget}."
+        need = f"{memory_size(weights + working)} on {self.device}"
+        if working:
+            need += f" ({memory_size(weights)} of weights, {memory_size(working)} of working memory)"
+        return f"{name} needs {need} but the budget there is {budget}."
 
 
 # --- scheduling -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ import settings
 from core.admin import format_models
 from core.tools.base import waiting_text
 from gpu_pool import fit
+from gpu_pool import weights as w
 from gpu_pool.protocol import Event, ModelInfo
 from gpu_pool.registry import Registry
 from settings.units import hub_size
@@ -53,7 +54,7 @@ def test_text2image_follows_sd_base(tiny_dir, tmp_path):
 
 async def test_one_base_and_reloads_that_release_the_old_copy_first(tiny_dir, tmp_path, caplog):
     registry = Registry(small_config(tiny_dir, tmp_path))
-    with caplog.at_level(logging.INFO, logger="gpu_pool.registry"):
+    with caplog.at_level(logging.INFO, logger="gpu_pool"):
         await asyncio.gather(*registry.start_all())
     try:
         infos = {m.name: m for m in registry.infos()}
@@ -113,6 +114,26 @@ async def reload_watching(registry: Registry, name: str | None, old: list[weakre
     finally:
         watcher.cancel()
     return sorted(seen.items())
+
+
+async def test_the_start_up_estimate_counts_the_llm_s_kv_cache(tiny_dir, tmp_path, caplog):
+    """The LLM's weights and its KV cache for the longest chat the core sends (the defaults: 6,000 tokens of
+    history and 1,024 of answer), the figure the budget counts while it answers."""
+    (tmp_path / "config.toml").write_text(f'[storage]\ndata_dir = "data"\n[models.LLM]\ndevice = "cpu"\n'
+                                          f'source = "{tiny_dir}/llm"\n')
+    registry = Registry(settings.load(tmp_path / "config.toml", env_check=False))
+    with caplog.at_level(logging.INFO, logger="gpu_pool"):
+        await asyncio.gather(*registry.start_all())
+    try:
+        llm = registry.entries["LLM"].model
+        cache = llm.working_bytes()
+        assert cache == fit.cache_bytes(llm.model.config.to_dict(), 6000 + 1024, llm.dtype) > 0
+        weights = (await registry.fetcher.listed(w.plan("LLM", f"{tiny_dir}/llm", "")[0], "float32")).loaded_bytes()
+        [line] = [r.getMessage() for r in caplog.records if "of weights" in r.getMessage()]
+        assert line.startswith(f"cpu: the configured models need about {hub_size(weights + cache)} of weights and "
+                               f"KV cache (LLM {hub_size(weights)} + {hub_size(cache)} KV cache); ")
+    finally:
+        registry.close()
 
 
 def test_the_fit_warning_says_what_to_set():

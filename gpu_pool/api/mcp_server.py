@@ -32,6 +32,7 @@ from pydantic import Field
 
 from gpu_pool.api.keys import ApiKey
 from gpu_pool.api.service import ApiFailure, Service, decode_image, png
+from gpu_pool.protocol import ModelInfo
 
 INSTRUCTIONS = ("Image tools on a GPU pool: draw, edit, vary and upscale images, caption them, answer questions "
                 "about them, find and cut out objects. Images go in as base64 text and come back as images.")
@@ -153,12 +154,16 @@ def build(service: Service, local_key: ApiKey | None = None) -> MCPServer:
         out = await run(ctx, service.upscale(key, (await run(ctx, images(image)))[0], progress(ctx)))
         return await results([out], f"Upscaled to {out.width}x{out.height}.")
 
-    @mcp.tool(description="List the pool's models this key may use, and whether each is ready.")
+    @mcp.tool(description="List the pool's models this key may use, whether each is ready, and how fast the "
+                          "language model writes.")
     async def list_models(ctx: Context) -> str:
         key = key_of(ctx)
         infos = await run(ctx, service.models(key))
-        lines = [f"{m.name}: {m.state} on {m.device} ({m.dtype})" + (f": {m.error}" if m.error else "")
-                 for m in infos]
-        return "\n".join(lines) or "No models are loaded on this pool."
+        return "\n".join(_line(m) for m in infos) or "No models are loaded on this pool."
 
     return mcp
+
+
+def _line(m: ModelInfo) -> str:
+    speed = f", {m.tokens_per_s} tokens/s" if m.tokens_per_s else ""  # the LLM's decoding, once it has answered
+    return f"{m.name}: {m.state} on {m.device} ({m.dtype}){speed}" + (f": {m.error}" if m.error else "")

@@ -64,6 +64,8 @@ class LoadSpec:
     working_size: int = 512  # [limits] working_size: the SD family fits input images to it (SD1.5's 512)
     quantize: str = "none"  # [models.NAME] quantize: "none", "fp8" or "nf4" (gpu_pool/quantize.py, after the load)
     max_output_size: int = 0  # [limits] max_output_size: models that pick their own output size keep under it
+    # [llm] history_tokens + [limits] llm_max_tokens: the longest chat (prompt and answer) the core sends the LLM
+    chat_tokens: int = 0
 
     @property
     def load_device(self) -> str:
@@ -127,6 +129,11 @@ class PoolModel:
         """Several jobs (their params, the same but for ``batch_keeps``) in one run, an output per job in
         order; only for a model with ``batch_keeps``, whose jobs take no image. ``progress`` is the batch's."""
         raise NotImplementedError
+
+    def working_bytes(self) -> int:
+        """Bytes a job holds on the device besides the weights, which the residency budget counts while it runs
+        (the LLM's KV cache); 0: only activations, which the budget's reserve is for."""
+        return 0
 
     def tokens_per_s(self) -> float | None:
         """A text generator's recent decoding speed, for /models; None for the others, and before its first job."""

@@ -19,9 +19,11 @@ Decoding keeps its keys and values in a static cache (``cache_implementation="st
 prompt's and answer's length, the same answers as the dynamic cache). On CUDA that lets transformers compile
 the decode step (``torch.compile``, CUDA graphs), see :meth:`ChatModel._compiles`; the cache is then sized in
 powers of two (``_cache_len``) so that a few graphs serve every request. Only ``generate`` uses the compiled
-call: klein, encoding with a shared Qwen3, runs the network as it is. Each job's decoding speed (tokens after
-the first over the seconds after the first, so the prompt's processing is not counted) feeds a rolling figure
-over recent jobs, ``tokens_per_s``, which /models shows.
+call: klein, encoding with a shared Qwen3, runs the network as it is. The cache is on the device while a job
+runs, so a residency budget and the start-up estimate count it (``fit.cache_bytes``, for the longest chat the
+core sends: ``LoadSpec.chat_tokens``). Each job's decoding speed (tokens after the first over the seconds after
+the first, so the prompt's processing is not counted) feeds a rolling figure over recent jobs, ``tokens_per_s``,
+which /models, GET /v1/models and the MCP tool list_models show.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from gpu_pool import quantize
 from gpu_pool import weights as w
+from gpu_pool.fit import cache_bytes
 
 from . import grammar
 from .base import BadRequest, LoadSpec, Output, Param, PoolModel, Progress, SharedBases
@@ -155,6 +158,9 @@ class ChatModel(PoolModel):
         answer = self._answer(ids, params, finished=ended or stopped)
         answer.prompt_tokens, answer.completion_tokens = n_prompt, len(ids)
         return Output(text=json.dumps(asdict(answer)))
+
+    def working_bytes(self) -> int:
+        return cache_bytes(self.model.config.get_text_config(decoder=True).to_dict(), self.spec.chat_tokens, self.dtype)
 
     def tokens_per_s(self) -> float | None:
         return self.speed.rate()
