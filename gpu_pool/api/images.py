@@ -1,10 +1,10 @@
 """OpenAI's images API over the pool: the shapes the ``openai`` package sends and reads.
 
     POST /v1/images/generations   JSON {prompt, n, size, response_format, model?, seed?, steps?, negative_prompt?}
-                                  ─▶ Text2Image, n jobs
+                                  ─▶ Text2Image (klein's Klein where only it is configured), n jobs: one batch
     POST /v1/images/edits         multipart: image (or image[] 1-4 times), mask?, prompt, n, size, response_format
-                                  ─▶ with a mask: Inpainting (transparent or white = repaint), else InstructPix2Pix;
-                                     n results per image, image 1's first
+                                  ─▶ with a mask: Inpainting (transparent or white = repaint), else InstructPix2Pix
+                                     (klein's KleinInpaint and Klein); n results per image, image 1's first
     POST /v1/images/variations    multipart: image, n, size, response_format ─▶ Variations (img2img), n jobs
     GET  /v1/models               ◀─ the pool's image models this key may use, and their state
     GET  /v1/images/files/{name}  the PNG behind a response_format="url" result (kept an hour, unguessable name)
@@ -35,9 +35,9 @@ from starlette.routing import Route
 from gpu_pool.api.service import ApiFailure, Service, decode_image, png, size_of
 
 OPENAI_MODELS = ("dall-e", "gpt-image", "chatgpt-image")
-ROUTE_MODELS = {"generations": ("Text2Image",), "edits": ("Inpainting", "InstructPix2Pix"),
-                "variations": ("Variations",)}
-IMAGE_MODELS = ("Text2Image", "InstructPix2Pix", "Inpainting", "Variations", "Upscale")
+ROUTE_MODELS = {"generations": ("Text2Image", "Klein"),
+                "edits": ("Inpainting", "InstructPix2Pix", "KleinInpaint", "Klein"), "variations": ("Variations",)}
+IMAGE_MODELS = ("Text2Image", "InstructPix2Pix", "Inpainting", "Variations", "Upscale", "Klein", "KleinInpaint")
 FILE_TTL_S, MAX_FILES = 3600, 256
 
 

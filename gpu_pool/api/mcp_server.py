@@ -77,7 +77,8 @@ def build(service: Service, local_key: ApiKey | None = None) -> MCPServer:
 
         return report
 
-    @mcp.tool(description="Draw an image from a text prompt (Stable Diffusion). Returns the image.")
+    @mcp.tool(description="Draw an image from a text prompt (Stable Diffusion, or FLUX.2 [klein] on a pool that "
+                          "has only it). Returns the image.")
     async def generate_image(prompt: Annotated[str, Field(description="what to draw")], ctx: Context,
                              width: Annotated[int | None, Field(description="pixels, a multiple of 8")] = None,
                              height: Annotated[int | None, Field(description="pixels, a multiple of 8")] = None,

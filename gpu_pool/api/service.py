@@ -34,6 +34,11 @@ from gpu_pool.protocol import Event, JobRequest, ModelInfo, RawImage
 
 log = logging.getLogger(__name__)
 
+# The model each drawing tool runs: the SD1.5 family's where the config has it, else FLUX.2 [klein]'s (the
+# modern profile, config.modern.toml, has only klein to draw with).
+DRAWERS = {"generate": ("Text2Image", "Klein"), "edit": ("InstructPix2Pix", "Klein"),
+           "repaint": ("Inpainting", "KleinInpaint")}
+
 # What the client reads when the safety filter keeps an image back (the chat's words, core/safety.py).
 WITHHELD = "The image was withheld by this server's safety filter."
 UNCHECKED = ("The image was withheld: this server's safety filter is not running right now, so drawn images are "
@@ -81,6 +86,11 @@ class Service:
     def pool(self) -> Jobs:
         return self._pool()
 
+    def drawer(self, tool: str) -> str:
+        """The model that draws for ``tool`` (``DRAWERS``): the SD1.5 family's unless only klein's is configured."""
+        sd, klein = DRAWERS[tool]
+        return klein if sd not in self.config.models and klein in self.config.models else sd
+
     # --- the tools ---------------------------------------------------------------------------
 
     def check_n(self, n: Any) -> int:
@@ -94,12 +104,13 @@ class Service:
         n, job = self.check_n(n), {"prompt": _text(prompt, "prompt"), **_given(params)}
         if size:
             job["width"], job["height"] = size
-        return await self._draw(key, "Text2Image", n, lambda i: (_seeded(job, i), []), progress)
+        return await self._draw(key, self.drawer("generate"), n, lambda i: (_seeded(job, i), []), progress)
 
     async def edit(self, key: ApiKey, images: list[Image.Image], prompt: str, mask: Image.Image | None = None,
                    n: int = 1, progress: Progress = _no_progress) -> list[Image.Image]:
         """Each image edited as the prompt says, ``n`` results per image, image 1's first: with a mask (white or
-        transparent = repaint, OpenAI's convention) by Inpainting, without one by InstructPix2Pix."""
+        transparent = repaint, OpenAI's convention) by Inpainting, without one by InstructPix2Pix (klein's
+        KleinInpaint and Klein where the config has only those, ``drawer``)."""
         prompt, n = _text(prompt, "prompt"), self.check_n(n)
         if not 1 <= len(images) <= 4:
             raise ApiFailure(400, f"Send 1 to 4 images to edit; got {len(images)}.", "invalid_image")
@@ -110,7 +121,7 @@ class Service:
                     raise ApiFailure(400, f"The mask is {mask.width}x{mask.height} but image {i} is "
                                           f"{im.width}x{im.height}; the mask must be the size of every image.",
                                      "invalid_mask")
-        model = "Inpainting" if mask is not None else "InstructPix2Pix"
+        model = self.drawer("repaint" if mask is not None else "edit")
         per = [(im, i) for im in images for i in range(n)]
         return await self._draw(key, model, len(per), lambda j: ({"prompt": prompt},
                                                                  [per[j][0], *([mask] if mask else [])]), progress)
