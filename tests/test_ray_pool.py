@@ -59,7 +59,7 @@ data_dir = "data"
 [limits]
 working_size = 64
 max_output_size = 256
-max_steps = 10
+max_steps = 50
 
 [models.Text2Image]
 device = "cpu"
@@ -211,7 +211,10 @@ async def test_a_replica_killed_mid_job_is_reported_and_serve_brings_it_back(cli
                 os.kill(victim["pid"], signal.SIGKILL)
 
     reply = KillOnFirstStep()
-    out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image", {"prompt": "a cat"})
+    # 50 steps at 256 px, about 8 s on one CPU thread: the first status (after 1 s) comes well before its end
+    # (at 64 px and 10 steps the drawing was done in 0.1 s, and a fast run could finish it before the kill)
+    out = await core.direct(turn("/imagine", "discord:channel:9"), reply, "generate_image",
+                            {"prompt": "a cat", "width": 256, "height": 256})
     assert reply.killed and reply.text == UNAVAILABLE and out.error and out.images == []
 
     reply = RecordingReply()  # the next job works at once: another replica loads the model
