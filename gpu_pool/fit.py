@@ -86,17 +86,21 @@ def cache_bytes(config: dict[str, Any], tokens: int, dtype: torch.dtype) -> int:
 
 
 def _cache_bytes_at(source: str, tokens: int, dtype: str) -> int:
-    """``cache_bytes`` of the LLM at ``source`` (a folder or a hub id) before it loads; 0 where its config.json
-    cannot be had (offline before the first download). Plain JSON: importing transformers here, beside the
-    loading thread, would race its lazy imports."""
+    """``cache_bytes`` of the LLM at ``source`` (a folder or a hub id) before it loads, from its config.json in
+    the folder or the local hub cache; 0 before the first download (the estimate never downloads: the fetcher
+    does, once). Plain JSON: importing transformers here, beside the loading thread, would race its lazy imports."""
     import torch
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import try_to_load_from_cache
 
+    path = os.path.join(source, "config.json") if os.path.isdir(source) else try_to_load_from_cache(source,
+                                                                                                    "config.json")
+    if not isinstance(path, str) or not os.path.isfile(path):
+        log.info("the LLM's KV cache is left out of the estimate: %s has no config.json here yet", source)
+        return 0
     try:
-        path = os.path.join(source, "config.json") if os.path.isdir(source) else hf_hub_download(source, "config.json")
         with open(path, encoding="utf-8") as f:
             return cache_bytes(json.load(f), tokens, getattr(torch, dtype))
-    except Exception as e:  # an estimate: it never stops the pool
+    except (OSError, ValueError, KeyError, TypeError) as e:  # an estimate: it never stops the pool
         log.info("the LLM's KV cache is left out of the estimate: %s", e)
         return 0
 
